@@ -1,0 +1,144 @@
+"""The bus: NATS JetStream connection, the stream, durable pull consumers, publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from .settings import NatsSettings
+
+log = logging.getLogger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+
+
+def stream_name(prefix: str) -> str:
+    return prefix.upper().replace("-", "_")
+
+
+class Bus:
+    """A connected JetStream context bound to one installation's subject prefix."""
+
+    def __init__(self, nc: Client, settings: NatsSettings, prefix: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.publish_timeout)
+        self.settings = settings
+        self.prefix = prefix
+        self.stream = stream_name(prefix)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def ensure_stream(self) -> None:
+        """Create the stream or bring its settings up to date; safe to run from every process."""
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.prefix}.>"],
+            storage=StorageType.FILE,
+            max_age=self.settings.stream_max_age_days * 86400,
+            num_replicas=self.settings.stream_replicas,
+            duplicate_window=self.settings.duplicate_window_seconds,
+        )
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            # 10058: a stream of this name exists with another configuration.
+            if exc.err_code != 10058:
+                raise
+            await self.js.update_stream(config)
+
+    async def ensure_consumer(
+        self,
+        durable: str,
+        filter_subject: str,
+        *,
+        ack_wait: float = 30.0,
+        max_ack_pending: int = 1000,
+    ) -> JetStreamContext.PullSubscription:
+        """Create (or update) a durable pull consumer and bind to it.
+
+        All replicas of a service share one durable, which is how a service scales. The
+        consumer never gives up on a message by itself (max_deliver -1): the consume loop
+        decides when a message is dead and records it first.
+        """
+        config = ConsumerConfig(
+            durable_name=durable,
+            name=durable,
+            filter_subject=filter_subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_deliver=-1,
+            max_ack_pending=max_ack_pending,
+        )
+        await self.js.add_consumer(self.stream, config)
+        return await self.js.pull_subscribe_bind(durable=durable, stream=self.stream)
+
+    async def publish(self, subject: str, msg_id: str, payload: bytes) -> None:
+        """Publish and wait for the stream's ack; the event id dedupes republishes."""
+        await self.js.publish(subject, payload, headers={MSG_ID: msg_id})
+
+    async def publish_many(self, items: list[tuple[str, str, bytes]]) -> None:
+        """Publish several messages with their acks in flight together (one is ~8x slower)."""
+        if not items:
+            return
+        results = await asyncio.gather(
+            *(self.publish(s, i, p) for s, i, p in items), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+
+@asynccontextmanager
+async def connect(settings: NatsSettings, prefix: str, name: str) -> AsyncIterator[Bus]:
+    """Connect (retrying until ``connect_timeout``), ensure the stream, close on exit."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", extra={"error": str(exc)})
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    nc: Client | None = None
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type((OSError, nats.errors.Error, asyncio.TimeoutError)),
+        stop=stop_after_delay(settings.connect_timeout),
+        wait=wait_exponential(multiplier=0.1, max=2.0),
+        reraise=True,
+    ):
+        with attempt:
+            nc = await nats.connect(
+                settings.url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+    assert nc is not None
+    bus = Bus(nc, settings, prefix)
+    try:
+        await bus.ensure_stream()
+        yield bus
+    finally:
+        try:
+            await nc.drain()
+        except Exception:  # closing a connection to a dead server must not mask the real error
+            await nc.close()

@@ -1,0 +1,214 @@
+"""The consume loop: fetch, hand each message to a handler, commit what it yields, then
+ack, nak with a delay, or terminate and dead-letter — all in this one place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+
+from . import events as ev
+from . import metrics
+from .bus import Bus
+from .errors import PermanentError, RetryableError
+from .events import Event
+from .logs import correlated
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A decoded bus message as a handler sees it."""
+
+    event: Event[Any]
+    subject: str
+    deliveries: int
+    _msg: Msg
+
+    async def progress(self) -> None:
+        """Tell JetStream the message is still being worked on (resets its ack timer)."""
+        await self._msg.in_progress()
+
+
+Yielded = Event[Any] | Sequence[Event[Any]]
+Handler = Callable[[Incoming], AsyncIterator[Yielded]]
+
+
+@dataclass(frozen=True)
+class Ack:
+    pass
+
+
+@dataclass(frozen=True)
+class Nak:
+    delay: float
+
+
+@dataclass(frozen=True)
+class Term:
+    reason: str
+
+
+Outcome = Ack | Nak | Term
+
+
+def backoff(deliveries: int, *, base: float = 0.5, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter on the upper half, in seconds."""
+    ceiling = min(cap, base * 2 ** max(0, deliveries - 1))
+    return float(ceiling / 2 + random.random() * ceiling / 2)  # noqa: S311 (jitter, not crypto)
+
+
+def disposition(exc: BaseException, deliveries: int, max_deliver: int) -> Outcome:
+    """The one mapping from a handler's failure to what happens to the message."""
+    if isinstance(exc, PermanentError | msgspec.ValidationError | msgspec.DecodeError):
+        return Term(f"{type(exc).__name__}: {exc}")
+    if deliveries >= max_deliver:
+        return Term(f"gave up after {deliveries} deliveries: {type(exc).__name__}: {exc}")
+    if isinstance(exc, RetryableError) and exc.delay is not None:
+        return Nak(exc.delay)
+    return Nak(backoff(deliveries))
+
+
+class Consumer:
+    def __init__(
+        self,
+        *,
+        service: str,
+        bus: Bus,
+        outbox: Outbox,
+        durable: str,
+        filter_subject: str,
+        handler: Handler,
+        max_in_flight: int,
+        max_deliver: int,
+        ack_wait: float = 30.0,
+    ) -> None:
+        self.service = service
+        self.bus = bus
+        self.outbox = outbox
+        self.durable = durable
+        self.filter_subject = filter_subject
+        self.handler = handler
+        self.max_in_flight = max_in_flight
+        self.max_deliver = max_deliver
+        self.ack_wait = ack_wait
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = await self.bus.ensure_consumer(
+            self.durable,
+            self.filter_subject,
+            ack_wait=self.ack_wait,
+            max_ack_pending=max(1000, self.max_in_flight * 4),
+        )
+        log.info("consuming", extra={"consumer": self.durable, "filter": self.filter_subject})
+        while not stop.is_set():
+            if len(self._tasks) >= self.max_in_flight:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await sub.fetch(self.max_in_flight - len(self._tasks), timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("fetch failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._handle(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        if self._tasks:
+            # Let work in hand finish (its side effects are recorded); JetStream redelivers
+            # anything not acked once the ack wait passes.
+            await asyncio.wait(self._tasks, timeout=self.ack_wait)
+
+    async def _handle(self, msg: Msg) -> None:
+        deliveries = msg.metadata.num_delivered or 1
+        metrics.IN_FLIGHT.labels(self.durable).inc()
+        started = time.perf_counter()
+        try:
+            outcome = await self._run_handler(msg, deliveries)
+            await self._settle(msg, outcome, deliveries)
+        except Exception as exc:
+            # Settling itself failed (NATS away): JetStream redelivers after the ack wait.
+            log.warning("could not settle message", extra={"error": repr(exc)})
+        finally:
+            metrics.IN_FLIGHT.labels(self.durable).dec()
+            metrics.HANDLE_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
+
+    async def _run_handler(self, msg: Msg, deliveries: int) -> Outcome:
+        try:
+            event = ev.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return Term(f"undecodable message: {exc}")
+        with correlated(event.correlationid):
+            incoming = Incoming(event=event, subject=msg.subject, deliveries=deliveries, _msg=msg)
+            try:
+                async for out in self.handler(incoming):
+                    batch = [out] if isinstance(out, Event) else list(out)
+                    if batch:
+                        await self.outbox.commit_and_publish(batch)
+            except Exception as exc:
+                outcome = disposition(exc, deliveries, self.max_deliver)
+                level = logging.ERROR if isinstance(outcome, Term) else logging.WARNING
+                log.log(
+                    level,
+                    "handler failed",
+                    extra={"event_id": event.id, "deliveries": deliveries, "error": repr(exc)},
+                    exc_info=not isinstance(exc, PermanentError | RetryableError),
+                )
+                return outcome
+        return Ack()
+
+    async def _settle(self, msg: Msg, outcome: Outcome, deliveries: int) -> None:
+        match outcome:
+            case Ack():
+                await msg.ack()
+            case Nak(delay):
+                await msg.nak(delay=delay)
+            case Term(reason):
+                if not await self._dead_letter(msg, reason, deliveries):
+                    await msg.nak(delay=backoff(deliveries))
+                    metrics.MESSAGES_HANDLED.labels(self.durable, "nak").inc()
+                    return
+                await msg.term()
+        metrics.MESSAGES_HANDLED.labels(self.durable, type(outcome).__name__.lower()).inc()
+
+    async def _dead_letter(self, msg: Msg, reason: str, deliveries: int) -> bool:
+        """Record the message before terminating it; never drop it unrecorded."""
+        seq = msg.metadata.sequence.stream
+        data = ev.MessageDeadLettered(
+            service=self.service,
+            bus_subject=msg.subject,
+            stream_sequence=seq,
+            deliveries=deliveries,
+            error=reason[:2000],
+            message=msg.data[:65536].decode("utf-8", errors="replace"),
+        )
+        try:
+            cause = ev.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            cause = None
+        event = ev.make_event(
+            data,
+            source=f"/hookbus/{self.service}",
+            id=ev.derived_id(f"{self.bus.stream}:{seq}", f"deadletter/{self.durable}"),
+            cause=cause,
+        )
+        try:
+            await self.outbox.commit_and_publish([event])
+        except Exception as exc:
+            log.warning("could not record dead letter; will retry", extra={"error": repr(exc)})
+            return False
+        return True

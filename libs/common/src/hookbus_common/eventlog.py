@@ -1,0 +1,174 @@
+"""The event log: idempotent appends (with their outbox rows) and the queries people run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from . import events as ev
+from .events import Event, RawEvent
+
+# One statement, one round trip: insert the batch, skip ids (and delivery keys) already
+# recorded, and queue what was inserted for the bus in the same transaction.
+_INSERT = """
+WITH ins AS (
+    INSERT INTO events (id, type, source, subject, bus_subject, tenant, correlation_id,
+                        causation_id, time, dedupe_key, data, raw_body)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::text[],
+                         $11::json[], $12::bytea[])
+    ON CONFLICT DO NOTHING
+    RETURNING seq, id
+), queued AS (
+    INSERT INTO outbox (seq) SELECT seq FROM ins
+)
+SELECT seq, id FROM ins
+"""
+
+_COLUMNS = (
+    "seq, id, type, source, subject, bus_subject, tenant, correlation_id, causation_id, time, data"
+)
+
+
+class Pending(msgspec.Struct, frozen=True):
+    """An event about to be appended, with what only inbound webhooks carry."""
+
+    event: Event[Any]
+    dedupe_key: str | None = None
+    raw_body: bytes | None = None
+
+
+class Appended(msgspec.Struct, frozen=True):
+    seq: int
+    event: Event[Any]
+    bus_subject: str
+    payload: bytes  # the encoded envelope, as published
+
+
+async def insert(
+    conn: asyncpg.Connection, prefix: str, batch: Sequence[Pending]
+) -> tuple[list[Appended], list[Appended]]:
+    """Append a batch; returns (inserted, already recorded) — ids make this idempotent."""
+    cols: list[list[Any]] = [[] for _ in range(12)]
+    encoded: dict[str, Appended] = {}
+    for p in batch:
+        e = p.event
+        subject = e.bus_subject(prefix)
+        data = ev.encode_data(e.data)
+        values = (
+            e.id, e.type, e.source, e.subject, subject, e.tenant, e.correlationid,
+            e.causationid, e.time, p.dedupe_key, data.decode(), p.raw_body,
+        )  # fmt: skip
+        for col, value in zip(cols, values, strict=True):
+            col.append(value)
+        encoded[e.id] = Appended(seq=0, event=e, bus_subject=subject, payload=ev.encode(e))
+    rows = await conn.fetch(_INSERT, *cols)
+    inserted = []
+    for row in rows:
+        a = encoded.pop(row["id"])
+        inserted.append(msgspec.structs.replace(a, seq=row["seq"]))
+    return inserted, list(encoded.values())
+
+
+def _raw(row: asyncpg.Record) -> RawEvent:
+    return RawEvent(
+        id=row["id"],
+        source=row["source"],
+        type=row["type"],
+        time=row["time"],
+        correlationid=row["correlation_id"],
+        causationid=row["causation_id"],
+        tenant=row["tenant"],
+        subject=row["subject"],
+        data=msgspec.Raw(row["data"].encode()),
+    )
+
+
+class LoggedEvent(msgspec.Struct, frozen=True):
+    """A row of the log, as listed by ``hookbus events`` and re-published by the relay."""
+
+    seq: int
+    bus_subject: str
+    event: RawEvent
+
+    def payload(self) -> bytes:
+        return msgspec.json.encode(self.event)
+
+
+def _logged(row: asyncpg.Record) -> LoggedEvent:
+    return LoggedEvent(seq=row["seq"], bus_subject=row["bus_subject"], event=_raw(row))
+
+
+async def recent(
+    conn: asyncpg.Connection,
+    *,
+    limit: int = 50,
+    type_prefix: str | None = None,
+    since: datetime | None = None,
+) -> list[LoggedEvent]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM events"
+        " WHERE ($1::text IS NULL OR type LIKE $1 || '%')"
+        " AND ($2::timestamptz IS NULL OR time >= $2)"
+        " ORDER BY seq DESC LIMIT $3",
+        type_prefix,
+        since,
+        limit,
+    )
+    return [_logged(r) for r in reversed(rows)]
+
+
+async def chain(conn: asyncpg.Connection, event_id: str) -> list[LoggedEvent]:
+    """Every event of the chain ``event_id`` belongs to, in order (any id of it works)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM events WHERE correlation_id ="
+        " (SELECT correlation_id FROM events WHERE id = $1) ORDER BY seq",
+        event_id,
+    )
+    return [_logged(r) for r in rows]
+
+
+async def exists(conn: asyncpg.Connection, event_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM events WHERE id = $1)", event_id))
+
+
+async def ids_by_dedupe_key(conn: asyncpg.Connection, keys: Sequence[str]) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT dedupe_key, id FROM events WHERE dedupe_key = ANY($1::text[])", list(keys)
+    )
+    return {r["dedupe_key"]: r["id"] for r in rows}
+
+
+async def raw_body(conn: asyncpg.Connection, event_id: str) -> bytes | None:
+    value = await conn.fetchval("SELECT raw_body FROM events WHERE id = $1", event_id)
+    return bytes(value) if value is not None else None
+
+
+async def claim_unpublished(
+    conn: asyncpg.Connection, *, older_than: float, limit: int
+) -> list[LoggedEvent]:
+    """Lock outbox rows left behind (older than ``older_than`` seconds); call in a transaction.
+
+    SKIP LOCKED lets every process run a relay without two publishing the same rows.
+    """
+    rows = await conn.fetch(
+        f"SELECT {', '.join('e.' + c.strip() for c in _COLUMNS.split(','))}"
+        " FROM outbox o JOIN events e ON e.seq = o.seq"
+        " WHERE o.created_at < now() - make_interval(secs => $1)"
+        " ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED",
+        older_than,
+        limit,
+    )
+    return [_logged(r) for r in rows]
+
+
+async def forget_published(conn: asyncpg.Connection, seqs: Sequence[int]) -> None:
+    await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", list(seqs))
+
+
+async def outbox_depth(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM outbox"))

@@ -1,0 +1,379 @@
+"""The event contract: the CloudEvents envelope, every event type, ids and bus subjects.
+
+Schema evolution is additive: a new field gets a default; a field is never retyped; a
+breaking change is a new type name ending in the next version (``…v2``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, TypeVar
+
+import msgspec
+
+_FROZEN: dict[str, Any] = {"frozen": True, "kw_only": True}
+
+# ---------------------------------------------------------------------------- ids
+
+_ID_NAMESPACE = uuid.UUID("6f1d2c0e-5b7a-4c1e-9a63-6b6f6f6b6275")
+
+
+def new_id(prefix: str = "evt") -> str:
+    """A random, time-ordered id (UUIDv7 layout), so ids sort roughly by creation."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return f"{prefix}_{uuid.UUID(int=value).hex}"
+
+
+def derived_id(cause: str, step: str, prefix: str = "evt") -> str:
+    """A deterministic id for what ``cause`` leads to at ``step``: a redelivered message
+    derives the same ids, so the event log refuses the duplicate (invariant 4)."""
+    return f"{prefix}_{uuid.uuid5(_ID_NAMESPACE, f'{cause}/{step}').hex}"
+
+
+# ----------------------------------------------------------------------- subjects
+
+_TOKEN_BAD = re.compile(r"[^a-z0-9_-]+")
+
+
+def token(value: str | None) -> str:
+    """Normalise outside input into one subject token: ``Push Hook`` → ``push_hook``."""
+    norm = _TOKEN_BAD.sub("_", (value or "").strip().lower()).strip("_")
+    return norm[:64] or "_"
+
+
+# ------------------------------------------------------------------- event data
+
+
+class EventData(msgspec.Struct, **_FROZEN):
+    """Base of every event's ``data``; each subclass names its type and subject."""
+
+    TYPE: ClassVar[str]
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+
+class WebhookReceived(EventData, **_FROZEN):
+    """An inbound webhook, verified and recorded; its exact body bytes are in the log."""
+
+    TYPE: ClassVar[str] = "io.hookbus.webhook.received.v1"
+
+    source: str
+    kind: str
+    event_type: str
+    delivery_id: str | None = None
+    content_type: str = "application/json"
+    headers: dict[str, str] = {}
+    # The JSON body as sent, embedded without re-encoding.
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+    body_sha256: str = ""
+    remote_addr: str | None = None
+    repository: str | None = None
+    branch: str | None = None
+    tag: str | None = None
+    commit: str | None = None
+    sender: str | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("webhook", "received", token(self.source), token(self.event_type))
+
+
+class RuleEvaluation(msgspec.Struct, **_FROZEN):
+    rule: str
+    matched: bool
+    reason: str
+
+
+class WebhookRouted(EventData, **_FROZEN):
+    """Why each rule matched a webhook or not, and what was requested."""
+
+    TYPE: ClassVar[str] = "io.hookbus.webhook.routed.v1"
+
+    source: str
+    event_type: str
+    webhook_id: str
+    matched: list[str] = []
+    evaluations: list[RuleEvaluation] = []
+    requested: list[str] = []
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("webhook", "routed", token(self.source), token(self.event_type))
+
+
+class ShellSpec(msgspec.Struct, **_FROZEN):
+    command: list[str]
+    env: dict[str, str] = {}
+    timeout: float = 300.0
+    payload: str = "stdin"
+    cwd: str | None = None
+
+
+class JobRequested(EventData, **_FROZEN):
+    """Run an action; self-contained, so the executor needs nothing but this."""
+
+    TYPE: ClassVar[str] = "io.hookbus.job.requested.v1"
+
+    job_id: str
+    kind: str
+    rule: str
+    webhook_id: str
+    shell: ShellSpec | None = None
+    context: dict[str, str] = {}
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("job", "requested", token(self.kind))
+
+
+class JobStarted(EventData, **_FROZEN):
+    TYPE: ClassVar[str] = "io.hookbus.job.started.v1"
+
+    job_id: str
+    kind: str
+    rule: str
+    attempt: int = 1
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("job", "started", token(self.kind))
+
+
+class JobFinished(EventData, **_FROZEN):
+    """Shared fields of a job's terminal events."""
+
+    job_id: str
+    kind: str
+    rule: str
+    attempt: int = 1
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    duration_ms: float = 0.0
+    output: str = ""
+    output_bytes: int = 0
+    truncated: bool = False
+    error: str | None = None
+
+
+class JobSucceeded(JobFinished, **_FROZEN):
+    TYPE: ClassVar[str] = "io.hookbus.job.succeeded.v1"
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("job", "succeeded", token(self.kind))
+
+
+class JobFailed(JobFinished, **_FROZEN):
+    TYPE: ClassVar[str] = "io.hookbus.job.failed.v1"
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("job", "failed", token(self.kind))
+
+
+class DeliveryRequested(EventData, **_FROZEN):
+    """Send one outbound HTTP request on behalf of a rule."""
+
+    TYPE: ClassVar[str] = "io.hookbus.delivery.requested.v1"
+
+    delivery_id: str
+    rule: str
+    webhook_id: str
+    url: str
+    method: str = "POST"
+    headers: dict[str, str] = {}
+    body: msgspec.Raw = msgspec.Raw(b"null")
+    tenant: str = "default"
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("delivery", "requested", token(self.tenant))
+
+
+class DeliveryOutcome(EventData, **_FROZEN):
+    delivery_id: str
+    url: str
+    attempt: int = 1
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float = 0.0
+    tenant: str = "default"
+
+
+class DeliveryAttempted(DeliveryOutcome, **_FROZEN):
+    TYPE: ClassVar[str] = "io.hookbus.delivery.attempted.v1"
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("delivery", "attempted", token(self.tenant))
+
+
+class DeliverySucceeded(DeliveryOutcome, **_FROZEN):
+    TYPE: ClassVar[str] = "io.hookbus.delivery.succeeded.v1"
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("delivery", "succeeded", token(self.tenant))
+
+
+class DeliveryFailed(DeliveryOutcome, **_FROZEN):
+    """The receiver refused it in a way a retry cannot fix (a 4xx other than 408/429)."""
+
+    TYPE: ClassVar[str] = "io.hookbus.delivery.failed.v1"
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("delivery", "failed", token(self.tenant))
+
+
+class DeliveryDead(DeliveryOutcome, **_FROZEN):
+    """Every attempt failed; the delivery waits in the dead-letter queue."""
+
+    TYPE: ClassVar[str] = "io.hookbus.delivery.dead.v1"
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("delivery", "dead", token(self.tenant))
+
+
+class MessageDeadLettered(EventData, **_FROZEN):
+    """A bus message that can never be handled, terminated and kept here instead."""
+
+    TYPE: ClassVar[str] = "io.hookbus.message.deadlettered.v1"
+
+    service: str
+    bus_subject: str
+    stream_sequence: int
+    deliveries: int
+    error: str
+    message: str
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("deadletter", token(self.service))
+
+
+DATA_TYPES: dict[str, type[EventData]] = {
+    cls.TYPE: cls
+    for cls in (
+        WebhookReceived,
+        WebhookRouted,
+        JobRequested,
+        JobStarted,
+        JobSucceeded,
+        JobFailed,
+        DeliveryRequested,
+        DeliveryAttempted,
+        DeliverySucceeded,
+        DeliveryFailed,
+        DeliveryDead,
+        MessageDeadLettered,
+    )
+}
+
+# -------------------------------------------------------------------- envelope
+
+D = TypeVar("D", bound=EventData)
+
+
+class Event(msgspec.Struct, Generic[D], **_FROZEN):
+    """A CloudEvents 1.0 event in structured JSON mode, with hookbus's extensions."""
+
+    id: str
+    source: str
+    type: str
+    time: datetime
+    data: D
+    correlationid: str
+    causationid: str | None = None
+    tenant: str = "default"
+    subject: str | None = None
+    specversion: str = "1.0"
+    datacontenttype: str = "application/json"
+
+    def bus_subject(self, prefix: str) -> str:
+        return ".".join((prefix, *self.data.subject_tokens()))
+
+
+def make_event(
+    data: D,
+    *,
+    source: str,
+    id: str | None = None,
+    cause: Event[Any] | None = None,
+    subject: str | None = None,
+    tenant: str | None = None,
+) -> Event[D]:
+    """Build an envelope; a derived event inherits correlation and tenant from its cause."""
+    event_id = id or new_id()
+    return Event(
+        id=event_id,
+        source=source,
+        type=data.TYPE,
+        time=datetime.now(UTC),
+        data=data,
+        correlationid=cause.correlationid if cause else event_id,
+        causationid=cause.id if cause else None,
+        tenant=tenant or (cause.tenant if cause else "default"),
+        subject=subject,
+    )
+
+
+class RawEvent(msgspec.Struct, **_FROZEN):
+    """The envelope with its data left as JSON bytes: for relaying and listing."""
+
+    id: str
+    source: str
+    type: str
+    time: datetime
+    correlationid: str
+    data: msgspec.Raw = msgspec.Raw(b"null")
+    causationid: str | None = None
+    tenant: str = "default"
+    subject: str | None = None
+    specversion: str = "1.0"
+    datacontenttype: str = "application/json"
+
+
+class UnknownEventType(msgspec.ValidationError):
+    pass
+
+
+_envelope_decoder = msgspec.json.Decoder(RawEvent)
+_data_decoders: dict[str, Callable[[bytes], EventData]] = {
+    name: msgspec.json.Decoder(cls).decode for name, cls in DATA_TYPES.items()
+}
+_encoder = msgspec.json.Encoder()
+
+
+def encode(event: Event[Any]) -> bytes:
+    return _encoder.encode(event)
+
+
+def encode_data(data: EventData) -> bytes:
+    return _encoder.encode(data)
+
+
+def decode_data(type_: str, raw: bytes | memoryview) -> EventData:
+    try:
+        decoder = _data_decoders[type_]
+    except KeyError:
+        raise UnknownEventType(f"unknown event type {type_!r}") from None
+    return decoder(bytes(raw))
+
+
+def decode(raw: bytes) -> Event[Any]:
+    """Decode an envelope and its typed data; raises msgspec errors on bad input."""
+    env = _envelope_decoder.decode(raw)
+    return Event(
+        id=env.id,
+        source=env.source,
+        type=env.type,
+        time=env.time,
+        data=decode_data(env.type, env.data),
+        correlationid=env.correlationid,
+        causationid=env.causationid,
+        tenant=env.tenant,
+        subject=env.subject,
+        specversion=env.specversion,
+        datacontenttype=env.datacontenttype,
+    )

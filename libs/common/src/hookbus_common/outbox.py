@@ -1,0 +1,123 @@
+"""Commit then publish: events become durable in Postgres first, then reach the bus.
+
+Publishing straight after the commit keeps latency low; the outbox row written with each
+event makes it certain: rows whose publish was never confirmed (the process died, NATS was
+down) are published by the relay, which every service process runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from . import eventlog, metrics, readmodels
+from .bus import Bus
+from .eventlog import Appended, Pending
+from .events import Event
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    def __init__(self, pool: asyncpg.Pool, bus: Bus) -> None:
+        self.pool = pool
+        self.bus = bus
+        self._done: list[int] = []
+        self._done_ready = asyncio.Event()
+
+    async def commit(
+        self, batch: Sequence[Pending | Event[Any]], *, conn: asyncpg.Connection | None = None
+    ) -> tuple[list[Appended], list[Appended]]:
+        """Append events and update read models in one transaction; returns (new, known)."""
+        pending = [p if isinstance(p, Pending) else Pending(p) for p in batch]
+        if conn is None:
+            async with self.pool.acquire() as c:
+                return await self._commit(c, pending)
+        return await self._commit(conn, pending)
+
+    async def _commit(
+        self, conn: asyncpg.Connection, pending: list[Pending]
+    ) -> tuple[list[Appended], list[Appended]]:
+        async with conn.transaction():
+            inserted, known = await eventlog.insert(conn, self.bus.prefix, pending)
+            await readmodels.project(conn, inserted)
+        for a in inserted:
+            metrics.EVENTS_APPENDED.labels(a.event.type).inc()
+        return inserted, known
+
+    async def publish(self, appended: Sequence[Appended]) -> bool:
+        """Publish committed events; on failure leave them to the relay and say so."""
+        if not appended:
+            return True
+        try:
+            await self.bus.publish_many([(a.bus_subject, a.event.id, a.payload) for a in appended])
+        except Exception as exc:
+            metrics.PUBLISH_FAILURES.inc(len(appended))
+            log.warning(
+                "publish failed; the outbox relay will retry",
+                extra={"events": len(appended), "error": repr(exc)},
+            )
+            return False
+        metrics.EVENTS_PUBLISHED.inc(len(appended))
+        self._done.extend(a.seq for a in appended if a.seq)
+        self._done_ready.set()
+        return True
+
+    async def commit_and_publish(self, batch: Sequence[Pending | Event[Any]]) -> list[Appended]:
+        inserted, known = await self.commit(batch)
+        # Known events were committed by an earlier attempt that may have died before
+        # publishing; publishing again is harmless (Nats-Msg-Id dedupes, consumers are
+        # idempotent) and saves waiting for the relay.
+        await self.publish([*inserted, *known])
+        return inserted
+
+    async def run_cleaner(self, stop: asyncio.Event, interval: float = 0.05) -> None:
+        """Delete outbox rows of published events in batches, off the hot path."""
+        while not stop.is_set() or self._done:
+            if not self._done:
+                self._done_ready.clear()
+                waiter = asyncio.ensure_future(self._done_ready.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                continue
+            seqs, self._done = self._done, []
+            try:
+                async with self.pool.acquire() as conn:
+                    await eventlog.forget_published(conn, seqs)
+            except Exception as exc:
+                # The rows stay; the relay will publish them once more, which is harmless.
+                log.warning("outbox cleanup failed", extra={"error": repr(exc)})
+                if stop.is_set():
+                    return
+            await asyncio.sleep(interval)
+
+    async def relay_once(self, *, older_than: float = 2.0, limit: int = 500) -> int:
+        """Publish outbox rows left behind; returns how many were published."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await eventlog.claim_unpublished(conn, older_than=older_than, limit=limit)
+            if not rows:
+                return 0
+            await self.bus.publish_many([(r.bus_subject, r.event.id, r.payload()) for r in rows])
+            await eventlog.forget_published(conn, [r.seq for r in rows])
+        metrics.EVENTS_RELAYED.inc(len(rows))
+        log.info("relayed events left in the outbox", extra={"events": len(rows)})
+        return len(rows)
+
+    async def run_relay(
+        self, stop: asyncio.Event, *, interval: float = 1.0, older_than: float = 2.0
+    ) -> None:
+        while not stop.is_set():
+            try:
+                while await self.relay_once(older_than=older_than) and not stop.is_set():
+                    pass
+            except Exception as exc:  # NATS or Postgres away: try again next round
+                log.warning("outbox relay round failed", extra={"error": repr(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)

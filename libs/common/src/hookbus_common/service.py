@@ -1,0 +1,128 @@
+"""What every service process shares: start-up, connections, relay, health, shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from . import logs
+from .bus import Bus, connect
+from .consumer import Consumer, Handler
+from .db import open_pool
+from .health import serve_health
+from .outbox import Outbox
+from .settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    service: str
+    pool: asyncpg.Pool
+    bus: Bus
+    outbox: Outbox
+    stop: asyncio.Event
+
+    async def ready(self) -> dict[str, bool]:
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1", timeout=2)
+            pg = True
+        except Exception:
+            pg = False
+        return {"nats": self.bus.connected, "postgres": pg}
+
+
+@asynccontextmanager
+async def runtime(settings: Settings, service: str) -> AsyncIterator[Runtime]:
+    """Open Postgres (migrating first) and NATS, and run the outbox relay and cleaner."""
+    stop = asyncio.Event()
+    async with (
+        open_pool(settings.database) as pool,
+        connect(settings.nats, settings.prefix, f"hookbus-{service}") as bus,
+    ):
+        outbox = Outbox(pool, bus)
+        rt = Runtime(settings, service, pool, bus, outbox, stop)
+        background = [
+            asyncio.create_task(outbox.run_relay(stop), name="outbox-relay"),
+            asyncio.create_task(outbox.run_cleaner(stop), name="outbox-cleaner"),
+        ]
+        try:
+            yield rt
+        finally:
+            stop.set()
+            await asyncio.wait(background, timeout=5)
+            for t in background:
+                t.cancel()
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_consumer(
+    settings: Settings,
+    service: str,
+    *,
+    filter_tokens: tuple[str, ...],
+    make_handler: Callable[[Runtime], Handler],
+    health_port: int,
+    max_in_flight: int,
+    max_deliver: int,
+    ack_wait: float = 30.0,
+    started: Callable[[Runtime], Awaitable[None]] | None = None,
+) -> None:
+    """Run one consuming service until SIGINT/SIGTERM."""
+    async with runtime(settings, service) as rt:
+        install_signal_handlers(rt.stop)
+        consumer = Consumer(
+            service=service,
+            bus=rt.bus,
+            outbox=rt.outbox,
+            durable=f"{settings.prefix}-{service}",
+            filter_subject=".".join((settings.prefix, *filter_tokens, ">")),
+            handler=make_handler(rt),
+            max_in_flight=max_in_flight,
+            max_deliver=max_deliver,
+            ack_wait=ack_wait,
+        )
+        async with serve_health("0.0.0.0", health_port, rt.ready):  # noqa: S104
+            if started is not None:
+                await started(rt)
+            log.info("started", extra={"service": service})
+            await consumer.run(rt.stop)
+    log.info("stopped", extra={"service": service})
+
+
+def main_for(service: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
+    """Command-line entry point of a service: ``--config``, settings, logs, event loop."""
+    parser = argparse.ArgumentParser(prog=f"hookbus-{service}")
+    parser.add_argument("--config", "-c", help="TOML config file (default: $HOOKBUS_CONFIG)")
+    args = parser.parse_args()
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"hookbus-{service}: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.setup(service, settings.log.level, settings.log.format)
+    try:
+        import uvloop
+    except ImportError:
+        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    else:
+        runner = uvloop.run
+    with suppress(KeyboardInterrupt):
+        runner(run(settings))

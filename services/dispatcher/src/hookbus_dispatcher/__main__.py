@@ -1,0 +1,33 @@
+"""Entry point: ``hookbus-dispatcher`` / ``python -m hookbus_dispatcher``."""
+
+from __future__ import annotations
+
+import httpx
+
+from hookbus_common.service import main_for, run_consumer
+from hookbus_common.settings import Settings
+
+from .delivery import make_handler
+
+
+async def run(settings: Settings) -> None:
+    timeout = httpx.Timeout(settings.dispatcher.timeout_seconds)
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        await run_consumer(
+            settings,
+            "dispatcher",
+            filter_tokens=("delivery", "requested"),
+            make_handler=lambda rt: make_handler(rt, client),
+            health_port=settings.dispatcher.health_port,
+            max_in_flight=settings.dispatcher.max_in_flight,
+            # Attempts are counted by the handler; this is only the safety net.
+            max_deliver=settings.dispatcher.max_attempts + 1,
+        )
+
+
+def main() -> None:
+    main_for("dispatcher", run)
+
+
+if __name__ == "__main__":
+    main()

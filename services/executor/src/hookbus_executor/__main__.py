@@ -1,0 +1,30 @@
+"""Entry point: ``hookbus-executor`` / ``python -m hookbus_executor``."""
+
+from __future__ import annotations
+
+from hookbus_common.service import main_for, run_consumer
+from hookbus_common.settings import Settings
+
+from .jobs import make_handler
+
+
+async def run(settings: Settings) -> None:
+    await run_consumer(
+        settings,
+        "executor",
+        filter_tokens=("job", "requested"),
+        make_handler=make_handler,
+        health_port=settings.executor.health_port,
+        max_in_flight=settings.executor.max_in_flight,
+        max_deliver=settings.executor.max_deliver,
+        # Long jobs report progress, which resets this timer.
+        ack_wait=60.0,
+    )
+
+
+def main() -> None:
+    main_for("executor", run)
+
+
+if __name__ == "__main__":
+    main()

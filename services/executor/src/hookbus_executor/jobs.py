@@ -1,0 +1,120 @@
+"""The executor's handler: a job request in; started, then succeeded or failed, out."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from hookbus_common import eventlog
+from hookbus_common import events as ev
+from hookbus_common.consumer import Incoming, Yielded
+from hookbus_common.errors import PermanentError
+from hookbus_common.events import Event, JobRequested
+from hookbus_common.service import Runtime
+from hookbus_common.settings import ExecutorSettings, Settings
+
+from .shell import ShellResult, ShellSpawnError, run_shell
+
+SOURCE = "/hookbus/executor"
+
+
+def action_env(
+    req: JobRequested, spec: ev.ShellSpec, inherited: Mapping[str, str]
+) -> dict[str, str]:
+    """Only allow-listed variables of our own environment, then the event's, then the rule's."""
+    return {**inherited, **req.context, "HOOKBUS_JOB_ID": req.job_id, **spec.env}
+
+
+def inherited_env(settings: ExecutorSettings, environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: environ[k] for k in settings.inherit_env if k in environ}
+
+
+def _finished(
+    cause: Event[JobRequested], attempt: int, result: ShellResult | None, error: str | None
+) -> Event[Any]:
+    req = cause.data
+    fields: dict[str, Any] = {"job_id": req.job_id, "kind": req.kind, "rule": req.rule}
+    fields["attempt"] = attempt
+    if result is not None:
+        fields.update(
+            exit_code=result.exit_code,
+            signal=result.signal,
+            timed_out=result.timed_out,
+            duration_ms=result.duration_ms,
+            output=result.output,
+            output_bytes=result.output_bytes,
+            truncated=result.truncated,
+        )
+    if error is not None:
+        fields["error"] = error
+    ok = result is not None and result.ok
+    data = ev.JobSucceeded(**fields) if ok else ev.JobFailed(**fields)
+    # One id for either outcome: a job finishes once, whatever redelivery happens.
+    return ev.make_event(
+        data, source=SOURCE, id=ev.derived_id(cause.id, "finished"), cause=cause, subject=req.job_id
+    )
+
+
+async def run_job(
+    settings: Settings, inherited: Mapping[str, str], incoming: Incoming
+) -> AsyncIterator[Yielded]:
+    event = incoming.event
+    req = event.data
+    if not isinstance(req, JobRequested) or req.shell is None:
+        raise PermanentError(
+            f"executor cannot run {event.type} of kind {getattr(req, 'kind', '?')}"
+        )
+    spec = req.shell
+    attempt = incoming.deliveries
+    yield ev.make_event(
+        ev.JobStarted(job_id=req.job_id, kind=req.kind, rule=req.rule, attempt=attempt),
+        source=SOURCE,
+        id=ev.derived_id(event.id, f"started/{attempt}"),
+        cause=event,
+        subject=req.job_id,
+    )
+    env = action_env(req, spec, inherited)
+    cwd = str(settings.resolve_path(spec.cwd or settings.executor.workdir or "."))
+    payload = bytes(req.payload)
+    stdin = payload if spec.payload == "stdin" else None
+    with contextlib.ExitStack() as stack:
+        if spec.payload == "file":
+            fd, path = tempfile.mkstemp(prefix="hookbus-payload-", suffix=".json")
+            stack.callback(os.unlink, path)
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+            env["HOOKBUS_PAYLOAD_FILE"] = path
+        try:
+            result = await run_shell(
+                spec.command,
+                env=env,
+                cwd=cwd,
+                stdin=stdin,
+                timeout=spec.timeout,
+                kill_grace=settings.executor.kill_grace_seconds,
+                max_output_bytes=settings.executor.max_output_bytes,
+                on_progress=incoming.progress,
+            )
+        except ShellSpawnError as exc:
+            # A missing program will be missing next time too: record it, do not retry.
+            yield _finished(event, attempt, None, str(exc))
+            return
+    yield _finished(event, attempt, result, None)
+
+
+def make_handler(rt: Runtime) -> Any:
+    settings = rt.settings
+    inherited = inherited_env(settings.executor, os.environ)
+
+    async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
+        # A job that already finished (we died before acking) is not run again.
+        async with rt.pool.acquire() as conn:
+            if await eventlog.exists(conn, ev.derived_id(incoming.event.id, "finished")):
+                return
+        async for out in run_job(settings, inherited, incoming):
+            yield out
+
+    return handle

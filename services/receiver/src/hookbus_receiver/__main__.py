@@ -1,0 +1,44 @@
+"""Entry point: ``hookbus-receiver`` / ``python -m hookbus_receiver``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+from hookbus_common import logs
+from hookbus_common.settings import ConfigError, load_settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="hookbus-receiver")
+    parser.add_argument("--config", "-c", help="TOML config file (default: $HOOKBUS_CONFIG)")
+    args = parser.parse_args()
+    if args.config:
+        # Workers load settings themselves; the path reaches them this way.
+        os.environ["HOOKBUS_CONFIG"] = os.path.abspath(args.config)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"hookbus-receiver: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.setup("receiver", settings.log.level, settings.log.format)
+    uvicorn.run(
+        "hookbus_receiver.app:create_app",
+        factory=True,
+        host=settings.receiver.host,
+        port=settings.receiver.port,
+        workers=settings.receiver.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

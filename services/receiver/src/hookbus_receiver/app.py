@@ -1,0 +1,212 @@
+"""The receiver's HTTP API: verify, validate, record durably, then answer."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hookbus_common import events as ev
+from hookbus_common import logs
+from hookbus_common.eventlog import Pending
+from hookbus_common.logs import correlated
+from hookbus_common.service import Runtime, runtime
+from hookbus_common.settings import Settings, SourceConfig, load_settings
+
+from . import sources
+from .groupcommit import GroupCommitter
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter(
+    "hookbus_receiver_requests_total",
+    "Inbound webhook requests by source and outcome",
+    ["source", "outcome"],
+)
+LATENCY = Histogram(
+    "hookbus_receiver_request_seconds",
+    "Time from request to answer for known sources",
+    ["source"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+class Reject(Exception):
+    """A request refused with a status and a reason safe to tell the sender."""
+
+    def __init__(self, status: int, code: str, detail: str | None = None) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def error_response(status: int, code: str, detail: str | None = None) -> JSONResponse:
+    body: dict[str, str] = {"error": code}
+    if detail:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+NOT_FOUND = (404, "not_found")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Reject(413, "body_too_large", f"the limit is {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Reject(413, "body_too_large", f"the limit is {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Receiver:
+    def __init__(self, settings: Settings, rt: Runtime, committer: GroupCommitter) -> None:
+        self.settings = settings
+        self.rt = rt
+        self.committer = committer
+
+    async def hook(self, request: Request) -> Response:
+        name = request.path_params["source"]
+        source = self.settings.sources.get(name)
+        if source is None:
+            # The same answer as any unknown path: nothing tells which sources exist.
+            return error_response(*NOT_FOUND)
+        started = time.perf_counter()
+        try:
+            response = await self._accept(name, source, request)
+        except Reject as r:
+            REQUESTS.labels(name, r.code).inc()
+            return error_response(r.status, r.code, r.detail)
+        finally:
+            LATENCY.labels(name).observe(time.perf_counter() - started)
+        return response
+
+    async def _accept(self, name: str, source: SourceConfig, request: Request) -> Response:
+        body = await _read_body(request, self.settings.receiver.max_body_bytes)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers.raw}
+        try:
+            sources.verify(source, headers, body)
+        except sources.VerificationError as exc:
+            log.info("rejected delivery", extra={"source": name, "reason": exc.reason})
+            raise Reject(401, "unauthorized") from None
+        ctype = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if ctype not in ("application/json", "text/json") and not ctype.endswith("+json"):
+            raise Reject(415, "unsupported_media_type", f"expected application/json, got {ctype}")
+        try:
+            facts = sources.facts(source, headers, body)
+        except sources.BadBody as exc:
+            raise Reject(400, "bad_body", str(exc)) from None
+        data = ev.WebhookReceived(
+            source=name,
+            kind=source.kind,
+            event_type=facts.event_type,
+            delivery_id=facts.delivery_id,
+            content_type=ctype,
+            headers=sources.kept_headers(source, headers),
+            payload=msgspec.Raw(body),
+            body_sha256=hashlib.sha256(body).hexdigest(),
+            remote_addr=request.client.host if request.client else None,
+            repository=facts.repository,
+            branch=facts.branch,
+            tag=facts.tag,
+            commit=facts.commit,
+            sender=facts.sender,
+        )
+        event = ev.make_event(
+            data,
+            source=f"/hookbus/receiver/{name}",
+            id=ev.new_id(),
+            subject=facts.repository,
+            tenant=source.tenant,
+        )
+        dedupe = f"{name}:{facts.delivery_id}" if facts.delivery_id else None
+        with correlated(event.id):
+            try:
+                recorded = await self.committer.record(Pending(event, dedupe, body))
+            except Exception as exc:
+                log.error("could not record delivery", extra={"source": name, "error": repr(exc)})
+                REQUESTS.labels(name, "unavailable").inc()
+                return JSONResponse(
+                    {"error": "unavailable", "detail": "could not record the delivery; retry"},
+                    status_code=503,
+                    headers={"Retry-After": "5"},
+                )
+        if recorded.duplicate:
+            REQUESTS.labels(name, "duplicate").inc()
+            return JSONResponse({"id": recorded.event_id, "duplicate": True}, status_code=200)
+        REQUESTS.labels(name, "accepted").inc()
+        return JSONResponse({"id": recorded.event_id}, status_code=202)
+
+    async def readyz(self, request: Request) -> Response:
+        checks = await self.rt.ready()
+        body = "".join(f"{k}: {'ok' if v else 'down'}\n" for k, v in checks.items())
+        return Response(body, status_code=200 if all(checks.values()) else 503)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(*NOT_FOUND)
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return error_response(405, "method_not_allowed")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ASGI app; connections open in its lifespan, never at import."""
+    if settings is None:  # started by uvicorn (one call per worker process)
+        settings = load_settings()
+        logs.setup("receiver", settings.log.level, settings.log.format)
+    holder: dict[str, Receiver] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with runtime(settings, "receiver") as rt:
+            committer = GroupCommitter(
+                rt.outbox,
+                batch_size=settings.receiver.commit_batch_size,
+                interval=settings.receiver.commit_interval_ms / 1000,
+            )
+            committer.start()
+            holder["r"] = Receiver(settings, rt, committer)
+            try:
+                yield
+            finally:
+                await committer.close()
+
+    async def hook(request: Request) -> Response:
+        return await holder["r"].hook(request)
+
+    async def healthz(request: Request) -> Response:
+        return Response("ok\n", media_type="text/plain")
+
+    async def readyz(request: Request) -> Response:
+        return await holder["r"].readyz(request)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/hooks/{source}", hook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _method_not_allowed},
+    )

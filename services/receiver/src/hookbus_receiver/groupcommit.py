@@ -1,0 +1,119 @@
+"""Group commit: concurrent requests share one insert, so durability costs one round trip
+per batch instead of one per webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from hookbus_common import eventlog
+from hookbus_common.eventlog import Pending
+from hookbus_common.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class Recorded:
+    """The outcome of recording one inbound webhook."""
+
+    __slots__ = ("duplicate", "event_id")
+
+    def __init__(self, event_id: str, duplicate: bool) -> None:
+        self.event_id = event_id
+        self.duplicate = duplicate
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        batch_size: int = 64,
+        interval: float = 0.002,
+        max_flushes: int = 4,
+    ) -> None:
+        self.outbox = outbox
+        self.batch_size = batch_size
+        self.interval = interval
+        self._queue: list[tuple[Pending, asyncio.Future[Recorded]]] = []
+        self._wake = asyncio.Event()
+        self._flushes = asyncio.Semaphore(max_flushes)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run(), name="group-commit")
+
+    async def close(self) -> None:
+        """Flush what is queued and wait for publishes in flight."""
+        self._closing = True
+        self._wake.set()
+        if self._runner is not None:
+            await self._runner
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+
+    async def record(self, pending: Pending) -> Recorded:
+        """Return once ``pending`` is committed (or was already recorded)."""
+        if self._closing:
+            raise RuntimeError("receiver is shutting down")
+        fut: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
+        self._queue.append((pending, fut))
+        if len(self._queue) >= self.batch_size or len(self._queue) == 1:
+            self._wake.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._queue:
+                if self._closing:
+                    return
+                continue
+            if len(self._queue) < self.batch_size and self.interval > 0 and not self._closing:
+                # Give concurrent requests a moment to join this batch.
+                await asyncio.sleep(self.interval)
+            while self._queue:
+                batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
+                await self._flushes.acquire()
+                self._spawn(self._flush(batch))
+            if self._closing:
+                while self._tasks:
+                    await asyncio.wait(self._tasks)
+                return
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, batch: list[tuple[Pending, asyncio.Future[Recorded]]]) -> None:
+        try:
+            try:
+                async with self.outbox.pool.acquire() as conn:
+                    inserted, known = await self.outbox.commit([p for p, _ in batch], conn=conn)
+                    keys = [k.dedupe_key for k in (p for p, _ in batch) if k.dedupe_key]
+                    originals = (
+                        await eventlog.ids_by_dedupe_key(conn, keys) if known and keys else {}
+                    )
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                return
+            new_ids = {a.event.id for a in inserted}
+            for p, fut in batch:
+                if fut.done():  # the request went away; its event is recorded all the same
+                    continue
+                if p.event.id in new_ids:
+                    fut.set_result(Recorded(p.event.id, duplicate=False))
+                else:
+                    original = originals.get(p.dedupe_key or "", p.event.id)
+                    fut.set_result(Recorded(original, duplicate=True))
+        finally:
+            self._flushes.release()
+        # Answering does not wait for NATS: the outbox row makes the publish certain.
+        if inserted:
+            self._spawn(self.outbox.publish(inserted))

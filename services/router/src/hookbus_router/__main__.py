@@ -1,0 +1,28 @@
+"""Entry point: ``hookbus-router`` / ``python -m hookbus_router``."""
+
+from __future__ import annotations
+
+from hookbus_common.service import main_for, run_consumer
+from hookbus_common.settings import Settings
+
+from .routing import make_handler
+
+
+async def run(settings: Settings) -> None:
+    await run_consumer(
+        settings,
+        "router",
+        filter_tokens=("webhook", "received"),
+        make_handler=lambda rt: make_handler(settings.rules),
+        health_port=settings.router.health_port,
+        max_in_flight=settings.router.max_in_flight,
+        max_deliver=settings.router.max_deliver,
+    )
+
+
+def main() -> None:
+    main_for("router", run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The event log against a real Postgres: idempotent appends, append-only, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import msgspec
+import pytest
+
+from hookbus_common import db, eventlog, readmodels
+from hookbus_common import events as ev
+from hookbus_common.eventlog import Pending
+from hookbus_common.service import Runtime
+from hookbus_common.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _hook(delivery: str = "d-1") -> ev.Event[ev.WebhookReceived]:
+    data = ev.WebhookReceived(
+        source="gh", kind="github", event_type="push", delivery_id=delivery,
+        payload=msgspec.Raw(b'{"a": 1}'),
+    )  # fmt: skip
+    return ev.make_event(data, source="/test")
+
+
+async def test_append_is_idempotent_on_event_id(rt: Runtime) -> None:
+    e = _hook()
+    first, _ = await rt.outbox.commit([e])
+    again, known = await rt.outbox.commit([e])
+    assert [a.event.id for a in first] == [e.id]
+    assert again == [] and [k.event.id for k in known] == [e.id]
+    async with rt.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE id = $1", e.id) == 1
+
+
+async def test_dedupe_key_records_a_delivery_once(rt: Runtime) -> None:
+    a, b = _hook("same"), _hook("same")
+    inserted, known = await rt.outbox.commit(
+        [Pending(a, "gh:same", b'{"a": 1}'), Pending(b, "gh:same", b'{"a": 1}')]
+    )
+    assert [i.event.id for i in inserted] == [a.id]
+    assert [k.event.id for k in known] == [b.id]
+    async with rt.pool.acquire() as conn:
+        assert await eventlog.ids_by_dedupe_key(conn, ["gh:same"]) == {"gh:same": a.id}
+        assert await eventlog.raw_body(conn, a.id) == b'{"a": 1}'
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["UPDATE events SET type = 'x'", "DELETE FROM events", "TRUNCATE events CASCADE"],
+)
+async def test_database_refuses_to_change_the_log(rt: Runtime, sql: str) -> None:
+    await rt.outbox.commit([_hook()])
+    async with rt.pool.acquire() as conn:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await conn.execute(sql)
+        assert await conn.fetchval("SELECT count(*) FROM events") == 1
+
+
+async def test_concurrent_migrations_apply_once(settings: Settings) -> None:
+    conns = [await asyncpg.connect(settings.database.url) for _ in range(5)]
+    try:
+        results = await asyncio.gather(*(db.migrate(c, settings.database.schema) for c in conns))
+    finally:
+        for c in conns:
+            await c.close()
+    applied = [name for r in results for name in r]
+    assert sorted(applied) == sorted(n for _, n, _ in db.migration_files())
+
+
+async def test_chain_lists_a_webhook_and_what_it_caused(rt: Runtime) -> None:
+    hook = _hook()
+    job = ev.make_event(
+        ev.JobRequested(job_id="job_1", kind="shell", rule="r", webhook_id=hook.id),
+        source="/test", id=ev.derived_id(hook.id, "job"), cause=hook,
+    )  # fmt: skip
+    started = ev.make_event(
+        ev.JobStarted(job_id="job_1", kind="shell", rule="r"), source="/test", cause=job
+    )
+    other = _hook("other")
+    await rt.outbox.commit([hook, job, started, other])
+    async with rt.pool.acquire() as conn:
+        chain = await eventlog.chain(conn, started.id)
+    assert [c.event.id for c in chain] == [hook.id, job.id, started.id]
+    assert chain[2].event.causationid == job.id
+    assert all(c.event.correlationid == hook.id for c in chain)
+
+
+async def test_read_models_follow_the_log_and_rebuild_identically(rt: Runtime) -> None:
+    hook = _hook()
+    req = ev.make_event(
+        ev.JobRequested(job_id="job_9", kind="shell", rule="deploy", webhook_id=hook.id),
+        source="/test", cause=hook,
+    )  # fmt: skip
+    done = ev.make_event(
+        ev.JobSucceeded(job_id="job_9", kind="shell", rule="deploy", exit_code=0, duration_ms=5),
+        source="/test", cause=req,
+    )  # fmt: skip
+    await rt.outbox.commit([hook, req])
+    await rt.outbox.commit([done])
+    query = "SELECT job_id, status, exit_code, duration_ms, last_seq FROM jobs"
+    async with rt.pool.acquire() as conn:
+        before = [tuple(r) for r in await conn.fetch(query)]
+        assert before[0][:3] == ("job_9", "succeeded", 0)
+        assert await readmodels.rebuild(conn) == 2
+        assert [tuple(r) for r in await conn.fetch(query)] == before
