@@ -30,7 +30,8 @@ async def test_append_is_idempotent_on_event_id(rt: Runtime) -> None:
     first, _ = await rt.outbox.commit([e])
     again, known = await rt.outbox.commit([e])
     assert [a.event.id for a in first] == [e.id]
-    assert again == [] and [k.event.id for k in known] == [e.id]
+    assert again == []
+    assert [k.event.id for k in known] == [e.id]
     async with rt.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM events WHERE id = $1", e.id) == 1
 

@@ -128,6 +128,7 @@ async def connect(settings: NatsSettings, prefix: str, name: str) -> AsyncIterat
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
+                drain_timeout=5,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,

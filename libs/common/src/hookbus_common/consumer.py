@@ -4,6 +4,7 @@ ack, nak with a delay, or terminate and dead-letter — all in this one place.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -14,6 +15,7 @@ from typing import Any
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from . import events as ev
 from . import metrics
@@ -112,6 +114,17 @@ class Consumer:
             max_ack_pending=max(1000, self.max_in_flight * 4),
         )
         log.info("consuming", extra={"consumer": self.durable, "filter": self.filter_subject})
+        try:
+            await self._loop(sub, stop)
+        finally:
+            if self._tasks:
+                # Let work in hand finish (its side effects are recorded); JetStream
+                # redelivers anything not acked once the ack wait passes.
+                await asyncio.wait(self._tasks, timeout=self.ack_wait)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
             if len(self._tasks) >= self.max_in_flight:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -128,10 +141,6 @@ class Consumer:
                 task = asyncio.create_task(self._handle(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        if self._tasks:
-            # Let work in hand finish (its side effects are recorded); JetStream redelivers
-            # anything not acked once the ack wait passes.
-            await asyncio.wait(self._tasks, timeout=self.ack_wait)
 
     async def _handle(self, msg: Msg) -> None:
         deliveries = msg.metadata.num_delivered or 1

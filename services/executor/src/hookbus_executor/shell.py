@@ -1,0 +1,341 @@
+"""Run one shell action as its own process group, with bounded output and a hard timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+# After the main process exits, background children may still hold the output pipe;
+# this is how long they get to finish writing before the group is killed.
+_DRAIN_AFTER_EXIT = 1.0
+# Buffered pipe data is still readable after its writers die; collect it, but never hang
+# on a writer that escaped the process group (setsid) and so survived the kill.
+_DRAIN_AFTER_KILL = 0.5
+# A SIGKILLed process is normally reaped within milliseconds; the bound only guards
+# against one stuck in uninterruptible sleep.
+_REAP_TIMEOUT = 5.0
+_GROUP_POLL = 0.02
+
+
+class ShellSpawnError(OSError):
+    """The action's program could not be started (missing, not executable, bad cwd)."""
+
+
+class ShellResult(msgspec.Struct, frozen=True):
+    exit_code: int | None
+    """The exit status; None when the process was ended by a signal."""
+    signal: int | None
+    """The number of the signal that ended the process, if any."""
+    timed_out: bool
+    duration_ms: float
+    output: str
+    """stdout and stderr interleaved, decoded as UTF-8 (invalid bytes replaced), bounded."""
+    output_bytes: int
+    """Everything the process wrote, including any bytes left out of `output`."""
+    truncated: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+async def run_shell(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | None = None,
+    stdin: bytes | None = None,
+    # Not a cancel scope (ASYNC109): expiry must TERM, wait and KILL the whole group and
+    # still return a result, which a caller-side asyncio.timeout cannot do.
+    timeout: float = 300.0,  # noqa: ASYNC109
+    kill_grace: float = 5.0,
+    max_output_bytes: int = 64 * 1024,
+    on_progress: Callable[[], Awaitable[None]] | None = None,
+    progress_interval: float = 10.0,
+) -> ShellResult:
+    """Execute `argv` directly (never via a shell) and wait for it and its process group.
+
+    The child gets exactly `env`, leads a new session and process group, and sees `stdin`
+    (or /dev/null). On timeout the whole group gets SIGTERM, then SIGKILL after
+    `kill_grace`; after a normal exit leftover group members are killed too, so nothing
+    started by the action outlives it. `on_progress` is awaited every
+    `progress_interval` seconds until the result is ready; its failures are only logged.
+    Cancelling the caller SIGKILLs the group before CancelledError propagates.
+    """
+    if isinstance(argv, str):
+        raise TypeError("argv must be a sequence of arguments, not a command string")
+    if not argv:
+        raise ValueError("argv must not be empty")
+    if timeout <= 0 or kill_grace < 0 or max_output_bytes < 0 or progress_interval <= 0:
+        raise ValueError(
+            "timeout and progress_interval must be > 0, kill_grace and max_output_bytes >= 0"
+        )
+
+    loop = asyncio.get_running_loop()
+    capture = _Capture(max_output_bytes)
+    started = time.monotonic()
+    proc, out_file, in_file = await _spawn(argv, env=env, cwd=cwd, feed_stdin=stdin is not None)
+    # start_new_session made the child the leader of a group whose id is its pid.
+    pgid = proc.pid
+    exit_task = asyncio.ensure_future(proc.wait())
+    out_lost: asyncio.Future[None] = loop.create_future()
+    in_lost: asyncio.Future[None] = loop.create_future()
+    out_transport: asyncio.ReadTransport | None = None
+    in_transport: asyncio.WriteTransport | None = None
+    heartbeat: asyncio.Task[None] | None = None
+    timed_out = False
+    cancelled = False
+    try:
+        if on_progress is not None:
+            heartbeat = asyncio.create_task(_heartbeat(on_progress, progress_interval))
+        out_transport, _ = await loop.connect_read_pipe(
+            lambda: _OutputSink(capture, out_lost), out_file
+        )
+        if in_file is not None and stdin is not None:
+            in_transport, _ = await loop.connect_write_pipe(lambda: _InputFeed(in_lost), in_file)
+            # The transport buffers what the pipe cannot take yet and writes it as the
+            # child reads, alongside the output reading, so a big payload cannot
+            # deadlock; a child that never reads just leaves it behind (EPIPE is
+            # handled inside the transport).
+            in_transport.write(stdin)
+            in_transport.close()
+
+        if not await _settled(exit_task, timeout):
+            timed_out = True
+            log.warning("%s timed out after %.1fs; terminating its process group", argv[0], timeout)
+            await _terminate_group(pgid, exit_task, kill_grace)
+
+        if not await _settled(out_lost, _DRAIN_AFTER_EXIT):
+            log.info("%s exited but its output pipe is still open; killing leftovers", argv[0])
+        if _signal_group(pgid, signal.SIGKILL):
+            log.info("killed leftover processes of %s (process group %d)", argv[0], pgid)
+    except BaseException:
+        cancelled = True
+        _signal_group(pgid, signal.SIGKILL)
+        raise
+    finally:
+        await _release(
+            heartbeat=heartbeat,
+            in_transport=in_transport,
+            in_file=in_file,
+            in_lost=in_lost,
+            out_transport=out_transport,
+            out_file=out_file,
+            out_lost=out_lost,
+            exit_task=exit_task,
+            pgid=pgid,
+            drain=not cancelled,
+        )
+
+    returncode = proc.returncode
+    output, truncated = capture.render()
+    return ShellResult(
+        exit_code=returncode if returncode is not None and returncode >= 0 else None,
+        signal=-returncode if returncode is not None and returncode < 0 else None,
+        timed_out=timed_out,
+        duration_ms=(time.monotonic() - started) * 1000.0,
+        output=output,
+        output_bytes=capture.total,
+        truncated=truncated,
+    )
+
+
+async def _spawn(
+    argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None, feed_stdin: bool
+) -> tuple[asyncio.subprocess.Process, io.FileIO, io.FileIO | None]:
+    # The pipes are ours rather than asyncio's: Process.wait() also waits for the pipes
+    # asyncio created to close, which a background grandchild can hold open forever,
+    # while with plain fds it returns when the process itself exits.
+    out_r, out_w = os.pipe()
+    in_r: int | None = None
+    in_w: int | None = None
+    try:
+        if feed_stdin:
+            in_r, in_w = os.pipe()
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.DEVNULL if in_r is None else in_r,
+            stdout=out_w,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        _close_fds(out_r, in_w)
+        reason = exc.strerror or str(exc)
+        if cwd is not None and exc.filename == cwd:
+            reason = f"{reason} (working directory {cwd!r})"
+        message = f"cannot execute {argv[0]!r}: {reason}"
+        raise (
+            ShellSpawnError(message) if exc.errno is None else ShellSpawnError(exc.errno, message)
+        ) from exc
+    except BaseException:
+        _close_fds(out_r, in_w)
+        raise
+    finally:
+        # The child holds its own copies; keeping ours would stop EOF from ever arriving.
+        _close_fds(out_w, in_r)
+    out_file = os.fdopen(out_r, "rb", buffering=0)
+    in_file = None if in_w is None else os.fdopen(in_w, "wb", buffering=0)
+    return proc, out_file, in_file
+
+
+def _close_fds(*fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+
+
+async def _settled(fut: asyncio.Future[Any], seconds: float) -> bool:
+    """Wait up to `seconds` for `fut` without cancelling it; True if it is done."""
+    if not fut.done():
+        await asyncio.wait({fut}, timeout=max(seconds, 0.0))
+    return fut.done()
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Signal the group; False when it no longer has any members."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # A member we may not signal (e.g. a setuid program) still counts as present.
+        if sig:
+            log.warning("not permitted to send signal %d to process group %d", sig, pgid)
+    return True
+
+
+async def _terminate_group(pgid: int, exit_task: asyncio.Future[int], grace: float) -> None:
+    deadline = time.monotonic() + grace
+    _signal_group(pgid, signal.SIGTERM)
+    await _settled(exit_task, grace)
+    # The leader may be gone while a descendant that ignores SIGTERM lingers on;
+    # it gets the rest of the grace period, not more. Nothing signals "group empty",
+    # hence the polling.
+    while time.monotonic() < deadline and _signal_group(pgid, 0):  # noqa: ASYNC110
+        await asyncio.sleep(_GROUP_POLL)
+    _signal_group(pgid, signal.SIGKILL)
+    await _settled(exit_task, _REAP_TIMEOUT)
+
+
+async def _heartbeat(on_progress: Callable[[], Awaitable[None]], interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await on_progress()
+        except Exception:
+            # A failed progress report must not fail the action it reports on.
+            log.exception("on_progress callback failed; the action keeps running")
+
+
+async def _release(
+    *,
+    heartbeat: asyncio.Task[None] | None,
+    in_transport: asyncio.WriteTransport | None,
+    in_file: io.FileIO | None,
+    in_lost: asyncio.Future[None],
+    out_transport: asyncio.ReadTransport | None,
+    out_file: io.FileIO,
+    out_lost: asyncio.Future[None],
+    exit_task: asyncio.Future[int],
+    pgid: int,
+    drain: bool,
+) -> None:
+    """Close everything run_shell opened, so no fd, transport or task outlives it."""
+    if heartbeat is not None:
+        heartbeat.cancel()
+        await asyncio.wait({heartbeat})
+
+    if in_transport is not None:
+        # Data still buffered means the child never read it and the pipe is still open;
+        # drop it. (abort() is only safe while the transport has not started closing.)
+        if in_transport.get_write_buffer_size():
+            in_transport.abort()
+        await in_lost
+    elif in_file is not None:
+        in_file.close()
+
+    if out_transport is not None:
+        if drain:
+            await _settled(out_lost, _DRAIN_AFTER_KILL)
+        if not out_transport.is_closing():
+            out_transport.close()
+        await out_lost
+    else:
+        out_file.close()
+
+    if not await _settled(exit_task, _REAP_TIMEOUT):
+        log.error("process %d survived SIGKILL for %.0fs", pgid, _REAP_TIMEOUT)
+        exit_task.cancel()
+
+
+class _Capture:
+    """Keeps the first and the last bytes of a stream, counting what falls in between."""
+
+    def __init__(self, limit: int) -> None:
+        self._head_limit = limit // 2
+        self._tail_limit = limit - self._head_limit
+        self._head = bytearray()
+        self._tail = bytearray()
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self._head_limit - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        if not data or self._tail_limit == 0:
+            return
+        if len(data) >= self._tail_limit:
+            self._tail = bytearray(data[-self._tail_limit :])
+        else:
+            self._tail += data
+            del self._tail[: len(self._tail) - self._tail_limit]
+
+    def render(self) -> tuple[str, bool]:
+        omitted = self.total - len(self._head) - len(self._tail)
+        if omitted == 0:
+            return (self._head + self._tail).decode("utf-8", errors="replace"), False
+        head = self._head.decode("utf-8", errors="replace")
+        tail = self._tail.decode("utf-8", errors="replace")
+        return f"{head}\n…[{omitted} bytes omitted]…\n{tail}", True
+
+
+class _OutputSink(asyncio.Protocol):
+    # Never pauses reading: bytes past the capture bound are counted and dropped, so
+    # the child cannot block on a full pipe.
+    def __init__(self, capture: _Capture, lost: asyncio.Future[None]) -> None:
+        self._capture = capture
+        self._lost = lost
+
+    def data_received(self, data: bytes) -> None:
+        self._capture.feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+
+class _InputFeed(asyncio.Protocol):
+    def __init__(self, lost: asyncio.Future[None]) -> None:
+        self._lost = lost
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # BrokenPipeError/ConnectionResetError here just mean the child stopped
+        # reading its stdin, which it is free to do.
+        if not self._lost.done():
+            self._lost.set_result(None)

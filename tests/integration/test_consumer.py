@@ -1,0 +1,196 @@
+"""The bus and the consume loop against a real nats-server and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from hookbus_common import eventlog
+from hookbus_common import events as ev
+from hookbus_common.consumer import Consumer, Incoming, Yielded
+from hookbus_common.errors import PermanentError, RetryableError
+from hookbus_common.service import Runtime
+
+pytestmark = pytest.mark.integration
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def _job(n: int = 0) -> ev.Event[ev.JobRequested]:
+    return ev.make_event(
+        ev.JobRequested(job_id=f"job_{n}", kind="shell", rule="r", webhook_id="w"),
+        source="/test",
+    )
+
+
+async def _count(rt: Runtime, type_: str) -> int:
+    async with rt.pool.acquire() as conn:
+        return int(await conn.fetchval("SELECT count(*) FROM events WHERE type = $1", type_))
+
+
+class Running:
+    def __init__(self, rt: Runtime, handler: Any, **kw: Any) -> None:
+        self.stop = asyncio.Event()
+        self.consumer = Consumer(
+            service="test", bus=rt.bus, outbox=rt.outbox, durable=f"{rt.bus.prefix}-test",
+            filter_subject=f"{rt.bus.prefix}.job.requested.>", handler=handler,
+            max_in_flight=kw.pop("max_in_flight", 4), max_deliver=kw.pop("max_deliver", 5), **kw,
+        )  # fmt: skip
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Running:
+        self.task = asyncio.create_task(self.consumer.run(self.stop))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 20)
+
+
+def _started(incoming: Incoming) -> ev.Event[Any]:
+    req = incoming.event.data
+    return ev.make_event(
+        ev.JobStarted(job_id=req.job_id, kind="shell", rule="r"),
+        source="/test", id=ev.derived_id(incoming.event.id, "started"), cause=incoming.event,
+    )  # fmt: skip
+
+
+async def test_handled_message_commits_its_events_and_is_acked(rt: Runtime) -> None:
+    seen: list[str] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        seen.append(incoming.event.id)
+        yield _started(incoming)
+
+    job = _job()
+    async with Running(rt, handler):
+        await rt.outbox.commit_and_publish([job])
+        await until(lambda: _started_count(rt))
+    assert seen == [job.id]
+    info = await rt.bus.js.consumer_info(rt.bus.stream, f"{rt.bus.prefix}-test")
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
+
+
+async def _started_count(rt: Runtime) -> bool:
+    return await _count(rt, ev.JobStarted.TYPE) == 1
+
+
+async def test_retryable_failure_is_redelivered_and_then_succeeds(rt: Runtime) -> None:
+    attempts: list[int] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        attempts.append(incoming.deliveries)
+        if incoming.deliveries < 3:
+            raise RetryableError("downstream away", delay=0.05)
+        yield _started(incoming)
+
+    async with Running(rt, handler):
+        await rt.outbox.commit_and_publish([_job()])
+        await until(lambda: _started_count(rt))
+    assert attempts == [1, 2, 3]
+
+
+async def test_permanent_failure_is_terminated_and_dead_lettered(rt: Runtime) -> None:
+    calls = 0
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        nonlocal calls
+        calls += 1
+        raise PermanentError("cannot ever work")
+        yield  # pragma: no cover
+
+    job = _job()
+    async with Running(rt, handler):
+        await rt.outbox.commit_and_publish([job])
+
+        async def dead() -> bool:
+            return await _count(rt, ev.MessageDeadLettered.TYPE) == 1
+
+        await until(dead)
+    assert calls == 1
+    async with rt.pool.acquire() as conn:
+        chain = await eventlog.chain(conn, job.id)
+    assert [c.event.type for c in chain] == [ev.JobRequested.TYPE, ev.MessageDeadLettered.TYPE]
+    assert b"cannot ever work" in bytes(chain[1].event.data)
+
+
+async def test_a_message_failing_every_time_is_dead_lettered_after_max_deliver(rt: Runtime) -> None:
+    attempts: list[int] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        attempts.append(incoming.deliveries)
+        raise RetryableError("still down", delay=0.01)
+        yield  # pragma: no cover
+
+    async with Running(rt, handler, max_deliver=3):
+        await rt.outbox.commit_and_publish([_job()])
+
+        async def dead() -> bool:
+            return await _count(rt, ev.MessageDeadLettered.TYPE) == 1
+
+        await until(dead)
+    assert attempts == [1, 2, 3]
+
+
+async def test_undecodable_message_is_dead_lettered_not_dropped(rt: Runtime) -> None:
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        raise AssertionError("must not be called")
+        yield  # pragma: no cover
+
+    async with Running(rt, handler):
+        await rt.bus.publish(f"{rt.bus.prefix}.job.requested.shell", "junk-1", b"{not json")
+
+        async def dead() -> bool:
+            return await _count(rt, ev.MessageDeadLettered.TYPE) == 1
+
+        await until(dead)
+    async with rt.pool.acquire() as conn:
+        data = await conn.fetchval("SELECT data::text FROM events WHERE type = $1",
+                                   ev.MessageDeadLettered.TYPE)  # fmt: skip
+    assert "{not json" in data
+    assert "undecodable" in data
+
+
+async def test_in_flight_messages_are_bounded(rt: Runtime) -> None:
+    active = 0
+    peak = 0
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        yield _started(incoming)
+
+    async with Running(rt, handler, max_in_flight=3):
+        await rt.outbox.commit_and_publish([_job(i) for i in range(12)])
+
+        async def all_done() -> bool:
+            return await _count(rt, ev.JobStarted.TYPE) == 12
+
+        await until(all_done)
+    assert peak == 3
+
+
+async def test_publish_sets_msg_id_so_republishing_is_deduplicated(rt: Runtime) -> None:
+    job = _job()
+    await rt.outbox.commit_and_publish([job])
+    await rt.outbox.commit_and_publish([job])  # a redelivered handler commits it again
+    info = await rt.bus.js.stream_info(rt.bus.stream)
+    assert info.state.messages == 1
+    msg = await rt.bus.js.get_last_msg(rt.bus.stream, f"{rt.bus.prefix}.job.requested.shell")
+    assert msg.headers is not None
+    assert msg.headers["Nats-Msg-Id"] == job.id

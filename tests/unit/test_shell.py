@@ -1,0 +1,323 @@
+"""run_shell against real processes: env isolation, stdin, bounding, timeouts, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from hookbus_executor.shell import ShellResult, ShellSpawnError, run_shell
+
+ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+SH = "/bin/sh"
+
+
+def _alive(pid: int) -> bool:
+    # A killed orphan may sit as a zombie until init reaps it; it is gone all the same.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def _until(predicate, what: str, within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def _pid_from(path: Path) -> int:
+    await _until(lambda: path.exists() and path.read_text().endswith("\n"), f"{path.name}")
+    return int(path.read_text())
+
+
+async def test_success_captures_stdout_and_stderr_in_order():
+    result = await run_shell([SH, "-c", "echo out; echo err >&2"], env=ENV)
+
+    assert result.ok
+    assert result.exit_code == 0
+    assert result.signal is None
+    assert not result.timed_out
+    assert result.output == "out\nerr\n"
+    assert result.output_bytes == 8
+    assert not result.truncated
+    assert result.duration_ms > 0
+
+
+async def test_nonzero_exit_code():
+    result = await run_shell([SH, "-c", "echo failing; exit 3"], env=ENV)
+
+    assert result.exit_code == 3
+    assert result.signal is None
+    assert not result.ok
+    assert result.output == "failing\n"
+
+
+async def test_death_by_signal_reports_the_signal():
+    result = await run_shell([SH, "-c", "kill -KILL $$"], env=ENV)
+
+    assert result.exit_code is None
+    assert result.signal == signal.SIGKILL
+    assert not result.timed_out
+    assert not result.ok
+
+
+async def test_child_gets_exactly_the_given_env(monkeypatch):
+    monkeypatch.setenv("HOOKBUS_TEST_LEAK", "from-parent")
+
+    result = await run_shell(["/usr/bin/env"], env={"ONLY_THIS": "1"})
+
+    assert result.ok
+    assert result.output == "ONLY_THIS=1\n"
+
+
+async def test_inherited_variable_is_unset_unless_passed(monkeypatch):
+    monkeypatch.setenv("HOOKBUS_TEST_X", "from-parent")
+    script = 'echo "${HOOKBUS_TEST_X-unset}"'
+
+    absent = await run_shell([SH, "-c", script], env=ENV)
+    passed = await run_shell([SH, "-c", script], env={**ENV, "HOOKBUS_TEST_X": "given"})
+
+    assert absent.output == "unset\n"
+    assert passed.output == "given\n"
+
+
+async def test_cwd(tmp_path):
+    result = await run_shell(["/bin/pwd"], env=ENV, cwd=str(tmp_path))
+
+    assert result.output == f"{tmp_path}\n"
+
+
+async def test_shell_metacharacters_in_argv_are_not_interpreted():
+    args = ["$(id)", ";", "|", "&&", "`id`", "$HOME", "*", "> /tmp/x"]
+
+    result = await run_shell(["/bin/echo", *args], env=ENV)
+
+    assert result.output == " ".join(args) + "\n"
+
+
+async def test_argv_as_a_string_is_refused():
+    with pytest.raises(TypeError, match="not a command string"):
+        await run_shell("echo hi", env=ENV)
+
+
+async def test_stdin_payload_is_delivered():
+    payload = b"line one\nline two\x00binary\n"
+
+    result = await run_shell(["/bin/cat"], env=ENV, stdin=payload)
+
+    assert result.ok
+    assert result.output.encode() == payload
+
+
+async def test_without_stdin_the_child_reads_dev_null():
+    result = await run_shell(["/bin/cat"], env=ENV, timeout=2)
+
+    assert result.ok
+    assert result.output == ""
+
+
+async def test_large_stdin_to_a_child_that_never_reads_it():
+    result = await run_shell(
+        [SH, "-c", "echo ignored stdin"], env=ENV, stdin=b"x" * (1 << 20), timeout=2
+    )
+
+    assert result.ok
+    assert not result.timed_out
+    assert result.output == "ignored stdin\n"
+
+
+async def test_large_stdin_round_trip_while_output_is_read():
+    # cat blocks on a full stdout pipe unless output is read while stdin is written.
+    payload = bytes(range(256)) * 4096
+
+    result = await run_shell(["/bin/cat"], env=ENV, stdin=payload, timeout=2)
+
+    assert result.ok
+    assert result.output_bytes == len(payload)
+    assert result.truncated
+
+
+async def test_output_is_bounded_to_head_and_tail():
+    script = "printf HEAD; head -c 1000000 /dev/zero; printf TAIL"
+
+    result = await run_shell([SH, "-c", script], env=ENV, max_output_bytes=1024, timeout=2)
+
+    assert result.ok
+    assert result.truncated
+    assert result.output_bytes == 1_000_008
+    omitted = 1_000_008 - 1024
+    assert result.output == (
+        "HEAD" + "\0" * 508 + f"\n…[{omitted} bytes omitted]…\n" + "\0" * 508 + "TAIL"
+    )
+
+
+async def test_output_exactly_at_the_bound_is_kept_whole():
+    whole = await run_shell(["/usr/bin/printf", "abcdefgh"], env=ENV, max_output_bytes=8)
+    cut = await run_shell(["/usr/bin/printf", "abcdefgh"], env=ENV, max_output_bytes=7)
+
+    assert (whole.output, whole.truncated, whole.output_bytes) == ("abcdefgh", False, 8)
+    assert (cut.output, cut.truncated, cut.output_bytes) == (
+        "abc\n…[1 bytes omitted]…\nefgh",
+        True,
+        8,
+    )
+
+
+async def test_invalid_utf8_is_replaced():
+    result = await run_shell([SH, "-c", r"printf '\377ok'"], env=ENV)
+
+    assert result.output == "\ufffdok"
+    assert result.output_bytes == 3
+
+
+async def test_timeout_terminates_promptly_when_the_group_obeys_sigterm():
+    result = await run_shell(["/bin/sleep", "30"], env=ENV, timeout=0.2, kill_grace=2.0)
+
+    assert result.timed_out
+    assert not result.ok
+    assert result.exit_code is None
+    assert result.signal == signal.SIGTERM
+    # The group was empty right after SIGTERM, so the grace period was not sat out.
+    assert result.duration_ms < 1500
+
+
+async def test_timeout_kills_the_whole_group_including_a_term_ignoring_grandchild(tmp_path):
+    leader_file, grandchild_file = tmp_path / "leader.pid", tmp_path / "grandchild.pid"
+    script = """
+        echo $$ > "$1"
+        sh -c 'trap "" TERM; echo $$ > "$1"; exec sleep 30' grandchild "$2" &
+        while [ ! -s "$2" ]; do sleep 0.01; done
+        echo started
+        sleep 30
+    """
+    job = asyncio.create_task(
+        run_shell(
+            [SH, "-c", script, "leader", str(leader_file), str(grandchild_file)],
+            env=ENV,
+            timeout=0.5,
+            kill_grace=0.3,
+        )
+    )
+    leader, grandchild = await _pid_from(leader_file), await _pid_from(grandchild_file)
+    assert os.getpgid(grandchild) == leader
+
+    result = await job
+
+    assert result.timed_out
+    assert result.signal == signal.SIGTERM
+    assert result.output == "started\n"
+    # SIGKILL came at the end of the grace period, not from the later leftover sweep
+    # (which would only run after the 1 s output drain the grandchild keeps open).
+    assert result.duration_ms < 1400
+    await _until(lambda: not _alive(leader), "the leader to die")
+    await _until(lambda: not _alive(grandchild), "the TERM-ignoring grandchild to die")
+
+
+async def test_background_straggler_is_killed_after_normal_exit():
+    # The background sleep holds the output pipe open after the shell has exited.
+    started = time.monotonic()
+
+    result = await run_shell([SH, "-c", "sleep 30 & echo $!"], env=ENV, timeout=10)
+
+    assert result.ok
+    assert not result.timed_out
+    assert time.monotonic() - started < 2.5
+    straggler = int(result.output)
+    await _until(lambda: not _alive(straggler), "the straggler to die")
+
+
+async def test_cancellation_kills_the_process_group(tmp_path):
+    leader_file, child_file = tmp_path / "leader.pid", tmp_path / "child.pid"
+    script = 'sleep 30 & echo $! > "$2"; echo $$ > "$1"; wait'
+    job = asyncio.create_task(
+        run_shell([SH, "-c", script, "sh", str(leader_file), str(child_file)], env=ENV)
+    )
+    leader, child = await _pid_from(leader_file), await _pid_from(child_file)
+
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+
+    await _until(lambda: not _alive(leader), "the leader to die")
+    await _until(lambda: not _alive(child), "its child to die")
+
+
+async def test_missing_executable_raises_spawn_error_naming_it():
+    with pytest.raises(ShellSpawnError, match="hookbus-no-such-program") as caught:
+        await run_shell(["/nonexistent/hookbus-no-such-program"], env={"TOKEN": "s3cret"})
+
+    assert isinstance(caught.value, OSError)
+    assert "s3cret" not in str(caught.value)
+
+
+async def test_missing_executable_on_the_given_path_raises_spawn_error():
+    with pytest.raises(ShellSpawnError, match="hookbus-no-such-program"):
+        await run_shell(["hookbus-no-such-program"], env=ENV)
+
+
+async def test_non_executable_file_raises_spawn_error(tmp_path):
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+
+    with pytest.raises(ShellSpawnError, match=r"not-executable\.sh"):
+        await run_shell([str(script)], env=ENV)
+
+
+async def test_missing_cwd_raises_spawn_error(tmp_path):
+    missing = tmp_path / "gone"
+
+    with pytest.raises(ShellSpawnError, match="working directory"):
+        await run_shell(["/bin/true"], env=ENV, cwd=str(missing))
+
+
+async def test_on_progress_is_called_while_the_job_runs():
+    calls = 0
+
+    async def progress() -> None:
+        nonlocal calls
+        calls += 1
+
+    result = await run_shell(
+        ["/bin/sleep", "0.35"], env=ENV, on_progress=progress, progress_interval=0.1
+    )
+
+    assert result.ok
+    assert calls >= 1
+
+
+async def test_failing_on_progress_is_logged_and_ignored(caplog):
+    async def progress() -> None:
+        raise RuntimeError("nats is down")
+
+    with caplog.at_level(logging.ERROR, logger="hookbus_executor.shell"):
+        result = await run_shell(
+            ["/bin/sleep", "0.25"], env=ENV, on_progress=progress, progress_interval=0.1
+        )
+
+    assert result.ok
+    assert "on_progress callback failed" in caplog.text
+
+
+def test_result_ok_requires_exit_zero_and_no_timeout():
+    base = {
+        "signal": None,
+        "duration_ms": 1.0,
+        "output": "",
+        "output_bytes": 0,
+        "truncated": False,
+    }
+
+    assert ShellResult(exit_code=0, timed_out=False, **base).ok
+    assert not ShellResult(exit_code=0, timed_out=True, **base).ok
+    assert not ShellResult(exit_code=1, timed_out=False, **base).ok
+    assert not ShellResult(exit_code=None, timed_out=False, **base).ok
