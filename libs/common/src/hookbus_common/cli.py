@@ -299,3 +299,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     raise SystemExit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()
