@@ -21,7 +21,9 @@ from hookbus_common.settings import DatabaseSettings, NatsSettings, Settings
 
 BACKEND = os.environ.get("HOOKBUS_TEST_BACKEND", "embedded")
 if BACKEND not in ("embedded", "testcontainers"):
-    raise pytest.UsageError(f"HOOKBUS_TEST_BACKEND must be embedded or testcontainers, not {BACKEND!r}")
+    raise pytest.UsageError(
+        f"HOOKBUS_TEST_BACKEND must be embedded or testcontainers, not {BACKEND!r}"
+    )
 
 
 class Servers(msgspec.Struct):
@@ -36,9 +38,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         from testcontainers.community.nats import NatsContainer
         from testcontainers.community.postgres import PostgresContainer
 
-        with NatsContainer("nats:2.10", jetstream=True) as n, PostgresContainer(
-            "postgres:16", driver=None
-        ) as p:
+        with (
+            NatsContainer("nats:2.10", jetstream=True) as n,
+            PostgresContainer("postgres:16", driver=None) as p,
+        ):
             yield Servers(nats_url=n.nats_uri(), database_url=p.get_connection_url())
         return
     base = tmp_path_factory.mktemp("servers")

@@ -89,13 +89,15 @@ async def test_signed_push_is_recorded_with_raw_body_then_published(
     assert data.delivery_id == "d-1"
     assert data.headers["x-hub-signature-256"] == github_headers(PUSH, "d-1")["x-hub-signature-256"]
     assert rows[0].bus_subject == f"{receiver_settings.prefix}.webhook.received.github.push"
-    async with open_pool(receiver_settings.database, run_migrations=False) as pool:
-        async with pool.acquire() as conn:
-            assert await eventlog.raw_body(conn, event_id) == PUSH
-            deadline = asyncio.get_running_loop().time() + 10
-            while await eventlog.outbox_depth(conn):  # published, then forgotten by the outbox
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.02)
+    async with (
+        open_pool(receiver_settings.database, run_migrations=False) as pool,
+        pool.acquire() as conn,
+    ):
+        assert await eventlog.raw_body(conn, event_id) == PUSH
+        deadline = asyncio.get_running_loop().time() + 10
+        while await eventlog.outbox_depth(conn):  # published, then forgotten by the outbox
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
     # The message on the bus is the same event, byte-identical payload.
     import nats
 
