@@ -96,6 +96,8 @@ def system_env(servers_nats_url: str, database_url: str, prefix: str) -> dict[st
         "HOOKBUS_EXECUTOR__HEALTH_PORT": str(free_port()),
         "HOOKBUS_DISPATCHER__HEALTH_PORT": str(free_port()),
         "HOOKBUS_LOG__LEVEL": "DEBUG",
+        # A killed consumer's unacked messages go to the next one sooner.
+        "HOOKBUS_ROUTER__ACK_WAIT_SECONDS": "3",
     }
 
 

@@ -109,7 +109,7 @@ async def connect(settings: NatsSettings, prefix: str, name: str) -> AsyncIterat
         log.warning("nats error", extra={"error": str(exc)})
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected")
+        log.info("nats disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")

@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- up
 
 
+def _wait_ready(
+    base_url: str, children: dict[str, subprocess.Popen[bytes]], stopping: Callable[[], bool]
+) -> bool:
+    """Wait until the receiver answers /readyz, or a service dies, or we are told to stop."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not stopping():
+        dead = [n for n, c in children.items() if c.poll() is not None]
+        if dead:
+            print(f"hookbus: {', '.join(dead)} exited during start-up; see above", flush=True)
+            return False
+        try:
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=1) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    if not stopping():
+        print("hookbus: the receiver did not become ready within 60 s", flush=True)
+    return False
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     config = args.config or (str(p) if (p := default_config_path(os.environ)) else None)
     settings = _settings(argparse.Namespace(config=config, data_dir=None))
@@ -107,9 +130,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         for service in SERVICES:
             children[service] = subprocess.Popen(_service_argv(service, None), env=env)
         host = settings.receiver.host
-        url = (
-            f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{settings.receiver.port}"  # noqa: S104
-        )
+        if host in ("0.0.0.0", "::"):  # noqa: S104 (comparing, not binding)
+            host = "127.0.0.1"
+        url = f"http://{host}:{settings.receiver.port}"
+        if not _wait_ready(url, children, lambda: stopping):
+            return 1
         sources = ", ".join(settings.sources) or "(none configured)"
         print(f"hookbus: send webhooks to {url}/hooks/<source>   sources: {sources}", flush=True)
         print("hookbus: Ctrl-C stops everything", flush=True)

@@ -131,8 +131,8 @@ class Consumer:
                 continue
             try:
                 msgs = await sub.fetch(self.max_in_flight - len(self._tasks), timeout=1.0)
-            except nats.errors.TimeoutError:
-                continue
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue  # nothing to do within the fetch window
             except (nats.errors.Error, OSError) as exc:
                 log.warning("fetch failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(0.5)

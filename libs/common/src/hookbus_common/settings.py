@@ -134,12 +134,16 @@ class RouterSettings(msgspec.Struct, **_STRUCT):
     health_port: Port = 9101
     max_in_flight: PositiveInt = 64
     max_deliver: PositiveInt = 10
+    # How long a fetched message may go unacknowledged before another replica gets it.
+    ack_wait_seconds: PositiveFloat = 30.0
 
 
 class ExecutorSettings(msgspec.Struct, **_STRUCT):
     health_port: Port = 9102
     max_in_flight: PositiveInt = 4
     max_deliver: PositiveInt = 5
+    # Running jobs report progress, which restarts this timer.
+    ack_wait_seconds: PositiveFloat = 60.0
     max_output_bytes: PositiveInt = 64 * 1024
     kill_grace_seconds: PositiveFloat = 5.0
     # Only these variables of the executor's own environment reach an action; the rest
@@ -153,6 +157,7 @@ class ExecutorSettings(msgspec.Struct, **_STRUCT):
 class DispatcherSettings(msgspec.Struct, **_STRUCT):
     health_port: Port = 9103
     max_in_flight: PositiveInt = 32
+    ack_wait_seconds: PositiveFloat = 30.0
     max_attempts: PositiveInt = 5
     timeout_seconds: PositiveFloat = 10.0
 

@@ -22,6 +22,7 @@ async def run(settings: Settings) -> None:
             max_in_flight=settings.dispatcher.max_in_flight,
             # Attempts are counted by the handler; this is only the safety net.
             max_deliver=settings.dispatcher.max_attempts + 1,
+            ack_wait=settings.dispatcher.ack_wait_seconds,
         )
 
 

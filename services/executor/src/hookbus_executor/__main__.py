@@ -17,8 +17,7 @@ async def run(settings: Settings) -> None:
         health_port=settings.executor.health_port,
         max_in_flight=settings.executor.max_in_flight,
         max_deliver=settings.executor.max_deliver,
-        # Long jobs report progress, which resets this timer.
-        ack_wait=60.0,
+        ack_wait=settings.executor.ack_wait_seconds,
     )
 
 

@@ -17,6 +17,7 @@ async def run(settings: Settings) -> None:
         health_port=settings.router.health_port,
         max_in_flight=settings.router.max_in_flight,
         max_deliver=settings.router.max_deliver,
+        ack_wait=settings.router.ack_wait_seconds,
     )
 
 

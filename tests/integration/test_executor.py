@@ -1,0 +1,94 @@
+"""The executor's handler against a real Postgres: records, timeouts, no second run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from hookbus_common import eventlog
+from hookbus_common import events as ev
+from hookbus_common.consumer import Incoming
+from hookbus_common.service import Runtime
+from hookbus_executor.jobs import make_handler
+
+pytestmark = pytest.mark.integration
+
+
+class _NoMsg:
+    async def in_progress(self) -> None:
+        return None
+
+
+def _request(command: list[str], **shell: Any) -> ev.Event[ev.JobRequested]:
+    return ev.make_event(
+        ev.JobRequested(
+            job_id="job_t", kind="shell", rule="r", webhook_id="evt_w",
+            shell=ev.ShellSpec(command=command, **shell),
+            context={"HOOKBUS_REPOSITORY": "acme/app"},
+            payload=msgspec.Raw(b'{"hello": "world"}'),
+        ),
+        source="/test",
+    )  # fmt: skip
+
+
+async def _handle(rt: Runtime, event: ev.Event[Any], deliveries: int = 1) -> list[ev.Event[Any]]:
+    handler = make_handler(rt)
+    incoming = Incoming(event=event, subject="s", deliveries=deliveries, _msg=_NoMsg())  # type: ignore[arg-type]
+    out: list[ev.Event[Any]] = []
+    async for item in handler(incoming):
+        batch = [item] if isinstance(item, ev.Event) else list(item)
+        await rt.outbox.commit_and_publish(batch)
+        out.extend(batch)
+    return out
+
+
+async def test_job_runs_once_and_a_redelivery_does_not_run_it_again(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    marker = tmp_path / "runs"
+    req = _request(["/bin/sh", "-c", f'echo run >> {marker}; echo "$HOOKBUS_REPOSITORY"; cat'])
+    await rt.outbox.commit([req])
+    first = await _handle(rt, req)
+    assert [type(e.data) for e in first] == [ev.JobStarted, ev.JobSucceeded]
+    assert first[1].data.output == 'acme/app\n{"hello": "world"}'
+    again = await _handle(rt, req, deliveries=2)
+    assert again == []
+    assert marker.read_text() == "run\n"
+    async with rt.pool.acquire() as conn:
+        status = await conn.fetchrow("SELECT status, exit_code FROM jobs WHERE job_id = 'job_t'")
+        chain = await eventlog.chain(conn, req.id)
+    assert tuple(status) == ("succeeded", 0)
+    assert len(chain) == 3
+
+
+async def test_failure_and_timeout_are_recorded_as_failed(rt: Runtime) -> None:
+    failing = _request(["/bin/sh", "-c", "echo boom >&2; exit 3"])
+    slow = _request(["/bin/sh", "-c", "sleep 30"], timeout=0.3)
+    missing = _request(["/no/such/program"])
+    for req in (failing, slow, missing):
+        await rt.outbox.commit([req])
+    (_, f1), (_, f2), (_, f3) = [await _handle(rt, r) for r in (failing, slow, missing)]
+    assert isinstance(f1.data, ev.JobFailed)
+    assert (f1.data.exit_code, f1.data.output) == (3, "boom\n")
+    assert isinstance(f2.data, ev.JobFailed)
+    assert f2.data.timed_out
+    assert f2.data.duration_ms < 10_000
+    assert isinstance(f3.data, ev.JobFailed)
+    assert f3.data.error is not None
+    assert "/no/such/program" in f3.data.error
+
+
+async def test_only_allow_listed_environment_reaches_the_action(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOKBUS_SECRET_THING", "s3cr3t")
+    req = _request(["/usr/bin/env"])
+    await rt.outbox.commit([req])
+    _, done = await _handle(rt, req)
+    assert "HOOKBUS_REPOSITORY=acme/app" in done.data.output
+    assert "HOOKBUS_JOB_ID=job_t" in done.data.output
+    assert "s3cr3t" not in done.data.output
+    assert "PATH=" in done.data.output
