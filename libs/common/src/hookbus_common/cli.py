@@ -213,11 +213,14 @@ def summary(e: LoggedEvent) -> str:
         case "job.started":
             return f"{d.get('job_id')} attempt {d.get('attempt')}"
         case "job.succeeded" | "job.failed":
-            how = (
-                "timed out"
-                if d.get("timed_out")
-                else d.get("error") or f"exit {d.get('exit_code')}"
-            )
+            if d.get("timed_out"):
+                how = "timed out"
+            elif d.get("error"):
+                how = str(d["error"])
+            elif d.get("signal") is not None:
+                how = f"killed by signal {d['signal']}"
+            else:
+                how = f"exit {d.get('exit_code')}"
             return f"{d.get('job_id')} {how} in {d.get('duration_ms', 0):.0f} ms"
         case s if s.startswith("delivery."):
             status = d.get("status_code") or d.get("error") or ""

@@ -66,7 +66,8 @@ Outcome = Ack | Nak | Term
 
 def backoff(deliveries: int, *, base: float = 0.5, cap: float = 60.0) -> float:
     """Exponential backoff with full jitter on the upper half, in seconds."""
-    ceiling = min(cap, base * 2 ** max(0, deliveries - 1))
+    # The exponent is bounded: the count keeps growing on a message that is never dropped.
+    ceiling = min(cap, base * 2 ** min(max(0, deliveries - 1), 32))
     return float(ceiling / 2 + random.random() * ceiling / 2)  # noqa: S311 (jitter, not crypto)
 
 

@@ -55,6 +55,14 @@ class NatsSettings(msgspec.Struct, **_STRUCT):
     publish_timeout: PositiveFloat = 5.0
     connect_timeout: PositiveFloat = 30.0
 
+    def __repr__(self) -> str:  # a URL may carry a password or token
+        return f"NatsSettings(url={redact_url(self.url)!r})"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and reprs."""
+    return re.sub(r"://[^/@]*@", "://***@", url)
+
 
 class DatabaseSettings(msgspec.Struct, **_STRUCT):
     url: str = "postgresql://hookbus@127.0.0.1:5432/hookbus"
@@ -62,6 +70,9 @@ class DatabaseSettings(msgspec.Struct, **_STRUCT):
     pool_min: Annotated[int, msgspec.Meta(ge=0)] = 1
     pool_max: PositiveInt = 10
     connect_timeout: PositiveFloat = 30.0
+
+    def __repr__(self) -> str:  # a DSN may carry a password
+        return f"DatabaseSettings(url={redact_url(self.url)!r}, schema={self.schema!r})"
 
 
 class LogSettings(msgspec.Struct, **_STRUCT):
@@ -198,10 +209,15 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     # DATABASE_URL is the convention most hosts set; HOOKBUS_DATABASE__URL wins over it.
     if "DATABASE_URL" in env:
         data.setdefault("database", {})["url"] = env["DATABASE_URL"]
+    known = set(Settings.__struct_fields__)
     for key in sorted(env):
-        if not key.startswith(ENV_PREFIX) or key == "HOOKBUS_CONFIG":
+        if not key.startswith(ENV_PREFIX):
             continue
         parts = key[len(ENV_PREFIX) :].lower().split("__")
+        if parts[0] not in known:
+            # HOOKBUS_CONFIG, or a variable of the user's own (a secret kept in
+            # HOOKBUS_GITHUB_SECRET): not a setting.
+            continue
         node = data
         for part in parts[:-1]:
             child = node.setdefault(part, {})
@@ -212,8 +228,18 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
 
 
 def _readable_path(path: str) -> str:
-    # msgspec says `$.sources.gh.secrets[0]`; people write sources.gh.secrets[0].
+    # msgspec says `$.receiver.port`; people write receiver.port.
     return path.removeprefix(".") or "(top level)"
+
+
+def _convert(data: Any, typ: Any, label: str, at: str) -> Any:
+    try:
+        return msgspec.convert(data, typ)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        m = _PATH_RE.search(msg)
+        where = (at + (m["path"] if m else "")).removeprefix(".") or "(top level)"
+        raise ConfigError(f"{label}: {where}: {_PATH_RE.sub('', msg)}") from None
 
 
 def _resolve_secret(secret: Secret, where: str, base: Path, env: Mapping[str, str]) -> Secret:
@@ -302,19 +328,20 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             data = tomllib.loads(cfg_path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"{cfg_path}: config file not found") from None
+        except OSError as exc:
+            raise ConfigError(f"{cfg_path}: cannot read config: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{cfg_path}: not valid TOML: {exc}") from None
         data.setdefault("base_dir", str(cfg_path.resolve().parent))
     _apply_env(data, env)
     _load_rules_file(data)
-    try:
-        settings = msgspec.convert(data, Settings)
-    except msgspec.ValidationError as exc:
-        msg = str(exc)
-        m = _PATH_RE.search(msg)
-        where = _readable_path(m["path"]) if m else "(top level)"
-        problem = _PATH_RE.sub("", msg)
-        raise ConfigError(f"{label}: {where}: {problem}") from None
+    sources = data.get("sources")
+    if isinstance(sources, dict):
+        # msgspec writes a dict key as `[...]`; check each source alone so the error can
+        # say which source it is about.
+        for name, src in sources.items():
+            _convert(src, SourceConfig, label, f"sources.{name}")
+    settings = _convert(data, Settings, label, "")
     settings = _resolve_secrets(settings, env)
     try:
         _check(settings)

@@ -35,6 +35,13 @@ def _context(hook: Event[WebhookReceived]) -> dict[str, str]:
     return {k: v for k, v in facts.items() if v is not None}
 
 
+def _headers(configured: dict[str, str]) -> dict[str, str]:
+    """The rule's headers, with a JSON content type unless the rule sets one (any case)."""
+    if any(k.lower() == "content-type" for k in configured):
+        return dict(configured)
+    return {"content-type": "application/json", **configured}
+
+
 def _request(hook: Event[WebhookReceived], rule: Rule, index: int, action: Action) -> Event[Any]:
     step = f"{rule.name}/{index}"
     match action:
@@ -61,7 +68,7 @@ def _request(hook: Event[WebhookReceived], rule: Rule, index: int, action: Actio
                 webhook_id=hook.id,
                 url=action.url,
                 method=action.method,
-                headers={"content-type": "application/json", **action.headers},
+                headers=_headers(action.headers),
                 body=hook.data.payload,
                 tenant=hook.tenant,
             )

@@ -1,0 +1,544 @@
+"""The event contract: envelope round trips, CloudEvents shape, ids, tokens and subjects."""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from hookbus_common import events as ev
+from hookbus_common.events import (
+    DATA_TYPES,
+    DeliveryAttempted,
+    DeliveryDead,
+    DeliveryFailed,
+    DeliveryRequested,
+    DeliverySucceeded,
+    EventData,
+    JobFailed,
+    JobRequested,
+    JobStarted,
+    JobSucceeded,
+    MessageDeadLettered,
+    RuleEvaluation,
+    ShellSpec,
+    WebhookReceived,
+    WebhookRouted,
+    decode,
+    decode_data,
+    derived_id,
+    encode,
+    make_event,
+    new_id,
+    token,
+)
+
+# Odd spacing, key order, an escape and a trailing zero: re-encoding would change any of them.
+PAYLOAD = b'{"zeta": 1,  "alpha" : [1, 2, {"k": "caf\\u00e9"}],\n "n": 1.50}'
+
+SAMPLES: dict[str, EventData] = {
+    WebhookReceived.TYPE: WebhookReceived(
+        source="gitlab-main",
+        kind="gitlab",
+        event_type="Push Hook",
+        delivery_id="d-1",
+        headers={"x-gitlab-event": "Push Hook"},
+        payload=msgspec.Raw(PAYLOAD),
+        body_sha256="ab" * 32,
+        remote_addr="10.0.0.1",
+        repository="org/app",
+        branch="main",
+        commit="c0ffee",
+        sender="alice",
+    ),
+    WebhookRouted.TYPE: WebhookRouted(
+        source="gh",
+        event_type="push",
+        webhook_id="evt_1",
+        matched=["deploy"],
+        evaluations=[
+            RuleEvaluation(rule="deploy", matched=True, reason="matched"),
+            RuleEvaluation(rule="other", matched=False, reason="branch: nope"),
+        ],
+        requested=["evt_2"],
+    ),
+    JobRequested.TYPE: JobRequested(
+        job_id="job_1",
+        kind="shell",
+        rule="deploy",
+        webhook_id="evt_1",
+        shell=ShellSpec(command=["./deploy.sh", "a b"], env={"X": "1"}, timeout=5.0, cwd="/srv"),
+        context={"HOOKBUS_BRANCH": "main"},
+        payload=msgspec.Raw(PAYLOAD),
+    ),
+    JobStarted.TYPE: JobStarted(job_id="job_1", kind="shell", rule="deploy", attempt=2),
+    JobSucceeded.TYPE: JobSucceeded(
+        job_id="job_1", kind="shell", rule="deploy", exit_code=0, duration_ms=12.5, output="ok\n"
+    ),
+    JobFailed.TYPE: JobFailed(
+        job_id="job_1",
+        kind="shell",
+        rule="deploy",
+        exit_code=None,
+        signal=9,
+        timed_out=True,
+        output="x" * 10,
+        output_bytes=100,
+        truncated=True,
+        error="timed out",
+    ),
+    DeliveryRequested.TYPE: DeliveryRequested(
+        delivery_id="dlv_1",
+        rule="notify",
+        webhook_id="evt_1",
+        url="https://example.com/hook",
+        method="PUT",
+        headers={"content-type": "application/json"},
+        body=msgspec.Raw(PAYLOAD),
+        tenant="acme",
+    ),
+    DeliveryAttempted.TYPE: DeliveryAttempted(
+        delivery_id="dlv_1", url="https://example.com/hook", attempt=3, status_code=503
+    ),
+    DeliverySucceeded.TYPE: DeliverySucceeded(
+        delivery_id="dlv_1", url="https://example.com/hook", status_code=204, tenant="acme"
+    ),
+    DeliveryFailed.TYPE: DeliveryFailed(
+        delivery_id="dlv_1", url="https://example.com/hook", status_code=410
+    ),
+    DeliveryDead.TYPE: DeliveryDead(
+        delivery_id="dlv_1", url="https://example.com/hook", error="ConnectError: refused"
+    ),
+    MessageDeadLettered.TYPE: MessageDeadLettered(
+        service="router",
+        bus_subject="hookbus.webhook.received.gh.push",
+        stream_sequence=42,
+        deliveries=10,
+        error="PermanentError: no",
+        message="{}",
+    ),
+}
+
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+ID_RE = re.compile(r"^(?P<prefix>[a-z]+)_(?P<hex>[0-9a-f]{32})$")
+
+
+def _event(data: EventData, **kw) -> ev.Event:
+    return make_event(data, source="/hookbus/test", **kw)
+
+
+def test_every_data_type_has_a_sample():
+    # A new event type must be added to SAMPLES, so the round trip below covers it too.
+    assert set(SAMPLES) == set(DATA_TYPES)
+    for name, data in SAMPLES.items():
+        assert type(data) is DATA_TYPES[name]
+        assert name == type(data).TYPE
+
+
+def test_type_names_are_versioned_and_unique():
+    for name in DATA_TYPES:
+        assert re.fullmatch(r"io\.hookbus\.[a-z]+(\.[a-z]+)+\.v\d+", name), name
+    assert len({cls for cls in DATA_TYPES.values()}) == len(DATA_TYPES)
+
+
+# --------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("type_name", sorted(DATA_TYPES))
+def test_encode_decode_round_trip(type_name):
+    event = _event(SAMPLES[type_name], subject="org/app", tenant="acme")
+
+    back = decode(encode(event))
+
+    assert back == event
+    assert type(back.data) is DATA_TYPES[type_name]
+    assert back.type == type_name
+
+
+@pytest.mark.parametrize("type_name", sorted(DATA_TYPES))
+def test_data_round_trips_alone(type_name):
+    data = SAMPLES[type_name]
+
+    assert decode_data(type_name, ev.encode_data(data)) == data
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (SAMPLES[WebhookReceived.TYPE], "payload"),
+        (SAMPLES[JobRequested.TYPE], "payload"),
+        (SAMPLES[DeliveryRequested.TYPE], "body"),
+    ],
+)
+def test_raw_payload_is_embedded_byte_for_byte(data, field):
+    encoded = encode(_event(data))
+
+    assert PAYLOAD in encoded
+    back = decode(encoded)
+    assert bytes(getattr(back.data, field)) == PAYLOAD
+    # ... and it is still JSON that any reader sees as the same value.
+    assert json.loads(encoded)["data"][field] == json.loads(PAYLOAD)
+
+
+def test_decoded_time_is_timezone_aware_and_unchanged():
+    event = _event(SAMPLES[JobStarted.TYPE])
+
+    back = decode(encode(event))
+
+    assert back.time == event.time
+    assert back.time.utcoffset() == timedelta(0)
+
+
+def test_decoder_ignores_fields_added_by_a_newer_producer():
+    # Schema evolution is additive, so an older consumer must accept extra fields.
+    doc = json.loads(encode(_event(SAMPLES[JobStarted.TYPE])))
+    doc["newextension"] = "x"
+    doc["data"]["new_field"] = [1, 2]
+
+    back = decode(json.dumps(doc).encode())
+
+    assert back.data == SAMPLES[JobStarted.TYPE]
+
+
+# ------------------------------------------------------------------- decode errors
+
+
+def test_decode_of_unknown_type_raises_a_validation_error():
+    doc = json.loads(encode(_event(SAMPLES[JobStarted.TYPE])))
+    doc["type"] = "com.example.unknown.v1"
+
+    with pytest.raises(msgspec.ValidationError, match=r"com\.example\.unknown\.v1"):
+        decode(json.dumps(doc).encode())
+
+
+def test_decode_data_of_unknown_type_raises_a_validation_error():
+    with pytest.raises(msgspec.ValidationError):
+        decode_data("io.hookbus.nothing.v1", b"{}")
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"not json", b'{"id": "x",}', b"\xff\xfe"])
+def test_decode_of_malformed_json_raises_a_decode_error(raw):
+    with pytest.raises(msgspec.DecodeError):
+        decode(raw)
+
+
+def test_decode_of_an_envelope_missing_a_required_attribute_raises():
+    doc = json.loads(encode(_event(SAMPLES[JobStarted.TYPE])))
+    del doc["id"]
+
+    with pytest.raises(msgspec.ValidationError, match="id"):
+        decode(json.dumps(doc).encode())
+
+
+def test_decode_of_data_that_does_not_fit_its_type_raises():
+    doc = json.loads(encode(_event(SAMPLES[JobStarted.TYPE])))
+    del doc["data"]["job_id"]
+
+    with pytest.raises(msgspec.ValidationError, match="job_id"):
+        decode(json.dumps(doc).encode())
+
+
+def test_decode_of_a_non_object_raises():
+    with pytest.raises(msgspec.ValidationError):
+        decode(b"[1, 2, 3]")
+
+
+# ------------------------------------------------------------------- CloudEvents
+
+
+@pytest.mark.parametrize("type_name", sorted(DATA_TYPES))
+def test_envelope_is_cloudevents_1_0_structured_json(type_name):
+    event = _event(SAMPLES[type_name], subject="org/app")
+
+    doc = json.loads(encode(event))
+
+    assert doc["specversion"] == "1.0"
+    for required in ("id", "source", "type"):
+        assert isinstance(doc[required], str)
+        assert doc[required]
+    assert doc["id"] == event.id
+    assert doc["type"] == type_name
+    assert doc["source"] == "/hookbus/test"
+    assert RFC3339.match(doc["time"]), doc["time"]
+    assert doc["datacontenttype"] == "application/json"
+    assert doc["subject"] == "org/app"
+    assert isinstance(doc["data"], dict)
+    # Context attributes (core and extensions) are top-level, named in lower-case ASCII
+    # letters and digits; every one that is set is a string.
+    for name, value in doc.items():
+        assert re.fullmatch(r"[a-z0-9]{1,20}", name), name
+        if name != "data" and value is not None:
+            assert isinstance(value, str), name
+    assert doc["correlationid"] == event.id
+    assert doc["tenant"] == "default"
+
+
+def test_time_attribute_parses_back_to_the_event_time():
+    event = _event(SAMPLES[JobStarted.TYPE])
+
+    text = json.loads(encode(event))["time"]
+
+    assert datetime.fromisoformat(text.replace("Z", "+00:00")) == event.time
+
+
+def test_derived_event_carries_the_causation_extension():
+    cause = _event(SAMPLES[WebhookReceived.TYPE], tenant="acme")
+    effect = _event(SAMPLES[WebhookRouted.TYPE], cause=cause)
+
+    doc = json.loads(encode(effect))
+
+    assert doc["causationid"] == cause.id
+    assert doc["correlationid"] == cause.id
+    assert doc["tenant"] == "acme"
+
+
+# -------------------------------------------------------------------------- ids
+
+
+def test_new_id_has_the_prefix_and_a_uuid7():
+    before = datetime.now(UTC)
+    eid = new_id()
+    after = datetime.now(UTC)
+
+    m = ID_RE.match(eid)
+    assert m
+    assert m["prefix"] == "evt"
+    u = uuid.UUID(hex=m["hex"])
+    assert u.version == 7
+    assert u.variant == uuid.RFC_4122
+    # The first 48 bits are the creation time in milliseconds.
+    ms = int(m["hex"][:12], 16)
+    assert int(before.timestamp() * 1000) - 1 <= ms <= int(after.timestamp() * 1000) + 1
+
+
+def test_new_id_takes_a_prefix():
+    assert new_id("job").startswith("job_")
+    assert new_id("dlv").startswith("dlv_")
+
+
+def test_new_ids_are_unique():
+    ids = [new_id() for _ in range(5000)]
+
+    assert len(set(ids)) == len(ids)
+
+
+def test_new_ids_sort_by_creation_time(monkeypatch):
+    clock = iter(range(1_700_000_000_000, 1_700_000_000_000 + 50))
+    fake_time = types.SimpleNamespace(time_ns=lambda: next(clock) * 1_000_000)
+    monkeypatch.setattr(ev, "time", fake_time)
+
+    ids = [new_id() for _ in range(50)]
+
+    assert ids == sorted(ids)
+
+
+def test_derived_id_is_deterministic():
+    assert derived_id("evt_a", "routed") == derived_id("evt_a", "routed")
+    assert ID_RE.match(derived_id("evt_a", "routed"))
+
+
+def test_derived_id_differs_by_step_and_by_cause():
+    ids = {
+        derived_id("evt_a", "routed"),
+        derived_id("evt_a", "request/deploy/0"),
+        derived_id("evt_a", "request/deploy/1"),
+        derived_id("evt_a", "request/notify/0"),
+        derived_id("evt_b", "routed"),
+        derived_id("evt_b", "request/deploy/0"),
+    }
+
+    assert len(ids) == 6
+
+
+def test_derived_id_takes_a_prefix():
+    a = derived_id("evt_a", "job/deploy/0", prefix="job")
+
+    assert a.startswith("job_")
+    assert a != derived_id("evt_a", "job/deploy/1", prefix="job")
+
+
+# ----------------------------------------------------------------------- tokens
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Push Hook", "push_hook"),
+        ("push", "push"),
+        ("pull_request", "pull_request"),
+        ("Tag Push Hook", "tag_push_hook"),
+        ("  padded  ", "padded"),
+        ("a.b.c", "a_b_c"),
+        ("org/app", "org_app"),
+        ("*", "_"),
+        (">", "_"),
+        ("", "_"),
+        (None, "_"),
+        ("...", "_"),
+        ("MiXeD-Case_9", "mixed-case_9"),
+    ],
+)
+def test_token_normalises_outside_input(raw, expected):
+    assert token(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["a.*.>", "evil.>", "x y\tz\n", "héllo wörld", "日本語", "a\x00b"])
+def test_token_never_lets_subject_syntax_or_non_ascii_through(raw):
+    t = token(raw)
+
+    assert re.fullmatch(r"[a-z0-9_-]+", t), t
+
+
+@hsettings(database=None, max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.text()))
+def test_token_is_always_one_valid_bounded_token(raw):
+    t = token(raw)
+
+    assert re.fullmatch(r"[a-z0-9_-]{1,64}", t)
+
+
+# --------------------------------------------------------------------- subjects
+
+OUTSIDE = {"source": "GitLab Main", "event_type": "Push Hook"}
+
+
+SUBJECT_CASES = [
+    (
+        WebhookReceived(source="gh", kind="github", event_type="push"),
+        "hookbus.webhook.received.gh.push",
+    ),
+    (
+        WebhookReceived(kind="gitlab", **OUTSIDE),
+        "hookbus.webhook.received.gitlab_main.push_hook",
+    ),
+    (
+        WebhookRouted(webhook_id="evt_1", **OUTSIDE),
+        "hookbus.webhook.routed.gitlab_main.push_hook",
+    ),
+    (
+        JobRequested(job_id="j", kind="shell", rule="r", webhook_id="w"),
+        "hookbus.job.requested.shell",
+    ),
+    (JobStarted(job_id="j", kind="shell", rule="r"), "hookbus.job.started.shell"),
+    (JobSucceeded(job_id="j", kind="shell", rule="r"), "hookbus.job.succeeded.shell"),
+    (JobFailed(job_id="j", kind="Docker Run", rule="r"), "hookbus.job.failed.docker_run"),
+    (
+        DeliveryRequested(delivery_id="d", rule="r", webhook_id="w", url="u", tenant="acme"),
+        "hookbus.delivery.requested.acme",
+    ),
+    (DeliveryAttempted(delivery_id="d", url="u"), "hookbus.delivery.attempted.default"),
+    (
+        DeliverySucceeded(delivery_id="d", url="u", tenant="Acme Corp"),
+        "hookbus.delivery.succeeded.acme_corp",
+    ),
+    (DeliveryFailed(delivery_id="d", url="u", tenant="t1"), "hookbus.delivery.failed.t1"),
+    (DeliveryDead(delivery_id="d", url="u", tenant="t1"), "hookbus.delivery.dead.t1"),
+    (
+        MessageDeadLettered(
+            service="router",
+            bus_subject="s",
+            stream_sequence=1,
+            deliveries=1,
+            error="e",
+            message="m",
+        ),
+        "hookbus.deadletter.router",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "subject"), SUBJECT_CASES)
+def test_bus_subject_is_prefix_and_type_tokens(data, subject):
+    assert _event(data).bus_subject("hookbus") == subject
+
+
+def test_subject_cases_cover_every_type():
+    assert {type(data) for data, _ in SUBJECT_CASES} == set(DATA_TYPES.values())
+
+
+@pytest.mark.parametrize("type_name", sorted(DATA_TYPES))
+def test_bus_subject_uses_the_given_prefix_and_has_no_empty_or_wild_tokens(type_name):
+    subject = _event(SAMPLES[type_name]).bus_subject("staging")
+
+    first, *rest = subject.split(".")
+    assert first == "staging"
+    assert len(rest) >= 2
+    for part in rest:
+        assert re.fullmatch(r"[a-z0-9_-]+", part), subject
+
+
+def test_bus_subject_with_an_empty_outside_value_keeps_every_token():
+    data = WebhookReceived(source="gh", kind="github", event_type="")
+
+    subject = _event(data).bus_subject("hookbus")
+
+    assert subject.split(".")[-1] != ""
+    assert ".." not in subject
+
+
+# ----------------------------------------------------------------------- make_event
+
+
+def test_make_event_without_cause_starts_a_chain():
+    data = SAMPLES[WebhookReceived.TYPE]
+    before = datetime.now(UTC)
+
+    event = _event(data)
+
+    assert ID_RE.match(event.id)
+    assert event.type == WebhookReceived.TYPE
+    assert event.correlationid == event.id
+    assert event.causationid is None
+    assert event.tenant == "default"
+    assert event.specversion == "1.0"
+    assert event.time.tzinfo is not None
+    assert before <= event.time <= datetime.now(UTC)
+
+
+def test_make_event_uses_the_given_id_subject_and_tenant():
+    event = _event(SAMPLES[JobStarted.TYPE], id="evt_fixed", subject="job_1", tenant="acme")
+
+    assert event.id == "evt_fixed"
+    assert event.correlationid == "evt_fixed"
+    assert event.subject == "job_1"
+    assert event.tenant == "acme"
+
+
+def test_make_event_inherits_correlation_and_tenant_from_its_cause():
+    root = _event(SAMPLES[WebhookReceived.TYPE], id="evt_root", tenant="acme")
+    middle = _event(SAMPLES[JobRequested.TYPE], id="evt_middle", cause=root)
+    leaf = _event(SAMPLES[JobStarted.TYPE], id="evt_leaf", cause=middle)
+
+    assert middle.correlationid == "evt_root"
+    assert middle.causationid == "evt_root"
+    assert middle.tenant == "acme"
+    # The correlation id is the chain's first event, not the direct cause.
+    assert leaf.correlationid == "evt_root"
+    assert leaf.causationid == "evt_middle"
+    assert leaf.tenant == "acme"
+
+
+def test_an_explicit_tenant_wins_over_the_causes():
+    root = _event(SAMPLES[WebhookReceived.TYPE], tenant="acme")
+
+    child = _event(SAMPLES[JobStarted.TYPE], cause=root, tenant="other")
+
+    assert child.tenant == "other"
+    assert child.correlationid == root.id
+
+
+def test_events_are_immutable():
+    event = _event(SAMPLES[JobStarted.TYPE])
+
+    with pytest.raises(AttributeError):
+        event.id = "evt_other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        event.data.job_id = "other"  # type: ignore[misc]
