@@ -199,3 +199,28 @@ actions = [{{ kind = "webhook", url = "{sink.url}/in", headers = {{ x-team = "op
     assert got[0].body == body
     assert got[0].headers["x-team"] == "ops"
     assert got[0].headers["x-hookbus-delivery"].startswith("dlv_")
+
+
+def test_services_without_an_http_api_serve_health_and_metrics(
+    servers: Servers, make_system: Callable[..., System], script: Path
+) -> None:
+    system = make_system(config(script), servers)
+    system.start()
+    body = push()
+    r = httpx.post(f"{system.url}/hooks/github", content=body, headers=headers(body, "h-1"))
+    hook_id = r.json()["id"]
+    wait_for(lambda: "job.succeeded" in short_types(chain(system, hook_id)), "the job", system)
+    for service in ("router", "executor", "dispatcher"):
+        base = f"http://127.0.0.1:{system.env[f'HOOKBUS_{service.upper()}__HEALTH_PORT']}"
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        ready = httpx.get(f"{base}/readyz")
+        assert ready.status_code == 200
+        assert ready.text == "nats: ok\npostgres: ok\n"
+        assert httpx.get(f"{base}/nothing").status_code == 404
+    metrics = httpx.get(
+        f"http://127.0.0.1:{system.env['HOOKBUS_ROUTER__HEALTH_PORT']}/metrics"
+    ).text
+    prefix = system.env["HOOKBUS_PREFIX"]
+    assert (
+        f'hookbus_messages_handled_total{{consumer="{prefix}-router",outcome="ack"}} 1.0' in metrics
+    )
