@@ -66,6 +66,15 @@ def _start(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], 
     raise AssertionError("hookbus up did not come up:\n" + "".join(lines))
 
 
+def _send(port: int, body: bytes) -> httpx.Response:
+    return httpx.post(
+        f"http://127.0.0.1:{port}/hooks/github", content=body,
+        headers={"x-github-event": "push", "x-github-delivery": "up-1",
+                 "content-type": "application/json",
+                 "x-hub-signature-256": sign_github(body, b"up-secret")},
+    )  # fmt: skip
+
+
 def _stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -80,12 +89,7 @@ def test_up_runs_everything_stops_cleanly_and_keeps_data(tmp_path: Path) -> None
     try:
         assert f"http://127.0.0.1:{port}/hooks/<source>" in lines[-1]
         body = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "a/b"}}).encode()
-        r = httpx.post(
-            f"http://127.0.0.1:{port}/hooks/github", content=body,
-            headers={"x-github-event": "push", "x-github-delivery": "up-1",
-                     "content-type": "application/json",
-                     "x-hub-signature-256": sign_github(body, b"up-secret")},
-        )  # fmt: skip
+        r = _send(port, body)
         assert r.status_code == 202
         hook_id = r.json()["id"]
         # `hookbus events` beside a running `hookbus up` finds its servers by itself.
@@ -111,12 +115,7 @@ def test_up_runs_everything_stops_cleanly_and_keeps_data(tmp_path: Path) -> None
     # Started again, it still has the event log: the same delivery is a duplicate.
     proc, _ = _start(tmp_path, env)
     try:
-        r = httpx.post(
-            f"http://127.0.0.1:{port}/hooks/github", content=body,
-            headers={"x-github-event": "push", "x-github-delivery": "up-1",
-                     "content-type": "application/json",
-                     "x-hub-signature-256": sign_github(body, b"up-secret")},
-        )  # fmt: skip
+        r = _send(port, body)
         assert r.status_code == 200
         assert r.json() == {"id": hook_id, "duplicate": True}
     finally:

@@ -13,8 +13,8 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from .retry import until_up
 from .settings import NatsSettings
 
 log = logging.getLogger(__name__)
@@ -115,12 +115,8 @@ async def connect(settings: NatsSettings, prefix: str, name: str) -> AsyncIterat
         log.info("nats reconnected")
 
     nc: Client | None = None
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type((OSError, nats.errors.Error, asyncio.TimeoutError)),
-        stop=stop_after_delay(settings.connect_timeout),
-        wait=wait_exponential(multiplier=0.1, max=2.0),
-        reraise=True,
-    ):
+    errors = (OSError, nats.errors.Error, asyncio.TimeoutError)
+    async for attempt in until_up(settings.connect_timeout, errors):
         with attempt:
             nc = await nats.connect(
                 settings.url,

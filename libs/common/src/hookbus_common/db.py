@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from .retry import until_up
 from .settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,7 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> list[str]:
 
 
 async def connect_once(settings: DatabaseSettings) -> asyncpg.Connection:
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(_CONNECT_ERRORS),
-        stop=stop_after_delay(settings.connect_timeout),
-        wait=wait_exponential(multiplier=0.1, max=2.0),
-        reraise=True,
-    ):
+    async for attempt in until_up(settings.connect_timeout, _CONNECT_ERRORS):
         with attempt:
             return await asyncpg.connect(settings.url)
     raise AssertionError("unreachable")
@@ -84,12 +79,7 @@ async def open_pool(
             await migrate(conn, settings.schema)
         finally:
             await conn.close()
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(_CONNECT_ERRORS),
-        stop=stop_after_delay(settings.connect_timeout),
-        wait=wait_exponential(multiplier=0.1, max=2.0),
-        reraise=True,
-    ):
+    async for attempt in until_up(settings.connect_timeout, _CONNECT_ERRORS):
         with attempt:
             pool = await asyncpg.create_pool(
                 settings.url,
