@@ -11,6 +11,30 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .sourceconfig import (
+    ConfigError,
+    GithubSource,
+    JwtSource,
+    Secret,
+    SourceConfig,
+    StandardWebhooksSource,
+    looks_like_keys,
+    standard_webhooks_key,
+)
+
+__all__ = [
+    "ConfigError",
+    "DatabaseSettings",
+    "GithubSource",
+    "LogSettings",
+    "NatsSettings",
+    "ReceiverSettings",
+    "Secret",
+    "Settings",
+    "SourceConfig",
+    "load_settings",
+]
+
 # Every struct forbids unknown fields so that a typo in the config file is an error that
 # names the key instead of a setting that silently does nothing.
 _STRUCT: dict[str, Any] = {"forbid_unknown_fields": True, "frozen": True, "kw_only": True}
@@ -19,31 +43,6 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 SubjectToken = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]+$")]
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key and the problem."""
-
-
-class Secret(msgspec.Struct, **_STRUCT):
-    """A secret given inline, by environment variable or by file; resolved once at load."""
-
-    value: str | None = None
-    env: str | None = None
-    file: str | None = None
-
-    def __repr__(self) -> str:  # secrets must never reach a log through a repr
-        where = (
-            f"env={self.env!r}" if self.env else f"file={self.file!r}" if self.file else "inline"
-        )
-        return f"Secret({where}, value=<redacted>)"
-
-    __str__ = __repr__
-
-    def bytes(self) -> bytes:
-        if self.value is None:  # the loader resolves every secret, so this is a programming error
-            raise ConfigError("secret used before it was resolved")
-        return self.value.encode()
 
 
 class NatsSettings(msgspec.Struct, **_STRUCT):
@@ -78,21 +77,6 @@ class DatabaseSettings(msgspec.Struct, **_STRUCT):
 class LogSettings(msgspec.Struct, **_STRUCT):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
-
-
-class GithubSource(msgspec.Struct, tag="github", tag_field="kind", **_STRUCT):
-    """A GitHub (or GitHub-compatible) sender signing with X-Hub-Signature-256."""
-
-    secrets: list[Secret] = []
-    allow_sha1: bool = False
-    tenant: str = "default"
-
-    @property
-    def kind(self) -> str:
-        return "github"
-
-
-SourceConfig = GithubSource
 
 
 class ReceiverSettings(msgspec.Struct, **_STRUCT):
@@ -264,17 +248,60 @@ def _resolve_secret(secret: Secret, where: str, base: Path, env: Mapping[str, st
     return secret
 
 
+def _resolve_source(name: str, src: SourceConfig, base: Path, env: Mapping[str, str]) -> Any:
+    where = f"sources.{name}"
+    for key, message in src.problems():
+        raise ConfigError(f"{where}.{key}: {message}")
+    lists = src.secret_lists()
+    if src.needs_secrets() and not src.secrets:
+        raise ConfigError(f"{where}.secrets: a {src.kind} source needs a secret")
+    resolved = {
+        key: [_resolve_secret(s, f"{where}.{key}[{i}]", base, env) for i, s in enumerate(secrets)]
+        for key, secrets in lists.items()
+    }
+    if isinstance(src, StandardWebhooksSource):
+        _check_standard_keys(f"{where}.secrets", resolved["secrets"])
+    if isinstance(src, JwtSource):
+        if isinstance(src.also, StandardWebhooksSource):
+            _check_standard_keys(f"{where}.also.secrets", resolved["also.secrets"])
+        also = resolved.pop("also.secrets", None)
+        if src.also is not None and also is not None:
+            src = msgspec.structs.replace(src, also=msgspec.structs.replace(src.also, secrets=also))
+        src = _read_jwt_keys(where, src, base)
+    elif "signing" in resolved:  # gitlab's signing token is a Standard Webhooks secret
+        _check_standard_keys(f"{where}.signing", resolved["signing"])
+    return msgspec.structs.replace(src, **resolved)
+
+
+def _check_standard_keys(where: str, secrets: list[Secret]) -> None:
+    for i, secret in enumerate(secrets):
+        if standard_webhooks_key(secret.value or "") is None:
+            # Never echo the secret itself.
+            raise ConfigError(f"{where}[{i}]: not a Standard Webhooks secret (whsec_ + base64)")
+
+
+def _read_jwt_keys(where: str, src: JwtSource, base: Path) -> JwtSource:
+    text, key = src.keys, "keys"
+    if src.key_file is not None:
+        key = "key_file"
+        path = Path(src.key_file).expanduser()
+        path = path if path.is_absolute() else base / path
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not text"
+            raise ConfigError(f"{where}.key_file: cannot read {path}: {reason}") from None
+    if text is not None and not looks_like_keys(text):
+        raise ConfigError(f"{where}.{key}: expected PEM public keys or a JWKS document")
+    # The file is read once, here; the receiver uses the text it was given.
+    return msgspec.structs.replace(src, keys=text)
+
+
 def _resolve_secrets(settings: Settings, env: Mapping[str, str]) -> Settings:
     base = Path(settings.base_dir)
-    sources = {}
-    for name, src in settings.sources.items():
-        if not src.secrets:
-            raise ConfigError(f"sources.{name}.secrets: a {src.kind} source needs a secret")
-        resolved = [
-            _resolve_secret(s, f"sources.{name}.secrets[{i}]", base, env)
-            for i, s in enumerate(src.secrets)
-        ]
-        sources[name] = msgspec.structs.replace(src, secrets=resolved)
+    sources = {
+        name: _resolve_source(name, src, base, env) for name, src in settings.sources.items()
+    }
     return msgspec.structs.replace(settings, sources=sources)
 
 

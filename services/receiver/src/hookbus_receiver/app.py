@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,7 +23,7 @@ from hookbus_common.logs import correlated
 from hookbus_common.service import Runtime, runtime
 from hookbus_common.settings import Settings, SourceConfig, load_settings
 
-from . import sources
+from . import imagepush, partners, policy, sources
 from .groupcommit import GroupCommitter
 
 log = logging.getLogger(__name__)
@@ -38,26 +39,76 @@ LATENCY = Histogram(
     ["source"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+REJECTED = Counter(
+    "hookbus_receiver_rejected_total",
+    "Refused webhook requests by source and precise reason (ip_denied, bad_signature, ...)",
+    ["source", "reason"],
+)
 
 
 class Reject(Exception):
     """A request refused with a status and a reason safe to tell the sender."""
 
-    def __init__(self, status: int, code: str, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str | None = None,
+        *,
+        reason: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(code)
         self.status = status
         self.code = code
         self.detail = detail
+        # The precise reason, for metrics and logs only (the sender sees ``code``).
+        self.reason = reason
+        self.headers = headers
 
 
-def error_response(status: int, code: str, detail: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, detail: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body: dict[str, str] = {"error": code}
     if detail:
         body["detail"] = detail
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 NOT_FOUND = (404, "not_found")
+
+
+class Admitted:
+    """A source with its admission policy (allow-list, proxies, rate limit) prepared."""
+
+    def __init__(self, name: str, config: SourceConfig) -> None:
+        self.source = sources.Source(name, config)
+        self.allow = policy.networks(config.allow_ips)
+        self.trusted = policy.networks(config.trusted_proxies)
+        limit = config.rate_limit
+        self.bucket = (
+            policy.TokenBucket(limit.per_second, limit.capacity) if limit is not None else None
+        )
+        if config.kind == "none" and not self.allow:
+            log.warning(
+                "source accepts unsigned deliveries from anywhere; consider allow_ips",
+                extra={"source": name},
+            )
+
+
+def _form_payload(body: bytes) -> bytes:
+    """The JSON in a form body's ``payload`` field, as GitHub sends with that content type."""
+    try:
+        fields = urllib.parse.parse_qs(
+            body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body)
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise sources.BadBody("form body is not valid application/x-www-form-urlencoded") from None
+    values = fields.get("payload")
+    if not values:
+        raise sources.BadBody("form body has no payload field")
+    return values[0].encode("utf-8", "surrogatepass")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -75,40 +126,72 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 class Receiver:
-    def __init__(self, settings: Settings, rt: Runtime, committer: GroupCommitter) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        rt: Runtime,
+        committer: GroupCommitter,
+        admitted: dict[str, Admitted],
+    ) -> None:
         self.settings = settings
         self.rt = rt
         self.committer = committer
+        self.sources = admitted
 
     async def hook(self, request: Request) -> Response:
         name = request.path_params["source"]
-        source = self.settings.sources.get(name)
+        source = self.sources.get(name)
         if source is None:
             # The same answer as any unknown path: nothing tells which sources exist.
             return error_response(*NOT_FOUND)
         started = time.perf_counter()
         try:
-            response = await self._accept(name, source, request)
+            response = await self._accept(source, request)
         except Reject as r:
             REQUESTS.labels(name, r.code).inc()
-            return error_response(r.status, r.code, r.detail)
+            REJECTED.labels(name, r.reason or r.code).inc()
+            return error_response(r.status, r.code, r.detail, r.headers)
         finally:
             LATENCY.labels(name).observe(time.perf_counter() - started)
         return response
 
-    async def _accept(self, name: str, source: SourceConfig, request: Request) -> Response:
-        body = await _read_body(request, self.settings.receiver.max_body_bytes)
+    async def _accept(self, admitted: Admitted, request: Request) -> Response:
+        source, name = admitted.source, admitted.source.name
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers.raw}
-        try:
-            sources.verify(source, headers, body)
-        except sources.VerificationError as exc:
-            log.info("rejected delivery", extra={"source": name, "reason": exc.reason})
-            raise Reject(401, "unauthorized") from None
+        peer = request.client.host if request.client else None
+        client = policy.client_address(peer, headers.get("x-forwarded-for"), admitted.trusted)
+        if not policy.allowed(client, admitted.allow):
+            # Outside the allow-list looks like a path that does not exist.
+            raise Reject(*NOT_FOUND, reason="ip_denied")
+        if admitted.bucket is not None:
+            wait = admitted.bucket.take(time.monotonic())
+            if wait:
+                raise Reject(
+                    429, "rate_limited", "too many requests for this source",
+                    headers={"Retry-After": policy.retry_after(wait)},
+                )  # fmt: skip
+        body = await _read_body(request, self.settings.receiver.max_body_bytes)
         ctype = headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if ctype not in ("application/json", "text/json") and not ctype.endswith("+json"):
-            raise Reject(415, "unsupported_media_type", f"expected application/json, got {ctype}")
+        form = ctype == "application/x-www-form-urlencoded"
+        if (
+            not form
+            and ctype not in ("application/json", "text/json")
+            and not ctype.endswith("+json")
+        ):
+            raise Reject(
+                415, "unsupported_media_type",
+                f"expected application/json or a form with a payload field, got {ctype[:100]}",
+            )  # fmt: skip
         try:
-            facts = sources.facts(source, headers, body)
+            source.verify(headers, body, time.time())
+        except sources.VerificationError as exc:
+            # Every failure answers alike: the reason is for our logs and metrics only.
+            log.info("rejected delivery", extra={"source": name, "reason": exc.reason})
+            raise Reject(401, "unauthorized", reason=exc.reason) from None
+        try:
+            payload = _form_payload(body) if form else body
+            parsed = sources.parse_json_object(payload)
+            facts = source.facts(headers, parsed)
         except sources.BadBody as exc:
             raise Reject(400, "bad_body", str(exc)) from None
         data = ev.WebhookReceived(
@@ -117,10 +200,10 @@ class Receiver:
             event_type=facts.event_type,
             delivery_id=facts.delivery_id,
             content_type=ctype,
-            headers=sources.kept_headers(source, headers),
-            payload=msgspec.Raw(body),
+            headers=source.kept_headers(headers),
+            payload=msgspec.Raw(payload),
             body_sha256=hashlib.sha256(body).hexdigest(),
-            remote_addr=request.client.host if request.client else None,
+            remote_addr=str(client) if client is not None else peer,
             repository=facts.repository,
             branch=facts.branch,
             tag=facts.tag,
@@ -132,12 +215,13 @@ class Receiver:
             source=f"/hookbus/receiver/{name}",
             id=ev.new_id(),
             subject=facts.repository,
-            tenant=source.tenant,
+            tenant=source.config.tenant,
         )
-        dedupe = f"{name}:{facts.delivery_id}" if facts.delivery_id else None
         with correlated(event.id):
             try:
-                recorded = await self.committer.record(Pending(event, dedupe, body))
+                recorded = await self.committer.record(
+                    Pending(event, source.dedupe_key(facts.delivery_id), body)
+                )
             except Exception as exc:
                 log.error("could not record delivery", extra={"source": name, "error": repr(exc)})
                 REQUESTS.labels(name, "unavailable").inc()
@@ -172,6 +256,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings = load_settings()
         logs.setup("receiver", settings.log.level, settings.log.format)
     holder: dict[str, Receiver] = {}
+    partner_hooks = partners.PartnerHooks(settings)
+    image_hooks = imagepush.ImagePushHooks(settings)
+    # Built before serving: a key that cannot be used stops the start, naming its key.
+    admitted = {name: Admitted(name, cfg) for name, cfg in settings.sources.items()}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -182,7 +270,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 interval=settings.receiver.commit_interval_ms / 1000,
             )
             committer.start()
-            holder["r"] = Receiver(settings, rt, committer)
+            holder["r"] = Receiver(settings, rt, committer, admitted)
+            partner_hooks.bind(rt.pool, committer)
+            await image_hooks.bind(rt.pool, committer)
             try:
                 yield
             finally:
@@ -203,6 +293,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=[
             Route("/hooks/{source}", hook, methods=["POST"]),
+            Route("/webhook/v1/{token}", partner_hooks.handle, methods=["POST"]),
+            Route("/api/webhook/{secret}", image_hooks.handle, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

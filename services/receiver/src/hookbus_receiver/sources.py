@@ -1,14 +1,40 @@
-"""Source kinds: how each sender proves who it is and where its facts live in a delivery."""
+"""Source kinds at run time: how each sender proves who it is and where its facts live."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 
-from hookbus_common.settings import GithubSource, SourceConfig
+from hookbus_common.events import token
+from hookbus_common.settings import ConfigError, SourceConfig
+from hookbus_common.sourceconfig import (
+    FromRequest,
+    GithubSource,
+    GitlabSource,
+    HmacSource,
+    HookdeckSource,
+    JwtSource,
+    NoneSource,
+    StandardWebhooksSource,
+    TokenSource,
+)
 
-from .signatures import VerificationError, verify_github
+from .signatures import (
+    JwtKey,
+    VerificationError,
+    decode_standard_secret,
+    load_jwt_keys,
+    verify_github,
+    verify_gitlab_token,
+    verify_hmac,
+    verify_hookdeck,
+    verify_jwt,
+    verify_standard_webhooks,
+    verify_token,
+)
 
 
 class Facts(msgspec.Struct, frozen=True, kw_only=True):
@@ -21,27 +47,19 @@ class Facts(msgspec.Struct, frozen=True, kw_only=True):
     sender: str | None = None
 
 
-class _Repo(msgspec.Struct):
-    full_name: str | None = None
+class BadBody(ValueError):
+    """The body is not what this source sends (not JSON, not an object)."""
 
-
-class _User(msgspec.Struct):
-    login: str | None = None
-
-
-class _GithubBody(msgspec.Struct):
-    repository: _Repo | None = None
-    ref: str | None = None
-    ref_type: str | None = None
-    after: str | None = None
-    sender: _User | None = None
-
-
-_github_body = msgspec.json.Decoder(_GithubBody)
 
 # Headers worth keeping with the raw body: enough to re-verify and audit a delivery.
-# Headers that carry a secret themselves (tokens, Authorization) are never kept.
-KEPT_HEADERS: dict[str, tuple[str, ...]] = {
+_KEPT_COMMON = (
+    "content-type",
+    "user-agent",
+    "idempotency-key",
+    "x-request-id",
+    "x-forwarded-for",
+)
+_KEPT_BY_KIND: dict[str, tuple[str, ...]] = {
     "github": (
         "x-github-event",
         "x-github-delivery",
@@ -50,70 +68,287 @@ KEPT_HEADERS: dict[str, tuple[str, ...]] = {
         "x-github-hook-installation-target-type",
         "x-hub-signature-256",
         "x-hub-signature",
-        "user-agent",
-        "content-type",
+    ),
+    "gitlab": (
+        "x-gitlab-event",
+        "x-gitlab-event-uuid",
+        "x-gitlab-webhook-uuid",
+        "x-gitlab-instance",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    ),
+    "standard-webhooks": ("webhook-id", "webhook-timestamp", "webhook-signature"),
+    "hookdeck": (
+        "x-hookdeck-signature",
+        "x-hookdeck-signature-2",
+        "x-hookdeck-eventid",
+        "x-hookdeck-requestid",
+        "x-hookdeck-attempt-count",
+        "x-hookdeck-source-name",
+        "x-hookdeck-verified",
+        "x-hookdeck-original-ip",
     ),
 }
+# Headers that carry a credential themselves: never kept, whatever the config says.
+_NEVER_KEPT = frozenset({"authorization", "proxy-authorization", "cookie", "x-gitlab-token"})
+
+# The header each kind names its delivery id in, first found wins.
+_DELIVERY_HEADERS: dict[str, tuple[str, ...]] = {
+    "github": ("x-github-delivery",),
+    "gitlab": ("x-gitlab-event-uuid", "idempotency-key", "webhook-id"),
+    "standard-webhooks": ("webhook-id",),
+    "hookdeck": ("x-hookdeck-eventid", "idempotency-key"),
+}
+_DEFAULT_DELIVERY_HEADERS = ("idempotency-key",)
+
+Verifier = Callable[[Mapping[str, str], bytes, float], None]
 
 
-class BadBody(ValueError):
-    """The body is not what this source sends (not JSON, not an object)."""
+def _secrets(src: SourceConfig | Any) -> list[bytes]:
+    return [s.bytes() for s in src.secrets]
 
 
-def verify(source: SourceConfig, headers: Mapping[str, str], body: bytes) -> None:
-    """Raise VerificationError unless the delivery proves it comes from ``source``."""
-    match source:
-        case GithubSource():
-            verify_github(
-                headers, body, [s.bytes() for s in source.secrets], allow_sha1=source.allow_sha1
-            )
-
-
-def _github_facts(headers: Mapping[str, str], body: bytes) -> Facts:
+def _standard_keys(where: str, secrets: list[Any]) -> list[bytes]:
     try:
-        parsed = _github_body.decode(body)
-    except msgspec.ValidationError:
-        # Valid JSON of an unexpected shape: record it, just without the facts.
+        return [decode_standard_secret(s.value or "") for s in secrets]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _verifier(where: str, src: SourceConfig) -> Verifier:
+    """The check for ``src``, with every secret and key prepared once."""
+    match src:
+        case GithubSource():
+            keys, sha1 = _secrets(src), src.allow_sha1
+            return lambda h, b, now: verify_github(h, b, keys, allow_sha1=sha1)
+        case GitlabSource():
+            tokens = [s.bytes() for s in src.token]
+            signing = _standard_keys(f"{where}.signing", src.signing)
+            tolerance = src.tolerance
+
+            def gitlab(h: Mapping[str, str], b: bytes, now: float) -> None:
+                if tokens:
+                    verify_gitlab_token(h, tokens)
+                if signing:
+                    verify_standard_webhooks(h, b, signing, now=now, tolerance=tolerance)
+
+            return gitlab
+        case StandardWebhooksSource():
+            keys, tol = _standard_keys(f"{where}.secrets", src.secrets), src.tolerance
+
+            def standard(h: Mapping[str, str], b: bytes, now: float) -> None:
+                verify_standard_webhooks(h, b, keys, now=now, tolerance=tol)
+
+            return standard
+        case HookdeckSource():
+            keys = _secrets(src)
+            return lambda h, b, now: verify_hookdeck(h, b, keys)
+        case HmacSource():
+            keys, c = _secrets(src), src
+            assert c.header is not None  # the loader checked it
+
+            def generic(h: Mapping[str, str], b: bytes, now: float) -> None:
+                verify_hmac(
+                    h, b, keys, header=c.header or "", algorithm=c.algorithm,
+                    encoding=c.encoding, prefix=c.prefix, signed=c.signed,
+                    timestamp_header=c.timestamp_header, separator=c.separator,
+                    tolerance=c.tolerance, now=now,
+                )  # fmt: skip
+
+            return generic
+        case JwtSource():
+            return _jwt_verifier(where, src)
+        case TokenSource():
+            keys, mode, header = _secrets(src), src.mode, src.header
+            return lambda h, b, now: verify_token(h, keys, mode=mode, header_name=header)
+        case NoneSource():
+            return lambda h, b, now: None
+
+
+def _jwt_verifier(where: str, src: JwtSource) -> Verifier:
+    keys: list[JwtKey] = [JwtKey(kid=None, key=s.bytes()) for s in src.secrets]
+    if src.keys is not None:
         try:
-            value = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
-            raise BadBody(f"body is not valid JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise BadBody("body must be a JSON object") from None
-        parsed = _GithubBody()
+            keys += load_jwt_keys(src.keys)
+        except (ValueError, TypeError) as exc:
+            key = "key_file" if src.key_file else "keys"
+            raise ConfigError(f"{where}.{key}: {exc}") from None
+    algorithms = tuple(src.allowed_algorithms())
+    # An empty string in the config means "present, any value".
+    required = {k: (None if v == "" else v) for k, v in src.required_claims.items()}
+    also = _verifier(f"{where}.also", src.also) if src.also is not None else None
+
+    def check(h: Mapping[str, str], b: bytes, now: float) -> None:
+        verify_jwt(
+            h, keys=keys, algorithms=algorithms, issuer=src.issuer, audience=src.audience,
+            subject=src.subject, required_claims=required, now=now, leeway=src.leeway,
+            header=src.header,
+        )  # fmt: skip
+        if also is not None:
+            also(h, b, now)
+
+    return check
+
+
+def lookup(value: Any, path: str) -> Any:
+    """The value at a dotted path (`event.id`, `items.0.id`), or None."""
+    for part in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _scalar(value: Any) -> str | None:
+    """A fact as text: strings and numbers only (a JSON object is not an id)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str | int | float):
+        text = str(value)
+        return text or None
+    return None
+
+
+def _from(where: FromRequest, headers: Mapping[str, str], body: Any) -> str | None:
+    if where.header:
+        return headers.get(where.header.lower()) or None
+    if where.json_field:
+        return _scalar(lookup(body, where.json_field))
+    return None
+
+
+def _ref(ref: str | None, ref_type: str | None = None) -> tuple[str | None, str | None]:
+    """(branch, tag) from a git ref."""
+    if ref is None:
+        return None, None
+    if ref.startswith("refs/heads/"):
+        return ref.removeprefix("refs/heads/"), None
+    if ref.startswith("refs/tags/"):
+        return None, ref.removeprefix("refs/tags/")
+    if ref_type == "branch":
+        return ref, None
+    if ref_type == "tag":
+        return None, ref
+    return None, None
+
+
+class Source:
+    """One configured source, ready to check and read deliveries."""
+
+    def __init__(self, name: str, config: SourceConfig) -> None:
+        self.name = name
+        self.config = config
+        self.kind = config.kind
+        self._verify = _verifier(f"sources.{name}", config)
+        secret_headers = set(_NEVER_KEPT)
+        if isinstance(config, TokenSource) and config.header:
+            secret_headers.add(config.header.lower())
+        if isinstance(config, JwtSource):
+            secret_headers.add(config.header.lower())
+        extra: list[str] = []
+        if isinstance(config, HmacSource):
+            extra += [h for h in (config.header, config.timestamp_header) if h]
+        for where in (config.idempotency, config.event_type):
+            if where is not None and where.header:
+                extra.append(where.header)
+        if isinstance(config, JwtSource) and isinstance(config.also, HmacSource):
+            extra += [h for h in (config.also.header, config.also.timestamp_header) if h]
+        also_kind = config.also.kind if isinstance(config, JwtSource) and config.also else None
+        kept = (
+            *_KEPT_COMMON,
+            *_KEPT_BY_KIND.get(self.kind, ()),
+            *_KEPT_BY_KIND.get(also_kind or "", ()),
+            *(h.lower() for h in extra),
+        )
+        self._kept = tuple(dict.fromkeys(h for h in kept if h not in secret_headers))
+        self._delivery_headers = _DELIVERY_HEADERS.get(self.kind, _DEFAULT_DELIVERY_HEADERS)
+
+    def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> None:
+        """Raise VerificationError unless the delivery proves it comes from this source."""
+        self._verify(headers, body, now)
+
+    def kept_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {h: headers[h] for h in self._kept if h in headers}
+
+    def facts(self, headers: Mapping[str, str], body: Any) -> Facts:
+        """The facts of a verified delivery whose JSON body (an object) is ``body``."""
+        c = self.config
+        delivery = (
+            _from(c.idempotency, headers, body)
+            if c.idempotency is not None
+            else next((v for h in self._delivery_headers if (v := headers.get(h))), None)
+        )
+        repository = branch = tag = commit = sender = None
+        event_type = c.event_type.default if c.event_type is not None else "webhook"
+        match c:
+            case GithubSource():
+                event_type = headers.get("x-github-event") or "unknown"
+                repository = _scalar(lookup(body, "repository.full_name"))
+                branch, tag = _ref(_scalar(body.get("ref")), _scalar(body.get("ref_type")))
+                commit = _scalar(body.get("after"))
+                sender = _scalar(lookup(body, "sender.login"))
+            case GitlabSource():
+                event_type = token(headers.get("x-gitlab-event") or "unknown")
+                repository = _scalar(lookup(body, "project.path_with_namespace"))
+                branch, tag = _ref(_scalar(body.get("ref")))
+                commit = _scalar(body.get("checkout_sha"))
+                sender = _scalar(body.get("user_username"))
+            case StandardWebhooksSource():
+                # The spec's payload shape is {"type": …, "timestamp": …, "data": …}.
+                event_type = _scalar(body.get("type")) or event_type
+            case _:
+                pass
+        if c.event_type is not None:
+            event_type = _from(c.event_type, headers, body) or c.event_type.default
+        f = c.fields
+        if f.repository:
+            repository = _scalar(lookup(body, f.repository))
+        if f.branch:
+            branch, tag = _ref(_scalar(lookup(body, f.branch)), "branch")
+            if branch is not None and branch.startswith("refs/"):
+                branch = None
+        if f.commit:
+            commit = _scalar(lookup(body, f.commit))
+        if f.sender:
+            sender = _scalar(lookup(body, f.sender))
+        return Facts(
+            event_type=event_type,
+            delivery_id=delivery,
+            repository=repository,
+            branch=branch,
+            tag=tag,
+            commit=commit,
+            sender=sender,
+        )
+
+    def dedupe_key(self, delivery_id: str | None) -> str | None:
+        """The event log's key for a delivery; long ids are hashed to keep the index small."""
+        if not delivery_id:
+            return None
+        if len(delivery_id) > 200:
+            delivery_id = "sha256:" + hashlib.sha256(delivery_id.encode()).hexdigest()
+        return f"{self.name}:{delivery_id}"
+
+
+def parse_json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise BadBody(f"body is not valid JSON: {exc}") from None
-    branch = tag = None
-    ref = parsed.ref
-    if ref is not None:
-        if ref.startswith("refs/heads/"):
-            branch = ref.removeprefix("refs/heads/")
-        elif ref.startswith("refs/tags/"):
-            tag = ref.removeprefix("refs/tags/")
-        elif parsed.ref_type == "branch":
-            branch = ref
-        elif parsed.ref_type == "tag":
-            tag = ref
-    return Facts(
-        event_type=headers.get("x-github-event", "unknown"),
-        delivery_id=headers.get("x-github-delivery") or None,
-        repository=parsed.repository.full_name if parsed.repository else None,
-        branch=branch,
-        tag=tag,
-        commit=parsed.after,
-        sender=parsed.sender.login if parsed.sender else None,
-    )
+    if not isinstance(value, dict):
+        raise BadBody("body must be a JSON object")
+    return value
 
 
-def facts(source: SourceConfig, headers: Mapping[str, str], body: bytes) -> Facts:
-    """Parse the (already verified) body; raises BadBody when it is not acceptable."""
-    match source:
-        case GithubSource():
-            return _github_facts(headers, body)
-
-
-def kept_headers(source: SourceConfig, headers: Mapping[str, str]) -> dict[str, str]:
-    return {h: headers[h] for h in KEPT_HEADERS[source.kind] if h in headers}
-
-
-__all__ = ["BadBody", "Facts", "VerificationError", "facts", "kept_headers", "verify"]
+__all__ = [
+    "BadBody",
+    "Facts",
+    "Source",
+    "VerificationError",
+    "lookup",
+    "parse_json_object",
+]

@@ -1,0 +1,344 @@
+"""Source kinds in the config: how each sender proves who it is, and per-source policies.
+
+Each kind is a tagged struct (``kind = "github"`` …) sharing the common per-source options
+of :class:`_Source`. The structs only declare and check; secrets and key files are
+resolved by the settings loader, and the receiver turns a source into its verifier.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+_STRUCT: dict[str, Any] = {"forbid_unknown_fields": True, "frozen": True, "kw_only": True}
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
+# A dotted path into a JSON body: `event.id`, `data.object.id`, `items.0.id`.
+JsonPath = Annotated[str, msgspec.Meta(pattern=r"^[^.\s]+(\.[^.\s]+)*$")]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+class Secret(msgspec.Struct, **_STRUCT):
+    """A secret given inline, by environment variable or by file; resolved once at load."""
+
+    value: str | None = None
+    env: str | None = None
+    file: str | None = None
+
+    def __repr__(self) -> str:  # secrets must never reach a log through a repr
+        where = (
+            f"env={self.env!r}" if self.env else f"file={self.file!r}" if self.file else "inline"
+        )
+        return f"Secret({where}, value=<redacted>)"
+
+    __str__ = __repr__
+
+    def bytes(self) -> bytes:
+        if self.value is None:  # the loader resolves every secret, so this is a programming error
+            raise ConfigError("secret used before it was resolved")
+        return self.value.encode()
+
+
+class RateLimit(msgspec.Struct, **_STRUCT):
+    """A token bucket per source and per receiver process (so per replica)."""
+
+    per_second: PositiveFloat
+    burst: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+    @property
+    def capacity(self) -> float:
+        return float(self.burst) if self.burst is not None else max(1.0, self.per_second)
+
+
+class FromRequest(msgspec.Struct, **_STRUCT):
+    """Where a value comes from: a header, or a dotted path into the JSON body."""
+
+    header: HeaderName | None = None
+    json_field: JsonPath | None = None
+
+
+class EventTypeFrom(FromRequest, **_STRUCT):
+    # Used when neither is configured, or when the header or field is absent.
+    default: Annotated[str, msgspec.Meta(min_length=1)] = "webhook"
+
+
+class Fields(msgspec.Struct, **_STRUCT):
+    """JSON paths of the facts rules can match on, for kinds that do not know them."""
+
+    repository: JsonPath | None = None
+    branch: JsonPath | None = None  # `refs/heads/x` gives branch x, `refs/tags/v1` tag v1
+    commit: JsonPath | None = None
+    sender: JsonPath | None = None
+
+
+class _Source(msgspec.Struct, **_STRUCT):
+    """Options every source kind has."""
+
+    # Several may be active at once, so that rotating a secret never drops a delivery.
+    secrets: list[Secret] = []
+    tenant: str = "default"
+    # CIDRs; a client outside them gets the same 404 as an unknown path.
+    allow_ips: list[str] = []
+    # Only a peer in these CIDRs may name the client in X-Forwarded-For.
+    trusted_proxies: list[str] = []
+    rate_limit: RateLimit | None = None
+    # Where the delivery id comes from; none configured: the kind's own header.
+    idempotency: FromRequest | None = None
+    # Where the event type comes from (generic kinds); the sender's own kinds know it.
+    event_type: EventTypeFrom | None = None
+    fields: Fields = Fields()
+
+    @property
+    def kind(self) -> str:
+        raise NotImplementedError
+
+    def secret_lists(self) -> dict[str, list[Secret]]:
+        """Every list of secrets this source holds, by key, for the loader to resolve."""
+        return {"secrets": self.secrets}
+
+    def needs_secrets(self) -> bool:
+        return True
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        """(key, message) for each thing wrong with this source beyond its types."""
+        for key in ("allow_ips", "trusted_proxies"):
+            for i, cidr in enumerate(getattr(self, key)):
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    yield f"{key}[{i}]", f"{cidr!r} is not an IP address or CIDR network"
+        for key, where in (("idempotency", self.idempotency), ("event_type", self.event_type)):
+            if where is not None and where.header and where.json_field:
+                yield key, "give a header or a json_field, not both"
+        if self.idempotency is not None and not (
+            self.idempotency.header or self.idempotency.json_field
+        ):
+            yield "idempotency", "give a header or a json_field"
+
+
+class GithubSource(_Source, tag="github", tag_field="kind", **_STRUCT):
+    """A GitHub (or GitHub-compatible) sender signing with X-Hub-Signature-256."""
+
+    allow_sha1: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "github"
+
+
+class GitlabSource(_Source, tag="gitlab", tag_field="kind", **_STRUCT):
+    """GitLab: its secret token (X-Gitlab-Token), its signing token, or both (both checked)."""
+
+    token: list[Secret] = []
+    signing: list[Secret] = []
+    tolerance: PositiveFloat = 300.0
+
+    @property
+    def kind(self) -> str:
+        return "gitlab"
+
+    def secret_lists(self) -> dict[str, list[Secret]]:
+        return {"token": self.token, "signing": self.signing}
+
+    def needs_secrets(self) -> bool:
+        return False  # checked in problems(): token and/or signing, not `secrets`
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from super().problems()
+        if self.secrets:
+            yield "secrets", "a gitlab source takes `token` and/or `signing`, not `secrets`"
+        elif not (self.token or self.signing):
+            yield "token", "a gitlab source needs `token` (X-Gitlab-Token) and/or `signing`"
+
+
+class StandardWebhooksSource(_Source, tag="standard-webhooks", tag_field="kind", **_STRUCT):
+    """Standard Webhooks (Svix and others): webhook-id, webhook-timestamp, webhook-signature."""
+
+    tolerance: PositiveFloat = 300.0
+
+    @property
+    def kind(self) -> str:
+        return "standard-webhooks"
+
+
+class HookdeckSource(_Source, tag="hookdeck", tag_field="kind", **_STRUCT):
+    """Hookdeck: x-hookdeck-signature, and x-hookdeck-signature-2 while rotating."""
+
+    @property
+    def kind(self) -> str:
+        return "hookdeck"
+
+
+class HmacSource(_Source, tag="hmac", tag_field="kind", **_STRUCT):
+    """Any HMAC signature: header, algorithm, encoding, prefix and what is signed."""
+
+    header: HeaderName | None = None  # required; checked in problems()
+    algorithm: Literal["sha1", "sha256", "sha512"] = "sha256"
+    encoding: Literal["hex", "base64"] = "hex"
+    prefix: str = ""
+    signed: Literal["body", "timestamp+body"] = "body"
+    timestamp_header: HeaderName | None = None
+    separator: str = "."
+    tolerance: PositiveFloat = 300.0
+
+    @property
+    def kind(self) -> str:
+        return "hmac"
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from super().problems()
+        if not self.header:
+            yield "header", "the header that carries the signature is required"
+        if self.signed == "timestamp+body" and not self.timestamp_header:
+            yield "timestamp_header", 'required when signed = "timestamp+body"'
+
+
+# What a JWT source may require beside the token ("both must pass").
+AlsoCheck = GithubSource | HookdeckSource | HmacSource | StandardWebhooksSource
+
+JwtAlgorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "EdDSA",
+]  # fmt: skip
+
+
+class JwtSource(_Source, tag="jwt", tag_field="kind", **_STRUCT):
+    """A bearer JWT: signature, exp/nbf, and the configured iss, aud, sub and claims."""
+
+    # PEM public keys / certificates or a JWKS document: a file (read once at load) or inline.
+    key_file: str | None = None
+    keys: str | None = None
+    # Default: HS256 for `secrets`, RS256 and ES256 for keys.
+    algorithms: Annotated[list[JwtAlgorithm], msgspec.Meta(min_length=1)] | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    subject: str | None = None
+    # A claim that must be present; an empty string value means "any value".
+    required_claims: dict[str, str | int | bool] = {}
+    leeway: NonNegativeFloat = 0.0
+    header: HeaderName = "authorization"
+    also: AlsoCheck | None = None
+
+    @property
+    def kind(self) -> str:
+        return "jwt"
+
+    def allowed_algorithms(self) -> list[str]:
+        if self.algorithms is not None:
+            return list(self.algorithms)
+        return (["HS256"] if self.secrets else []) + (
+            ["RS256", "ES256"] if self.key_file or self.keys else []
+        )
+
+    def secret_lists(self) -> dict[str, list[Secret]]:
+        lists = {"secrets": self.secrets}
+        if self.also is not None:
+            lists["also.secrets"] = self.also.secrets
+        return lists
+
+    def needs_secrets(self) -> bool:
+        return False  # keys or secrets, checked in problems()
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from super().problems()
+        if self.key_file is not None and self.keys is not None:
+            yield "key_file", "give key_file or keys, not both"
+        if not (self.key_file or self.keys or self.secrets):
+            yield "key_file", "a jwt source needs key_file, keys, or secrets (HS256)"
+        algorithms = self.allowed_algorithms()
+        if self.secrets and not any(a.startswith("HS") for a in algorithms):
+            yield "algorithms", "secrets are HMAC keys: allow HS256, HS384 or HS512"
+        if (self.key_file or self.keys) and all(a.startswith("HS") for a in algorithms):
+            yield "algorithms", "public keys need RS*, PS*, ES* or EdDSA algorithms"
+        if self.also is not None:
+            also = self.also
+            if not also.secrets:
+                yield "also.secrets", f"a {also.kind} check needs a secret"
+            for key in ("allow_ips", "trusted_proxies", "rate_limit", "idempotency", "event_type"):
+                if getattr(also, key) not in ([], None):
+                    yield f"also.{key}", "set it on the source, not inside `also`"
+            for key, message in also.problems():
+                yield f"also.{key}", message
+
+
+class TokenSource(_Source, tag="token", tag_field="kind", **_STRUCT):
+    """A static credential: a bearer token, basic auth (secrets are user:pass) or a header."""
+
+    mode: Literal["bearer", "basic", "header"] = "bearer"
+    header: HeaderName | None = None
+
+    @property
+    def kind(self) -> str:
+        return "token"
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from super().problems()
+        if self.mode == "header" and not self.header:
+            yield "header", 'required when mode = "header"'
+        if self.mode != "header" and self.header:
+            yield "header", 'only used with mode = "header"'
+
+
+class NoneSource(_Source, tag="none", tag_field="kind", **_STRUCT):
+    """No proof at all (Docker Hub pushes): only with `unsigned = true`, best with allow_ips."""
+
+    unsigned: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "none"
+
+    def needs_secrets(self) -> bool:
+        return False
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        yield from super().problems()
+        if not self.unsigned:
+            yield "unsigned", "a source that checks nothing needs `unsigned = true`"
+        if self.secrets:
+            yield "secrets", "a none source checks no secret; choose a kind that does"
+
+
+SourceConfig = (
+    GithubSource
+    | GitlabSource
+    | StandardWebhooksSource
+    | HookdeckSource
+    | HmacSource
+    | JwtSource
+    | TokenSource
+    | NoneSource
+)
+
+
+def standard_webhooks_key(secret: str) -> bytes | None:
+    """The key bytes of a Standard Webhooks secret (``whsec_`` + base64, or bare base64)."""
+    raw = secret.strip().removeprefix("whsec_")
+    raw = raw.replace("-", "+").replace("_", "/")
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key or None
+
+
+def looks_like_keys(text: str) -> bool:
+    """A cheap check that text is PEM or JWKS; the receiver parses it fully at start."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            doc = msgspec.json.decode(stripped)
+        except msgspec.DecodeError:
+            return False
+        return isinstance(doc, dict) and ("keys" in doc or "kty" in doc)
+    return "-----BEGIN" in stripped and "-----END" in stripped
