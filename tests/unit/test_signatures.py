@@ -884,6 +884,8 @@ def test_selftest_all_pass() -> None:
         "hookdeck",
         "hmac-sha512-base64",
         "jwt-hs256",
+        "gitlab-token",
+        "token",
     ]
     assert all(passed for _, passed, _ in rows), rows
     assert all(detail for _, _, detail in rows)

@@ -284,6 +284,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every verification scheme against published vectors (no config needed)."""
+    try:  # the receiver is a service: imported here, only when this command runs
+        from hookbus_receiver.signatures import selftest
+    except ImportError:
+        print("hookbus: the receiver is not installed (uv sync --package hookbus-receiver)")
+        return 2
+    rows = selftest()
+    for name, passed, detail in rows:
+        print(f"{'PASS' if passed else 'FAIL'}  {name:<20} {detail}")
+    failed = [name for name, passed, _ in rows if not passed]
+    print(f"{len(rows) - len(failed)} of {len(rows)} schemes passed")
+    return 1 if failed else 0
+
+
 # ------------------------------------------------------------------------ main
 
 
@@ -321,6 +336,12 @@ def parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser("check", help="validate the config").set_defaults(func=cmd_config_check)
+
+    verify = sub.add_parser("verify", help="check the signature schemes")
+    verify.add_argument(
+        "--selftest", action="store_true", required=True, help="against the published vectors"
+    )
+    verify.set_defaults(func=cmd_verify)
     return p
 
 

@@ -767,12 +767,36 @@ def _selftest_jwt() -> str:
     return "pyjwt round trip verified; expired token rejected"
 
 
+def _selftest_gitlab_token() -> str:
+    token = _SELFTEST_SECRET.decode()
+    verify_gitlab_token({"x-gitlab-token": token}, [b"old", _SELFTEST_SECRET])
+    _require(
+        _rejects(lambda: verify_gitlab_token({"x-gitlab-token": token + "x"}, [_SELFTEST_SECRET])),
+        "wrong token was accepted",
+    )
+    return "token verified; wrong token rejected (signing tokens: standard-webhooks)"
+
+
+def _selftest_token() -> str:
+    basic = base64.b64encode(b"hook:" + _SELFTEST_SECRET).decode()
+    verify_token({"authorization": f"Basic {basic}"}, [b"hook:" + _SELFTEST_SECRET], mode="basic")
+    bearer = {"authorization": "Bearer " + _SELFTEST_SECRET.decode()}
+    verify_token(bearer, [_SELFTEST_SECRET], mode="bearer")
+    _require(
+        _rejects(lambda: verify_token(bearer, [_SELFTEST_SECRET], mode="basic")),
+        "a bearer token passed as basic credentials",
+    )
+    return "bearer and basic verified; wrong scheme rejected"
+
+
 _SELFTESTS: Final[tuple[tuple[str, Callable[[], str]], ...]] = (
     ("github-sha256", _selftest_github),
     ("standard-webhooks", _selftest_standard_webhooks),
     ("hookdeck", _selftest_hookdeck),
     ("hmac-sha512-base64", _selftest_hmac_sha512),
     ("jwt-hs256", _selftest_jwt),
+    ("gitlab-token", _selftest_gitlab_token),
+    ("token", _selftest_token),
 )
 
 
