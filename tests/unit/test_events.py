@@ -125,6 +125,22 @@ SAMPLES: dict[str, EventData] = {
         error="PermanentError: no",
         message="{}",
     ),
+    ev.PartnerCreated.TYPE: ev.PartnerCreated(
+        partner_id="ptn_0190aa",
+        name="Acme",
+        token_id="tok_0190aa",
+        description="orders",
+        tenant="acme",
+        validation=ev.PartnerValidation(required=["order.id"], schema={"type": "object"}),
+    ),
+    ev.PartnerUpdated.TYPE: ev.PartnerUpdated(partner_id="ptn_0190aa", name="Acme Inc"),
+    ev.PartnerTokenRotated.TYPE: ev.PartnerTokenRotated(
+        partner_id="ptn_0190aa", token_id="tok_2", previous_token_id="tok_0190aa"
+    ),
+    ev.PartnerStatusChanged.TYPE: ev.PartnerStatusChanged(
+        partner_id="ptn_0190aa", status="SUSPENDED", previous="ACTIVE"
+    ),
+    ev.PartnerDeleted.TYPE: ev.PartnerDeleted(partner_id="ptn_0190aa"),
 }
 
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -452,6 +468,20 @@ SUBJECT_CASES = [
         ),
         "hookbus.deadletter.router",
     ),
+    (
+        ev.PartnerCreated(partner_id="ptn_01ab", name="Acme", token_id="tok_1"),
+        "hookbus.partner.created.ptn_01ab",
+    ),
+    (ev.PartnerUpdated(partner_id="ptn_01ab", name="A"), "hookbus.partner.updated.ptn_01ab"),
+    (
+        ev.PartnerTokenRotated(partner_id="ptn_01ab", token_id="tok_2"),
+        "hookbus.partner.rotated.ptn_01ab",
+    ),
+    (
+        ev.PartnerStatusChanged(partner_id="ptn_01ab", status="SUSPENDED"),
+        "hookbus.partner.status_changed.ptn_01ab",
+    ),
+    (ev.PartnerDeleted(partner_id="ptn_01ab"), "hookbus.partner.deleted.ptn_01ab"),
 ]
 
 

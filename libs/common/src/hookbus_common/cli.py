@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from . import db, eventlog, readmodels
+from . import admincli, db, eventlog, readmodels
 from .embedded import EmbeddedError, NatsServer, Postgres
 from .eventlog import LoggedEvent
 from .settings import ConfigError, DatabaseSettings, Settings, default_config_path, load_settings
@@ -342,6 +342,8 @@ def parser() -> argparse.ArgumentParser:
         "--selftest", action="store_true", required=True, help="against the published vectors"
     )
     verify.set_defaults(func=cmd_verify)
+
+    admincli.register(sub, _settings)  # partners, webhook-url
     return p
 
 

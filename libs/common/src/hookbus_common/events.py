@@ -61,6 +61,18 @@ class EventData(msgspec.Struct, **_FROZEN):
         raise NotImplementedError
 
 
+class ImageInfo(msgspec.Struct, **_FROZEN):
+    """A pushed container image reference, parsed and normalised (``docker.io/library``)."""
+
+    registry: str
+    namespace: str
+    repository: str
+    path: str
+    canonical: str
+    tag: str | None = None
+    digest: str | None = None
+
+
 class WebhookReceived(EventData, **_FROZEN):
     """An inbound webhook, verified and recorded; its exact body bytes are in the log."""
 
@@ -81,6 +93,8 @@ class WebhookReceived(EventData, **_FROZEN):
     tag: str | None = None
     commit: str | None = None
     sender: str | None = None
+    # Set for image-push webhooks (source ``image-push``).
+    image: ImageInfo | None = None
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("webhook", "received", token(self.source), token(self.event_type))
@@ -252,6 +266,74 @@ class MessageDeadLettered(EventData, **_FROZEN):
         return ("deadletter", token(self.service))
 
 
+class PartnerValidation(msgspec.Struct, **_FROZEN):
+    """What a partner's webhook body must satisfy before it is accepted."""
+
+    # Dotted JSON paths (``order.id``, ``items.0.sku``) that must be present and not null.
+    required: list[str] = []
+    # A JSON Schema (any draft; 2020-12 unless ``$schema`` says otherwise).
+    schema: dict[str, Any] | None = None
+
+
+class PartnerEvent(EventData, **_FROZEN):
+    """Shared by every partner event. Tokens and their hashes are never part of one."""
+
+    ACTION: ClassVar[str]
+
+    partner_id: str
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("partner", self.ACTION, token(self.partner_id))
+
+
+class PartnerCreated(PartnerEvent, **_FROZEN):
+    TYPE: ClassVar[str] = "io.hookbus.partner.created.v1"
+    ACTION: ClassVar[str] = "created"
+
+    name: str
+    # Names the current token (its hash lives in ``partner_tokens``), not the token itself.
+    token_id: str
+    description: str = ""
+    tenant: str = "default"
+    status: str = "ACTIVE"
+    validation: PartnerValidation = PartnerValidation()
+
+
+class PartnerUpdated(PartnerEvent, **_FROZEN):
+    """The partner's descriptive fields and validation, as they are after the change."""
+
+    TYPE: ClassVar[str] = "io.hookbus.partner.updated.v1"
+    ACTION: ClassVar[str] = "updated"
+
+    name: str
+    description: str = ""
+    tenant: str = "default"
+    validation: PartnerValidation = PartnerValidation()
+
+
+class PartnerTokenRotated(PartnerEvent, **_FROZEN):
+    TYPE: ClassVar[str] = "io.hookbus.partner.rotated.v1"
+    ACTION: ClassVar[str] = "rotated"
+
+    token_id: str
+    previous_token_id: str | None = None
+
+
+class PartnerStatusChanged(PartnerEvent, **_FROZEN):
+    TYPE: ClassVar[str] = "io.hookbus.partner.status.changed.v1"
+    ACTION: ClassVar[str] = "status_changed"
+
+    status: str
+    previous: str | None = None
+
+
+class PartnerDeleted(PartnerEvent, **_FROZEN):
+    """Soft delete: the partner stays in the read model with ``deleted_at`` set."""
+
+    TYPE: ClassVar[str] = "io.hookbus.partner.deleted.v1"
+    ACTION: ClassVar[str] = "deleted"
+
+
 DATA_TYPES: dict[str, type[EventData]] = {
     cls.TYPE: cls
     for cls in (
@@ -267,6 +349,11 @@ DATA_TYPES: dict[str, type[EventData]] = {
         DeliveryFailed,
         DeliveryDead,
         MessageDeadLettered,
+        PartnerCreated,
+        PartnerUpdated,
+        PartnerTokenRotated,
+        PartnerStatusChanged,
+        PartnerDeleted,
     )
 }
 

@@ -1,4 +1,4 @@
-"""Read models (job and delivery status): a pure projection of the log, kept in step.
+"""Read models (job and delivery status, partners): a pure projection of the log, kept in step.
 
 ``project`` runs in the transaction that appends the events, and ``rebuild`` replays the
 whole log through the same function, so the tables can always be thrown away and rebuilt.
@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from . import events as ev
 
@@ -70,6 +71,40 @@ async def _apply(
                 data.delivery_id, _DELIVERY_STATUS[type(data)], data.attempt,
                 data.status_code, data.error, time, seq,
             )  # fmt: skip
+        case ev.PartnerCreated():
+            await conn.execute(
+                "INSERT INTO partners (partner_id, name, description, tenant, status, validation,"
+                " token_id, created_at, modified_at, last_seq)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)"
+                " ON CONFLICT (partner_id) DO NOTHING",
+                data.partner_id, data.name, data.description, data.tenant, data.status,
+                msgspec.json.encode(data.validation).decode(), data.token_id, time, seq,
+            )  # fmt: skip
+        case ev.PartnerUpdated():
+            await conn.execute(
+                "UPDATE partners SET name = $2, description = $3, tenant = $4, validation = $5,"
+                " modified_at = $6, last_seq = $7 WHERE partner_id = $1 AND last_seq < $7",
+                data.partner_id, data.name, data.description, data.tenant,
+                msgspec.json.encode(data.validation).decode(), time, seq,
+            )  # fmt: skip
+        case ev.PartnerTokenRotated():
+            await conn.execute(
+                "UPDATE partners SET token_id = $2, modified_at = $3, last_seq = $4"
+                " WHERE partner_id = $1 AND last_seq < $4",
+                data.partner_id, data.token_id, time, seq,
+            )  # fmt: skip
+        case ev.PartnerStatusChanged():
+            await conn.execute(
+                "UPDATE partners SET status = $2, modified_at = $3, last_seq = $4"
+                " WHERE partner_id = $1 AND last_seq < $4",
+                data.partner_id, data.status, time, seq,
+            )  # fmt: skip
+        case ev.PartnerDeleted():
+            await conn.execute(
+                "UPDATE partners SET deleted_at = $2, modified_at = $2, last_seq = $3"
+                " WHERE partner_id = $1 AND last_seq < $3",
+                data.partner_id, time, seq,
+            )  # fmt: skip
         case _:
             pass
 
@@ -84,13 +119,15 @@ async def rebuild(conn: asyncpg.Connection, *, batch: int = 1000) -> int:
     """Empty the read models and replay the whole log into them; returns events replayed."""
     count = 0
     async with conn.transaction():
-        await conn.execute("TRUNCATE jobs, deliveries")
+        # partner_tokens is not a read model (token hashes are never in events): kept.
+        await conn.execute("TRUNCATE jobs, deliveries, partners")
         last = 0
         while True:
             rows = await conn.fetch(
                 "SELECT seq, type, data::text AS data, correlation_id, time FROM events"
                 " WHERE seq > $1 AND (type LIKE 'io.hookbus.job.%'"
-                " OR type LIKE 'io.hookbus.delivery.%') ORDER BY seq LIMIT $2",
+                " OR type LIKE 'io.hookbus.delivery.%' OR type LIKE 'io.hookbus.partner.%')"
+                " ORDER BY seq LIMIT $2",
                 last,
                 batch,
             )

@@ -1,0 +1,386 @@
+"""Partners: senders with their own webhook URL (a token in the path), kept as events.
+
+Every change is an ``io.hookbus.partner.*`` event appended to the log; the ``partners``
+table is its read model, written in the same transaction. A token is shown once and only
+its SHA-256 is stored, in ``partner_tokens`` — never in an event, so that table is not a
+read model and ``hookbus rebuild`` keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+
+from . import eventlog, readmodels
+from . import events as ev
+from .eventlog import Pending
+from .events import PartnerValidation
+from .settings import Settings
+
+STATUSES: Final = ("ACTIVE", "INACTIVE", "SUSPENDED")
+EVENT_SOURCE: Final = "/hookbus/partners"
+WEBHOOK_PATH: Final = "/webhook/v1/"
+
+
+class PartnerError(Exception):
+    """A partner command cannot be done; the message says why."""
+
+
+class PartnerNotFound(PartnerError):
+    pass
+
+
+class NameTaken(PartnerError):
+    pass
+
+
+class Partner(msgspec.Struct, frozen=True, kw_only=True):
+    partner_id: str
+    name: str
+    description: str
+    tenant: str
+    status: str
+    validation: PartnerValidation
+    token_id: str
+    created_at: datetime
+    modified_at: datetime
+    deleted_at: datetime | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    @property
+    def source(self) -> str:
+        """The name its webhooks are recorded under: subject-safe and never reused."""
+        return self.partner_id
+
+
+# ----------------------------------------------------------------------- tokens
+
+
+def new_token() -> str:
+    """32 random bytes, URL-safe: the only secret a partner holds."""
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> bytes:
+    # Any string from a URL path hashes (surrogatepass): lookups never fail early on format.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+# ------------------------------------------------------------------- validation
+
+
+def parse_validation(required: Sequence[str] = (), schema: Any = None) -> PartnerValidation:
+    """Check a validation config given by a person; raises PartnerError naming the problem."""
+    for path in required:
+        if not path or any(not part for part in path.split(".")):
+            raise PartnerError(f"required field {path!r} is not a dotted path like order.id")
+    if schema is not None:
+        if not isinstance(schema, dict):
+            raise PartnerError("the JSON Schema must be a JSON object")
+        _check_schema(schema)
+    return PartnerValidation(required=list(required), schema=schema)
+
+
+def _check_schema(schema: dict[str, Any]) -> None:
+    try:
+        # Installed wherever the receiver is; where it is not, the receiver still checks.
+        from jsonschema import SchemaError  # type: ignore[import-untyped]
+        from jsonschema.validators import validator_for  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover
+        return
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise PartnerError(f"the JSON Schema is not valid: {exc.message}") from None
+
+
+# ------------------------------------------------------------------------ store
+
+_COLUMNS = (
+    "partner_id, name, description, tenant, status, validation, token_id,"
+    " created_at, modified_at, deleted_at"
+)
+_validation = msgspec.json.Decoder(PartnerValidation)
+
+
+def _partner(row: asyncpg.Record) -> Partner:
+    return Partner(
+        partner_id=row["partner_id"],
+        name=row["name"],
+        description=row["description"],
+        tenant=row["tenant"],
+        status=row["status"],
+        validation=_validation.decode(row["validation"]),
+        token_id=row["token_id"],
+        created_at=row["created_at"],
+        modified_at=row["modified_at"],
+        deleted_at=row["deleted_at"],
+    )
+
+
+async def _append(
+    conn: asyncpg.Connection, prefix: str, data: ev.PartnerEvent, tenant: str
+) -> None:
+    """Append one partner event and project it; the caller holds the transaction.
+
+    The outbox row written with it gets the event onto the bus: published by the relay
+    every service process runs, so a CLI needs no NATS connection of its own.
+    """
+    event = ev.make_event(data, source=EVENT_SOURCE, subject=data.partner_id, tenant=tenant)
+    inserted, _ = await eventlog.insert(conn, prefix, [Pending(event)])
+    await readmodels.project(conn, inserted)
+
+
+async def get(conn: asyncpg.Connection, ref: str, *, for_update: bool = False) -> Partner:
+    """A partner by id (deleted ones too) or by name (live ones only)."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM partners"
+        " WHERE partner_id = $1 OR (name = $1 AND deleted_at IS NULL)"
+        " ORDER BY (partner_id = $1) DESC LIMIT 1" + (" FOR UPDATE" if for_update else ""),
+        ref,
+    )
+    if row is None:
+        raise PartnerNotFound(f"no partner {ref!r}")
+    return _partner(row)
+
+
+async def list_partners(
+    conn: asyncpg.Connection, *, include_deleted: bool = False
+) -> list[Partner]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM partners WHERE $1 OR deleted_at IS NULL ORDER BY created_at",
+        include_deleted,
+    )
+    return [_partner(r) for r in rows]
+
+
+async def find_active_by_token(conn: asyncpg.Connection, token: str) -> Partner | None:
+    """The live, ACTIVE partner whose current token this is; None for anything else.
+
+    Every caller runs this same single query whatever the token looks like, so unknown,
+    inactive, suspended, deleted and rotated-away tokens take the same path and time.
+    """
+    row = await conn.fetchrow(
+        f"SELECT {', '.join('p.' + c.strip() for c in _COLUMNS.split(','))}"
+        " FROM partner_tokens t"
+        " JOIN partners p ON p.partner_id = t.partner_id AND p.token_id = t.token_id"
+        " WHERE t.token_sha256 = $1 AND p.status = 'ACTIVE' AND p.deleted_at IS NULL",
+        token_hash(token),
+    )
+    return _partner(row) if row is not None else None
+
+
+async def _store_token(conn: asyncpg.Connection, partner_id: str) -> tuple[str, str]:
+    token = new_token()
+    token_id = ev.new_id("tok")
+    await conn.execute(
+        "INSERT INTO partner_tokens (token_id, partner_id, token_sha256) VALUES ($1, $2, $3)",
+        token_id,
+        partner_id,
+        token_hash(token),
+    )
+    return token_id, token
+
+
+async def create(
+    conn: asyncpg.Connection,
+    prefix: str,
+    *,
+    name: str,
+    description: str = "",
+    tenant: str = "default",
+    validation: PartnerValidation | None = None,
+    status: str = "ACTIVE",
+) -> tuple[Partner, str]:
+    """Create a partner; returns it and its token (the only time the token is known)."""
+    name = name.strip()
+    if not name:
+        raise PartnerError("a partner needs a name")
+    if status not in STATUSES:
+        raise PartnerError(f"status must be one of {', '.join(STATUSES)}")
+    partner_id = ev.new_id("ptn")
+    async with conn.transaction():
+        if await conn.fetchval(
+            "SELECT 1 FROM partners WHERE name = $1 AND deleted_at IS NULL", name
+        ):
+            raise NameTaken(f"a partner named {name!r} exists")
+        token_id, token = await _store_token(conn, partner_id)
+        data = ev.PartnerCreated(
+            partner_id=partner_id,
+            name=name,
+            description=description,
+            tenant=tenant,
+            status=status,
+            validation=validation or PartnerValidation(),
+            token_id=token_id,
+        )
+        try:
+            await _append(conn, prefix, data, tenant)
+        except asyncpg.UniqueViolationError:  # created at the same moment by someone else
+            raise NameTaken(f"a partner named {name!r} exists") from None
+        return await get(conn, partner_id), token
+
+
+async def _live(conn: asyncpg.Connection, ref: str) -> Partner:
+    partner = await get(conn, ref, for_update=True)
+    if partner.deleted:
+        raise PartnerError(f"partner {partner.partner_id} is deleted")
+    return partner
+
+
+async def update(
+    conn: asyncpg.Connection,
+    prefix: str,
+    ref: str,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    tenant: str | None = None,
+    validation: PartnerValidation | None = None,
+) -> Partner:
+    async with conn.transaction():
+        p = await _live(conn, ref)
+        data = ev.PartnerUpdated(
+            partner_id=p.partner_id,
+            name=p.name if name is None else name.strip(),
+            description=p.description if description is None else description,
+            tenant=p.tenant if tenant is None else tenant,
+            validation=p.validation if validation is None else validation,
+        )
+        if not data.name:
+            raise PartnerError("a partner needs a name")
+        try:
+            await _append(conn, prefix, data, data.tenant)
+        except asyncpg.UniqueViolationError:
+            raise NameTaken(f"a partner named {data.name!r} exists") from None
+        return await get(conn, p.partner_id)
+
+
+async def rotate(conn: asyncpg.Connection, prefix: str, ref: str) -> tuple[Partner, str]:
+    """Give the partner a new token; the old one stops working when this commits."""
+    async with conn.transaction():
+        p = await _live(conn, ref)
+        token_id, token = await _store_token(conn, p.partner_id)
+        await conn.execute(
+            "DELETE FROM partner_tokens WHERE partner_id = $1 AND token_id <> $2",
+            p.partner_id,
+            token_id,
+        )
+        data = ev.PartnerTokenRotated(
+            partner_id=p.partner_id, token_id=token_id, previous_token_id=p.token_id
+        )
+        await _append(conn, prefix, data, p.tenant)
+        return await get(conn, p.partner_id), token
+
+
+async def set_status(conn: asyncpg.Connection, prefix: str, ref: str, status: str) -> Partner:
+    if status not in STATUSES:
+        raise PartnerError(f"status must be one of {', '.join(STATUSES)}")
+    async with conn.transaction():
+        p = await _live(conn, ref)
+        if p.status == status:
+            return p  # nothing changed, nothing to record
+        data = ev.PartnerStatusChanged(partner_id=p.partner_id, status=status, previous=p.status)
+        await _append(conn, prefix, data, p.tenant)
+        return await get(conn, p.partner_id)
+
+
+async def delete(conn: asyncpg.Connection, prefix: str, ref: str) -> Partner:
+    """Soft delete: the partner and its history stay; its token hash is removed."""
+    async with conn.transaction():
+        p = await _live(conn, ref)
+        await conn.execute("DELETE FROM partner_tokens WHERE partner_id = $1", p.partner_id)
+        await _append(conn, prefix, ev.PartnerDeleted(partner_id=p.partner_id), p.tenant)
+        return await get(conn, p.partner_id)
+
+
+# ----------------------------------------------------------------- for people
+
+
+def base_url(settings: Settings) -> str:
+    """Where senders reach the receiver: ``receiver.public_url``, else its host and port."""
+    if settings.receiver.public_url:
+        return settings.receiver.public_url.rstrip("/")
+    host = settings.receiver.host
+    if host in ("0.0.0.0", "::"):  # noqa: S104 (comparing, not binding)
+        host = "127.0.0.1"
+    return f"http://{host}:{settings.receiver.port}"
+
+
+def webhook_url(settings: Settings, token: str) -> str:
+    return f"{base_url(settings)}{WEBHOOK_PATH}{token}"
+
+
+def describe_validation(v: PartnerValidation) -> list[str]:
+    lines = []
+    if v.required:
+        lines.append(f"required fields: {', '.join(v.required)}")
+    if v.schema is not None:
+        lines.append(f"JSON Schema: {msgspec.json.encode(v.schema).decode()}")
+    return lines or ["none (any JSON object is accepted)"]
+
+
+def integration_guide(settings: Settings, partner: Partner, token: str) -> str:
+    """What to hand the partner: their URL (shown only now), a curl example, the answers."""
+    url = webhook_url(settings, token)
+    checks = "\n".join(f"  - {line}" for line in describe_validation(partner.validation))
+    return f"""\
+Partner {partner.partner_id} ({partner.name}) — status {partner.status}, tenant {partner.tenant}
+
+Webhook URL — the token in it is the partner's credential; it is shown only now
+(`hookbus partners rotate {partner.partner_id}` makes a new one):
+
+  {url}
+
+Send each event as one JSON object:
+
+  curl -i -X POST '{url}' \\
+    -H 'Content-Type: application/json' \\
+    -H 'Idempotency-Key: <a unique id for this event>' \\
+    -H 'X-Event-Type: order.created' \\
+    --data '{{"order": {{"id": "A-1001"}}}}'
+
+Checks before an event is accepted:
+{checks}
+
+Answers:
+  202 {{"id": "evt_…"}}                    recorded
+  200 {{"id": "evt_…", "duplicate": true}}  this Idempotency-Key (or webhook-id) was recorded before
+  400 / 415 / 413                         not a JSON object / not JSON / too large
+  422 {{"error": "validation_failed", …}}   the checks above failed; nothing was recorded
+  404                                     unknown, inactive or revoked URL
+  503 with Retry-After                    not recorded; send it again later
+"""
+
+
+def list_line(p: Partner) -> str:
+    status = "DELETED" if p.deleted else p.status
+    return f"{p.partner_id}  {status:<9}  {p.tenant:<10}  {p.created_at:%Y-%m-%d %H:%M}  {p.name}"
+
+
+def show(p: Partner) -> str:
+    lines = [
+        f"id:          {p.partner_id}",
+        f"name:        {p.name}",
+        f"description: {p.description}",
+        f"status:      {p.status}",
+        f"tenant:      {p.tenant}",
+        f"source:      {p.source}  (webhooks are recorded as webhook.received from this source)",
+        f"created:     {p.created_at.isoformat()}",
+        f"modified:    {p.modified_at.isoformat()}",
+    ]
+    if p.deleted_at is not None:
+        lines.append(f"deleted:     {p.deleted_at.isoformat()}")
+    lines.append("validation:")
+    lines.extend(f"  {line}" for line in describe_validation(p.validation))
+    lines.append("URL:         shown only when created or rotated")
+    return "\n".join(lines)

@@ -1,0 +1,310 @@
+"""Partners over real HTTP and the real CLI, recording into a real Postgres."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+
+from hookbus_common import eventlog, readmodels
+from hookbus_common import events as ev
+from hookbus_common import partners as store
+from hookbus_common.db import open_pool
+from hookbus_common.embedded import free_port
+from hookbus_common.settings import ReceiverSettings, Settings
+
+from .serving import run_cli, serve, write_config
+
+pytestmark = pytest.mark.integration
+
+ORDER = json.dumps({"order": {"id": "A-1", "total": 12.5}}).encode()
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture
+def receiver_settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(
+        settings, receiver=ReceiverSettings(port=free_port(), max_body_bytes=4096)
+    )
+
+
+@pytest.fixture
+async def url(receiver_settings: Settings) -> AsyncIterator[str]:
+    async with serve(receiver_settings) as base:
+        yield base
+
+
+@pytest.fixture
+async def conn(url: str, receiver_settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    async with (
+        open_pool(receiver_settings.database, run_migrations=False) as pool,
+        pool.acquire() as c,
+    ):
+        yield c
+
+
+@pytest.fixture
+def config(receiver_settings: Settings, tmp_path: Path) -> Path:
+    return write_config(receiver_settings, tmp_path / "hookbus.toml")
+
+
+async def post(url: str, token: str, body: bytes = ORDER, **headers: str) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        return await client.post(
+            f"{url}/webhook/v1/{token}", content=body, headers={**JSON, **headers}
+        )
+
+
+async def received(conn: asyncpg.Connection) -> list[eventlog.LoggedEvent]:
+    rows = await eventlog.recent(conn, limit=500)
+    return [r for r in rows if r.event.type == ev.WebhookReceived.TYPE]
+
+
+def token_in(guide: str) -> str:
+    m = re.search(r"/webhook/v1/([A-Za-z0-9_-]+)", guide)
+    assert m, guide
+    return m[1]
+
+
+async def test_lifecycle_with_the_cli_and_http(
+    url: str, config: Path, conn: asyncpg.Connection, receiver_settings: Settings
+):
+    code, guide, _ = await run_cli(config, "partners", "add", "acme", "--description", "Acme Inc",
+                                   "--tenant", "acme", "--require", "order.id")  # fmt: skip
+    assert code == 0
+    token = token_in(guide)
+    assert f"{url}/webhook/v1/{token}" in guide  # their URL, on this receiver
+    assert "curl -i -X POST" in guide
+    assert "required fields: order.id" in guide
+    partner = await store.get(conn, "acme")
+
+    r = await post(url, token)
+    assert r.status_code == 202
+    [row] = await received(conn)
+    assert row.event.id == r.json()["id"]
+    assert (row.event.source, row.event.tenant) == (
+        f"/hookbus/receiver/partners/{partner.partner_id}",
+        "acme",
+    )
+    data = msgspec.json.decode(row.event.data, type=ev.WebhookReceived)
+    assert (data.source, data.kind, data.event_type, data.sender) == (
+        partner.partner_id, "partner", "webhook", "acme",
+    )  # fmt: skip
+    assert (
+        row.bus_subject
+        == f"{receiver_settings.prefix}.webhook.received.{partner.partner_id}.webhook"
+    )
+    assert await eventlog.raw_body(conn, row.event.id) == ORDER
+
+    assert (await run_cli(config, "partners", "suspend", "acme"))[0] == 0
+    assert (await post(url, token)).status_code == 404
+    assert (await run_cli(config, "partners", "activate", partner.partner_id))[0] == 0
+    assert (await post(url, token)).status_code == 202
+
+    code, guide2, _ = await run_cli(config, "partners", "rotate", "acme")
+    assert code == 0
+    new_token = token_in(guide2)
+    assert new_token != token
+    assert (await post(url, token)).status_code == 404
+    assert (await post(url, new_token)).status_code == 202
+
+    code, listing, _ = await run_cli(config, "partners", "list")
+    assert partner.partner_id in listing
+    assert "ACTIVE" in listing
+    code, shown, _ = await run_cli(config, "partners", "show", "acme")
+    assert "Acme Inc" in shown
+    assert new_token not in shown
+
+    assert (await run_cli(config, "partners", "delete", "acme"))[0] == 0
+    assert (await post(url, new_token)).status_code == 404
+    assert (await run_cli(config, "partners", "list"))[1].strip() == "no partners"
+    assert "DELETED" in (await run_cli(config, "partners", "list", "--all"))[1]
+    code, _, err = await run_cli(config, "partners", "show", "acme")
+    assert code == 1
+    assert "no partner 'acme'" in err
+
+    types = [r.event.type for r in await eventlog.recent(conn, limit=500)]
+    assert [t for t in types if ".partner." in t] == [
+        "io.hookbus.partner.created.v1",
+        "io.hookbus.partner.status.changed.v1",
+        "io.hookbus.partner.status.changed.v1",
+        "io.hookbus.partner.rotated.v1",
+        "io.hookbus.partner.deleted.v1",
+    ]
+    assert len(await received(conn)) == 3
+
+
+async def test_validation_failures_are_422_with_the_reason_and_record_nothing(
+    url: str, conn: asyncpg.Connection, receiver_settings: Settings
+):
+    schema = {
+        "type": "object",
+        "properties": {"order": {"type": "object", "properties": {"total": {"type": "number"}}}},
+    }
+    validation = store.parse_validation(["order.id", "customer.email"], schema)
+    _, token = await store.create(conn, receiver_settings.prefix, name="v", validation=validation)
+
+    bad = json.dumps({"order": {"total": "twelve"}}).encode()
+    r = await post(url, token, bad)
+    assert r.status_code == 422
+    body = r.json()
+    assert body["error"] == "validation_failed"
+    assert {v["path"] for v in body["violations"]} == {
+        "$.order.id",
+        "$.customer.email",
+        "$.order.total",
+    }
+    assert "'twelve' is not of type 'number'" in body["detail"]
+
+    for payload, status in ((b"{nope", 400), (b"[1]", 400)):
+        assert (await post(url, token, payload)).status_code == status
+    r = await post(url, token, ORDER, **{"content-type": "text/plain"})
+    assert r.status_code == 415
+    assert (await post(url, token, b"{}" + b" " * 5000)).status_code == 413
+    assert await received(conn) == []
+
+    good = json.dumps({"order": {"id": 1, "total": 3}, "customer": {"email": "a@b"}}).encode()
+    assert (await post(url, token, good)).status_code == 202
+
+
+async def test_idempotency_key_and_webhook_id_record_a_delivery_once(
+    url: str, conn: asyncpg.Connection, receiver_settings: Settings
+):
+    _, token = await store.create(conn, receiver_settings.prefix, name="dup")
+    first = await post(url, token, **{"idempotency-key": "k-1", "x-event-type": "Order Created"})
+    again = await post(url, token, **{"idempotency-key": "k-1"})
+    by_id = await post(url, token, **{"webhook-id": "msg_1"})
+    by_id_again = await post(url, token, **{"webhook-id": "msg_1"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json() == {"id": first.json()["id"], "duplicate": True}
+    assert (by_id.status_code, by_id_again.status_code) == (202, 200)
+    rows = await received(conn)
+    assert len(rows) == 2
+    data = msgspec.json.decode(rows[0].event.data, type=ev.WebhookReceived)
+    assert (data.delivery_id, data.event_type) == ("k-1", "Order Created")
+    assert rows[0].bus_subject.endswith(".order_created")
+
+
+async def test_every_refusal_looks_like_an_unknown_path(
+    url: str, conn: asyncpg.Connection, receiver_settings: Settings
+):
+    prefix = receiver_settings.prefix
+    _, inactive = await store.create(conn, prefix, name="inactive", status="INACTIVE")
+    _, suspended = await store.create(conn, prefix, name="suspended")
+    await store.set_status(conn, prefix, "suspended", "SUSPENDED")
+    _, deleted = await store.create(conn, prefix, name="deleted")
+    await store.delete(conn, prefix, "deleted")
+    _, rotated_away = await store.create(conn, prefix, name="rotated")
+    await store.rotate(conn, prefix, "rotated")
+    tokens = [
+        secrets.token_urlsafe(32),  # unknown, well formed
+        "x",  # unknown, badly formed
+        "é" * 40,
+        inactive,
+        suspended,
+        deleted,
+        rotated_away,
+    ]
+    answers = [await post(url, t) for t in tokens]
+    async with httpx.AsyncClient() as client:
+        unknown_path = await client.post(f"{url}/no/such/path", content=ORDER, headers=JSON)
+    expected = (
+        unknown_path.status_code,
+        unknown_path.headers["content-type"],
+        unknown_path.content,
+    )
+    assert expected[0] == 404
+    for token, r in zip(tokens, answers, strict=True):
+        assert (r.status_code, r.headers["content-type"], r.content) == expected, token
+    assert await received(conn) == []
+
+
+async def test_tokens_are_stored_only_as_hashes_and_never_in_events(
+    url: str, conn: asyncpg.Connection, receiver_settings: Settings
+):
+    prefix = receiver_settings.prefix
+    partner, first = await store.create(conn, prefix, name="secretive")
+    _, second = await store.rotate(conn, prefix, partner.partner_id)
+    assert (await post(url, second)).status_code == 202
+
+    columns = {
+        r["column_name"]
+        for r in await conn.fetch(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = 'partners'"
+        )
+    }
+    assert not {c for c in columns if "token" in c} - {"token_id"}  # an id, not the token
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM partner_tokens WHERE token_sha256 = $1",
+            hashlib.sha256(second.encode()).digest(),
+        )
+        == 1
+    )
+    assert await conn.fetchval("SELECT count(*) FROM partner_tokens") == 1  # the old one is gone
+
+    async def dump(table: str) -> str:
+        return "\n".join(
+            v.hex() if isinstance(v, bytes) else str(v)
+            for row in await conn.fetch(f"SELECT * FROM {table}")
+            for v in row.values()
+        )
+
+    tables = {t: await dump(t) for t in ("partners", "partner_tokens", "events", "outbox")}
+    for token in (first, second):
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        assert not [t for t, text in tables.items() if token in text]
+        assert not [t for t, text in tables.items() if digest in text and t != "partner_tokens"]
+    for row in await eventlog.recent(conn, limit=100):
+        data = bytes(row.event.data).decode()
+        for token in (first, second):
+            assert token not in data
+            assert hashlib.sha256(token.encode()).hexdigest() not in data
+
+
+async def test_rebuild_restores_partners_from_the_log_and_tokens_keep_working(
+    url: str, conn: asyncpg.Connection, receiver_settings: Settings
+):
+    prefix = receiver_settings.prefix
+    _, token = await store.create(conn, prefix, name="rb", description="before")
+    await store.update(conn, prefix, "rb", description="after", tenant="t2")
+    _, token = await store.rotate(conn, prefix, "rb")
+    await store.set_status(conn, prefix, "rb", "SUSPENDED")
+    await store.set_status(conn, prefix, "rb", "ACTIVE")
+    _, gone = await store.create(conn, prefix, name="gone")
+    await store.delete(conn, prefix, "gone")
+    before = await store.list_partners(conn, include_deleted=True)
+
+    await readmodels.rebuild(conn)
+
+    assert await store.list_partners(conn, include_deleted=True) == before
+    r = await post(url, token)
+    assert r.status_code == 202
+    [row] = await received(conn)
+    assert row.event.tenant == "t2"
+    assert (await post(url, gone)).status_code == 404
+
+
+async def test_names_are_unique_among_live_partners(
+    conn: asyncpg.Connection, receiver_settings: Settings
+):
+    prefix = receiver_settings.prefix
+    await store.create(conn, prefix, name="same")
+    with pytest.raises(store.NameTaken):
+        await store.create(conn, prefix, name="same")
+    await store.delete(conn, prefix, "same")
+    again, _ = await store.create(conn, prefix, name="same")
+    assert (await store.get(conn, "same")).partner_id == again.partner_id
+    with pytest.raises(store.PartnerError, match="is deleted"):
+        await store.rotate(
+            conn, prefix, (await store.list_partners(conn, include_deleted=True))[0].partner_id
+        )
