@@ -34,6 +34,9 @@ def main() -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        # Sources choose whom they trust for X-Forwarded-For (trusted_proxies); uvicorn
+        # must not rewrite the client address on its own.
+        proxy_headers=False,
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=10,
