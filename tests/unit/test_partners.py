@@ -7,13 +7,16 @@ from datetime import UTC, datetime
 
 import pytest
 
+from hookbus_common import events as ev
 from hookbus_common import partners as store
-from hookbus_common.cli import parser
+from hookbus_common.cli import parser, summary
 from hookbus_common.events import PartnerValidation
 from hookbus_common.settings import ReceiverSettings, Settings
 from hookbus_receiver import imagepush, inbound
 from hookbus_receiver.inbound import Problem
 from hookbus_receiver.validation import MAX_PROBLEMS, BodyValidator, InvalidConfig
+
+from .test_cli import logged
 
 
 def paths(validator: BodyValidator, doc: object) -> list[str]:
@@ -223,3 +226,13 @@ def test_other_content_types_are_415_and_bad_bodies_400():
 def test_kept_headers_never_include_the_url_or_authorization():
     kept = inbound.kept_headers({"authorization": "Bearer x", "idempotency-key": "k", "host": "h"})
     assert kept == {"idempotency-key": "k"}
+
+
+def test_partner_events_have_a_summary():
+    created = ev.PartnerCreated(partner_id="ptn_1", name="Acme", token_id="tok_1")
+    suspended = ev.PartnerStatusChanged(partner_id="ptn_1", status="SUSPENDED")
+    deleted = ev.PartnerDeleted(partner_id="ptn_1")
+
+    assert summary(logged(created)) == "ptn_1 Acme"
+    assert summary(logged(suspended)) == "ptn_1 SUSPENDED"
+    assert summary(logged(deleted)) == "ptn_1"

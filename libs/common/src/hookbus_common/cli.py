@@ -227,6 +227,8 @@ def summary(e: LoggedEvent) -> str:
             return f"{d.get('delivery_id')} {d.get('url')} {status}".rstrip()
         case "message.deadlettered":
             return f"{d.get('service')}: {d.get('error')}"
+        case s if s.startswith("partner."):
+            return f"{d.get('partner_id')} {d.get('name') or d.get('status') or ''}".rstrip()
     return ""
 
 
