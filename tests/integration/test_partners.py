@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -227,9 +228,13 @@ async def test_every_refusal_looks_like_an_unknown_path(
     assert await received(conn) == []
 
 
-async def test_tokens_are_stored_only_as_hashes_and_never_in_events(
-    url: str, conn: asyncpg.Connection, receiver_settings: Settings
+async def test_tokens_are_stored_only_as_hashes_and_never_in_events_or_logs(
+    url: str,
+    conn: asyncpg.Connection,
+    receiver_settings: Settings,
+    caplog: pytest.LogCaptureFixture,
 ):
+    caplog.set_level(logging.DEBUG)
     prefix = receiver_settings.prefix
     partner, first = await store.create(conn, prefix, name="secretive")
     _, second = await store.rotate(conn, prefix, partner.partner_id)
@@ -264,6 +269,17 @@ async def test_tokens_are_stored_only_as_hashes_and_never_in_events(
         digest = hashlib.sha256(token.encode()).hexdigest()
         assert not [t for t, text in tables.items() if token in text]
         assert not [t for t, text in tables.items() if digest in text and t != "partner_tokens"]
+    assert (await post(url, first)).status_code == 404
+    assert (await post(url, second, b"{bad")).status_code == 400
+    # Everything hookbus logged, extras included. (The test's HTTP client logs URLs, and so
+    # does uvicorn's access log, which the receiver runs with switched off.)
+    server_logs = " ".join(
+        str(r.__dict__)
+        for r in caplog.records
+        if not r.name.startswith(("httpx", "httpcore", "uvicorn.access"))
+    )
+    for token in (first, second):
+        assert token not in server_logs
     for row in await eventlog.recent(conn, limit=100):
         data = bytes(row.event.data).decode()
         for token in (first, second):
