@@ -21,7 +21,7 @@ async def serve(settings: Settings) -> AsyncIterator[str]:
     port = settings.receiver.port
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_config=None,
-        lifespan="on", access_log=False,
+        lifespan="on", access_log=False, proxy_headers=False,
     )  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator
 import httpx
 import msgspec
 import pytest
-import uvicorn
 
 from hookbus_common import eventlog
 from hookbus_common import events as ev
 from hookbus_common.db import open_pool
 from hookbus_common.embedded import free_port
 from hookbus_common.settings import GithubSource, ReceiverSettings, Secret, Settings
-from hookbus_receiver.app import create_app
 from hookbus_receiver.signatures import sign_github
+
+from .serving import serve
 
 pytestmark = pytest.mark.integration
 
@@ -52,20 +52,8 @@ def receiver_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def url(receiver_settings: Settings) -> AsyncIterator[str]:
-    port = receiver_settings.receiver.port
-    config = uvicorn.Config(
-        create_app(receiver_settings), host="127.0.0.1", port=port, log_config=None,
-        lifespan="on", access_log=False,
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 20)
+    async with serve(receiver_settings) as base:
+        yield base
 
 
 async def _events(s: Settings) -> list[eventlog.LoggedEvent]:

@@ -11,6 +11,8 @@ import uvicorn
 from hookbus_common import logs
 from hookbus_common.settings import ConfigError, load_settings
 
+from .app import prepare_sources
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="hookbus-receiver")
@@ -21,6 +23,7 @@ def main() -> None:
         os.environ["HOOKBUS_CONFIG"] = os.path.abspath(args.config)
     try:
         settings = load_settings()
+        prepare_sources(settings)  # key files and the like fail here, not in a worker
     except ConfigError as exc:
         print(f"hookbus-receiver: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

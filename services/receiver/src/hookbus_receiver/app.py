@@ -250,6 +250,12 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     return error_response(405, "method_not_allowed")
 
 
+def prepare_sources(settings: Settings) -> dict[str, Admitted]:
+    """Build every source before serving: a key that cannot be used stops the start with a
+    ConfigError naming it."""
+    return {name: Admitted(name, cfg) for name, cfg in settings.sources.items()}
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app; connections open in its lifespan, never at import."""
     if settings is None:  # started by uvicorn (one call per worker process)
@@ -258,8 +264,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     holder: dict[str, Receiver] = {}
     partner_hooks = partners.PartnerHooks(settings)
     image_hooks = imagepush.ImagePushHooks(settings)
-    # Built before serving: a key that cannot be used stops the start, naming its key.
-    admitted = {name: Admitted(name, cfg) for name, cfg in settings.sources.items()}
+    admitted = prepare_sources(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
