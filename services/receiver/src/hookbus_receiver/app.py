@@ -13,18 +13,18 @@ import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from hookbus_common import events as ev
 from hookbus_common import logs
 from hookbus_common.eventlog import Pending
-from hookbus_common.logs import correlated
 from hookbus_common.service import Runtime, runtime
 from hookbus_common.settings import Settings, SourceConfig, load_settings
 
-from . import imagepush, partners, policy, sources
+from . import imagepush, inbound, partners, policy, sources
 from .groupcommit import GroupCommitter
+from .inbound import NOT_FOUND, Problem
 
 log = logging.getLogger(__name__)
 
@@ -44,39 +44,6 @@ REJECTED = Counter(
     "Refused webhook requests by source and precise reason (ip_denied, bad_signature, ...)",
     ["source", "reason"],
 )
-
-
-class Reject(Exception):
-    """A request refused with a status and a reason safe to tell the sender."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str | None = None,
-        *,
-        reason: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(code)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        # The precise reason, for metrics and logs only (the sender sees ``code``).
-        self.reason = reason
-        self.headers = headers
-
-
-def error_response(
-    status: int, code: str, detail: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    body: dict[str, str] = {"error": code}
-    if detail:
-        body["detail"] = detail
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-NOT_FOUND = (404, "not_found")
 
 
 class Admitted:
@@ -111,20 +78,6 @@ def _form_payload(body: bytes) -> bytes:
     return values[0].encode("utf-8", "surrogatepass")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Reject(413, "body_too_large", f"the limit is {limit} bytes")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Reject(413, "body_too_large", f"the limit is {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class Receiver:
     def __init__(
         self,
@@ -143,34 +96,36 @@ class Receiver:
         source = self.sources.get(name)
         if source is None:
             # The same answer as any unknown path: nothing tells which sources exist.
-            return error_response(*NOT_FOUND)
+            return NOT_FOUND.response()
         started = time.perf_counter()
         try:
             response = await self._accept(source, request)
-        except Reject as r:
-            REQUESTS.labels(name, r.code).inc()
-            REJECTED.labels(name, r.reason or r.code).inc()
-            return error_response(r.status, r.code, r.detail, r.headers)
+        except Problem as p:
+            REQUESTS.labels(name, p.code).inc()
+            if p.status != 503:
+                REJECTED.labels(name, p.reason).inc()
+            return p.response()
         finally:
             LATENCY.labels(name).observe(time.perf_counter() - started)
+        REQUESTS.labels(name, "duplicate" if response.status_code == 200 else "accepted").inc()
         return response
 
     async def _accept(self, admitted: Admitted, request: Request) -> Response:
         source, name = admitted.source, admitted.source.name
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers.raw}
+        headers = inbound.headers_of(request)
         peer = request.client.host if request.client else None
         client = policy.client_address(peer, headers.get("x-forwarded-for"), admitted.trusted)
         if not policy.allowed(client, admitted.allow):
             # Outside the allow-list looks like a path that does not exist.
-            raise Reject(*NOT_FOUND, reason="ip_denied")
+            raise Problem(404, "not_found", reason="ip_denied")
         if admitted.bucket is not None:
             wait = admitted.bucket.take(time.monotonic())
             if wait:
-                raise Reject(
+                raise Problem(
                     429, "rate_limited", "too many requests for this source",
                     headers={"Retry-After": policy.retry_after(wait)},
                 )  # fmt: skip
-        body = await _read_body(request, self.settings.receiver.max_body_bytes)
+        body = await inbound.read_body(request, self.settings.receiver.max_body_bytes)
         ctype = headers.get("content-type", "application/json").split(";")[0].strip().lower()
         form = ctype == "application/x-www-form-urlencoded"
         if (
@@ -178,7 +133,7 @@ class Receiver:
             and ctype not in ("application/json", "text/json")
             and not ctype.endswith("+json")
         ):
-            raise Reject(
+            raise Problem(
                 415, "unsupported_media_type",
                 f"expected application/json or a form with a payload field, got {ctype[:100]}",
             )  # fmt: skip
@@ -187,13 +142,13 @@ class Receiver:
         except sources.VerificationError as exc:
             # Every failure answers alike: the reason is for our logs and metrics only.
             log.info("rejected delivery", extra={"source": name, "reason": exc.reason})
-            raise Reject(401, "unauthorized", reason=exc.reason) from None
+            raise Problem(401, "unauthorized", reason=exc.reason) from None
         try:
             payload = _form_payload(body) if form else body
             parsed = sources.parse_json_object(payload)
             facts = source.facts(headers, parsed)
         except sources.BadBody as exc:
-            raise Reject(400, "bad_body", str(exc)) from None
+            raise Problem(400, "bad_body", str(exc)) from None
         data = ev.WebhookReceived(
             source=name,
             kind=source.kind,
@@ -217,24 +172,9 @@ class Receiver:
             subject=facts.repository,
             tenant=source.config.tenant,
         )
-        with correlated(event.id):
-            try:
-                recorded = await self.committer.record(
-                    Pending(event, source.dedupe_key(facts.delivery_id), body)
-                )
-            except Exception as exc:
-                log.error("could not record delivery", extra={"source": name, "error": repr(exc)})
-                REQUESTS.labels(name, "unavailable").inc()
-                return JSONResponse(
-                    {"error": "unavailable", "detail": "could not record the delivery; retry"},
-                    status_code=503,
-                    headers={"Retry-After": "5"},
-                )
-        if recorded.duplicate:
-            REQUESTS.labels(name, "duplicate").inc()
-            return JSONResponse({"id": recorded.event_id, "duplicate": True}, status_code=200)
-        REQUESTS.labels(name, "accepted").inc()
-        return JSONResponse({"id": recorded.event_id}, status_code=202)
+        return await inbound.record(
+            self.committer, Pending(event, source.dedupe_key(facts.delivery_id), body), name
+        )
 
     async def readyz(self, request: Request) -> Response:
         checks = await self.rt.ready()
@@ -243,11 +183,11 @@ class Receiver:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return error_response(*NOT_FOUND)
+    return NOT_FOUND.response()
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    return error_response(405, "method_not_allowed")
+    return Problem(405, "method_not_allowed").response()
 
 
 def prepare_sources(settings: Settings) -> dict[str, Admitted]:

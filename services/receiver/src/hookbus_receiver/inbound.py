@@ -1,5 +1,5 @@
-"""What the token-in-the-path endpoints (partners, image push) share: reading a JSON body,
-answering with a reason, and recording through the group committer."""
+"""What every inbound endpoint shares (sources, partners, image push): reading the body,
+the one error type and how it is answered, and recording through the group committer."""
 
 from __future__ import annotations
 
@@ -33,11 +33,25 @@ KEPT_HEADERS: Final = (
 class Problem(Exception):
     """A request refused with a status and a reason safe to tell the sender."""
 
-    def __init__(self, status: int, code: str, detail: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str | None = None,
+        *,
+        reason: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(code)
         self.status = status
         self.code = code
         self.detail = detail
+        # The precise reason, for metrics and logs only (the sender sees ``code``).
+        self.reason = reason or code
+        self.headers = (
+            headers if headers is not None else ({"Retry-After": "5"} if status == 503 else None)
+        )
         self.extra = extra
 
     def response(self) -> JSONResponse:
@@ -45,8 +59,10 @@ class Problem(Exception):
         if self.detail:
             body["detail"] = self.detail
         body.update(self.extra)
-        headers = {"Retry-After": "5"} if self.status == 503 else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+NOT_FOUND: Final = Problem(404, "not_found")
 
 
 def unavailable() -> Problem:
