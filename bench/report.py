@@ -1,0 +1,83 @@
+"""One table (figure, value, ceiling, ratio, target, met?) and the JSON written beside it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class Row:
+    figure: str
+    value: float | str | None
+    unit: str = ""
+    ceiling: float | None = None
+    ceiling_of: str = ""  # what the ceiling is
+    target: str = ""
+    met: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if not isinstance(self.value, int | float) or not self.ceiling:
+            return None
+        if math.isnan(self.value) or math.isinf(self.value):
+            return None
+        return self.value / self.ceiling
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"ratio": self.ratio}
+
+
+def _num(v: float | str | None, unit: str) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    if math.isnan(v):
+        return "n/a"
+    if math.isinf(v):
+        return "∞"
+    if unit == "ms":
+        return f"{v:.1f} ms" if v < 100 else f"{v:.0f} ms"
+    if abs(v) >= 100:
+        return f"{v:,.0f} {unit}".strip()
+    return f"{v:.2f} {unit}".strip()
+
+
+def _ratio(r: Row) -> str:
+    ratio = r.ratio
+    if ratio is None:
+        return ""
+    # A throughput is a share of its ceiling; a latency is a multiple of its floor.
+    return f"{ratio:.2f}x" if r.unit == "ms" else f"{ratio * 100:.0f} %"
+
+
+def render(rows: list[Row]) -> str:
+    cells = [("figure", "value", "ceiling", "ratio", "target", "met?")]
+    for r in rows:
+        ceiling = _num(r.ceiling, r.unit) if r.ceiling is not None else ""
+        if r.ceiling_of and ceiling:
+            ceiling = f"{ceiling} ({r.ceiling_of})"
+        met = "" if r.met is None else ("yes" if r.met else "NO")
+        cells.append((r.figure, _num(r.value, r.unit), ceiling, _ratio(r), r.target, met))
+    widths = [max(len(c[i]) for c in cells) for i in range(6)]
+    lines = []
+    for n, c in enumerate(cells):
+        lines.append("  ".join(c[i].ljust(widths[i]) for i in range(6)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(rows: list[Row]) -> str:
+    out = ["| figure | value | ceiling | ratio | target | met? |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ceiling = _num(r.ceiling, r.unit) if r.ceiling is not None else ""
+        if r.ceiling_of and ceiling:
+            ceiling = f"{ceiling} ({r.ceiling_of})"
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        out.append(
+            f"| {r.figure} | {_num(r.value, r.unit)} | {ceiling} | {_ratio(r)} | {r.target} | {met} |"
+        )
+    return "\n".join(out)
