@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 import uvloop
 
-from . import ceilings, payloads, phases, system, wrk
+from . import ceilings, cpu, payloads, phases, system, wrk
 from .report import Row, markdown, render
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,7 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64, help="wrk connections")
     p.add_argument("--wrk-threads", type=int, default=2)
     p.add_argument(
-        "--rate", type=float, help="fixed ingest rate (default: 20 %% of the bare-app ceiling)"
+        "--rate",
+        type=float,
+        help="fixed ingest rate (default: half the rate reached at saturation)",
     )
     p.add_argument("--e2e-rate", type=float, default=200.0, help="webhooks/s for end to end")
     p.add_argument("--fanout-rules", type=int, default=10, help="rules matching each webhook")
@@ -134,7 +137,7 @@ async def main(args: argparse.Namespace) -> int:
     rows: list[Row] = []
     workdir = Path(tempfile.mkdtemp(prefix="hookbus-bench-"))
     started = time.monotonic()
-    sink_proc = None
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         with system.Servers(workdir / "servers") as servers:
             result["versions"]["nats-server"] = await ceilings.nats_version(servers.nats.url)
@@ -142,33 +145,36 @@ async def main(args: argparse.Namespace) -> int:
             c: dict[str, Any] = {}
             result["ceilings"] = c
             bare_rate = None
+            bare_port = None
+            bare_pid = -1
             if parts & {"ceilings", "ingest"}:
                 log(f"ceiling: bare Starlette app, wrk for {duration:.0f}s")
-                proc, port = system.start_bare_app(opt.workers, workdir)
-                try:
-                    data = workdir / "bare.bin"
-                    payloads.write_wrk_data(data, "127.0.0.1", port, opt.signed)
-                    url = f"http://127.0.0.1:{port}/hooks/github"
-                    await asyncio.to_thread(
-                        wrk.run, url, data, run_id="bwarm", duration=opt.warmup,
-                        connections=opt.connections, threads=opt.wrk_threads, max_requests=10**7,
-                    )  # fmt: skip
-                    bare = await asyncio.to_thread(
-                        wrk.run, url, data, run_id="bare", duration=duration,
-                        connections=opt.connections, threads=opt.wrk_threads, max_requests=10**7,
-                    )  # fmt: skip
-                    bare_rate = bare.rate
-                    c["bare_app"] = {
-                        "req_per_s": bare.rate, "p50_ms": bare.p50_ms, "p99_ms": bare.p99_ms,
-                        "p999_ms": bare.p999_ms, "errors": bare.status_other + bare.socket_errors,
-                    }  # fmt: skip
-                    fixed_rate = args.rate or round(0.2 * bare.rate, -1)
-                    log(f"ceiling: bare app at a fixed {fixed_rate:.0f}/s")
-                    c["bare_app_fixed"] = await phases.bare_fixed(
-                        port, fixed_rate, duration, opt.signed
-                    )
-                finally:
-                    system.stop([proc])
+                bare_proc, bare_port = system.start_bare_app(opt.workers, workdir)
+                procs.append(bare_proc)
+                bare_pid = bare_proc.pid
+                data = workdir / "bare.bin"
+                payloads.write_wrk_data(data, "127.0.0.1", bare_port, opt.signed)
+                url = f"http://127.0.0.1:{bare_port}/hooks/github"
+                await asyncio.to_thread(
+                    wrk.run, url, data, run_id="bwarm", duration=opt.warmup,
+                    connections=opt.connections, threads=opt.wrk_threads, max_requests=10**7,
+                )  # fmt: skip
+                cpu0 = cpu.snapshot()
+                bare = await asyncio.to_thread(
+                    wrk.run, url, data, run_id="bare", duration=duration,
+                    connections=opt.connections, threads=opt.wrk_threads, max_requests=10**7,
+                )  # fmt: skip
+                roles = {"bare app": {bare_proc.pid}}
+                used = cpu.usage(cpu0, cpu.snapshot(), roles, solo=phases.BENCH)
+                bare_rate = bare.rate
+                c["bare_app"] = {
+                    "req_per_s": bare.rate, "p50_ms": bare.p50_ms, "p99_ms": bare.p99_ms,
+                    "p999_ms": bare.p999_ms, "errors": bare.status_other + bare.socket_errors,
+                    "cpu_cores": used,
+                    "cpu_us_per_request": phases._per_request(
+                        used, "bare app", bare.duration_s, bare.status_202
+                    ),
+                }  # fmt: skip
                 rows.append(
                     Row(f"ceiling: bare app 202s (wrk, c={opt.connections})", bare.rate, "req/s")
                 )
@@ -199,6 +205,7 @@ async def main(args: argparse.Namespace) -> int:
                 )
             if parts & {"ceilings", "fanout"}:
                 sink_proc, sink_port = system.start_sink(workdir)
+                procs.append(sink_proc)
                 log("ceiling: httpx POSTs to the sink")
                 per = min(duration, 5.0) / 2
                 by_conc = {
@@ -233,11 +240,20 @@ async def main(args: argparse.Namespace) -> int:
                     )
                 )
 
-            if "ingest" in parts and bare_rate is not None:
-                log(f"ingest: saturation ({duration:.0f}s) and fixed rate {fixed_rate:.0f}/s")
-                ing = await phases.ingest(servers, workdir, opt, fixed_rate)
+            if "ingest" in parts and bare_rate is not None and bare_port is not None:
+                port = bare_port
+
+                async def floor(rate: float) -> dict[str, Any]:
+                    log(f"ceiling: bare app at a fixed {rate:.0f}/s")
+                    return await phases.bare_fixed(port, rate, duration, opt.signed)
+
+                log(f"ingest: saturation, then a fixed rate ({duration:.0f}s each)")
+                ing = await phases.ingest(servers, workdir, opt, args.rate, floor)
                 result["ingest"] = ing
-                rows += ingest_rows(ing, c, bare_rate, fixed_rate)
+                c["bare_app_fixed"] = ing.pop("bare_app_fixed")
+                rows += ingest_rows(ing, c, bare_rate, ing["fixed_rate"])
+            # The bare app idles from here on; stop it so it takes nothing from later phases.
+            system.stop([p for p in procs if p.pid == bare_pid])
             if "e2e" in parts:
                 log(f"end to end at {opt.e2e_rate:.0f} webhooks/s for {duration:.0f}s")
                 e2e = await phases.end_to_end(servers, workdir, opt)
@@ -249,8 +265,7 @@ async def main(args: argparse.Namespace) -> int:
                 result["fanout"] = fan
                 rows += fanout_rows(fan, c)
     finally:
-        if sink_proc is not None:
-            system.stop([sink_proc])
+        system.stop(procs)
         if args.keep:
             log(f"work directory kept: {workdir}")
         else:
@@ -291,10 +306,14 @@ def ingest_rows(
         Row("ingest at saturation: p50", sat["p50_ms"], "ms", bare["p50_ms"], "bare app"),
         Row("ingest at saturation: p99", sat["p99_ms"], "ms", bare["p99_ms"], "bare app"),
         Row("ingest at saturation: p99.9", sat["p999_ms"], "ms", bare["p999_ms"], "bare app"),
+        Row("ingest at saturation: receiver CPU per webhook", sat["receiver_cpu_us_per_request"],
+            "µs", bare.get("cpu_us_per_request"), "bare app"),
+        Row("ingest at saturation: receiver CPU busy", sat["cpu_cores"].get("receiver"), "cores",
+            float(ing["workers"]), "its workers"),
         Row("ingest at saturation: errors", float(sat["errors"]), "", None, "", "0", sat["errors"] == 0),
         Row("ingest at saturation: events in log = 202s", "yes" if sat["log_matches_202s"] else "no",
             "", None, "", "equal", bool(sat["log_matches_202s"])),
-        Row(f"ingest at {fixed_rate:.0f}/s offered (20 % of bare): accepted", fx["accepted_per_s"],
+        Row(f"ingest at {fixed_rate:.0f}/s offered (half of saturation): accepted", fx["accepted_per_s"],
             "req/s", fixed_rate, "offered"),
         Row(f"ingest at {fixed_rate:.0f}/s: p50", fx["p50_ms"], "ms", bfx["p50_ms"], "bare app, same rate"),
         Row(f"ingest at {fixed_rate:.0f}/s: p99", fx["p99_ms"], "ms", bfx["p99_ms"],

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import nats
 
 from hookbus_common.bus import stream_name
 
-from . import openloop, payloads, wrk
+from . import cpu, openloop, payloads, wrk
 from .stats import summary_ms
 from .system import Servers, System
 
@@ -107,11 +109,28 @@ async def _settled_count(servers: Servers, schema: str, rid: str) -> int:
 # --------------------------------------------------------------------------- ingest
 
 
+async def settled_metric(url: str) -> float:
+    """The receiver's 202 count once requests a stopped wrk left in flight have finished."""
+    last = -1.0
+    while True:
+        n = accepted_metric(url)
+        if n == last:
+            return n
+        last = n
+        await asyncio.sleep(0.3)
+
+
 async def ingest(
-    servers: Servers, workdir: Path, opt: Options, fixed_rate: float
+    servers: Servers,
+    workdir: Path,
+    opt: Options,
+    fixed_rate: float | None,
+    floor: Callable[[float], Awaitable[dict[str, Any]]],
 ) -> dict[str, Any]:
-    """Receiver only: saturation with wrk, then a fixed offered rate with the open-loop client."""
-    out: dict[str, Any] = {}
+    """Receiver only: saturation with wrk, then a fixed offered rate with the open-loop client
+    (by default half the rate reached at saturation); ``floor(rate)`` measures the bare app
+    at that same rate, between the two."""
+    out: dict[str, Any] = {"workers": opt.workers}
     with System(servers, workdir / "ingest", _config(), workers=opt.workers) as system:
         system.start("receiver")
         data_file = workdir / "ingest" / "requests.bin"
@@ -123,13 +142,15 @@ async def ingest(
                 connections=opt.connections, threads=opt.wrk_threads, max_requests=10**7,
             )  # fmt: skip
         rid = run_id("sat")
-        before = accepted_metric(system.url)
+        before = await settled_metric(system.url)
+        cpu0 = cpu.snapshot()
         sat = await asyncio.to_thread(
             wrk.run, url, data_file, run_id=rid, duration=opt.duration,
             connections=opt.connections, threads=opt.wrk_threads, max_requests=10**7,
         )  # fmt: skip
+        cpu_sat = cpu.usage(cpu0, cpu.snapshot(), system.roles(), solo=BENCH)
         logged = await _settled_count(servers, system.prefix, rid)
-        server_202 = accepted_metric(system.url) - before
+        server_202 = await settled_metric(system.url) - before
         in_flight = sat.sent - sat.requests
         out["saturation"] = {
             "accepted_per_s": sat.rate,
@@ -153,10 +174,17 @@ async def ingest(
                 sat.status_202 <= logged <= sat.status_202 + in_flight
                 and (opt.workers != 1 or logged == server_202)
             ),
+            "cpu_cores": cpu_sat,
+            "receiver_cpu_us_per_request": _per_request(
+                cpu_sat, "receiver", sat.duration_s, sat.status_202
+            ),
         }
 
         rid = run_id("fix")
         signed = opt.signed
+        fixed_rate = fixed_rate or max(10.0, round(sat.rate / 2, -1))
+        out["fixed_rate"] = fixed_rate
+        out["bare_app_fixed"] = await floor(fixed_rate)
 
         def make(i: int) -> tuple[str, bytes]:
             key = f"{rid}-{i}"
@@ -164,9 +192,15 @@ async def ingest(
                 "127.0.0.1", system.port, signed[i % len(signed)], key
             )
 
+        cpu0 = cpu.snapshot()
         fixed = await openloop.run(system.port, make, rate=fixed_rate, duration=opt.duration)
+        cpu_fixed = cpu.usage(cpu0, cpu.snapshot(), system.roles(), solo=BENCH)
         logged = await _settled_count(servers, system.prefix, rid)
         out["fixed"] = _openloop_summary(fixed) | {
+            "cpu_cores": cpu_fixed,
+            "receiver_cpu_us_per_request": _per_request(
+                cpu_fixed, "receiver", opt.duration, fixed.count(202)
+            ),
             "events_in_log": logged,
             "log_matches_202s": logged == fixed.count(202),
         }
@@ -178,6 +212,13 @@ async def ingest(
             "bus_matches_log": on_bus == total_log and outbox == 0,
         }
     return out
+
+
+BENCH = {"bench (load generator)": os.getpid()}
+
+
+def _per_request(used: dict[str, float], role: str, seconds: float, n: int) -> float | None:
+    return round(used.get(role, 0.0) * seconds / n * 1e6, 1) if n else None
 
 
 def _openloop_summary(r: openloop.OpenLoopResult) -> dict[str, Any]:
@@ -253,9 +294,11 @@ actions = [{{ kind = "shell", command = ["{script}"], timeout = 30, env = {{ BEN
                 "127.0.0.1", system.port, signed[i % len(signed)], key
             )
 
+        cpu0 = cpu.snapshot()
         r = await openloop.run(system.port, make, rate=opt.e2e_rate, duration=opt.e2e_duration)
         sent_at = {s.key: s.intended_wall for s in r.samples if s.status == 202}
         rows = await _wait_jobs(servers, system.prefix, rid, len(sent_at), opt.settle_timeout)
+        cpu_e2e = cpu.usage(cpu0, cpu.snapshot(), system.roles(), solo=BENCH)
     started: list[float] = []
     finished: list[float] = []
     failed = 0
@@ -281,6 +324,7 @@ actions = [{{ kind = "shell", command = ["{script}"], timeout = 30, env = {{ BEN
         "jobs_accepted": len(sent_at),
         "jobs_finished": len(finished),
         "jobs_failed": failed,
+        "cpu_cores": cpu_e2e,
     }
 
 
@@ -336,12 +380,14 @@ actions = [{{ kind = "webhook", url = "http://127.0.0.1:{sink_port}/r{k}" }}]
                 "127.0.0.1", system.port, signed[i % len(signed)], key
             )
 
+        cpu0 = cpu.snapshot()
         r = await openloop.run(
             system.port, make, rate=opt.fanout_rate, duration=opt.fanout_duration
         )
         sent_at = {s.key: s.intended_wall for s in r.samples if s.status == 202}
         expected = len(sent_at) * opt.fanout_rules
         records = await _wait_sink(sink_port, expected, opt.settle_timeout)
+        cpu_fan = cpu.usage(cpu0, cpu.snapshot(), system.roles(), solo=BENCH)
         conn = await _db(servers, system.prefix)
         try:
             rows = await conn.fetch(
@@ -373,6 +419,7 @@ actions = [{{ kind = "webhook", url = "http://127.0.0.1:{sink_port}/r{k}" }}]
         "deliveries_per_s": len(latencies) / span if span else 0.0,
         "offered_deliveries_per_s": opt.fanout_rate * opt.fanout_rules,
         "latency": summary_ms(latencies),
+        "cpu_cores": cpu_fan,
     }
 
 

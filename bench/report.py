@@ -38,6 +38,8 @@ def _num(v: float | str | None, unit: str) -> str:
         return "n/a"
     if math.isinf(v):
         return "∞"
+    if unit == "µs":
+        return f"{v:.0f} µs"
     if unit == "ms":
         return f"{v:.1f} ms" if v < 100 else f"{v:.0f} ms"
     if abs(v) >= 100:
@@ -50,7 +52,7 @@ def _ratio(r: Row) -> str:
     if ratio is None:
         return ""
     # A throughput is a share of its ceiling; a latency is a multiple of its floor.
-    return f"{ratio:.2f}x" if r.unit == "ms" else f"{ratio * 100:.0f} %"
+    return f"{ratio:.2f}x" if r.unit in ("ms", "µs") else f"{ratio * 100:.0f} %"
 
 
 def render(rows: list[Row]) -> str:

@@ -109,6 +109,9 @@ class System:
             port = self.port if name == "receiver" else self.health[name]
             wait_http(f"http://127.0.0.1:{port}/readyz", self.procs[name], name)
 
+    def roles(self) -> dict[str, set[int]]:
+        return {name: {p.pid} for name, p in self.procs.items()}
+
     def pid(self, name: str) -> int:
         return self.procs[name].pid
 
