@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fixed ingest rate (default: half the rate reached at saturation)",
     )
     p.add_argument("--e2e-rate", type=float, default=200.0, help="webhooks/s for end to end")
+    p.add_argument(
+        "--executor-in-flight",
+        type=int,
+        help="executor.max_in_flight for end to end (default: the service's)",
+    )
     p.add_argument("--fanout-rules", type=int, default=10, help="rules matching each webhook")
     p.add_argument("--fanout-rate", type=float, default=50.0, help="webhooks/s for fan-out")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
@@ -113,6 +118,7 @@ async def main(args: argparse.Namespace) -> int:
         fanout_rules=args.fanout_rules,
         fanout_rate=args.fanout_rate,
         fanout_duration=duration,
+        executor_in_flight=args.executor_in_flight,
         settle_timeout=30.0 if quick else 90.0,
     )
     opt.signed = payloads.signed_bodies(opt.bodies)

@@ -76,7 +76,7 @@ def usage(
         role = owner.get(pid, by_name)
         used[role] = used.get(role, 0.0) + delta / wall
     busy = (after.busy - before.busy) / (after.total - before.total) * (os.cpu_count() or 1)
-    # Processes that ended before the second snapshot (wrk) show only in the machine's total.
-    used["exited (wrk)"] = max(0.0, busy - sum(used.values()))
+    # Processes that ended before the second snapshot (wrk, actions) show only in the machine's total.
+    used["exited (wrk, actions)"] = max(0.0, busy - sum(used.values()))
     used["machine_busy"] = busy
     return {k: round(v, 3) for k, v in sorted(used.items())}

@@ -23,6 +23,7 @@ from .stats import summary_ms
 from .system import Servers, System
 
 RECEIVED = "io.hookbus.webhook.received.v1"
+TERMINAL = ("io.hookbus.job.succeeded.v1", "io.hookbus.job.failed.v1")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Options:
     fanout_rules: int
     fanout_rate: float
     fanout_duration: float
+    executor_in_flight: int | None = None
     bodies: int = 2048
     settle_timeout: float = 60.0
     signed: list[payloads.Signed] = field(default_factory=list)
@@ -283,7 +285,10 @@ event = "push"
 branch = "main"
 actions = [{{ kind = "shell", command = ["{script}"], timeout = 30, env = {{ BENCH_STAMPS = "{stamps}" }} }}]
 """
-    with System(servers, base, _config(rule), workers=opt.workers) as system:
+    extra = ""
+    if opt.executor_in_flight:
+        extra = f"\n[executor]\nmax_in_flight = {opt.executor_in_flight}\n"
+    with System(servers, base, _config(extra + rule), workers=opt.workers) as system:
         system.start("receiver", "router", "executor")
         rid = run_id("e2e")
         signed = opt.signed
@@ -299,18 +304,15 @@ actions = [{{ kind = "shell", command = ["{script}"], timeout = 30, env = {{ BEN
         sent_at = {s.key: s.intended_wall for s in r.samples if s.status == 202}
         rows = await _wait_jobs(servers, system.prefix, rid, len(sent_at), opt.settle_timeout)
         cpu_e2e = cpu.usage(cpu0, cpu.snapshot(), system.roles(), solo=BENCH)
-    started: list[float] = []
-    finished: list[float] = []
-    failed = 0
+    hops: dict[str, list[float]] = {}
     for delivery, typ, recorded in rows:
         t0 = sent_at.get(delivery)
-        if t0 is None:
-            continue
-        if typ == "io.hookbus.job.started.v1":
-            started.append(recorded - t0)
-        else:
-            finished.append(recorded - t0)
-            failed += typ == "io.hookbus.job.failed.v1"
+        if t0 is not None:
+            hop = "terminal" if typ in TERMINAL else typ.split(".", 2)[2].removesuffix(".v1")
+            hops.setdefault(hop, []).append(recorded - t0)
+    started = hops.get("job.started", [])
+    finished = hops.get("terminal", [])
+    failed = sum(1 for _, typ, _ in rows if typ == "io.hookbus.job.failed.v1")
     action: list[float] = []
     for line in stamps.read_text().splitlines():
         delivery, _, when = line.partition(" ")
@@ -318,6 +320,7 @@ actions = [{{ kind = "shell", command = ["{script}"], timeout = 30, env = {{ BEN
             action.append(float(when.replace(",", ".")) - sent_at[delivery])
     return {
         "ingest": _openloop_summary(r),
+        "to_committed": {hop: summary_ms(v) for hop, v in hops.items()},
         "to_job_started": summary_ms(started),
         "to_action_started": summary_ms(action),
         "to_terminal": summary_ms(finished),
@@ -337,14 +340,15 @@ async def _wait_jobs(
         SELECT split_part(w.dedupe_key, ':', 2), j.type, extract(epoch FROM j.recorded_at)
         FROM events w JOIN events j ON j.correlation_id = w.id
         WHERE w.type = $1 AND w.dedupe_key LIKE $2
-          AND j.type IN ('io.hookbus.job.started.v1', 'io.hookbus.job.succeeded.v1',
+          AND j.type IN ('io.hookbus.webhook.received.v1', 'io.hookbus.job.requested.v1',
+                         'io.hookbus.job.started.v1', 'io.hookbus.job.succeeded.v1',
                          'io.hookbus.job.failed.v1')
     """
     try:
         deadline = time.monotonic() + timeout
         while True:
             rows = await conn.fetch(sql, RECEIVED, f"{payloads.SOURCE}:{rid}-%")
-            done = sum(1 for r in rows if r[1] != "io.hookbus.job.started.v1")
+            done = sum(1 for r in rows if r[1] in TERMINAL)
             if done >= expected or time.monotonic() > deadline:
                 return [(r[0], r[1], float(r[2])) for r in rows]
             await asyncio.sleep(0.2)
