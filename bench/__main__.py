@@ -251,7 +251,7 @@ async def main(args: argparse.Namespace) -> int:
 
                 async def floor(rate: float) -> dict[str, Any]:
                     log(f"ceiling: bare app at a fixed {rate:.0f}/s")
-                    return await phases.bare_fixed(port, rate, duration, opt.signed)
+                    return await phases.bare_fixed(port, rate, duration, opt.signed, opt.warmup)
 
                 log(f"ingest: saturation, then a fixed rate ({duration:.0f}s each)")
                 ing = await phases.ingest(servers, workdir, opt, args.rate, floor)

@@ -188,14 +188,24 @@ async def ingest(
         out["fixed_rate"] = fixed_rate
         out["bare_app_fixed"] = await floor(fixed_rate)
 
-        def make(i: int) -> tuple[str, bytes]:
-            key = f"{rid}-{i}"
-            return key, payloads.http_request(
-                "127.0.0.1", system.port, signed[i % len(signed)], key
-            )
+        def make_for(tag: str) -> Callable[[int], tuple[str, bytes]]:
+            def make(i: int) -> tuple[str, bytes]:
+                key = f"{tag}-{i}"
+                return key, payloads.http_request(
+                    "127.0.0.1", system.port, signed[i % len(signed)], key
+                )
 
+            return make
+
+        if opt.warmup > 0:
+            # Connections to open and a first batch to commit: not what a steady rate costs.
+            await openloop.run(
+                system.port, make_for(rid + "w"), rate=fixed_rate, duration=opt.warmup
+            )
         cpu0 = cpu.snapshot()
-        fixed = await openloop.run(system.port, make, rate=fixed_rate, duration=opt.duration)
+        fixed = await openloop.run(
+            system.port, make_for(rid), rate=fixed_rate, duration=opt.duration
+        )
         cpu_fixed = cpu.usage(cpu0, cpu.snapshot(), system.roles(), solo=BENCH)
         logged = await _settled_count(servers, system.prefix, rid)
         out["fixed"] = _openloop_summary(fixed) | {
@@ -244,7 +254,7 @@ def _openloop_summary(r: openloop.OpenLoopResult) -> dict[str, Any]:
 
 
 async def bare_fixed(
-    port: int, rate: float, duration: float, signed: list[payloads.Signed]
+    port: int, rate: float, duration: float, signed: list[payloads.Signed], warmup: float
 ) -> dict[str, Any]:
     """The bare app at the same offered rate: the latency floor of the stack and generator."""
 
@@ -252,6 +262,8 @@ async def bare_fixed(
         key = f"bare-{i}"
         return key, payloads.http_request("127.0.0.1", port, signed[i % len(signed)], key)
 
+    if warmup > 0:
+        await openloop.run(port, make, rate=rate, duration=warmup)
     return _openloop_summary(await openloop.run(port, make, rate=rate, duration=duration))
 
 
