@@ -12,7 +12,14 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    PubAck,
+    StorageType,
+    StreamConfig,
+)
 
 from .retry import until_up
 from .settings import NatsSettings
@@ -90,12 +97,21 @@ class Bus:
         await self.js.publish(subject, payload, headers={MSG_ID: msg_id})
 
     async def publish_many(self, items: list[tuple[str, str, bytes]]) -> None:
-        """Publish several messages with their acks in flight together (one is ~8x slower)."""
+        """Publish several messages with their acks in flight together (one at a time is ~5x
+        slower); raises if any is not acknowledged within the publish timeout."""
         if not items:
             return
-        results = await asyncio.gather(
-            *(self.publish(s, i, p) for s, i, p in items), return_exceptions=True
-        )
+        futures: list[asyncio.Future[PubAck]] = []
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout):
+                for subject, msg_id, payload in items:
+                    futures.append(
+                        await self.js.publish_async(subject, payload, headers={MSG_ID: msg_id})
+                    )
+                results = await asyncio.gather(*futures, return_exceptions=True)
+        finally:
+            for f in futures:
+                f.cancel()  # no-op for those done; frees the client's slots for the rest
         for r in results:
             if isinstance(r, BaseException):
                 raise r

@@ -65,7 +65,9 @@ async def insert(
         )  # fmt: skip
         for col, value in zip(cols, values, strict=True):
             col.append(value)
-        encoded[e.id] = Appended(seq=0, event=e, bus_subject=subject, payload=ev.encode(e))
+        encoded[e.id] = Appended(
+            seq=0, event=e, bus_subject=subject, payload=ev.encode_around(e, data)
+        )
     rows = await conn.fetch(_INSERT, *cols)
     inserted = []
     for row in rows:

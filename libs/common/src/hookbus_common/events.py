@@ -440,6 +440,25 @@ def encode_data(data: EventData) -> bytes:
     return _encoder.encode(data)
 
 
+def encode_around(event: Event[Any], data: bytes) -> bytes:
+    """The envelope of ``event`` with its data given already encoded (copied, not re-encoded)."""
+    return _encoder.encode(
+        RawEvent(
+            id=event.id,
+            source=event.source,
+            type=event.type,
+            time=event.time,
+            correlationid=event.correlationid,
+            data=msgspec.Raw(data),
+            causationid=event.causationid,
+            tenant=event.tenant,
+            subject=event.subject,
+            specversion=event.specversion,
+            datacontenttype=event.datacontenttype,
+        )
+    )
+
+
 def decode_data(type_: str, raw: bytes | memoryview) -> EventData:
     try:
         decoder = _data_decoders[type_]

@@ -43,9 +43,13 @@ class Outbox:
     async def _commit(
         self, conn: asyncpg.Connection, pending: list[Pending]
     ) -> tuple[list[Appended], list[Appended]]:
-        async with conn.transaction():
+        if any(readmodels.changes_read_models(p.event.data) for p in pending):
+            async with conn.transaction():
+                inserted, known = await eventlog.insert(conn, self.bus.prefix, pending)
+                await readmodels.project(conn, inserted)
+        else:
+            # One INSERT … WITH statement is atomic by itself: no BEGIN/COMMIT round trips.
             inserted, known = await eventlog.insert(conn, self.bus.prefix, pending)
-            await readmodels.project(conn, inserted)
         for a in inserted:
             metrics.EVENTS_APPENDED.labels(a.event.type).inc()
         return inserted, known

@@ -109,6 +109,27 @@ async def _apply(
             pass
 
 
+# Events that change a read model; any other batch needs no projection (and so no
+# transaction beyond its single INSERT statement).
+PROJECTED: tuple[type[ev.EventData], ...] = (
+    ev.JobRequested,
+    ev.JobStarted,
+    ev.JobSucceeded,
+    ev.JobFailed,
+    ev.DeliveryRequested,
+    ev.DeliveryOutcome,
+    ev.PartnerCreated,
+    ev.PartnerUpdated,
+    ev.PartnerTokenRotated,
+    ev.PartnerStatusChanged,
+    ev.PartnerDeleted,
+)
+
+
+def changes_read_models(data: ev.EventData) -> bool:
+    return isinstance(data, PROJECTED)
+
+
 async def project(conn: asyncpg.Connection, appended: Sequence[Any]) -> None:
     """Apply freshly appended events (``eventlog.Appended``) to the read models."""
     for a in appended:

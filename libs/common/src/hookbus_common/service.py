@@ -107,7 +107,12 @@ async def run_consumer(
     log.info("stopped", extra={"service": service})
 
 
-def main_for(service: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
+def main_for(
+    service: str,
+    run: Callable[[Settings], Coroutine[Any, Any, None]],
+    *,
+    uvloop_if_available: bool = True,
+) -> None:
     """Command-line entry point of a service: ``--config``, settings, logs, event loop."""
     parser = argparse.ArgumentParser(prog=f"hookbus-{service}")
     parser.add_argument("--config", "-c", help="TOML config file (default: $HOOKBUS_CONFIG)")
@@ -118,11 +123,13 @@ def main_for(service: str, run: Callable[[Settings], Coroutine[Any, Any, None]])
         print(f"hookbus-{service}: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.setup(service, settings.log.level, settings.log.format)
-    try:
-        import uvloop
-    except ImportError:
-        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
-    else:
-        runner = uvloop.run
+    runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    if uvloop_if_available:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            runner = uvloop.run
     with suppress(KeyboardInterrupt):
         runner(run(settings))

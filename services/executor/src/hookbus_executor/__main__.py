@@ -22,7 +22,9 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    main_for("executor", run)
+    # The default loop, not uvloop: asyncio starts processes with vfork (~1,400 spawns/s
+    # here), libuv forks the whole process (~260/s), and spawning is the executor's work.
+    main_for("executor", run, uvloop_if_available=False)
 
 
 if __name__ == "__main__":

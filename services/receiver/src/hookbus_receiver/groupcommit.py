@@ -41,6 +41,7 @@ class GroupCommitter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
+        self._flushing = 0
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name="group-commit")
@@ -72,8 +73,14 @@ class GroupCommitter:
                 if self._closing:
                     return
                 continue
-            if len(self._queue) < self.batch_size and self.interval > 0 and not self._closing:
-                # Give concurrent requests a moment to join this batch.
+            if (
+                self._flushing
+                and len(self._queue) < self.batch_size
+                and self.interval > 0
+                and not self._closing
+            ):
+                # A flush is in flight, so the database is busy anyway: let concurrent
+                # requests join this batch. With nothing in flight, flush at once.
                 await asyncio.sleep(self.interval)
             while self._queue:
                 batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
@@ -90,6 +97,7 @@ class GroupCommitter:
         task.add_done_callback(self._tasks.discard)
 
     async def _flush(self, batch: list[tuple[Pending, asyncio.Future[Recorded]]]) -> None:
+        self._flushing += 1
         try:
             try:
                 async with self.outbox.pool.acquire() as conn:
@@ -113,6 +121,7 @@ class GroupCommitter:
                     original = originals.get(p.dedupe_key or "", p.event.id)
                     fut.set_result(Recorded(original, duplicate=True))
         finally:
+            self._flushing -= 1
             self._flushes.release()
         # Answering does not wait for NATS: the outbox row makes the publish certain.
         if inserted:
