@@ -172,3 +172,14 @@ async def test_concurrent_deliveries_share_group_commits(
     assert [r.status_code for r in rs] == [202] * 50
     rows = await _events(receiver_settings)
     assert sorted(r.event.id for r in rows) == sorted(r.json()["id"] for r in rs)
+
+
+async def test_paths_beside_the_hooks_fast_path_answer_like_any_other(url: str) -> None:
+    async with httpx.AsyncClient() as client:
+        unknown = await client.post(f"{url}/nothing/here", content=PUSH)
+        for path in ("/hooks/", "/hooks/github/extra", "/hooks"):
+            r = await client.post(f"{url}{path}", content=PUSH)
+            assert (r.status_code, r.content) == (unknown.status_code, unknown.content), path
+        wrong_method = await client.get(f"{url}/hooks/github")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == {"error": "method_not_allowed"}
