@@ -8,12 +8,9 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from hookbus_common.embedded import NatsServer, Postgres, free_port
+from hookbus_common.embedded import NatsServer, Postgres, free_port, wait_until_ok
 
 from . import payloads
 
@@ -44,17 +41,10 @@ class Servers:
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.05)
+    if wait_until_ok(url, timeout=timeout, alive=lambda: proc.poll() is None, interval=0.05):
+        return
+    if proc.poll() is not None:
+        raise RuntimeError(f"{what} exited with {proc.returncode}")
     raise RuntimeError(f"{what} not ready at {url} within {timeout}s")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,10 +16,11 @@ import uvicorn
 from hookbus_common import events as ev
 from hookbus_common.db import open_pool
 from hookbus_common.embedded import free_port
-from hookbus_common.settings import Settings, load_settings
+from hookbus_common.settings import ReceiverSettings, Settings, load_settings
 from hookbus_receiver.app import create_app
 
 from ..conftest import Servers
+from .serving import serve
 
 
 def module_settings(
@@ -67,6 +68,22 @@ def serve_in_thread(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+@pytest.fixture
+def receiver_settings(settings: Settings) -> Settings:
+    """This test's settings with a receiver on a free port and a small body limit; a module
+    overrides this fixture to add its sources."""
+    return msgspec.structs.replace(
+        settings, receiver=ReceiverSettings(port=free_port(), max_body_bytes=4096)
+    )
+
+
+@pytest.fixture
+async def url(receiver_settings: Settings) -> AsyncIterator[str]:
+    """A real receiver (uvicorn on the test's loop) for this test; its base URL."""
+    async with serve(receiver_settings) as base:
+        yield base
 
 
 class Recorded(msgspec.Struct, frozen=True):

@@ -15,27 +15,13 @@ import pytest
 from hookbus_common import eventlog, webhookurl
 from hookbus_common import events as ev
 from hookbus_common.db import open_pool
-from hookbus_common.embedded import free_port
-from hookbus_common.settings import ReceiverSettings, Settings
+from hookbus_common.settings import Settings
 
-from .serving import run_cli, serve, write_config
+from .serving import run_cli, write_config
 
 pytestmark = pytest.mark.integration
 
 DIGEST = "sha256:" + "a" * 64
-
-
-@pytest.fixture
-def receiver_settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(
-        settings, receiver=ReceiverSettings(port=free_port(), max_body_bytes=4096)
-    )
-
-
-@pytest.fixture
-async def url(receiver_settings: Settings) -> AsyncIterator[str]:
-    async with serve(receiver_settings) as base:
-        yield base
 
 
 @pytest.fixture

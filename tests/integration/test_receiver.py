@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
@@ -16,8 +15,6 @@ from hookbus_common.db import open_pool
 from hookbus_common.embedded import free_port
 from hookbus_common.settings import GithubSource, ReceiverSettings, Secret, Settings
 from hookbus_receiver.signatures import sign_github
-
-from .serving import serve
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +45,6 @@ def receiver_settings(settings: Settings) -> Settings:
         receiver=ReceiverSettings(port=free_port(), max_body_bytes=4096),
         sources={"github": GithubSource(secrets=[Secret(value=SECRET)])},
     )
-
-
-@pytest.fixture
-async def url(receiver_settings: Settings) -> AsyncIterator[str]:
-    async with serve(receiver_settings) as base:
-        yield base
 
 
 async def _events(s: Settings) -> list[eventlog.LoggedEvent]:

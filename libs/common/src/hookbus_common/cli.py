@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import msgspec
 
 from . import admincli, db, eventlog, readmodels
-from .embedded import EmbeddedError, NatsServer, Postgres
+from .embedded import EmbeddedError, NatsServer, Postgres, wait_until_ok
 from .eventlog import LoggedEvent
 from .settings import ConfigError, DatabaseSettings, Settings, default_config_path, load_settings
 
@@ -74,20 +73,16 @@ def _wait_ready(
     base_url: str, children: dict[str, subprocess.Popen[bytes]], stopping: Callable[[], bool]
 ) -> bool:
     """Wait until the receiver answers /readyz, or a service dies, or we are told to stop."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not stopping():
-        dead = [n for n, c in children.items() if c.poll() is not None]
-        if dead:
-            print(f"hookbus: {', '.join(dead)} exited during start-up; see above", flush=True)
-            return False
-        try:
-            with urllib.request.urlopen(f"{base_url}/readyz", timeout=1) as resp:  # noqa: S310
-                if resp.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.1)
-    if not stopping():
+
+    def alive() -> bool:
+        return not stopping() and all(c.poll() is None for c in children.values())
+
+    if wait_until_ok(f"{base_url}/readyz", timeout=60, alive=alive, interval=0.1):
+        return True
+    dead = [n for n, c in children.items() if c.poll() is not None]
+    if dead:
+        print(f"hookbus: {', '.join(dead)} exited during start-up; see above", flush=True)
+    elif not stopping():
         print("hookbus: the receiver did not become ready within 60 s", flush=True)
     return False
 

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_ok(
+    url: str, *, timeout: float, alive: Callable[[], bool] = lambda: True, interval: float = 0.02
+) -> bool:
+    """Poll ``GET url`` until it answers 200 (True), ``timeout`` passes or ``alive()``
+    turns False (False): for servers that take a moment to start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (our own URL)
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(interval)
+    return False
 
 
 def nats_server_binary() -> str:
@@ -68,19 +86,13 @@ class NatsServer:
         else:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise EmbeddedError(
-                    f"nats-server exited with {self.proc.returncode} (port {self.port} busy?)"
-                )
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.02)
+        proc = self.proc
+        if wait_until_ok(url, timeout=timeout, alive=lambda: proc.poll() is None):
+            return
+        if proc.poll() is not None:
+            raise EmbeddedError(
+                f"nats-server exited with {proc.returncode} (port {self.port} busy?)"
+            )
         self.stop()
         raise EmbeddedError(f"nats-server did not become ready within {timeout}s")
 
