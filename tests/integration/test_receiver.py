@@ -150,6 +150,13 @@ async def test_health_ready_and_metrics(url: str) -> None:
         await client.post(f"{url}/hooks/github", content=PUSH, headers=github_headers(PUSH, "m"))
         metrics = (await client.get(f"{url}/metrics")).text
     assert 'hookbus_receiver_requests_total{outcome="accepted",source="github"}' in metrics
+    commits = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("hookbus_receiver_commit_seconds_count")
+    ]
+    assert commits
+    assert float(commits[0].split()[-1]) >= 1
 
 
 async def test_concurrent_deliveries_share_group_commits(

@@ -5,12 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+
+from prometheus_client import Histogram
 
 from hookbus_common import eventlog
 from hookbus_common.eventlog import Pending
 from hookbus_common.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+COMMIT_SECONDS = Histogram(
+    "hookbus_receiver_commit_seconds",
+    "Group commits: waiting for a connection plus the insert, per batch",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_SIZE = Histogram(
+    "hookbus_receiver_commit_batch_size",
+    "Webhooks per group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+# A commit this slow holds every request of its batch; say so, with where the time went.
+SLOW_COMMIT_SECONDS = 0.1
 
 
 class Recorded:
@@ -96,16 +112,34 @@ class GroupCommitter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _observe(self, size: int, started: float, acquired: float) -> None:
+        done = time.perf_counter()
+        COMMIT_SECONDS.observe(done - started)
+        BATCH_SIZE.observe(size)
+        if done - started >= SLOW_COMMIT_SECONDS:
+            log.warning(
+                "slow group commit",
+                extra={
+                    "batch": size,
+                    "pool_wait_ms": round((acquired - started) * 1000, 1),
+                    "insert_ms": round((done - acquired) * 1000, 1),
+                    "flushes_in_flight": self._flushing,
+                },
+            )
+
     async def _flush(self, batch: list[tuple[Pending, asyncio.Future[Recorded]]]) -> None:
         self._flushing += 1
+        started = time.perf_counter()
         try:
             try:
                 async with self.outbox.pool.acquire() as conn:
+                    acquired = time.perf_counter()
                     inserted, known = await self.outbox.commit([p for p, _ in batch], conn=conn)
                     keys = [k.dedupe_key for k in (p for p, _ in batch) if k.dedupe_key]
                     originals = (
                         await eventlog.ids_by_dedupe_key(conn, keys) if known and keys else {}
                     )
+                self._observe(len(batch), started, acquired)
             except Exception as exc:
                 for _, fut in batch:
                     if not fut.done():
