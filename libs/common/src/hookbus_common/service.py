@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from . import logs
+from . import logs, looplag
 from .bus import Bus, connect
 from .consumer import Consumer, Handler
 from .db import open_pool
@@ -54,9 +54,11 @@ async def runtime(settings: Settings, service: str) -> AsyncIterator[Runtime]:
     ):
         outbox = Outbox(pool, bus)
         rt = Runtime(settings, service, pool, bus, outbox, stop)
+        looplag.watch_gc()
         background = [
             asyncio.create_task(outbox.run_relay(stop), name="outbox-relay"),
             asyncio.create_task(outbox.run_cleaner(stop), name="outbox-cleaner"),
+            asyncio.create_task(looplag.watch_loop(stop), name="loop-lag"),
         ]
         try:
             yield rt

@@ -1,0 +1,60 @@
+"""Is the process itself the slow part? Event-loop lag and garbage-collection pauses, as
+metrics and as log lines when they are long enough to show in request latency."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from typing import Any
+
+from prometheus_client import Histogram
+
+log = logging.getLogger(__name__)
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+LOOP_LAG = Histogram(
+    "hookbus_event_loop_lag_seconds",
+    "How late the event loop ran a timer: time it spent on other work, blocked, or unscheduled",
+    buckets=_BUCKETS,
+)
+GC_PAUSE = Histogram(
+    "hookbus_gc_pause_seconds", "Garbage-collection pauses by generation", ["generation"],
+    buckets=_BUCKETS,
+)  # fmt: skip
+# Long enough to show up in a webhook's answer time.
+REPORT_SECONDS = 0.05
+
+_gc_started = 0.0
+
+
+def _gc_callback(phase: str, info: dict[str, Any]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+        return
+    took = time.perf_counter() - _gc_started
+    GC_PAUSE.labels(str(info.get("generation", "?"))).observe(took)
+    if took >= REPORT_SECONDS:
+        log.warning(
+            "long garbage collection",
+            extra={"generation": info.get("generation"), "ms": round(took * 1000, 1),
+                   "collected": info.get("collected")},
+        )  # fmt: skip
+
+
+def watch_gc() -> None:
+    if _gc_callback not in gc.callbacks:
+        gc.callbacks.append(_gc_callback)
+
+
+async def watch_loop(stop: asyncio.Event, interval: float = 0.1) -> None:
+    """Measure how late each timer fires until ``stop`` is set."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        await asyncio.sleep(interval)
+        lag = max(0.0, time.perf_counter() - started - interval)
+        LOOP_LAG.observe(lag)
+        if lag >= REPORT_SECONDS:
+            log.warning("event loop ran late", extra={"ms": round(lag * 1000, 1)})
