@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from hookbus_common.db import open_pool
-from hookbus_common.embedded import NatsServer
+from hookbus_common.embedded import NatsServer, Postgres
 from hookbus_common.settings import DatabaseSettings
 
 from ..conftest import Servers
@@ -114,5 +114,57 @@ def test_router_killed_mid_stream_loses_nothing_and_duplicates_nothing(
         if len(ids) >= 60:
             break
         assert time.monotonic() < deadline, (len(ids), system.log("router"))
+        time.sleep(0.1)
+    assert sorted(ids) == sorted(accepted)
+
+
+@pytest.fixture
+def own_pg(tmp_path: Path) -> Postgres:
+    """A Postgres this test may stop and start again (the session one is shared)."""
+    pg = Postgres(tmp_path / "own-pg")
+    pg.start()
+    yield pg  # type: ignore[misc]
+    pg.stop()
+
+
+def test_postgres_restart_refuses_while_down_then_loses_nothing(
+    servers: Servers, make_system: Callable[..., System], own_pg: Postgres, tmp_path: Path
+) -> None:
+    script = tmp_path / "noop.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    system = make_system(config(script), Servers(servers.nats_url, own_pg.url))
+    system.start("receiver", "router")
+
+    def send(delivery: str, n: int) -> httpx.Response:
+        body = push(n=n)
+        return httpx.post(
+            f"{system.url}/hooks/github", content=body, headers=headers(body, delivery), timeout=15
+        )
+
+    accepted = [send(f"pg-{i}", i).json()["id"] for i in range(5)]
+
+    own_pg.stop()
+    down = send("pg-during", 100)
+    # Nothing could be recorded, so nothing was accepted: the sender is told to retry.
+    assert down.status_code == 503
+    assert down.headers["retry-after"]
+    assert httpx.get(f"{system.url}/readyz").status_code == 503
+
+    own_pg.start()
+    deadline = time.monotonic() + 60
+    while (again := send("pg-during", 100)).status_code != 202:
+        assert again.status_code == 503, again.text
+        assert time.monotonic() < deadline, system.log("receiver")
+        time.sleep(0.2)
+    accepted.append(again.json()["id"])  # the retried delivery is recorded, once
+    accepted += [send(f"pg-after-{i}", 200 + i).json()["id"] for i in range(5)]
+
+    deadline = time.monotonic() + 60
+    while True:
+        ids, depth = routed_webhook_ids(system)
+        if len(ids) >= len(accepted) and depth == 0:
+            break
+        assert time.monotonic() < deadline, (len(ids), depth, system.log("router"))
         time.sleep(0.1)
     assert sorted(ids) == sorted(accepted)
