@@ -168,7 +168,10 @@ class Consumer:
                 async for out in self.handler(incoming):
                     batch = [out] if isinstance(out, Event) else list(out)
                     if batch:
-                        await self.outbox.commit_and_publish(batch)
+                        # Committed is what counts before going on (and before the ack);
+                        # the publish follows on its own, backed by the outbox.
+                        inserted, known = await self.outbox.commit(batch)
+                        self.outbox.publish_later([*inserted, *known])
             except Exception as exc:
                 outcome = disposition(exc, deliveries, self.max_deliver)
                 level = logging.ERROR if isinstance(outcome, Term) else logging.WARNING

@@ -49,6 +49,11 @@ def watch_gc() -> None:
         gc.callbacks.append(_gc_callback)
 
 
+def unwatch_gc() -> None:
+    if _gc_callback in gc.callbacks:
+        gc.callbacks.remove(_gc_callback)
+
+
 async def watch_loop(stop: asyncio.Event, interval: float = 0.1) -> None:
     """Measure how late each timer fires until ``stop`` is set."""
     while not stop.is_set():

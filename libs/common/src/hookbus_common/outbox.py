@@ -29,6 +29,7 @@ class Outbox:
         self.bus = bus
         self._done: list[int] = []
         self._done_ready = asyncio.Event()
+        self._publishing: set[asyncio.Task[bool]] = set()
 
     async def commit(
         self, batch: Sequence[Pending | Event[Any]], *, conn: asyncpg.Connection | None = None
@@ -79,6 +80,20 @@ class Outbox:
         # idempotent) and saves waiting for the relay.
         await self.publish([*inserted, *known])
         return inserted
+
+    def publish_later(self, appended: Sequence[Appended]) -> None:
+        """Publish committed events without waiting: they are durable already, and the
+        outbox row makes the publish certain even if this process dies first."""
+        if not appended:
+            return
+        task = asyncio.create_task(self.publish(appended))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def drain(self, within: float = 5.0) -> None:
+        """Wait for publishes in flight (at shutdown); what is left the relay will send."""
+        if self._publishing:
+            await asyncio.wait(self._publishing, timeout=within)
 
     async def run_cleaner(self, stop: asyncio.Event, interval: float = 0.05) -> None:
         """Delete outbox rows of published events in batches, off the hot path."""

@@ -63,10 +63,12 @@ async def runtime(settings: Settings, service: str) -> AsyncIterator[Runtime]:
         try:
             yield rt
         finally:
+            await outbox.drain()
             stop.set()
             await asyncio.wait(background, timeout=5)
             for t in background:
                 t.cancel()
+            looplag.unwatch_gc()
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
