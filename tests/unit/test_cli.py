@@ -6,7 +6,15 @@ import msgspec
 import pytest
 
 from hookbus_common import events as ev
-from hookbus_common.cli import SERVICES, cmd_config_check, cmd_events, cmd_serve, parser, summary
+from hookbus_common.cli import (
+    SERVICES,
+    cmd_config_check,
+    cmd_events,
+    cmd_serve,
+    json_line,
+    parser,
+    summary,
+)
 from hookbus_common.eventlog import LoggedEvent
 from hookbus_common.events import RawEvent
 
@@ -230,3 +238,17 @@ def test_incomplete_or_unknown_commands_are_refused(argv, capsys):
 
     assert info.value.code == 2
     assert capsys.readouterr().err
+
+
+def test_json_output_is_one_line_per_event_even_for_a_pretty_printed_payload():
+    pretty = b'{\n  "ref": "refs/heads/main",\n  "n": [1,\n 2]\n}\n'
+    data = ev.WebhookReceived(
+        source="github", kind="github", event_type="push", payload=msgspec.Raw(pretty)
+    )
+    line = json_line(logged(data))
+
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    decoded = msgspec.json.decode(line)
+    assert decoded["data"]["payload"] == {"ref": "refs/heads/main", "n": [1, 2]}
+    assert decoded["specversion"] == "1.0"

@@ -227,6 +227,12 @@ def summary(e: LoggedEvent) -> str:
     return ""
 
 
+def json_line(e: LoggedEvent) -> bytes:
+    """The event as one line of CloudEvents JSON: a payload kept as the sender formatted it
+    may hold newlines, which a JSON-lines reader must not see."""
+    return msgspec.json.encode(msgspec.json.decode(e.payload())) + b"\n"
+
+
 def _depths(rows: Sequence[LoggedEvent]) -> dict[str, int]:
     depth: dict[str, int] = {}
     for r in rows:
@@ -265,7 +271,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     rows = asyncio.run(run())
     if args.json:
         for r in rows:
-            sys.stdout.buffer.write(r.payload() + b"\n")
+            sys.stdout.buffer.write(json_line(r))
         return 0
     if args.chain and not rows:
         print(f"no event with id {args.chain}", file=sys.stderr)
