@@ -40,7 +40,11 @@ async def test_a_blocked_loop_is_measured_and_logged(caplog: pytest.LogCaptureFi
 def test_gc_pauses_are_observed() -> None:
     looplag.watch_gc()
     looplag.watch_gc()  # idempotent
-    assert gc.callbacks.count(looplag._gc_callback) == 1
-    before = _count(looplag.GC_PAUSE)
-    gc.collect()
-    assert _count(looplag.GC_PAUSE) > before
+    try:
+        assert gc.callbacks.count(looplag._gc_callback) == 1
+        before = _count(looplag.GC_PAUSE)
+        gc.collect()
+        assert _count(looplag.GC_PAUSE) > before
+    finally:
+        looplag.unwatch_gc()
+    assert looplag._gc_callback not in gc.callbacks
