@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,17 @@ def http_request(host: str, port: int, s: Signed, delivery: str) -> bytes:
         f"Content-Length: {len(s.body)}\r\n"
         "\r\n"
     ).encode() + s.body
+
+
+def requests_for(port: int, signed: list[Signed], tag: str) -> Callable[[int], tuple[str, bytes]]:
+    """Request ``i`` of a run tagged ``tag``: its delivery id and the raw HTTP bytes, cycling
+    through the pre-signed bodies (the open-loop client's ``make``)."""
+
+    def make(i: int) -> tuple[str, bytes]:
+        key = f"{tag}-{i}"
+        return key, http_request("127.0.0.1", port, signed[i % len(signed)], key)
+
+    return make
 
 
 def write_wrk_data(path: Path, host: str, port: int, bodies: list[Signed]) -> None:

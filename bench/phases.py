@@ -189,13 +189,7 @@ async def ingest(
         out["bare_app_fixed"] = await floor(fixed_rate)
 
         def make_for(tag: str) -> Callable[[int], tuple[str, bytes]]:
-            def make(i: int) -> tuple[str, bytes]:
-                key = f"{tag}-{i}"
-                return key, payloads.http_request(
-                    "127.0.0.1", system.port, signed[i % len(signed)], key
-                )
-
-            return make
+            return payloads.requests_for(system.port, signed, tag)
 
         if opt.warmup > 0:
             # Connections to open and a first batch to commit: not what a steady rate costs.
@@ -258,9 +252,7 @@ async def bare_fixed(
 ) -> dict[str, Any]:
     """The bare app at the same offered rate: the latency floor of the stack and generator."""
 
-    def make(i: int) -> tuple[str, bytes]:
-        key = f"bare-{i}"
-        return key, payloads.http_request("127.0.0.1", port, signed[i % len(signed)], key)
+    make = payloads.requests_for(port, signed, "bare")
 
     if warmup > 0:
         await openloop.run(port, make, rate=rate, duration=warmup)
@@ -305,11 +297,7 @@ actions = [{{ kind = "shell", command = ["{script}"], timeout = 30, env = {{ BEN
         rid = run_id("e2e")
         signed = opt.signed
 
-        def make(i: int) -> tuple[str, bytes]:
-            key = f"{rid}-{i}"
-            return key, payloads.http_request(
-                "127.0.0.1", system.port, signed[i % len(signed)], key
-            )
+        make = payloads.requests_for(system.port, signed, rid)
 
         cpu0 = cpu.snapshot()
         r = await openloop.run(system.port, make, rate=opt.e2e_rate, duration=opt.e2e_duration)
@@ -390,11 +378,7 @@ actions = [{{ kind = "webhook", url = "http://127.0.0.1:{sink_port}/r{k}" }}]
         rid = run_id("fan")
         signed = opt.signed
 
-        def make(i: int) -> tuple[str, bytes]:
-            key = f"{rid}-{i}"
-            return key, payloads.http_request(
-                "127.0.0.1", system.port, signed[i % len(signed)], key
-            )
+        make = payloads.requests_for(system.port, signed, rid)
 
         cpu0 = cpu.snapshot()
         r = await openloop.run(
