@@ -109,7 +109,7 @@ class Receiver:
             return p.response()
         finally:
             LATENCY.labels(name).observe(time.perf_counter() - started)
-        REQUESTS.labels(name, "duplicate" if response.status_code == 200 else "accepted").inc()
+        REQUESTS.labels(name, inbound.outcome(response)).inc()
         return response
 
     async def _accept(self, admitted: Admitted, request: Request) -> Response:

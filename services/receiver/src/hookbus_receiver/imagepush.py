@@ -88,13 +88,9 @@ class ImagePushHooks:
         if not webhookurl.matches(expected, request.path_params["secret"]):
             REQUESTS.labels("not_found").inc()
             raise HTTPException(404)  # answered by the app exactly as any unknown path
-        try:
-            response = await self._accept(request, self._committer)
-        except Problem as p:
-            REQUESTS.labels(p.code).inc()
-            return p.response()
-        REQUESTS.labels("duplicate" if response.status_code == 200 else "accepted").inc()
-        return response
+        return await inbound.answered(
+            self._accept(request, self._committer), lambda o: REQUESTS.labels(o).inc()
+        )
 
     async def _accept(self, request: Request, committer: GroupCommitter) -> Response:
         body = await inbound.read_body(request, self.settings.receiver.max_body_bytes)

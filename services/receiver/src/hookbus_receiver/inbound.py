@@ -4,7 +4,7 @@ the one error type and how it is answered, and recording through the group commi
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -130,3 +130,19 @@ async def record(committer: GroupCommitter, pending: Pending, label: str) -> Res
     if recorded.duplicate:
         return JSONResponse({"id": recorded.event_id, "duplicate": True}, status_code=200)
     return JSONResponse({"id": recorded.event_id}, status_code=202)
+
+
+def outcome(response: Response) -> str:
+    """The metrics outcome of a recorded delivery's answer: 202 new, 200 seen before."""
+    return "duplicate" if response.status_code == 200 else "accepted"
+
+
+async def answered(accept: Awaitable[Response], count: Callable[[str], None]) -> Response:
+    """Await an endpoint's work, answer a Problem as its response, and count the outcome."""
+    try:
+        response = await accept
+    except Problem as p:
+        count(p.code)
+        return p.response()
+    count(outcome(response))
+    return response

@@ -65,13 +65,9 @@ class PartnerHooks:
             REQUESTS.labels("not_found").inc()
             # The app's 404 handler answers, exactly as for any unknown path.
             raise HTTPException(404)
-        try:
-            response = await self._accept(partner, request, self._committer)
-        except Problem as p:
-            REQUESTS.labels(p.code).inc()
-            return p.response()
-        REQUESTS.labels("duplicate" if response.status_code == 200 else "accepted").inc()
-        return response
+        return await inbound.answered(
+            self._accept(partner, request, self._committer), lambda o: REQUESTS.labels(o).inc()
+        )
 
     def _validator(self, partner: store.Partner) -> BodyValidator:
         key = (partner.partner_id, partner.modified_at.timestamp())
