@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from prometheus_client import Histogram
 
@@ -63,7 +65,7 @@ class GroupCommitter:
         self._runner = asyncio.create_task(self._run(), name="group-commit")
 
     async def close(self) -> None:
-        """Flush what is queued and wait for publishes in flight."""
+        """Flush what is queued (publishes in flight are the outbox's to drain)."""
         self._closing = True
         self._wake.set()
         if self._runner is not None:
@@ -107,8 +109,8 @@ class GroupCommitter:
                     await asyncio.wait(self._tasks)
                 return
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -158,5 +160,4 @@ class GroupCommitter:
             self._flushing -= 1
             self._flushes.release()
         # Answering does not wait for NATS: the outbox row makes the publish certain.
-        if inserted:
-            self._spawn(self.outbox.publish(inserted))
+        self.outbox.publish_later(inserted)
