@@ -46,6 +46,7 @@ COPY services/receiver/pyproject.toml services/receiver/
 COPY services/router/pyproject.toml services/router/
 COPY services/executor/pyproject.toml services/executor/
 COPY services/dispatcher/pyproject.toml services/dispatcher/
+COPY cli/pyproject.toml cli/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen ${UV_SYNC_FLAGS} --no-install-workspace
 
@@ -53,6 +54,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 #    runtime stage needs nothing from /app but the virtual environment.
 COPY libs/ libs/
 COPY services/ services/
+COPY cli/ cli/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen ${UV_SYNC_FLAGS} --no-editable
 

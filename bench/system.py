@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hookbus_common.embedded import NatsServer, Postgres, free_port, wait_until_ok
+from hookbus_cli.embedded import NatsServer, Postgres, free_port, wait_until_ok
 
 from . import payloads
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from hookbus_common.embedded import NatsServer, Postgres
+from hookbus_cli.embedded import NatsServer, Postgres
 from hookbus_common.service import Runtime, runtime
 from hookbus_common.settings import DatabaseSettings, NatsSettings, Settings
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hookbus_common.embedded import free_port
+from hookbus_cli.embedded import free_port
 
 from ..conftest import Servers
 
@@ -78,7 +78,7 @@ class System:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "hookbus_common.cli", "--config", str(self.config), *args],
+            [sys.executable, "-m", "hookbus_cli.main", "--config", str(self.config), *args],
             env=self.env, capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
 

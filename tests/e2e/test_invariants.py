@@ -11,8 +11,8 @@ import httpx
 import msgspec
 import pytest
 
+from hookbus_cli.embedded import NatsServer, Postgres
 from hookbus_common.db import open_pool
-from hookbus_common.embedded import NatsServer, Postgres
 from hookbus_common.settings import DatabaseSettings
 
 from ..conftest import Servers

@@ -18,16 +18,35 @@ def _start(module: str, config: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "module", ["hookbus_receiver", "hookbus_router", "hookbus_executor", "hookbus_dispatcher"]
-)
-def test_a_typo_stops_every_service_naming_the_key(tmp_path: Path, module: str) -> None:
+SERVICES = ["receiver", "router", "executor", "dispatcher"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_typo_in_its_own_section_stops_a_service_naming_the_key(
+    tmp_path: Path, service: str
+) -> None:
     cfg = tmp_path / "hookbus.toml"
-    cfg.write_text("[receiver]\nprot = 8080\n")
-    out = _start(module, cfg)
+    cfg.write_text(f"[{service}]\nprot = 8080\n")
+    out = _start(f"hookbus_{service}", cfg)
     assert out.returncode == 2
-    assert "receiver" in out.stderr
+    assert service in out.stderr
     assert "prot" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("[database]\nprot = 1\n", "database"), ("[reciever]\nport = 1\n", "reciever")],
+)
+def test_a_typo_in_the_shared_core_or_a_misspelt_section_stops_every_service(
+    tmp_path: Path, service: str, text: str, key: str
+) -> None:
+    cfg = tmp_path / "hookbus.toml"
+    cfg.write_text(text)
+    out = _start(f"hookbus_{service}", cfg)
+    assert out.returncode == 2
+    assert key in out.stderr
     assert "Traceback" not in out.stderr
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hookbus_common.embedded import free_port
+from hookbus_cli.embedded import free_port
 from hookbus_receiver.signatures import sign_github
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +49,7 @@ actions = [{{ kind = "shell", command = ["./deploy.sh"] }}]
 
 def _start(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hookbus_common.cli", "up", "--nats-port", str(free_port())],
+        [sys.executable, "-m", "hookbus_cli.main", "up", "--nats-port", str(free_port())],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: list[str] = []
@@ -96,7 +96,7 @@ def test_up_runs_everything_stops_cleanly_and_keeps_data(tmp_path: Path) -> None
         deadline = time.monotonic() + 30
         while True:
             out = subprocess.run(
-                [sys.executable, "-m", "hookbus_common.cli", "events", "--chain", hook_id, "-v"],
+                [sys.executable, "-m", "hookbus_cli.main", "events", "--chain", hook_id, "-v"],
                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30, check=False,
             )  # fmt: skip
             if "job.succeeded" in out.stdout:

@@ -13,11 +13,13 @@ import msgspec
 import pytest
 import uvicorn
 
+from hookbus_cli.embedded import free_port
 from hookbus_common import events as ev
 from hookbus_common.db import open_pool
-from hookbus_common.embedded import free_port
-from hookbus_common.settings import ReceiverSettings, Settings, load_settings
+from hookbus_common.settings import Settings, extend
+from hookbus_receiver import config as receiver_config
 from hookbus_receiver.app import create_app
+from hookbus_receiver.config import ReceiverConfig, ReceiverSettings
 
 from ..conftest import Servers
 from .serving import serve
@@ -29,7 +31,7 @@ def module_settings(
     sources_toml: str,
     env: dict[str, str] | None = None,
     receiver_toml: str = "",
-) -> Settings:
+) -> ReceiverConfig:
     """Settings of a whole test module, loaded from a real file the way services load it:
     its own stream, schema and port, and the given ``[sources.*]`` tables."""
     prefix = "m" + secrets.token_hex(4)
@@ -40,11 +42,11 @@ def module_settings(
         f'[database]\nurl = "{servers.database_url}"\nschema = "{prefix}"\npool_max = 5\n'
         f"[receiver]\nport = {free_port()}\n{receiver_toml}\n" + sources_toml
     )
-    return load_settings(config, env or {})
+    return receiver_config.load(config, env or {})
 
 
 @contextmanager
-def serve_in_thread(settings: Settings) -> Iterator[str]:
+def serve_in_thread(settings: ReceiverConfig) -> Iterator[str]:
     """The receiver under uvicorn in its own thread and event loop; yields its base URL.
 
     A thread (not the test's loop) lets one receiver serve every test of a module, async
@@ -71,16 +73,16 @@ def serve_in_thread(settings: Settings) -> Iterator[str]:
 
 
 @pytest.fixture
-def receiver_settings(settings: Settings) -> Settings:
+def receiver_settings(settings: Settings) -> ReceiverConfig:
     """This test's settings with a receiver on a free port and a small body limit; a module
     overrides this fixture to add its sources."""
-    return msgspec.structs.replace(
-        settings, receiver=ReceiverSettings(port=free_port(), max_body_bytes=4096)
+    return extend(
+        settings, ReceiverConfig, receiver=ReceiverSettings(port=free_port(), max_body_bytes=4096)
     )
 
 
 @pytest.fixture
-async def url(receiver_settings: Settings) -> AsyncIterator[str]:
+async def url(receiver_settings: ReceiverConfig) -> AsyncIterator[str]:
     """A real receiver (uvicorn on the test's loop) for this test; its base URL."""
     async with serve(receiver_settings) as base:
         yield base

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import uvicorn
 
-from hookbus_common import cli
-from hookbus_common.settings import Settings
+from hookbus_cli import main as cli
 from hookbus_receiver.app import create_app
+from hookbus_receiver.config import ReceiverConfig
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[str]:
+async def serve(settings: ReceiverConfig) -> AsyncIterator[str]:
     """The receiver app under uvicorn on ``settings.receiver.port``; yields its base URL."""
     port = settings.receiver.port
     config = uvicorn.Config(
@@ -38,7 +38,7 @@ async def serve(settings: Settings) -> AsyncIterator[str]:
         await asyncio.wait_for(task, 20)
 
 
-def write_config(settings: Settings, path: Path) -> Path:
+def write_config(settings: ReceiverConfig, path: Path) -> Path:
     """A hookbus.toml pointing the CLI at the test's Postgres schema and receiver port."""
     path.write_text(
         f'prefix = "{settings.prefix}"\n'

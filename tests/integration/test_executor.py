@@ -12,6 +12,8 @@ from hookbus_common import eventlog
 from hookbus_common import events as ev
 from hookbus_common.consumer import Incoming
 from hookbus_common.service import Runtime
+from hookbus_common.settings import extend
+from hookbus_executor.config import ExecutorConfig
 from hookbus_executor.jobs import make_handler
 
 pytestmark = pytest.mark.integration
@@ -35,7 +37,7 @@ def _request(command: list[str], **shell: Any) -> ev.Event[ev.JobRequested]:
 
 
 async def _handle(rt: Runtime, event: ev.Event[Any], deliveries: int = 1) -> list[ev.Event[Any]]:
-    handler = make_handler(rt)
+    handler = make_handler(rt, extend(rt.settings, ExecutorConfig))
     incoming = Incoming(event=event, subject="s", deliveries=deliveries, _msg=_NoMsg())  # type: ignore[arg-type]
     out: list[ev.Event[Any]] = []
     async for item in handler(incoming):

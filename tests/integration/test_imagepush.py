@@ -12,10 +12,11 @@ import httpx
 import msgspec
 import pytest
 
-from hookbus_common import eventlog, webhookurl
+from hookbus_common import eventlog
 from hookbus_common import events as ev
 from hookbus_common.db import open_pool
-from hookbus_common.settings import Settings
+from hookbus_receiver import webhookurl
+from hookbus_receiver.config import ReceiverConfig
 
 from .serving import run_cli, write_config
 
@@ -25,7 +26,7 @@ DIGEST = "sha256:" + "a" * 64
 
 
 @pytest.fixture
-async def pool(url: str, receiver_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+async def pool(url: str, receiver_settings: ReceiverConfig) -> AsyncIterator[asyncpg.Pool]:
     async with open_pool(receiver_settings.database, run_migrations=False) as p:
         yield p
 
@@ -70,7 +71,7 @@ async def received(pool: asyncpg.Pool) -> list[eventlog.LoggedEvent]:
     ],
 )
 async def test_valid_pushes_are_recorded_with_the_parsed_image(
-    push_url: str, pool: asyncpg.Pool, receiver_settings: Settings, image: str, parts: tuple
+    push_url: str, pool: asyncpg.Pool, receiver_settings: ReceiverConfig, image: str, parts: tuple
 ):
     r = await push(push_url, {"image": image})
     assert r.status_code == 202, r.text
@@ -111,7 +112,7 @@ async def test_malformed_pushes_get_400_with_the_reason_and_record_nothing(
 
 
 async def test_regenerate_retires_the_old_url_at_once(
-    url: str, push_url: str, pool: asyncpg.Pool, receiver_settings: Settings, tmp_path: Path
+    url: str, push_url: str, pool: asyncpg.Pool, receiver_settings: ReceiverConfig, tmp_path: Path
 ):
     config = write_config(receiver_settings, tmp_path / "hookbus.toml")
     code, shown, _ = await run_cli(config, "webhook-url", "show")
@@ -149,7 +150,7 @@ async def test_idempotency_key_records_a_push_once(push_url: str, pool: asyncpg.
 
 
 async def test_receivers_starting_together_agree_on_one_secret(
-    receiver_settings: Settings,
+    receiver_settings: ReceiverConfig,
 ):
     async with open_pool(receiver_settings.database) as pool:
 

@@ -17,9 +17,9 @@ import pytest
 
 from hookbus_common import eventlog, readmodels
 from hookbus_common import events as ev
-from hookbus_common import partners as store
 from hookbus_common.db import open_pool
-from hookbus_common.settings import Settings
+from hookbus_receiver import partnerstore as store
+from hookbus_receiver.config import ReceiverConfig
 
 from .serving import run_cli, write_config
 
@@ -30,7 +30,7 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
-async def conn(url: str, receiver_settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+async def conn(url: str, receiver_settings: ReceiverConfig) -> AsyncIterator[asyncpg.Connection]:
     async with (
         open_pool(receiver_settings.database, run_migrations=False) as pool,
         pool.acquire() as c,
@@ -39,7 +39,7 @@ async def conn(url: str, receiver_settings: Settings) -> AsyncIterator[asyncpg.C
 
 
 @pytest.fixture
-def config(receiver_settings: Settings, tmp_path: Path) -> Path:
+def config(receiver_settings: ReceiverConfig, tmp_path: Path) -> Path:
     return write_config(receiver_settings, tmp_path / "hookbus.toml")
 
 
@@ -62,7 +62,7 @@ def token_in(guide: str) -> str:
 
 
 async def test_lifecycle_with_the_cli_and_http(
-    url: str, config: Path, conn: asyncpg.Connection, receiver_settings: Settings
+    url: str, config: Path, conn: asyncpg.Connection, receiver_settings: ReceiverConfig
 ):
     code, guide, _ = await run_cli(config, "partners", "add", "acme", "--description", "Acme Inc",
                                    "--tenant", "acme", "--require", "order.id")  # fmt: skip
@@ -130,7 +130,7 @@ async def test_lifecycle_with_the_cli_and_http(
 
 
 async def test_validation_failures_are_422_with_the_reason_and_record_nothing(
-    url: str, conn: asyncpg.Connection, receiver_settings: Settings
+    url: str, conn: asyncpg.Connection, receiver_settings: ReceiverConfig
 ):
     schema = {
         "type": "object",
@@ -163,7 +163,7 @@ async def test_validation_failures_are_422_with_the_reason_and_record_nothing(
 
 
 async def test_idempotency_key_and_webhook_id_record_a_delivery_once(
-    url: str, conn: asyncpg.Connection, receiver_settings: Settings
+    url: str, conn: asyncpg.Connection, receiver_settings: ReceiverConfig
 ):
     _, token = await store.create(conn, receiver_settings.prefix, name="dup")
     first = await post(url, token, **{"idempotency-key": "k-1", "x-event-type": "Order Created"})
@@ -181,7 +181,7 @@ async def test_idempotency_key_and_webhook_id_record_a_delivery_once(
 
 
 async def test_every_refusal_looks_like_an_unknown_path(
-    url: str, conn: asyncpg.Connection, receiver_settings: Settings
+    url: str, conn: asyncpg.Connection, receiver_settings: ReceiverConfig
 ):
     prefix = receiver_settings.prefix
     _, inactive = await store.create(conn, prefix, name="inactive", status="INACTIVE")
@@ -217,7 +217,7 @@ async def test_every_refusal_looks_like_an_unknown_path(
 async def test_tokens_are_stored_only_as_hashes_and_never_in_events_or_logs(
     url: str,
     conn: asyncpg.Connection,
-    receiver_settings: Settings,
+    receiver_settings: ReceiverConfig,
     caplog: pytest.LogCaptureFixture,
 ):
     caplog.set_level(logging.DEBUG)
@@ -274,7 +274,7 @@ async def test_tokens_are_stored_only_as_hashes_and_never_in_events_or_logs(
 
 
 async def test_rebuild_restores_partners_from_the_log_and_tokens_keep_working(
-    url: str, conn: asyncpg.Connection, receiver_settings: Settings
+    url: str, conn: asyncpg.Connection, receiver_settings: ReceiverConfig
 ):
     prefix = receiver_settings.prefix
     _, token = await store.create(conn, prefix, name="rb", description="before")
@@ -297,7 +297,7 @@ async def test_rebuild_restores_partners_from_the_log_and_tokens_keep_working(
 
 
 async def test_names_are_unique_among_live_partners(
-    conn: asyncpg.Connection, receiver_settings: Settings
+    conn: asyncpg.Connection, receiver_settings: ReceiverConfig
 ):
     prefix = receiver_settings.prefix
     await store.create(conn, prefix, name="same")

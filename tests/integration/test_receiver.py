@@ -9,11 +9,12 @@ import httpx
 import msgspec
 import pytest
 
+from hookbus_cli.embedded import free_port
 from hookbus_common import eventlog
 from hookbus_common import events as ev
 from hookbus_common.db import open_pool
-from hookbus_common.embedded import free_port
-from hookbus_common.settings import GithubSource, ReceiverSettings, Secret, Settings
+from hookbus_common.settings import Settings, extend
+from hookbus_receiver.config import GithubSource, ReceiverConfig, ReceiverSettings, Secret
 from hookbus_receiver.signatures import sign_github
 
 pytestmark = pytest.mark.integration
@@ -39,9 +40,10 @@ def github_headers(body: bytes, delivery: str, secret: str = SECRET) -> dict[str
 
 
 @pytest.fixture
-def receiver_settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(
+def receiver_settings(settings: Settings) -> ReceiverConfig:
+    return extend(
         settings,
+        ReceiverConfig,
         receiver=ReceiverSettings(port=free_port(), max_body_bytes=4096),
         sources={"github": GithubSource(secrets=[Secret(value=SECRET)])},
     )
@@ -53,7 +55,7 @@ async def _events(s: Settings) -> list[eventlog.LoggedEvent]:
 
 
 async def test_signed_push_is_recorded_with_raw_body_then_published(
-    url: str, receiver_settings: Settings
+    url: str, receiver_settings: ReceiverConfig
 ) -> None:
     async with httpx.AsyncClient() as client:
         r = await client.post(
@@ -93,7 +95,9 @@ async def test_signed_push_is_recorded_with_raw_body_then_published(
         await nc.close()
 
 
-async def test_repeated_delivery_is_recorded_once(url: str, receiver_settings: Settings) -> None:
+async def test_repeated_delivery_is_recorded_once(
+    url: str, receiver_settings: ReceiverConfig
+) -> None:
     async with httpx.AsyncClient() as client:
         first = await client.post(
             f"{url}/hooks/github", content=PUSH, headers=github_headers(PUSH, "dup")
@@ -122,7 +126,7 @@ async def test_repeated_delivery_is_recorded_once(url: str, receiver_settings: S
     ],
 )
 async def test_bad_requests_are_refused_and_record_nothing(
-    url: str, receiver_settings: Settings, path: str, body: bytes,
+    url: str, receiver_settings: ReceiverConfig, path: str, body: bytes,
     headers: dict[str, str], status: int, error: str,
 ) -> None:  # fmt: skip
     async with httpx.AsyncClient() as client:
@@ -160,7 +164,7 @@ async def test_health_ready_and_metrics(url: str) -> None:
 
 
 async def test_concurrent_deliveries_share_group_commits(
-    url: str, receiver_settings: Settings
+    url: str, receiver_settings: ReceiverConfig
 ) -> None:
     async with httpx.AsyncClient() as client:
         rs = await asyncio.gather(*(

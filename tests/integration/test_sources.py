@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hookbus_common.logs import JsonFormatter
-from hookbus_common.settings import Settings
+from hookbus_receiver.config import ReceiverConfig
 from hookbus_receiver.signatures import (
     SELFTEST_VECTORS,
     decode_standard_secret,
@@ -196,7 +196,7 @@ def capture() -> Iterator[Capture]:
 
 
 @pytest.fixture(scope="module")
-def rsettings(servers: Servers, module_dir: Path, capture: Capture) -> Settings:
+def rsettings(servers: Servers, module_dir: Path, capture: Capture) -> ReceiverConfig:
     (module_dir / "keys").mkdir()
     (module_dir / "keys" / "runner.pem").write_bytes(
         RSA_KEY.public_key().public_bytes(
@@ -211,7 +211,7 @@ def rsettings(servers: Servers, module_dir: Path, capture: Capture) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def url(rsettings: Settings) -> Iterator[str]:
+def url(rsettings: ReceiverConfig) -> Iterator[str]:
     with serve_in_thread(rsettings) as base:
         yield base
 
@@ -337,7 +337,7 @@ def built_now(
 
 @pytest.mark.parametrize("case", [g[0] for g in good_requests()])
 async def test_each_kind_accepts_what_its_sender_sends(
-    url: str, rsettings: Settings, client: httpx.AsyncClient, case: str
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient, case: str
 ) -> None:
     source, body, headers = built_now(good_requests, case)
     r = await client.post(f"{url}/hooks/{source}", content=body, headers=headers)
@@ -350,7 +350,7 @@ async def test_each_kind_accepts_what_its_sender_sends(
 
 
 async def test_published_github_vector_passes_the_signature_check(
-    url: str, rsettings: Settings, client: httpx.AsyncClient
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient
 ) -> None:
     body = GH["body"].encode()  # "Hello, World!": signed right, but not a JSON object
     headers = {**JSON, "x-hub-signature-256": GH["signature"], "x-github-event": "ping"}
@@ -364,7 +364,7 @@ async def test_published_github_vector_passes_the_signature_check(
 
 
 async def test_published_standard_webhooks_vector_is_accepted_once(
-    url: str, rsettings: Settings, client: httpx.AsyncClient
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient
 ) -> None:
     headers = {
         **JSON, "webhook-id": SW["id"], "webhook-timestamp": SW["timestamp"],
@@ -434,7 +434,7 @@ def bad_requests() -> list[tuple[str, str, bytes, dict[str, str]]]:
 
 @pytest.mark.parametrize("case", [b[0] for b in bad_requests()])
 async def test_each_kind_refuses_what_does_not_prove_the_sender(
-    url: str, rsettings: Settings, client: httpx.AsyncClient, case: str
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient, case: str
 ) -> None:
     source, body, headers = built_now(bad_requests, case)
     before = len(await recorded(rsettings, source))
@@ -461,7 +461,7 @@ async def test_rejections_are_counted_by_reason(url: str, client: httpx.AsyncCli
 
 
 async def test_gitlab_facts_and_event_type(
-    url: str, rsettings: Settings, client: httpx.AsyncClient
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient
 ) -> None:
     body = json.dumps({
         "object_kind": "push", "ref": "refs/heads/main", "checkout_sha": "da1560886d4f094c",
@@ -485,7 +485,7 @@ async def test_gitlab_facts_and_event_type(
 
 
 async def test_idempotency_from_a_json_field_and_event_type_from_another(
-    url: str, rsettings: Settings, client: httpx.AsyncClient
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient
 ) -> None:
     event_id = f"ev-{uuid.uuid4().hex}"
     first_body = json.dumps({"event": {"id": event_id, "type": "deploy.done"}, "repo": {"name": "acme/web"}, "ref": "refs/tags/v2", "sha": "abc"}).encode()  # fmt: skip
@@ -509,7 +509,7 @@ async def test_idempotency_from_a_json_field_and_event_type_from_another(
 
 
 async def test_idempotency_from_a_configured_header_and_event_type_from_a_header(
-    url: str, rsettings: Settings, client: httpx.AsyncClient
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient
 ) -> None:
     request_id = uuid.uuid4().hex
     bodies = [body_of(i=i) for i in range(3)]
@@ -532,7 +532,7 @@ async def test_idempotency_from_a_configured_header_and_event_type_from_a_header
 
 
 async def test_a_long_delivery_id_is_still_deduplicated(
-    url: str, rsettings: Settings, client: httpx.AsyncClient
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient
 ) -> None:
     headers = {"x-request-id": "r" * 4000 + uuid.uuid4().hex}
     bodies = [body_of(), body_of()]
@@ -550,7 +550,7 @@ async def test_a_long_delivery_id_is_still_deduplicated(
 
 
 async def test_github_form_encoded_payload_is_accepted(
-    url: str, rsettings: Settings, client: httpx.AsyncClient
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient
 ) -> None:
     payload = json.dumps({"ref": "refs/heads/dev", "repository": {"full_name": "acme/app"}})
     body = urllib.parse.urlencode({"payload": payload}).encode()
@@ -575,7 +575,7 @@ async def test_github_form_encoded_payload_is_accepted(
      (b"payload=%5B1%5D", "JSON object")],
 )  # fmt: skip
 async def test_a_form_without_a_json_object_payload_is_400(
-    url: str, rsettings: Settings, client: httpx.AsyncClient, body: bytes, reason: str
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient, body: bytes, reason: str
 ) -> None:
     headers = {
         **gh_headers(body, GH["secret"]),
@@ -594,7 +594,7 @@ async def test_a_form_without_a_json_object_payload_is_400(
     "ctype", ["text/plain", "application/xml", "multipart/form-data; boundary=x"]
 )
 async def test_other_content_types_are_415_before_the_signature_is_checked(
-    url: str, rsettings: Settings, client: httpx.AsyncClient, ctype: str
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient, ctype: str
 ) -> None:
     body = body_of()
     before = len(await recorded(rsettings, "gh"))
@@ -612,7 +612,7 @@ async def test_other_content_types_are_415_before_the_signature_is_checked(
 
 
 async def test_an_address_outside_the_allow_list_gets_the_unknown_path_answer(
-    url: str, rsettings: Settings, client: httpx.AsyncClient
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient
 ) -> None:
     nowhere = await client.post(f"{url}/no/such/path", content=b"{}", headers=JSON)
 
@@ -644,7 +644,7 @@ async def test_an_address_outside_the_allow_list_gets_the_unknown_path_answer(
     ],
 )
 async def test_forwarded_for_is_read_right_to_left_through_trusted_proxies(
-    url: str, rsettings: Settings, client: httpx.AsyncClient,
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient,
     forwarded_for: str | None, status: int, client_ip: str | None,
 ) -> None:  # fmt: skip
     headers = {**JSON, **({"x-forwarded-for": forwarded_for} if forwarded_for else {})}
@@ -659,7 +659,7 @@ async def test_forwarded_for_is_read_right_to_left_through_trusted_proxies(
 
 
 async def test_rate_limit_answers_429_with_retry_after(
-    url: str, rsettings: Settings, client: httpx.AsyncClient
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient
 ) -> None:
     headers = {**JSON, "authorization": f"Bearer {RATE_TOKEN}"}
 
@@ -682,7 +682,7 @@ EXAMPLES = [
 
 
 async def test_real_github_example_payloads_are_accepted_with_their_event_type(
-    url: str, rsettings: Settings, client: httpx.AsyncClient
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient
 ) -> None:
     assert len(EXAMPLES) == 58
     ids: dict[str, str] = {}
@@ -707,7 +707,7 @@ async def test_real_github_example_payloads_are_accepted_with_their_event_type(
 
 
 async def test_no_secret_or_token_reaches_the_logs_or_the_event_log(
-    url: str, rsettings: Settings, client: httpx.AsyncClient, capture: Capture
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient, capture: Capture
 ) -> None:
     # Good and bad requests carrying every kind of credential, as tokens and headers.
     for _, source, body, headers in [*good_requests(), *bad_requests()]:

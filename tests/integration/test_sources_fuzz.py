@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from hookbus_common.settings import Settings
+from hookbus_receiver.config import ReceiverConfig
 
 from ..conftest import Servers
 from .conftest import module_settings, recorded, serve_in_thread
@@ -118,12 +118,12 @@ FUZZ = settings(
 
 
 @pytest.fixture(scope="module")
-def fsettings(servers: Servers, module_dir: Path) -> Settings:
+def fsettings(servers: Servers, module_dir: Path) -> ReceiverConfig:
     return module_settings(servers, module_dir, SOURCES, receiver_toml="max_body_bytes = 256")
 
 
 @pytest.fixture(scope="module")
-def url(fsettings: Settings) -> Iterator[str]:
+def url(fsettings: ReceiverConfig) -> Iterator[str]:
     with serve_in_thread(fsettings) as base:
         yield base
 
@@ -142,7 +142,7 @@ def post(http: httpx.Client, url: str, headers: dict[str, str], ctype: str, body
 
 @pytest.mark.parametrize("source", SIGNED)
 def test_random_requests_to_a_signed_source_are_refused_and_record_nothing(
-    url: str, fsettings: Settings, http: httpx.Client, source: str
+    url: str, fsettings: ReceiverConfig, http: httpx.Client, source: str
 ) -> None:
     statuses: list[int] = []
 
@@ -160,7 +160,7 @@ def test_random_requests_to_a_signed_source_are_refused_and_record_nothing(
 
 
 def test_random_requests_to_an_unsigned_source_record_exactly_what_was_accepted(
-    url: str, fsettings: Settings, http: httpx.Client
+    url: str, fsettings: ReceiverConfig, http: httpx.Client
 ) -> None:
     accepted: set[str] = set()
 

@@ -5,16 +5,11 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from hookbus_cli.configcheck import cmd_config_check
+from hookbus_cli.events import cmd_events, json_line, summary
+from hookbus_cli.main import parser
+from hookbus_cli.serve import SERVICES, cmd_serve
 from hookbus_common import events as ev
-from hookbus_common.cli import (
-    SERVICES,
-    cmd_config_check,
-    cmd_events,
-    cmd_serve,
-    json_line,
-    parser,
-    summary,
-)
 from hookbus_common.eventlog import LoggedEvent
 from hookbus_common.events import RawEvent
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from hookbus_common.cli import main, parser
+from hookbus_cli.main import main, parser
 from hookbus_receiver import signatures
 
 

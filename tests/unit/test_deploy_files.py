@@ -27,15 +27,14 @@ import kubernetes_validate  # type: ignore[import-untyped,unused-ignore]
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
-from hookbus_common import cli
-from hookbus_common.settings import (
-    DispatcherSettings,
-    ExecutorSettings,
-    ReceiverSettings,
-    RouterSettings,
-    Settings,
-    load_settings,
-)
+from hookbus_cli import main as cli
+from hookbus_cli.config import Installation, check_all
+from hookbus_cli.serve import SERVICES
+from hookbus_common.settings import SECTIONS
+from hookbus_dispatcher.config import DispatcherSettings
+from hookbus_executor.config import ExecutorSettings
+from hookbus_receiver.config import ReceiverSettings
+from hookbus_router.config import RouterSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -54,10 +53,12 @@ EXPECTED_PORTS = {
 }
 
 
-def _effective_port(settings: Settings, component: str) -> int:
+def _effective_port(inst: Installation, component: str) -> int:
     if component == "receiver":
-        return settings.receiver.port
-    section: RouterSettings | ExecutorSettings | DispatcherSettings = getattr(settings, component)
+        return inst.receiver.receiver.port
+    section: RouterSettings | ExecutorSettings | DispatcherSettings = getattr(
+        getattr(inst, component), component
+    )
     return section.health_port
 
 
@@ -67,7 +68,7 @@ def assert_overrides_are_settings(env: dict[str, str], where: str) -> None:
     for key in env:
         if key.startswith("HOOKBUS_") and key != "HOOKBUS_CONFIG":
             section = key.removeprefix("HOOKBUS_").lower().split("__")[0]
-            assert section in Settings.__struct_fields__, f"{where}: {key} is not a setting"
+            assert section in SECTIONS, f"{where}: {key} is not a setting"
 
 
 # ------------------------------------------------------------------ entry points
@@ -76,7 +77,7 @@ def assert_overrides_are_settings(env: dict[str, str], where: str) -> None:
 def _project_scripts() -> dict[str, str]:
     """Console scripts declared by the workspace members: name -> "module:function"."""
     scripts: dict[str, str] = {}
-    for pyproject in [ROOT / "libs/common/pyproject.toml", *ROOT.glob("services/*/pyproject.toml")]:
+    for pyproject in [ROOT / "cli/pyproject.toml", *ROOT.glob("services/*/pyproject.toml")]:
         data = tomllib.loads(pyproject.read_text())
         scripts.update(data.get("project", {}).get("scripts", {}))
     return scripts
@@ -105,7 +106,7 @@ def assert_entry_point(argv: Any, where: str) -> str:
             pytest.fail(f"{where}: `hookbus {' '.join(args)}` is not a valid command")
         return str(ns.service) if ns.command == "serve" else str(ns.command)
     service = program.removeprefix("hookbus-")
-    assert service in cli.SERVICES, f"{where}: {program}"
+    assert service in SERVICES, f"{where}: {program}"
     # The service entry points take only --config.
     assert not args or (len(args) == 2 and args[0] in ("--config", "-c")), f"{where}: {argv!r}"
     return service
@@ -178,9 +179,9 @@ def test_compose_commands_are_entry_points(compose: dict[str, Any]) -> None:
         for name, svc in services.items()
     }
     # Every service runs as its own compose service, plus the one-shot migration.
-    assert sorted(ran.values()) == sorted([*cli.SERVICES, "migrate"]), ran
+    assert sorted(ran.values()) == sorted([*SERVICES, "migrate"]), ran
     for name, what in ran.items():
-        if what in cli.SERVICES:
+        if what in SERVICES:
             assert name == what, f"compose service {name} runs {what}"
 
 
@@ -199,7 +200,7 @@ def test_compose_start_order(compose: dict[str, Any]) -> None:
     assert services["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["migrate"].get("restart", "no") == "no"
-    for name in cli.SERVICES:
+    for name in SERVICES:
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         assert "nats" in deps, name
@@ -218,10 +219,10 @@ def test_compose_environment_is_valid_settings(compose: dict[str, Any], tmp_path
         assert "@postgres:5432/" in env["HOOKBUS_DATABASE__URL"], name
         # The overrides alone (without the mounted file) are known, well-typed keys.
         assert_overrides_are_settings(env, f"compose service {name}")
-        settings = load_settings(empty, env)
+        inst = check_all(empty, env)
         if name in EXPECTED_PORTS:
-            assert _effective_port(settings, name) == EXPECTED_PORTS[name], name
-    receiver = load_settings(empty, compose["services"]["receiver"]["environment"])
+            assert _effective_port(inst, name) == EXPECTED_PORTS[name], name
+    receiver = check_all(empty, compose["services"]["receiver"]["environment"]).receiver
     assert receiver.receiver.host == "0.0.0.0"
 
 
@@ -351,7 +352,7 @@ def test_pods_are_hardened_and_run_entry_points() -> None:
             mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
             assert mounts["/etc/hookbus"]["readOnly"] is True, where
             assert "/tmp" in mounts, f"{where}: a read-only root needs a writable /tmp"
-    assert sorted(ran) == sorted([*cli.SERVICES, "migrate"])
+    assert sorted(ran) == sorted([*SERVICES, "migrate"])
     assert _generated_env()["HOOKBUS_CONFIG"] == "/etc/hookbus/hookbus.toml"
 
 
@@ -410,10 +411,10 @@ def test_k8s_config_file_gives_the_same_ports() -> None:
         }
         env["HOOKBUS_DATABASE__URL"] = "postgresql://hookbus@db.invalid/hookbus"
         assert_overrides_are_settings(env, component)
-        settings = load_settings(K8S_DIR / "hookbus.toml", env)
-        assert _effective_port(settings, component) == expected, component
+        inst = check_all(K8S_DIR / "hookbus.toml", env)
+        assert _effective_port(inst, component) == expected, component
         if component == "receiver":
-            assert settings.receiver.host == "0.0.0.0"
+            assert inst.receiver.receiver.host == "0.0.0.0"
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,15 @@ from datetime import UTC, datetime
 
 import pytest
 
+from hookbus_cli import partners as partners_cli
+from hookbus_cli.config import ReceiverAddress
+from hookbus_cli.events import summary
+from hookbus_cli.main import parser
 from hookbus_common import events as ev
-from hookbus_common import partners as store
-from hookbus_common.cli import parser, summary
 from hookbus_common.events import PartnerValidation
-from hookbus_common.settings import ReceiverSettings, Settings
 from hookbus_receiver import imagepush, inbound
+from hookbus_receiver import partnerstore as store
+from hookbus_receiver.config import ReceiverSettings
 from hookbus_receiver.inbound import Problem
 from hookbus_receiver.validation import MAX_PROBLEMS, BodyValidator, InvalidConfig
 
@@ -134,14 +137,14 @@ def partner(validation: PartnerValidation | None = None) -> store.Partner:
     ],
 )
 def test_base_url_prefers_the_public_url(receiver, expected):
-    assert store.base_url(Settings(receiver=receiver)) == expected
+    assert receiver.base_url() == expected
 
 
 def test_integration_guide_has_the_url_a_curl_example_and_the_checks():
-    settings = Settings(receiver=ReceiverSettings(public_url="https://hooks.example.com"))
+    settings = ReceiverAddress(receiver=ReceiverSettings(public_url="https://hooks.example.com"))
     p = partner(PartnerValidation(required=["order.id"], schema={"type": "object"}))
 
-    guide = store.integration_guide(settings, p, "TOKEN123")
+    guide = partners_cli.integration_guide(settings, p, "TOKEN123")
 
     assert "https://hooks.example.com/webhook/v1/TOKEN123" in guide
     assert "curl -i -X POST 'https://hooks.example.com/webhook/v1/TOKEN123'" in guide
@@ -151,7 +154,7 @@ def test_integration_guide_has_the_url_a_curl_example_and_the_checks():
 
 
 def test_show_never_prints_a_url():
-    text = store.show(partner())
+    text = partners_cli.show(partner())
     assert "ptn_01" in text
     assert "shown only when created or rotated" in text
     assert "none (any JSON object is accepted)" in text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hookbus_common.sourceconfig import (
+from hookbus_receiver.config import (
     EventTypeFrom,
     Fields,
     FromRequest,

@@ -13,7 +13,7 @@ from hookbus_common.events import (
     WebhookRouted,
     make_event,
 )
-from hookbus_common.settings import Rule, ShellAction, WebhookAction
+from hookbus_router.config import Rule, ShellAction, WebhookAction
 from hookbus_router.routing import route
 from hookbus_router.rules import evaluate
 

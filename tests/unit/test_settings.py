@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hookbus_common.settings import (
-    ConfigError,
-    GithubSource,
-    Secret,
-    Settings,
-    ShellAction,
-    WebhookAction,
-    load_settings,
-)
+from hookbus_common.errors import ConfigError
+from hookbus_common.settings import DatabaseSettings
+from hookbus_receiver.config import GithubSource, ReceiverSettings, Secret
+from hookbus_router.config import RouterSettings, ShellAction, WebhookAction
+
+from ..installation import defaults
+from ..installation import load_whole as load_settings
 
 SHELL = 'actions = [{ kind = "shell", command = ["true"] }]'
 GH_SOURCE = '[sources.gh]\nkind = "github"\nsecrets = [{ value = "gh-inline-secret" }]\n'
@@ -29,7 +28,7 @@ def config(tmp_path: Path, text: str) -> Path:
     return write(tmp_path / "hookbus.toml", text)
 
 
-def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Settings:
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Any:
     return load_settings(config(tmp_path, text), env or {})
 
 
@@ -48,7 +47,7 @@ def test_no_file_and_empty_env_gives_the_defaults(tmp_path, monkeypatch):
 
     settings = load_settings(None, {})
 
-    assert settings == Settings()
+    assert settings.inst == defaults()
     assert settings.prefix == "hookbus"
     assert settings.receiver.port == 8080
     assert settings.database.url.startswith("postgresql://")
@@ -60,8 +59,8 @@ def test_no_file_and_empty_env_gives_the_defaults(tmp_path, monkeypatch):
 def test_empty_file_gives_the_defaults_with_base_dir_of_the_file(tmp_path):
     settings = load(tmp_path, "")
 
-    assert settings.receiver == Settings().receiver
-    assert settings.database == Settings().database
+    assert settings.receiver == ReceiverSettings()
+    assert settings.database == DatabaseSettings()
     assert Path(settings.base_dir) == tmp_path.resolve()
 
 
@@ -78,7 +77,7 @@ def test_file_values_are_read(tmp_path):
     assert settings.log.level == "DEBUG"
     assert settings.log.format == "text"
     # Untouched sections keep their defaults.
-    assert settings.router == Settings().router
+    assert settings.router == RouterSettings()
 
 
 def test_hookbus_config_env_names_the_file_when_no_path_is_given(tmp_path, monkeypatch):

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hookbus_common.settings import ConfigError, Secret, Settings, load_settings
-from hookbus_common.sourceconfig import (
+from hookbus_common.errors import ConfigError
+from hookbus_receiver import sources
+from hookbus_receiver.config import (
     GitlabSource,
     HmacSource,
     JwtSource,
     NoneSource,
+    Secret,
     StandardWebhooksSource,
     TokenSource,
 )
-from hookbus_receiver import sources
+
+from ..installation import load_whole
 
 SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Settings:
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Any:
     (tmp_path / "hookbus.toml").write_text(text)
-    return load_settings(tmp_path / "hookbus.toml", env or {})
+    return load_whole(tmp_path / "hookbus.toml", env or {})
 
 
 def error(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:

@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from . import events as ev
 from . import metrics
 from .bus import Bus
-from .errors import PermanentError, RetryableError
+from .errors import HookbusError, RetryableError
 from .events import Event
 from .logs import correlated
 from .outbox import Outbox
@@ -73,7 +73,10 @@ def backoff(deliveries: int, *, base: float = 0.5, cap: float = 60.0) -> float:
 
 def disposition(exc: BaseException, deliveries: int, max_deliver: int) -> Outcome:
     """The one mapping from a handler's failure to what happens to the message."""
-    if isinstance(exc, PermanentError | msgspec.ValidationError | msgspec.DecodeError):
+    if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError) or (
+        isinstance(exc, HookbusError) and exc.code != "unavailable"
+    ):
+        # Invalid, not found, conflict: the same message will fail the same way again.
         return Term(f"{type(exc).__name__}: {exc}")
     if deliveries >= max_deliver:
         return Term(f"gave up after {deliveries} deliveries: {type(exc).__name__}: {exc}")
@@ -179,7 +182,7 @@ class Consumer:
                     level,
                     "handler failed",
                     extra={"event_id": event.id, "deliveries": deliveries, "error": repr(exc)},
-                    exc_info=not isinstance(exc, PermanentError | RetryableError),
+                    exc_info=not isinstance(exc, HookbusError),
                 )
                 return outcome
         return Ack()

@@ -1,13 +1,64 @@
-"""The two error families every consumer maps to the bus: retry later, or never."""
+"""hookbus's one error family: each error carries a code you can act on.
+
+Two questions are asked of an error, each answered in one place: what a consumer does with
+the message (``consumer.disposition``: retry later, or never) and what an HTTP caller is
+told (the receiver's ``inbound.problem_for``). The codes are what both decide on:
+
+- ``invalid``: the input or configuration can never work as given (4xx; never retried);
+- ``not_found``: the thing named does not exist (404);
+- ``conflict``: it exists already, or is in a state that forbids the change (409);
+- ``unauthorized``: the caller could not prove who it is (401; every reason looks alike);
+- ``unavailable``: a dependency is away; the same call can succeed later (503; retried).
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+Code = Literal["invalid", "not_found", "conflict", "unauthorized", "unavailable"]
 
 
 class HookbusError(Exception):
     """Base of hookbus's own errors."""
 
+    code: ClassVar[Code] = "invalid"
 
-class RetryableError(HookbusError):
+
+class InvalidError(HookbusError):
+    """The input can never be used as given; the message says what is wrong."""
+
+    code: ClassVar[Code] = "invalid"
+
+
+class NotFoundError(HookbusError):
+    code: ClassVar[Code] = "not_found"
+
+
+class ConflictError(HookbusError):
+    code: ClassVar[Code] = "conflict"
+
+
+class UnauthorizedError(HookbusError):
+    """The caller's proof failed. ``reason`` is for logs and metrics, never the caller."""
+
+    code: ClassVar[Code] = "unauthorized"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnavailableError(HookbusError):
+    """A dependency is away; the same call can succeed later."""
+
+    code: ClassVar[Code] = "unavailable"
+
+
+class ConfigError(InvalidError):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+class RetryableError(UnavailableError):
     """Can succeed later (a dead downstream, a lost connection): nak with a delay."""
 
     def __init__(self, message: str, *, delay: float | None = None) -> None:
@@ -15,5 +66,5 @@ class RetryableError(HookbusError):
         self.delay = delay
 
 
-class PermanentError(HookbusError):
+class PermanentError(InvalidError):
     """Can never succeed as sent: terminate the message and record it as a dead letter."""

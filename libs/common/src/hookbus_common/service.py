@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -18,9 +18,12 @@ from . import logs, looplag
 from .bus import Bus, connect
 from .consumer import Consumer, Handler
 from .db import open_pool
+from .errors import ConfigError
 from .health import serve_health
 from .outbox import Outbox
-from .settings import ConfigError, Settings, load_settings
+from .settings import Settings
+
+S = TypeVar("S", bound=Settings)
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +116,17 @@ async def run_consumer(
 
 def main_for(
     service: str,
-    run: Callable[[Settings], Coroutine[Any, Any, None]],
+    load: Callable[[str | None], S],
+    run: Callable[[S], Coroutine[Any, Any, None]],
     *,
     uvloop_if_available: bool = True,
 ) -> None:
-    """Command-line entry point of a service: ``--config``, settings, logs, event loop."""
+    """Command-line entry point of a service: ``--config``, its settings, logs, event loop."""
     parser = argparse.ArgumentParser(prog=f"hookbus-{service}")
     parser.add_argument("--config", "-c", help="TOML config file (default: $HOOKBUS_CONFIG)")
     args = parser.parse_args()
     try:
-        settings = load_settings(args.config)
+        settings = load(args.config)
     except ConfigError as exc:
         print(f"hookbus-{service}: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

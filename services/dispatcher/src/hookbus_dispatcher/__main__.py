@@ -5,19 +5,20 @@ from __future__ import annotations
 import httpx
 
 from hookbus_common.service import main_for, run_consumer
-from hookbus_common.settings import Settings
 
+from . import config
+from .config import DispatcherConfig
 from .delivery import make_handler
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: DispatcherConfig) -> None:
     timeout = httpx.Timeout(settings.dispatcher.timeout_seconds)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
         await run_consumer(
             settings,
             "dispatcher",
             filter_tokens=("delivery", "requested"),
-            make_handler=lambda rt: make_handler(rt, client),
+            make_handler=lambda rt: make_handler(rt, client, settings.dispatcher.max_attempts),
             health_port=settings.dispatcher.health_port,
             max_in_flight=settings.dispatcher.max_in_flight,
             # Attempts are counted by the handler; this is only the safety net.
@@ -27,7 +28,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    main_for("dispatcher", run)
+    main_for("dispatcher", config.load, run)
 
 
 if __name__ == "__main__":

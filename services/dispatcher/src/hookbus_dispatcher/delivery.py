@@ -72,8 +72,7 @@ async def attempt(
     return [attempted], RetryableError(why, delay=retry_after or backoff(number, base=1.0))
 
 
-def make_handler(rt: Runtime, client: httpx.AsyncClient) -> Any:
-    max_attempts = rt.settings.dispatcher.max_attempts
+def make_handler(rt: Runtime, client: httpx.AsyncClient, max_attempts: int) -> Any:
 
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
         event = incoming.event

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from hookbus_common.service import main_for, run_consumer
-from hookbus_common.settings import Settings
 
+from . import config
+from .config import ExecutorConfig
 from .jobs import make_handler
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: ExecutorConfig) -> None:
     await run_consumer(
         settings,
         "executor",
         filter_tokens=("job", "requested"),
-        make_handler=make_handler,
+        make_handler=lambda rt: make_handler(rt, settings),
         health_port=settings.executor.health_port,
         max_in_flight=settings.executor.max_in_flight,
         max_deliver=settings.executor.max_deliver,
@@ -24,7 +25,7 @@ async def run(settings: Settings) -> None:
 def main() -> None:
     # The default loop, not uvloop: asyncio starts processes with vfork (~1,400 spawns/s
     # here), libuv forks the whole process (~260/s), and spawning is the executor's work.
-    main_for("executor", run, uvloop_if_available=False)
+    main_for("executor", config.load, run, uvloop_if_available=False)
 
 
 if __name__ == "__main__":

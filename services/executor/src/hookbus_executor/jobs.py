@@ -14,8 +14,8 @@ from hookbus_common.consumer import Incoming, Yielded
 from hookbus_common.errors import PermanentError
 from hookbus_common.events import Event, JobRequested
 from hookbus_common.service import Runtime
-from hookbus_common.settings import ExecutorSettings, Settings
 
+from .config import ExecutorConfig, ExecutorSettings
 from .shell import ShellResult, ShellSpawnError, run_shell
 
 SOURCE = "/hookbus/executor"
@@ -59,7 +59,7 @@ def _finished(
 
 
 async def run_job(
-    settings: Settings, inherited: Mapping[str, str], incoming: Incoming
+    settings: ExecutorConfig, inherited: Mapping[str, str], incoming: Incoming
 ) -> AsyncIterator[Yielded]:
     event = incoming.event
     req = event.data
@@ -105,8 +105,7 @@ async def run_job(
     yield _finished(event, attempt, result, None)
 
 
-def make_handler(rt: Runtime) -> Any:
-    settings = rt.settings
+def make_handler(rt: Runtime, settings: ExecutorConfig) -> Any:
     inherited = inherited_env(settings.executor, os.environ)
 
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:

@@ -9,8 +9,9 @@ import sys
 import uvicorn
 
 from hookbus_common import logs
-from hookbus_common.settings import ConfigError, load_settings
+from hookbus_common.errors import ConfigError
 
+from . import config
 from .app import prepare_sources
 
 
@@ -22,7 +23,7 @@ def main() -> None:
         # Workers load settings themselves; the path reaches them this way.
         os.environ["HOOKBUS_CONFIG"] = os.path.abspath(args.config)
     try:
-        settings = load_settings()
+        settings = config.load()
         prepare_sources(settings)  # key files and the like fail here, not in a worker
     except ConfigError as exc:
         print(f"hookbus-receiver: config error: {exc}", file=sys.stderr)

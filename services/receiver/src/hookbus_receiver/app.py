@@ -22,9 +22,9 @@ from hookbus_common import events as ev
 from hookbus_common import logs
 from hookbus_common.eventlog import Pending
 from hookbus_common.service import Runtime, runtime
-from hookbus_common.settings import Settings, SourceConfig, load_settings
 
-from . import imagepush, inbound, partners, policy, sources
+from . import config, imagepush, inbound, partners, policy, sources
+from .config import ReceiverConfig, SourceConfig
 from .groupcommit import GroupCommitter
 from .inbound import NOT_FOUND, Problem
 
@@ -83,7 +83,7 @@ def _form_payload(body: bytes) -> bytes:
 class Receiver:
     def __init__(
         self,
-        settings: Settings,
+        settings: ReceiverConfig,
         rt: Runtime,
         committer: GroupCommitter,
         admitted: dict[str, Admitted],
@@ -192,7 +192,7 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     return Problem(405, "method_not_allowed").response()
 
 
-def prepare_sources(settings: Settings) -> dict[str, Admitted]:
+def prepare_sources(settings: ReceiverConfig) -> dict[str, Admitted]:
     """Build every source before serving: a key that cannot be used stops the start with a
     ConfigError naming it."""
     return {name: Admitted(name, cfg) for name, cfg in settings.sources.items()}
@@ -221,10 +221,10 @@ class _HooksFirst:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> ASGIApp:
+def create_app(settings: ReceiverConfig | None = None) -> ASGIApp:
     """The ASGI app; connections open in its lifespan, never at import."""
     if settings is None:  # started by uvicorn (one call per worker process)
-        settings = load_settings()
+        settings = config.load()
         logs.setup("receiver", settings.log.level, settings.log.format)
     holder: dict[str, Receiver] = {}
     partner_hooks = partners.PartnerHooks(settings)

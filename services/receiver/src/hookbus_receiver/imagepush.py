@@ -14,11 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hookbus_common import events as ev
-from hookbus_common import webhookurl
 from hookbus_common.eventlog import Pending
-from hookbus_common.settings import Settings
 
-from . import inbound
+from . import inbound, webhookurl
+from .config import ReceiverConfig
 from .groupcommit import GroupCommitter
 from .imageref import ImageRef, ImageRefError, parse_image_ref
 from .inbound import Problem
@@ -64,7 +63,7 @@ class ImagePushHooks:
     """Bound in the app's lifespan. The secret is read per request, never cached: a
     ``hookbus webhook-url regenerate`` must retire the old URL at once."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ReceiverConfig) -> None:
         self.settings = settings
         self._pool: asyncpg.Pool | None = None
         self._committer: GroupCommitter | None = None

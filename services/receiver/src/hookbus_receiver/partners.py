@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hookbus_common import events as ev
-from hookbus_common import partners as store
 from hookbus_common.eventlog import Pending
-from hookbus_common.settings import Settings
 
 from . import inbound
+from . import partnerstore as store
+from .config import ReceiverConfig
 from .groupcommit import GroupCommitter
 from .inbound import Problem
 from .validation import BodyValidator, InvalidConfig
@@ -39,7 +39,7 @@ REQUESTS = Counter(
 class PartnerHooks:
     """Bound to the pool and the group committer in the app's lifespan."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ReceiverConfig) -> None:
         self.settings = settings
         self._pool: asyncpg.Pool | None = None
         self._committer: GroupCommitter | None = None

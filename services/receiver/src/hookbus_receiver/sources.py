@@ -8,9 +8,10 @@ from typing import Any
 
 import msgspec
 
+from hookbus_common.errors import ConfigError
 from hookbus_common.events import token
-from hookbus_common.settings import ConfigError, SourceConfig
-from hookbus_common.sourceconfig import (
+
+from .config import (
     FromRequest,
     GithubSource,
     GitlabSource,
@@ -18,10 +19,10 @@ from hookbus_common.sourceconfig import (
     HookdeckSource,
     JwtSource,
     NoneSource,
+    SourceConfig,
     StandardWebhooksSource,
     TokenSource,
 )
-
 from .signatures import (
     JwtKey,
     VerificationError,

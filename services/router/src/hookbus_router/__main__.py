@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from hookbus_common.service import main_for, run_consumer
-from hookbus_common.settings import Settings
 
+from . import config
+from .config import RouterConfig
 from .routing import make_handler
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: RouterConfig) -> None:
     await run_consumer(
         settings,
         "router",
@@ -22,7 +23,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> None:
-    main_for("router", run)
+    main_for("router", config.load, run)
 
 
 if __name__ == "__main__":

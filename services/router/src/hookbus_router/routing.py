@@ -9,8 +9,8 @@ from hookbus_common import events as ev
 from hookbus_common.consumer import Incoming, Yielded
 from hookbus_common.errors import PermanentError
 from hookbus_common.events import Event, WebhookReceived
-from hookbus_common.settings import Action, Rule, ShellAction, WebhookAction
 
+from .config import Action, Rule, ShellAction, WebhookAction
 from .rules import evaluate
 
 SOURCE = "/hookbus/router"

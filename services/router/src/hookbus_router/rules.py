@@ -5,7 +5,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from hookbus_common.events import RuleEvaluation, WebhookReceived
-from hookbus_common.settings import Rule
+
+from .config import Rule
 
 
 def _check(field: str, pattern: str, value: str | None) -> str | None:

@@ -1,4 +1,4 @@
-"""``hookbus partners …`` and ``hookbus webhook-url …``: managing who may send webhooks."""
+"""``hookbus partners …``: senders with their own webhook URL, and what to hand them."""
 
 from __future__ import annotations
 
@@ -13,16 +13,18 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from . import db, partners, webhookurl
-from .events import PartnerValidation
-from .partners import PartnerError
-from .settings import Settings
+from hookbus_common import db
+from hookbus_common.events import PartnerValidation
+from hookbus_receiver import partnerstore as partners
+from hookbus_receiver.partnerstore import Partner, PartnerError
 
-SettingsFor = Callable[[argparse.Namespace], Settings]
+from .config import ReceiverAddress, receiver_address
+
+Work = Callable[[asyncpg.Connection, ReceiverAddress], Awaitable[str]]
 
 
 @asynccontextmanager
-async def _connection(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+async def _connection(settings: ReceiverAddress) -> AsyncIterator[asyncpg.Connection]:
     conn = await db.connect_once(settings.database)
     try:
         await db.migrate(conn, settings.database.schema)
@@ -32,12 +34,9 @@ async def _connection(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-def _run(
-    settings_for: SettingsFor,
-    args: argparse.Namespace,
-    work: Callable[[asyncpg.Connection, Settings], Awaitable[str]],
-) -> int:
-    settings = settings_for(args)
+def run(args: argparse.Namespace, work: Work) -> int:
+    """Run one piece of work on a migrated connection; print its text or its error."""
+    settings = receiver_address(args)
 
     async def go() -> str:
         async with _connection(settings) as conn:
@@ -72,8 +71,8 @@ def _validation_from(args: argparse.Namespace) -> PartnerValidation | None:
 # --------------------------------------------------------------------- partners
 
 
-def _add(args: argparse.Namespace) -> Callable[[asyncpg.Connection, Settings], Awaitable[str]]:
-    async def work(conn: asyncpg.Connection, s: Settings) -> str:
+def _add(args: argparse.Namespace) -> Work:
+    async def work(conn: asyncpg.Connection, s: ReceiverAddress) -> str:
         p, token = await partners.create(
             conn,
             s.prefix,
@@ -83,39 +82,39 @@ def _add(args: argparse.Namespace) -> Callable[[asyncpg.Connection, Settings], A
             validation=_validation_from(args),
             status="INACTIVE" if args.inactive else "ACTIVE",
         )
-        return partners.integration_guide(s, p, token)
+        return integration_guide(s, p, token)
 
     return work
 
 
-def _rotate(args: argparse.Namespace) -> Callable[[asyncpg.Connection, Settings], Awaitable[str]]:
-    async def work(conn: asyncpg.Connection, s: Settings) -> str:
+def _rotate(args: argparse.Namespace) -> Work:
+    async def work(conn: asyncpg.Connection, s: ReceiverAddress) -> str:
         p, token = await partners.rotate(conn, s.prefix, args.partner)
-        return "The previous URL no longer works.\n\n" + partners.integration_guide(s, p, token)
+        return "The previous URL no longer works.\n\n" + integration_guide(s, p, token)
 
     return work
 
 
-def _list(args: argparse.Namespace) -> Callable[[asyncpg.Connection, Settings], Awaitable[str]]:
-    async def work(conn: asyncpg.Connection, s: Settings) -> str:
+def _list(args: argparse.Namespace) -> Work:
+    async def work(conn: asyncpg.Connection, s: ReceiverAddress) -> str:
         rows = await partners.list_partners(conn, include_deleted=args.all)
-        return "\n".join(partners.list_line(p) for p in rows) or "no partners"
+        return "\n".join(list_line(p) for p in rows) or "no partners"
 
     return work
 
 
-def _show(args: argparse.Namespace) -> Callable[[asyncpg.Connection, Settings], Awaitable[str]]:
-    async def work(conn: asyncpg.Connection, s: Settings) -> str:
-        return partners.show(await partners.get(conn, args.partner))
+def _show(args: argparse.Namespace) -> Work:
+    async def work(conn: asyncpg.Connection, s: ReceiverAddress) -> str:
+        return show(await partners.get(conn, args.partner))
 
     return work
 
 
 def _status(
     status: str,
-) -> Callable[[argparse.Namespace], Callable[[asyncpg.Connection, Settings], Awaitable[str]]]:
-    def make(args: argparse.Namespace) -> Callable[[asyncpg.Connection, Settings], Awaitable[str]]:
-        async def work(conn: asyncpg.Connection, s: Settings) -> str:
+) -> Callable[[argparse.Namespace], Work]:
+    def make(args: argparse.Namespace) -> Work:
+        async def work(conn: asyncpg.Connection, s: ReceiverAddress) -> str:
             p = await partners.set_status(conn, s.prefix, args.partner, status)
             return f"partner {p.partner_id} ({p.name}) is {p.status}"
 
@@ -124,16 +123,16 @@ def _status(
     return make
 
 
-def _delete(args: argparse.Namespace) -> Callable[[asyncpg.Connection, Settings], Awaitable[str]]:
-    async def work(conn: asyncpg.Connection, s: Settings) -> str:
+def _delete(args: argparse.Namespace) -> Work:
+    async def work(conn: asyncpg.Connection, s: ReceiverAddress) -> str:
         p = await partners.delete(conn, s.prefix, args.partner)
         return f"partner {p.partner_id} ({p.name}) deleted; its URL no longer works"
 
     return work
 
 
-def _update(args: argparse.Namespace) -> Callable[[asyncpg.Connection, Settings], Awaitable[str]]:
-    async def work(conn: asyncpg.Connection, s: Settings) -> str:
+def _update(args: argparse.Namespace) -> Work:
+    async def work(conn: asyncpg.Connection, s: ReceiverAddress) -> str:
         p = await partners.update(
             conn,
             s.prefix,
@@ -143,7 +142,7 @@ def _update(args: argparse.Namespace) -> Callable[[asyncpg.Connection, Settings]
             tenant=args.tenant,
             validation=_validation_from(args),
         )
-        return partners.show(p)
+        return show(p)
 
     return work
 
@@ -158,43 +157,90 @@ def _validation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schema", metavar="FILE", help="a JSON Schema file the body must satisfy")
 
 
-# ------------------------------------------------------------------ webhook-url
+# -------------------------------------------------------------------- for people
 
 
-def _image_push_url(s: Settings, secret: str) -> str:
-    return f"{partners.base_url(s)}{webhookurl.PATH}{secret}"
+def webhook_url(settings: ReceiverAddress, token: str) -> str:
+    return f"{settings.receiver.base_url()}{partners.WEBHOOK_PATH}{token}"
 
 
-def _url_show(args: argparse.Namespace) -> Callable[[asyncpg.Connection, Settings], Awaitable[str]]:
-    async def work(conn: asyncpg.Connection, s: Settings) -> str:
-        return _image_push_url(s, await webhookurl.ensure(conn))
+def describe_validation(v: PartnerValidation) -> list[str]:
+    lines = []
+    if v.required:
+        lines.append(f"required fields: {', '.join(v.required)}")
+    if v.schema is not None:
+        lines.append(f"JSON Schema: {msgspec.json.encode(v.schema).decode()}")
+    return lines or ["none (any JSON object is accepted)"]
 
-    return work
+
+def integration_guide(settings: ReceiverAddress, partner: Partner, token: str) -> str:
+    """What to hand the partner: their URL (shown only now), a curl example, the answers."""
+    url = webhook_url(settings, token)
+    checks = "\n".join(f"  - {line}" for line in describe_validation(partner.validation))
+    return f"""\
+Partner {partner.partner_id} ({partner.name}) — status {partner.status}, tenant {partner.tenant}
+
+Webhook URL — the token in it is the partner's credential; it is shown only now
+(`hookbus partners rotate {partner.partner_id}` makes a new one):
+
+  {url}
+
+Send each event as one JSON object:
+
+  curl -i -X POST '{url}' \\
+    -H 'Content-Type: application/json' \\
+    -H 'Idempotency-Key: <a unique id for this event>' \\
+    -H 'X-Event-Type: order.created' \\
+    --data '{{"order": {{"id": "A-1001"}}}}'
+
+Checks before an event is accepted:
+{checks}
+
+Answers:
+  202 {{"id": "evt_…"}}                    recorded
+  200 {{"id": "evt_…", "duplicate": true}}  this Idempotency-Key (or webhook-id) was recorded before
+  400 / 415 / 413                         not a JSON object / not JSON / too large
+  422 {{"error": "validation_failed", …}}   the checks above failed; nothing was recorded
+  404                                     unknown, inactive or revoked URL
+  503 with Retry-After                    not recorded; send it again later
+"""
 
 
-def _url_regenerate(
-    args: argparse.Namespace,
-) -> Callable[[asyncpg.Connection, Settings], Awaitable[str]]:
-    async def work(conn: asyncpg.Connection, s: Settings) -> str:
-        url = _image_push_url(s, await webhookurl.regenerate(conn))
-        return f"{url}\n(the previous URL no longer works)"
+def list_line(p: Partner) -> str:
+    status = "DELETED" if p.deleted else p.status
+    return f"{p.partner_id}  {status:<9}  {p.tenant:<10}  {p.created_at:%Y-%m-%d %H:%M}  {p.name}"
 
-    return work
+
+def show(p: Partner) -> str:
+    lines = [
+        f"id:          {p.partner_id}",
+        f"name:        {p.name}",
+        f"description: {p.description}",
+        f"status:      {p.status}",
+        f"tenant:      {p.tenant}",
+        f"source:      {p.source}  (webhooks are recorded as webhook.received from this source)",
+        f"created:     {p.created_at.isoformat()}",
+        f"modified:    {p.modified_at.isoformat()}",
+    ]
+    if p.deleted_at is not None:
+        lines.append(f"deleted:     {p.deleted_at.isoformat()}")
+    lines.append("validation:")
+    lines.extend(f"  {line}" for line in describe_validation(p.validation))
+    lines.append("URL:         shown only when created or rotated")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- wiring
 
 
-def register(sub: Any, settings_for: SettingsFor) -> None:
-    """Add the ``partners`` and ``webhook-url`` commands to the ``hookbus`` parser."""
+def register(sub: Any) -> None:
+    """Add the ``partners`` commands to the ``hookbus`` parser."""
 
     def command(
         parent: Any,
         name: str,
         help: str,
-        make: Callable[
-            [argparse.Namespace], Callable[[asyncpg.Connection, Settings], Awaitable[str]]
-        ],
+        make: Callable[[argparse.Namespace], Work],
     ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = parent.add_parser(name, help=help)
 
@@ -204,7 +250,7 @@ def register(sub: Any, settings_for: SettingsFor) -> None:
             except PartnerError as exc:
                 print(f"hookbus: {exc}", file=sys.stderr)
                 return 1
-            return _run(settings_for, args, work)
+            return run(args, work)
 
         p.set_defaults(func=func)
         return p
@@ -235,8 +281,3 @@ def register(sub: Any, settings_for: SettingsFor) -> None:
     upd.add_argument("--tenant")
     upd.add_argument("--no-validation", action="store_true", help="remove every check")
     _validation_args(upd)
-
-    url = sub.add_parser("webhook-url", help="the image-push URL (/api/webhook/<secret>)")
-    us = url.add_subparsers(dest="webhook_url_command", required=True)
-    command(us, "show", "print the image-push URL", _url_show)
-    command(us, "regenerate", "replace the secret; the old URL stops working", _url_regenerate)

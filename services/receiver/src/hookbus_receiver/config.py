@@ -1,31 +1,32 @@
-"""Source kinds in the config: how each sender proves who it is, and per-source policies.
+"""The receiver's config: its ``[receiver]`` section and its ``[sources.*]``, with secrets.
 
-Each kind is a tagged struct (``kind = "github"`` …) sharing the common per-source options
-of :class:`_Source`. The structs only declare and check; secrets and key files are
-resolved by the settings loader, and the receiver turns a source into its verifier.
+Each source kind is a tagged struct (``kind = "github"`` …) sharing the common per-source
+options of :class:`_Source`. The structs only declare and check; :func:`load` resolves
+their secrets and key files (only the receiver ever does), and ``sources.Source`` turns a
+source into its verifier.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-_STRUCT: dict[str, Any] = {"forbid_unknown_fields": True, "frozen": True, "kw_only": True}
+from hookbus_common import settings as core
+from hookbus_common.errors import ConfigError
+from hookbus_common.settings import STRUCT as _STRUCT
+from hookbus_common.settings import Port, PositiveFloat, PositiveInt
 
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+from .signatures import decode_standard_secret
+
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
 # A dotted path into a JSON body: `event.id`, `data.object.id`, `items.0.id`.
 JsonPath = Annotated[str, msgspec.Meta(pattern=r"^[^.\s]+(\.[^.\s]+)*$")]
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key and the problem."""
 
 
 class Secret(msgspec.Struct, **_STRUCT):
@@ -321,17 +322,6 @@ SourceConfig = (
 )
 
 
-def standard_webhooks_key(secret: str) -> bytes | None:
-    """The key bytes of a Standard Webhooks secret (``whsec_`` + base64, or bare base64)."""
-    raw = secret.strip().removeprefix("whsec_")
-    raw = raw.replace("-", "+").replace("_", "/")
-    try:
-        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return key or None
-
-
 def looks_like_keys(text: str) -> bool:
     """A cheap check that text is PEM or JWKS; the receiver parses it fully at start."""
     stripped = text.strip()
@@ -342,3 +332,130 @@ def looks_like_keys(text: str) -> bool:
             return False
         return isinstance(doc, dict) and ("keys" in doc or "kty" in doc)
     return "-----BEGIN" in stripped and "-----END" in stripped
+
+
+SourceName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class ReceiverSettings(msgspec.Struct, **_STRUCT):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    max_body_bytes: PositiveInt = 1024 * 1024
+    # Group commit: rows are inserted together when this many wait or this time passes.
+    commit_batch_size: PositiveInt = 64
+    commit_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    public_url: str | None = None
+    workers: PositiveInt = 1
+
+    def base_url(self) -> str:
+        """Where senders reach the receiver: ``public_url``, else its host and port."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::"):  # noqa: S104 (comparing, not binding)
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+
+class ReceiverConfig(core.Settings, **_STRUCT):
+    """The shared core, the receiver's section and the sources, secrets resolved."""
+
+    receiver: ReceiverSettings = ReceiverSettings()
+    sources: dict[SourceName, SourceConfig] = {}
+
+
+# ----------------------------------------------------------------------- loading
+
+
+def _resolve_secret(secret: Secret, where: str, base: Path, env: Mapping[str, str]) -> Secret:
+    given = [k for k in ("value", "env", "file") if getattr(secret, k) is not None]
+    if len(given) != 1:
+        raise ConfigError(f"{where}: give exactly one of value, env or file")
+    if secret.env is not None:
+        if not env.get(secret.env):
+            raise ConfigError(f"{where}: environment variable {secret.env} is not set or empty")
+        return msgspec.structs.replace(secret, value=env[secret.env])
+    if secret.file is not None:
+        path = Path(secret.file) if Path(secret.file).is_absolute() else base / secret.file
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from None
+        if not text:
+            raise ConfigError(f"{where}: secret file {path} is empty")
+        return msgspec.structs.replace(secret, value=text)
+    if not secret.value:
+        raise ConfigError(f"{where}: secret value is empty")
+    return secret
+
+
+def _check_standard_keys(where: str, secrets: list[Secret]) -> None:
+    for i, secret in enumerate(secrets):
+        try:
+            decode_standard_secret(secret.value or "")
+        except ValueError:
+            # Never echo the secret itself.
+            raise ConfigError(
+                f"{where}[{i}]: not a Standard Webhooks secret (whsec_ + base64)"
+            ) from None
+
+
+def _read_jwt_keys(where: str, src: JwtSource, base: Path) -> JwtSource:
+    text, key = src.keys, "keys"
+    if src.key_file is not None:
+        key = "key_file"
+        path = Path(src.key_file).expanduser()
+        path = path if path.is_absolute() else base / path
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not text"
+            raise ConfigError(f"{where}.key_file: cannot read {path}: {reason}") from None
+    if text is not None and not looks_like_keys(text):
+        raise ConfigError(f"{where}.{key}: expected PEM public keys or a JWKS document")
+    # The file is read once, here; the receiver uses the text it was given.
+    return msgspec.structs.replace(src, keys=text)
+
+
+def resolve_source(name: str, src: SourceConfig, base: Path, env: Mapping[str, str]) -> Any:
+    """``src`` with every secret read from its value, variable or file, and keys loaded."""
+    where = f"sources.{name}"
+    for key, message in src.problems():
+        raise ConfigError(f"{where}.{key}: {message}")
+    lists = src.secret_lists()
+    if src.needs_secrets() and not src.secrets:
+        raise ConfigError(f"{where}.secrets: a {src.kind} source needs a secret")
+    resolved = {
+        key: [_resolve_secret(s, f"{where}.{key}[{i}]", base, env) for i, s in enumerate(secrets)]
+        for key, secrets in lists.items()
+    }
+    if isinstance(src, StandardWebhooksSource):
+        _check_standard_keys(f"{where}.secrets", resolved["secrets"])
+    if isinstance(src, JwtSource):
+        if isinstance(src.also, StandardWebhooksSource):
+            _check_standard_keys(f"{where}.also.secrets", resolved["also.secrets"])
+        also = resolved.pop("also.secrets", None)
+        if src.also is not None and also is not None:
+            src = msgspec.structs.replace(src, also=msgspec.structs.replace(src.also, secrets=also))
+        src = _read_jwt_keys(where, src, base)
+    elif "signing" in resolved:  # gitlab's signing token is a Standard Webhooks secret
+        _check_standard_keys(f"{where}.signing", resolved["signing"])
+    return msgspec.structs.replace(src, **resolved)
+
+
+def _check_each_source(data: dict[str, Any], label: str) -> None:
+    # msgspec writes a dict key as `[...]`; check each source alone so the error can say
+    # which source it is about.
+    sources = data.get("sources")
+    if isinstance(sources, dict):
+        for name, src in sources.items():
+            core.convert(src, SourceConfig, label, f"sources.{name}")
+
+
+def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ReceiverConfig:
+    """The receiver's config from the file and environment, every source's secrets read."""
+    env = os.environ if env is None else env
+    config = core.load(ReceiverConfig, path, env, prepare=_check_each_source)
+    base = Path(config.base_dir)
+    sources = {name: resolve_source(name, src, base, env) for name, src in config.sources.items()}
+    return msgspec.structs.replace(config, sources=sources)

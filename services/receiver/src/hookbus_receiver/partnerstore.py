@@ -17,27 +17,27 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
-from . import eventlog, readmodels
-from . import events as ev
-from .eventlog import Pending
-from .events import PartnerValidation
-from .settings import Settings
+from hookbus_common import eventlog, readmodels
+from hookbus_common import events as ev
+from hookbus_common.errors import ConflictError, HookbusError, NotFoundError
+from hookbus_common.eventlog import Pending
+from hookbus_common.events import PartnerValidation
 
 STATUSES: Final = ("ACTIVE", "INACTIVE", "SUSPENDED")
 EVENT_SOURCE: Final = "/hookbus/partners"
 WEBHOOK_PATH: Final = "/webhook/v1/"
 
 
-class PartnerError(Exception):
-    """A partner command cannot be done; the message says why."""
+class PartnerError(HookbusError):
+    """A partner command cannot be done as asked; the message says why."""
 
 
-class PartnerNotFound(PartnerError):
-    pass
+class PartnerNotFound(PartnerError, NotFoundError):
+    code = "not_found"
 
 
-class NameTaken(PartnerError):
-    pass
+class NameTaken(PartnerError, ConflictError):
+    code = "conflict"
 
 
 class Partner(msgspec.Struct, frozen=True, kw_only=True):
@@ -301,86 +301,3 @@ async def delete(conn: asyncpg.Connection, prefix: str, ref: str) -> Partner:
         await conn.execute("DELETE FROM partner_tokens WHERE partner_id = $1", p.partner_id)
         await _append(conn, prefix, ev.PartnerDeleted(partner_id=p.partner_id), p.tenant)
         return await get(conn, p.partner_id)
-
-
-# ----------------------------------------------------------------- for people
-
-
-def base_url(settings: Settings) -> str:
-    """Where senders reach the receiver: ``receiver.public_url``, else its host and port."""
-    if settings.receiver.public_url:
-        return settings.receiver.public_url.rstrip("/")
-    host = settings.receiver.host
-    if host in ("0.0.0.0", "::"):  # noqa: S104 (comparing, not binding)
-        host = "127.0.0.1"
-    return f"http://{host}:{settings.receiver.port}"
-
-
-def webhook_url(settings: Settings, token: str) -> str:
-    return f"{base_url(settings)}{WEBHOOK_PATH}{token}"
-
-
-def describe_validation(v: PartnerValidation) -> list[str]:
-    lines = []
-    if v.required:
-        lines.append(f"required fields: {', '.join(v.required)}")
-    if v.schema is not None:
-        lines.append(f"JSON Schema: {msgspec.json.encode(v.schema).decode()}")
-    return lines or ["none (any JSON object is accepted)"]
-
-
-def integration_guide(settings: Settings, partner: Partner, token: str) -> str:
-    """What to hand the partner: their URL (shown only now), a curl example, the answers."""
-    url = webhook_url(settings, token)
-    checks = "\n".join(f"  - {line}" for line in describe_validation(partner.validation))
-    return f"""\
-Partner {partner.partner_id} ({partner.name}) — status {partner.status}, tenant {partner.tenant}
-
-Webhook URL — the token in it is the partner's credential; it is shown only now
-(`hookbus partners rotate {partner.partner_id}` makes a new one):
-
-  {url}
-
-Send each event as one JSON object:
-
-  curl -i -X POST '{url}' \\
-    -H 'Content-Type: application/json' \\
-    -H 'Idempotency-Key: <a unique id for this event>' \\
-    -H 'X-Event-Type: order.created' \\
-    --data '{{"order": {{"id": "A-1001"}}}}'
-
-Checks before an event is accepted:
-{checks}
-
-Answers:
-  202 {{"id": "evt_…"}}                    recorded
-  200 {{"id": "evt_…", "duplicate": true}}  this Idempotency-Key (or webhook-id) was recorded before
-  400 / 415 / 413                         not a JSON object / not JSON / too large
-  422 {{"error": "validation_failed", …}}   the checks above failed; nothing was recorded
-  404                                     unknown, inactive or revoked URL
-  503 with Retry-After                    not recorded; send it again later
-"""
-
-
-def list_line(p: Partner) -> str:
-    status = "DELETED" if p.deleted else p.status
-    return f"{p.partner_id}  {status:<9}  {p.tenant:<10}  {p.created_at:%Y-%m-%d %H:%M}  {p.name}"
-
-
-def show(p: Partner) -> str:
-    lines = [
-        f"id:          {p.partner_id}",
-        f"name:        {p.name}",
-        f"description: {p.description}",
-        f"status:      {p.status}",
-        f"tenant:      {p.tenant}",
-        f"source:      {p.source}  (webhooks are recorded as webhook.received from this source)",
-        f"created:     {p.created_at.isoformat()}",
-        f"modified:    {p.modified_at.isoformat()}",
-    ]
-    if p.deleted_at is not None:
-        lines.append(f"deleted:     {p.deleted_at.isoformat()}")
-    lines.append("validation:")
-    lines.extend(f"  {line}" for line in describe_validation(p.validation))
-    lines.append("URL:         shown only when created or rotated")
-    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""``hookbus events``: recent events, or one webhook's whole chain, for people or as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from hookbus_common import db, eventlog
+from hookbus_common.eventlog import LoggedEvent
+
+from .config import core_settings
+
+
+def summary(e: LoggedEvent) -> str:
+    """One line saying what an event is about, for people reading the log."""
+    d: dict[str, Any] = msgspec.json.decode(e.event.data) if e.event.data else {}
+    short = e.event.type.removeprefix("io.hookbus.").rsplit(".", 1)[0]
+    match short:
+        case "webhook.received":
+            where = d.get("repository") or ""
+            ref = d.get("branch") or d.get("tag")
+            return f"{d.get('source')} {d.get('event_type')} {where}{'@' + ref if ref else ''}"
+        case "webhook.routed":
+            return f"matched: {', '.join(d.get('matched', [])) or 'nothing'}"
+        case "job.requested":
+            return f"{d.get('job_id')} {d.get('kind')} (rule {d.get('rule')})"
+        case "job.started":
+            return f"{d.get('job_id')} attempt {d.get('attempt')}"
+        case "job.succeeded" | "job.failed":
+            if d.get("timed_out"):
+                how = "timed out"
+            elif d.get("error"):
+                how = str(d["error"])
+            elif d.get("signal") is not None:
+                how = f"killed by signal {d['signal']}"
+            else:
+                how = f"exit {d.get('exit_code')}"
+            return f"{d.get('job_id')} {how} in {d.get('duration_ms', 0):.0f} ms"
+        case s if s.startswith("delivery."):
+            status = d.get("status_code") or d.get("error") or ""
+            return f"{d.get('delivery_id')} {d.get('url')} {status}".rstrip()
+        case "message.deadlettered":
+            return f"{d.get('service')}: {d.get('error')}"
+        case s if s.startswith("partner."):
+            return f"{d.get('partner_id')} {d.get('name') or d.get('status') or ''}".rstrip()
+    return ""
+
+
+def json_line(e: LoggedEvent) -> bytes:
+    """The event as one line of CloudEvents JSON: a payload kept as the sender formatted it
+    may hold newlines, which a JSON-lines reader must not see."""
+    return msgspec.json.encode(msgspec.json.decode(e.payload())) + b"\n"
+
+
+def _depths(rows: Sequence[LoggedEvent]) -> dict[str, int]:
+    depth: dict[str, int] = {}
+    for r in rows:
+        cause = r.event.causationid
+        depth[r.event.id] = depth.get(cause, -1) + 1 if cause else 0
+    return depth
+
+
+def _print_events(rows: Sequence[LoggedEvent], *, tree: bool, verbose: bool) -> None:
+    depth = _depths(rows) if tree else {}
+    for r in rows:
+        short = r.event.type.removeprefix("io.hookbus.")
+        indent = "  " * depth.get(r.event.id, 0)
+        ts = r.event.time.strftime("%H:%M:%S.%f")[:-3]
+        print(f"{r.seq:>7} {ts} {indent}{short:<28} {r.event.id}  {summary(r)}")
+        if verbose:
+            data = msgspec.json.decode(r.event.data)
+            if isinstance(data, dict) and data.get("output"):
+                for line in str(data["output"]).rstrip().splitlines():
+                    print(f"{'':>20}{indent}| {line}")
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    settings = core_settings(args)
+
+    async def run() -> list[LoggedEvent]:
+        conn = await db.connect_once(settings.database)
+        try:
+            await conn.execute(f'SET search_path TO "{settings.database.schema}"')
+            if args.chain:
+                return await eventlog.chain(conn, args.chain)
+            return await eventlog.recent(conn, limit=args.limit, type_prefix=args.type)
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(run())
+    if args.json:
+        for r in rows:
+            sys.stdout.buffer.write(json_line(r))
+        return 0
+    if args.chain and not rows:
+        print(f"no event with id {args.chain}", file=sys.stderr)
+        return 1
+    _print_events(rows, tree=bool(args.chain), verbose=args.verbose)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    events = sub.add_parser("events", help="list recent events, or one webhook's chain")
+    events.add_argument("--chain", metavar="ID", help="everything caused by the webhook of ID")
+    events.add_argument("--limit", type=int, default=50)
+    events.add_argument("--type", help="only types starting with this (io.hookbus.job.)")
+    events.add_argument("--json", action="store_true", help="CloudEvents JSON, one a line")
+    events.add_argument("--verbose", "-v", action="store_true", help="show job output")
+    events.set_defaults(func=cmd_events)

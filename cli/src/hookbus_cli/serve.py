@@ -1,0 +1,35 @@
+"""``hookbus serve <service>``: run one service in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import installation
+
+SERVICES = ("receiver", "router", "executor", "dispatcher")
+
+
+def service_argv(service: str, config: str | None) -> list[str]:
+    argv = [sys.executable, "-m", f"hookbus_{service}"]
+    return [*argv, "--config", config] if config else argv
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    installation(args)  # fail here, with the key named, rather than in the child
+    argv = service_argv(args.service, args.config)
+    try:
+        __import__(f"hookbus_{args.service}")
+    except ImportError:
+        raise SystemExit(
+            f"hookbus: the {args.service} service is not installed"
+            f" (uv sync --package hookbus-{args.service})"
+        ) from None
+    os.execv(argv[0], argv)  # noqa: S606 (argv built from a fixed choice)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="run one service in the foreground")
+    serve.add_argument("service", choices=SERVICES)
+    serve.set_defaults(func=cmd_serve)

@@ -1,0 +1,121 @@
+"""``hookbus up``: the whole system on embedded NATS and Postgres, in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from hookbus_common.settings import default_config_path
+
+from .config import installation
+from .embedded import EmbeddedError, NatsServer, Postgres, wait_until_ok
+from .migrate import migrate
+from .serve import SERVICES, service_argv
+
+
+def _wait_ready(
+    base_url: str, children: dict[str, subprocess.Popen[bytes]], stopping: Callable[[], bool]
+) -> bool:
+    """Wait until the receiver answers /readyz, or a service dies, or we are told to stop."""
+
+    def alive() -> bool:
+        return not stopping() and all(c.poll() is None for c in children.values())
+
+    if wait_until_ok(f"{base_url}/readyz", timeout=60, alive=alive, interval=0.1):
+        return True
+    dead = [n for n, c in children.items() if c.poll() is not None]
+    if dead:
+        print(f"hookbus: {', '.join(dead)} exited during start-up; see above", flush=True)
+    elif not stopping():
+        print("hookbus: the receiver did not become ready within 60 s", flush=True)
+    return False
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    config = args.config or (str(p) if (p := default_config_path(os.environ)) else None)
+    inst = installation(argparse.Namespace(config=config, data_dir=None))
+    settings = inst.receiver
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    nats = NatsServer(data_dir / "nats", port=args.nats_port, log_file=data_dir / "nats.log")
+    pg = Postgres(data_dir / "postgres")
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        print(f"hookbus: data in {data_dir}", flush=True)
+        nats.start()
+        print(f"hookbus: NATS JetStream on {nats.url}", flush=True)
+        db_url = pg.start()
+        print("hookbus: Postgres up (embedded, unix socket)", flush=True)
+        env = {
+            **os.environ,
+            "HOOKBUS_NATS__URL": nats.url,
+            "HOOKBUS_DATABASE__URL": db_url,
+            "HOOKBUS_LOG__FORMAT": os.environ.get("HOOKBUS_LOG__FORMAT", "text"),
+        }
+        if config:
+            env["HOOKBUS_CONFIG"] = str(Path(config).resolve())
+        state = {"pid": os.getpid(), "nats_url": nats.url, "database_url": db_url}
+        (data_dir / "up.json").write_bytes(msgspec.json.encode(state))
+        # Migrate once here so the services start against a ready schema.
+        asyncio.run(migrate(msgspec.structs.replace(
+            settings.database, url=db_url)))  # fmt: skip
+        for service in SERVICES:
+            children[service] = subprocess.Popen(service_argv(service, None), env=env)
+        host = settings.receiver.host
+        if host in ("0.0.0.0", "::"):  # noqa: S104 (comparing, not binding)
+            host = "127.0.0.1"
+        url = f"http://{host}:{settings.receiver.port}"
+        if not _wait_ready(url, children, lambda: stopping):
+            return 1
+        sources = ", ".join(settings.sources) or "(none configured)"
+        print(f"hookbus: send webhooks to {url}/hooks/<source>   sources: {sources}", flush=True)
+        print("hookbus: Ctrl-C stops everything", flush=True)
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    print(f"hookbus: {name} exited with {child.returncode}; stopping", flush=True)
+                    stopping = True
+            time.sleep(0.2)
+    except EmbeddedError as exc:
+        print(f"hookbus: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        (data_dir / "up.json").unlink(missing_ok=True)
+        pg.stop()
+        nats.stop()
+        print("hookbus: stopped", flush=True)
+    failed = [n for n, c in children.items() if c.returncode not in (0, -signal.SIGTERM)]
+    return 1 if failed else 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = sub.add_parser("up", help="run everything on embedded NATS and Postgres")
+    up.add_argument("--nats-port", type=int, default=4222)
+    up.set_defaults(func=cmd_up)

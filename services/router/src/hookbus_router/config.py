@@ -1,0 +1,130 @@
+"""The router's config: its ``[router]`` section and the rules, with the actions they request.
+
+The router reads the names of the configured sources (to check what a rule names), never
+their contents: their secrets are the receiver's alone.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from hookbus_common import settings as core
+from hookbus_common.errors import ConfigError
+from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
+
+# Sources that exist without a [sources.*] table: the image-push URL, and partners, whose
+# webhooks are recorded under their partner id (ptn_…).
+IMAGE_PUSH_SOURCE: Final = "image-push"
+PARTNER_SOURCE_PREFIX: Final = "ptn_"
+
+
+class ShellAction(msgspec.Struct, tag="shell", tag_field="kind", **STRUCT):
+    """Run a program as an argv list (never a shell string) with the event in env and stdin."""
+
+    command: Annotated[list[str], msgspec.Meta(min_length=1)]
+    env: dict[str, str] = {}
+    timeout: PositiveFloat = 300.0
+    payload: Literal["stdin", "file", "none"] = "stdin"
+    cwd: str | None = None
+
+
+class WebhookAction(msgspec.Struct, tag="webhook", tag_field="kind", **STRUCT):
+    """Send the event's payload to a URL through the dispatcher."""
+
+    url: str
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    headers: dict[str, str] = {}
+
+
+Action = ShellAction | WebhookAction
+
+
+class Rule(msgspec.Struct, **STRUCT):
+    """Match a recorded webhook by source, event type, repository and branch globs."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
+    actions: Annotated[list[Action], msgspec.Meta(min_length=1)]
+    source: str = "*"
+    event: str = "*"
+    repository: str = "*"
+    branch: str = "*"
+    enabled: bool = True
+
+
+class RouterSettings(msgspec.Struct, **STRUCT):
+    # A separate TOML file of [[rules]], added to the rules of the main file.
+    rules_file: str | None = None
+    health_port: Port = 9101
+    max_in_flight: PositiveInt = 64
+    max_deliver: PositiveInt = 10
+    # How long a fetched message may go unacknowledged before another replica gets it.
+    ack_wait_seconds: PositiveFloat = 30.0
+
+
+class RouterConfig(core.Settings, **STRUCT):
+    router: RouterSettings = RouterSettings()
+    rules: list[Rule] = []
+    # The names of the [sources.*] tables (set by the loader from the file; never their
+    # contents).
+    source_names: list[str] = []
+
+
+def _load_rules_file(data: dict[str, Any]) -> None:
+    router = data.get("router")
+    rules_file = router.get("rules_file") if isinstance(router, dict) else None
+    if not isinstance(rules_file, str):
+        return
+    path = Path(rules_file)
+    if not path.is_absolute():
+        path = Path(data.get("base_dir", ".")) / path
+    try:
+        extra = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"router.rules_file: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"router.rules_file: {path} is not valid TOML: {exc}") from None
+    unknown = set(extra) - {"rules"}
+    if unknown:
+        raise ConfigError(
+            f"router.rules_file: {path} may hold only [[rules]], not {sorted(unknown)}"
+        )
+    data["rules"] = [*data.get("rules", []), *extra.get("rules", [])]
+
+
+def _prepare(data: dict[str, Any], label: str) -> None:
+    _load_rules_file(data)
+    sources = data.get("sources")
+    data["source_names"] = sorted(sources) if isinstance(sources, dict) else []
+
+
+def known_source(name: str, configured: list[str]) -> bool:
+    """Whether a rule's exact ``source`` can ever match: a configured source, the
+    image-push URL, or a partner (by its ``ptn_…`` id, which the file does not list)."""
+    return name in configured or name == IMAGE_PUSH_SOURCE or name.startswith(PARTNER_SOURCE_PREFIX)
+
+
+def check(config: RouterConfig) -> None:
+    """What the types cannot say: names used once, sources that exist."""
+    names = [r.name for r in config.rules]
+    for name in {n for n in names if names.count(n) > 1}:
+        raise ConfigError(f"rules: the rule name {name!r} is used more than once")
+    for i, rule in enumerate(config.rules):
+        if "*" not in rule.source and not known_source(rule.source, config.source_names):
+            raise ConfigError(f"rules[{i}].source: no source named {rule.source!r} is configured")
+
+
+def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> RouterConfig:
+    env = os.environ if env is None else env
+    config = core.load(RouterConfig, path, env, prepare=_prepare)
+    try:
+        check(config)
+    except ConfigError as exc:
+        label = str(path) if path is not None else str(core.default_config_path(env) or "")
+        raise ConfigError(f"{label}: {exc}" if label else str(exc)) from None
+    return config
