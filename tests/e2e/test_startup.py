@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+
+from ..conftest import Servers
 
 pytestmark = pytest.mark.e2e
 
@@ -60,3 +65,28 @@ def test_an_unusable_jwt_key_file_stops_the_receiver_naming_the_key(tmp_path: Pa
     assert out.returncode == 2, out.stderr
     assert "sources.ci" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_executor_starts_with_the_receivers_secret_variables_unset(
+    make_system: Any, servers: Servers
+) -> None:
+    """The executor runs people's scripts: it never reads, let alone needs, a webhook secret."""
+    system = make_system(
+        '[sources.gh]\nkind = "github"\nsecrets = [{ env = "HOOKBUS_TEST_GH_SECRET_UNSET" }]\n',
+        servers,
+    )
+    assert "HOOKBUS_TEST_GH_SECRET_UNSET" not in system.env
+    system.start("executor", "router", "dispatcher")
+    for name in ("executor", "router", "dispatcher"):
+        port = system.env[f"HOOKBUS_{name.upper()}__HEALTH_PORT"]
+        deadline = time.monotonic() + 30
+        while True:
+            proc = system.procs[name]
+            assert proc.poll() is None, f"{name} exited: {system.log(name)}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"{name} not ready: {system.log(name)}"
+            time.sleep(0.05)
