@@ -15,12 +15,19 @@ from hookbus_common.errors import PermanentError, RetryableError
 from hookbus_common.events import DeliveryRequested, Event
 from hookbus_common.service import Runtime
 
+from . import retryafter
+
 SOURCE = "/hookbus/dispatcher"
 USER_AGENT = "hookbus-dispatcher/0.1"
 
 
 def retryable_status(status: int) -> bool:
-    """Worth another attempt: server errors, timeouts, and being told to slow down."""
+    """Worth another attempt: server errors, timeouts, too early, and being told to slow down.
+
+    Every other status that is not 2xx is final, 3xx included: redirects are not followed
+    (a receiver must not send our requests on to an address of its choosing), and the
+    same request will be answered with the same redirect.
+    """
     return status >= 500 or status in (408, 425, 429)
 
 
@@ -34,42 +41,66 @@ def _outcome(
     )
 
 
+def _build(client: httpx.AsyncClient, req: DeliveryRequested) -> httpx.Request:
+    """The request to send; ``httpx.InvalidURL`` or ``ValueError`` when it never can be."""
+    # Header names are case-insensitive: a configured "User-Agent" replaces ours rather
+    # than adding a second one, and no configured header can forge or double the id.
+    headers = httpx.Headers({"user-agent": USER_AGENT})
+    headers.update(req.headers)
+    headers["x-hookbus-delivery"] = req.delivery_id
+    request = client.build_request(req.method, req.url, content=bytes(req.body), headers=headers)
+    url = request.url
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("not an absolute http(s) URL")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError(f"port {url.port} out of range")
+    return request
+
+
 async def attempt(
-    client: httpx.AsyncClient, event: Event[DeliveryRequested], number: int, max_attempts: int
+    client: httpx.AsyncClient,
+    event: Event[DeliveryRequested],
+    number: int,
+    max_attempts: int,
+    *,
+    clock: retryafter.Clock = retryafter.utcnow,
 ) -> tuple[list[Event[Any]], RetryableError | None]:
-    """Send once; return the events to record and, when another attempt is due, why."""
+    """Send once; return the events to record and, when another attempt is due, why.
+
+    ``clock`` is what an HTTP-date in ``Retry-After`` is measured against.
+    """
     req = event.data
     started = time.perf_counter()
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
+    request: httpx.Request | None = None
     try:
-        resp = await client.request(
-            req.method,
-            req.url,
-            content=bytes(req.body),
-            headers={
-                "user-agent": USER_AGENT,
-                **req.headers,
-                "x-hookbus-delivery": req.delivery_id,
-            },
-        )
-        status = resp.status_code
-        ra = resp.headers.get("retry-after", "")
-        retry_after = float(ra) if ra.isdigit() else None
-    except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        request = _build(client, req)
+    except (httpx.InvalidURL, ValueError) as exc:
+        error = f"request cannot be sent: {type(exc).__name__}: {exc}"[:500]
+    if request is not None:
+        try:
+            resp = await client.send(request, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        else:
+            status = resp.status_code
+            retry_after = retryafter.parse(resp.headers.get("retry-after"), clock())
     fields: dict[str, Any] = {"attempt": number, "status_code": status, "error": error}
     fields["duration_ms"] = (time.perf_counter() - started) * 1000
     attempted = _outcome(ev.DeliveryAttempted, event, f"attempt/{number}", **fields)
     if status is not None and 200 <= status < 300:
         return [attempted, _outcome(ev.DeliverySucceeded, event, "outcome", **fields)], None
-    if status is not None and not retryable_status(status):
+    # A request that cannot be built will not build next time either.
+    if request is None or (status is not None and not retryable_status(status)):
         return [attempted, _outcome(ev.DeliveryFailed, event, "outcome", **fields)], None
     if number >= max_attempts:
         return [attempted, _outcome(ev.DeliveryDead, event, "outcome", **fields)], None
     why = f"attempt {number} failed: {status or error}"
-    return [attempted], RetryableError(why, delay=retry_after or backoff(number, base=1.0))
+    # Retry-After 0 (or a date already past) is honoured: the receiver asked for it.
+    delay = retry_after if retry_after is not None else backoff(number, base=1.0)
+    return [attempted], RetryableError(why, delay=delay)
 
 
 def make_handler(rt: Runtime, client: httpx.AsyncClient, max_attempts: int) -> Any:

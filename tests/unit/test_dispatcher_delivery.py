@@ -1,0 +1,268 @@
+"""One delivery attempt, decided without a network: which statuses retry, what is recorded,
+how long to wait. The HTTP side is httpx's in-process MockTransport (no sockets)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from hookbus_common import events as ev
+from hookbus_common.errors import RetryableError
+from hookbus_dispatcher.delivery import USER_AGENT, attempt, retryable_status
+from hookbus_dispatcher.retryafter import MAX_DELAY
+
+NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+# ------------------------------------------------------------------ retryable_status
+
+
+@pytest.mark.parametrize("status", [500, 501, 502, 503, 504, 507, 599, 408, 425, 429])
+def test_server_errors_timeouts_too_early_and_slow_down_are_retried(status: int) -> None:
+    assert retryable_status(status)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [400, 401, 403, 404, 405, 409, 410, 413, 415, 422, 426, 451, 499],
+)
+def test_other_client_errors_are_final(status: int) -> None:
+    assert not retryable_status(status)
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308])
+def test_redirects_are_final_not_retried(status: int) -> None:
+    # Redirects are not followed, and the same request earns the same redirect.
+    assert not retryable_status(status)
+
+
+# --------------------------------------------------------------------------- attempt
+
+
+def _request(url: str = "http://sink.test/hook", **fields: Any) -> ev.Event[ev.DeliveryRequested]:
+    return ev.make_event(
+        ev.DeliveryRequested(
+            delivery_id="dlv_1", rule="r", webhook_id="evt_w", url=url,
+            body=msgspec.Raw(b'{"a": 1}'), tenant="acme", **fields,
+        ),
+        source="/test",
+    )  # fmt: skip
+
+
+Respond = Callable[[httpx.Request], httpx.Response]
+
+
+async def _attempt(
+    respond: Respond,
+    *,
+    number: int = 1,
+    max_attempts: int = 5,
+    event: ev.Event[ev.DeliveryRequested] | None = None,
+) -> tuple[list[ev.Event[Any]], RetryableError | None, list[httpx.Request]]:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return respond(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        out, retry = await attempt(
+            client, event or _request(), number, max_attempts, clock=lambda: NOW
+        )
+    return out, retry, sent
+
+
+def _status(code: int, **headers: str) -> Respond:
+    return lambda _request: httpx.Response(code, headers=headers)
+
+
+def _types(events: list[ev.Event[Any]]) -> list[type[Any]]:
+    return [type(e.data) for e in events]
+
+
+@pytest.mark.parametrize("code", [200, 201, 202, 204, 299])
+async def test_2xx_records_the_attempt_and_success(code: int) -> None:
+    event = _request()
+    out, retry, sent = await _attempt(_status(code), number=3, event=event)
+    assert retry is None
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliverySucceeded]
+    attempted, succeeded = out
+    assert attempted.id == ev.derived_id(event.id, "attempt/3")
+    assert succeeded.id == ev.derived_id(event.id, "outcome")
+    for e in out:
+        assert (e.data.delivery_id, e.data.url, e.data.tenant) == ("dlv_1", event.data.url, "acme")
+        assert (e.data.attempt, e.data.status_code, e.data.error) == (3, code, None)
+        assert (e.causationid, e.correlationid, e.subject) == (event.id, event.id, "dlv_1")
+    assert len(sent) == 1
+
+
+@pytest.mark.parametrize("code", [400, 401, 403, 404, 410, 422])
+async def test_a_final_4xx_records_failed_and_asks_for_no_retry(code: int) -> None:
+    out, retry, _ = await _attempt(_status(code))
+    assert retry is None
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliveryFailed]
+    assert out[1].data.status_code == code
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+async def test_a_redirect_is_not_followed_and_is_final(code: int) -> None:
+    out, retry, sent = await _attempt(_status(code, location="http://elsewhere.test/"))
+    assert retry is None
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliveryFailed]
+    assert out[1].data.status_code == code
+    assert [str(r.url) for r in sent] == ["http://sink.test/hook"]
+
+
+async def test_redirects_stay_unfollowed_even_on_a_client_that_would_follow_them() -> None:
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(str(request.url))
+        return httpx.Response(302, headers={"location": "http://elsewhere.test/"})
+
+    transport = httpx.MockTransport(handler)
+    async with httpx.AsyncClient(transport=transport, follow_redirects=True) as client:
+        out, retry = await attempt(client, _request(), 1, 5)
+    assert (_types(out), retry) == ([ev.DeliveryAttempted, ev.DeliveryFailed], None)
+    assert sent == ["http://sink.test/hook"]
+
+
+@pytest.mark.parametrize("code", [500, 502, 503, 504, 408, 425, 429])
+async def test_a_retryable_status_records_only_the_attempt_and_asks_for_a_retry(
+    code: int,
+) -> None:
+    out, retry, _ = await _attempt(_status(code), number=2, max_attempts=5)
+    assert _types(out) == [ev.DeliveryAttempted]
+    assert (out[0].data.attempt, out[0].data.status_code) == (2, code)
+    assert isinstance(retry, RetryableError)
+    assert str(code) in str(retry)
+
+
+@pytest.mark.parametrize("number", [5, 6])
+async def test_the_last_allowed_attempt_failing_records_dead(number: int) -> None:
+    out, retry, _ = await _attempt(_status(503), number=number, max_attempts=5)
+    assert retry is None
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliveryDead]
+    assert out[1].data.attempt == number
+    assert out[1].data.status_code == 503
+
+
+async def test_a_final_status_on_the_last_attempt_is_failed_not_dead() -> None:
+    out, _, _ = await _attempt(_status(404), number=5, max_attempts=5)
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliveryFailed]
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "delay"),
+    [
+        ("7", 7.0),
+        ("0", 0.0),  # honoured, not mistaken for "no header"
+        ("Sat, 01 Mar 2025 12:00:42 GMT", 42.0),
+        ("Sat, 01 Mar 2025 11:00:00 GMT", 0.0),
+        ("86400", MAX_DELAY),
+    ],
+)
+async def test_retry_after_sets_the_delay(retry_after: str, delay: float) -> None:
+    _, retry, _ = await _attempt(_status(429, **{"retry-after": retry_after}))
+    assert retry is not None
+    assert retry.delay == delay
+
+
+@pytest.mark.parametrize("retry_after", [None, b"soon", b"-1", b"1.5", "²".encode()])
+async def test_without_a_readable_retry_after_our_backoff_decides(
+    retry_after: bytes | None,
+) -> None:
+    headers = [] if retry_after is None else [(b"retry-after", retry_after)]
+    for number, (low, high) in [(1, (0.5, 1.0)), (3, (2.0, 4.0))]:
+        respond: Respond = lambda _request: httpx.Response(503, headers=headers)  # noqa: E731
+        out, retry, _ = await _attempt(respond, number=number)
+        assert _types(out) == [ev.DeliveryAttempted]
+        assert retry is not None
+        assert retry.delay is not None
+        assert low <= retry.delay <= high
+
+
+async def test_a_connection_failure_is_retried_and_recorded_with_its_error() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    out, retry, _ = await _attempt(refuse, number=1)
+    assert _types(out) == [ev.DeliveryAttempted]
+    assert out[0].data.status_code is None
+    assert out[0].data.error == "ConnectError: connection refused"
+    assert isinstance(retry, RetryableError)
+    assert "ConnectError" in str(retry)
+
+    out, retry, _ = await _attempt(refuse, number=5, max_attempts=5)
+    assert retry is None
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliveryDead]
+    assert out[1].data.error == "ConnectError: connection refused"
+
+
+async def test_a_timeout_is_retried() -> None:
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    out, retry, _ = await _attempt(slow)
+    assert _types(out) == [ev.DeliveryAttempted]
+    assert isinstance(retry, RetryableError)
+
+
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        ("not a url", {}),
+        ("ftp://sink.test/hook", {}),
+        ("http:///no-host", {}),
+        ("http://[::1/", {}),
+        ("http://sink.test:99999/hook", {}),
+        ("http://sink.test/\nhook", {}),
+        ("http://sink.test/hook", {"x-name": "Zoë"}),
+    ],
+    ids=["no-scheme", "ftp", "no-host", "bad-ipv6", "bad-port", "newline", "non-ascii-header"],
+)
+async def test_a_request_that_can_never_be_sent_is_failed_at_once(
+    url: str, headers: dict[str, str]
+) -> None:
+    out, retry, sent = await _attempt(_status(200), event=_request(url, headers=headers))
+    assert sent == []
+    assert retry is None
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliveryFailed]
+    assert out[1].data.status_code is None
+    assert out[1].data.error is not None
+    assert out[1].data.error.startswith("request cannot be sent: ")
+
+
+async def test_the_request_carries_method_body_headers_and_the_delivery_id() -> None:
+    event = _request(method="PUT", headers={"content-type": "application/json", "x-a": "b"})
+    _, _, sent = await _attempt(_status(204), event=event)
+    (request,) = sent
+    assert request.method == "PUT"
+    assert request.content == b'{"a": 1}'
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["x-a"] == "b"
+    assert request.headers["user-agent"] == USER_AGENT
+    assert request.headers["x-hookbus-delivery"] == "dlv_1"
+
+
+async def test_configured_headers_may_set_the_user_agent_but_not_the_delivery_id() -> None:
+    event = _request(headers={"User-Agent": "acme/2", "X-Hookbus-Delivery": "forged"})
+    _, _, sent = await _attempt(_status(204), event=event)
+    (request,) = sent
+    assert request.headers.get_list("user-agent") == ["acme/2"]
+    assert request.headers.get_list("x-hookbus-delivery") == ["dlv_1"]
+
+
+async def test_a_repeat_attempt_derives_the_same_ids_and_sends_the_same_delivery_id() -> None:
+    event = _request()
+    first, _, sent1 = await _attempt(_status(500), number=2, event=event)
+    again, _, sent2 = await _attempt(_status(500), number=2, event=event)
+    assert [e.id for e in first] == [e.id for e in again]
+    later, _, sent3 = await _attempt(_status(500), number=3, event=event)
+    assert later[0].id != first[0].id
+    ids = {r.headers["x-hookbus-delivery"] for r in [*sent1, *sent2, *sent3]}
+    assert ids == {"dlv_1"}
