@@ -1,0 +1,430 @@
+"""The dispatcher against a real HTTP sink on loopback, real Postgres and real NATS: what
+each answer of the receiving end records, when it asks for another attempt, and how long
+it waits."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from hookbus_common import eventlog
+from hookbus_common import events as ev
+from hookbus_common.consumer import Consumer, Incoming
+from hookbus_common.errors import RetryableError
+from hookbus_common.service import Runtime
+from hookbus_dispatcher.delivery import USER_AGENT, attempt, make_handler
+
+pytestmark = pytest.mark.integration
+
+BODY = b'{"ref": "refs/heads/main", "n": 1}'
+
+# ------------------------------------------------------------------------------ sink
+
+
+class Received(msgspec.Struct, frozen=True):
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Sink:
+    """An HTTP server on 127.0.0.1 (stdlib, its own thread) that answers from a script
+    (the last answer repeats) and keeps every request it was sent."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, dict[str, str]]] = [(200, {})]
+        self.received: list[Received] = []
+        lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                with lock:
+                    sink.received.append(
+                        Received(
+                            method=self.command,
+                            path=self.path,
+                            headers={k.lower(): v for k, v in self.headers.items()},
+                            body=body,
+                        )
+                    )
+                    status, headers = sink.script[0]
+                    if len(sink.script) > 1:
+                        sink.script.pop(0)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            do_POST = do_PUT = do_PATCH = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep test output clean
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, *script: int | tuple[int, dict[str, str]]) -> None:
+        """Answer the next requests with these statuses (and headers), in order."""
+        self.script = [s if isinstance(s, tuple) else (s, {}) for s in script]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink()
+    s.thread.start()
+    try:
+        yield s
+    finally:
+        s.server.shutdown()
+        s.server.server_close()
+        s.thread.join(10)
+
+
+@pytest.fixture
+def closed_url() -> Iterator[str]:
+    """A loopback URL that refuses connections: the port is held (bound, never listening),
+    so nothing else can take it while the test runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    # Built as the dispatcher's main() builds it.
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False) as c:
+        yield c
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _request(url: str, delivery_id: str = "dlv_t") -> ev.Event[ev.DeliveryRequested]:
+    return ev.make_event(
+        ev.DeliveryRequested(
+            delivery_id=delivery_id, rule="notify", webhook_id="evt_w", url=url,
+            headers={"content-type": "application/json", "x-team": "ops"},
+            body=msgspec.Raw(BODY), tenant="acme",
+        ),
+        source="/test",
+    )  # fmt: skip
+
+
+class _NoMsg:
+    async def in_progress(self) -> None:
+        return None
+
+
+async def _handle(
+    rt: Runtime,
+    client: httpx.AsyncClient,
+    event: ev.Event[Any],
+    deliveries: int,
+    max_attempts: int = 5,
+) -> tuple[list[ev.Event[Any]], RetryableError | None]:
+    """Drive the handler as the consume loop does: commit each batch it yields, and keep
+    the RetryableError it ends with (the loop would nak with its delay). The loop's skip
+    of finished work is not here; the _Loop tests below run the loop itself."""
+    handler = make_handler(client, max_attempts)
+    incoming = Incoming(event=event, subject="s", deliveries=deliveries, _msg=_NoMsg())  # type: ignore[arg-type]
+    out: list[ev.Event[Any]] = []
+    try:
+        async for item in handler(incoming):
+            batch = [item] if isinstance(item, ev.Event) else list(item)
+            await rt.outbox.commit_and_publish(batch)
+            out.extend(batch)
+    except RetryableError as exc:
+        return out, exc
+    return out, None
+
+
+async def _outcomes(rt: Runtime, req: ev.Event[Any]) -> list[tuple[str, int, int | None]]:
+    """(type, attempt, status_code) of every delivery event recorded after ``req``."""
+    async with rt.pool.acquire() as conn:
+        chain = await eventlog.chain(conn, req.id)
+    out = []
+    for logged in chain[1:]:
+        data = msgspec.json.decode(logged.event.data, type=ev.DeliveryOutcome)
+        out.append((logged.event.type.split(".")[3], data.attempt, data.status_code))
+    return out
+
+
+async def _status(rt: Runtime, delivery_id: str) -> tuple[str, int, int | None]:
+    async with rt.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT status, attempts, last_status_code FROM deliveries WHERE delivery_id = $1",
+            delivery_id,
+        )
+    assert row is not None
+    return row["status"], row["attempts"], row["last_status_code"]
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+async def test_a_2xx_records_attempted_and_succeeded(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    sink.answer(204)
+    req = _request(sink.url)
+    await rt.outbox.commit([req])
+    out, retry = await _handle(rt, client, req, deliveries=1)
+    assert retry is None
+    assert [type(e.data) for e in out] == [ev.DeliveryAttempted, ev.DeliverySucceeded]
+    assert await _outcomes(rt, req) == [("attempted", 1, 204), ("succeeded", 1, 204)]
+    assert await _status(rt, "dlv_t") == ("succeeded", 1, 204)
+    (got,) = sink.received
+    assert (got.method, got.path, got.body) == ("POST", "/hook", BODY)
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers["x-team"] == "ops"
+    assert got.headers["user-agent"] == USER_AGENT
+    assert got.headers["x-hookbus-delivery"] == "dlv_t"
+
+
+async def test_a_500_then_a_200_records_two_attempts_and_one_success_under_one_delivery_id(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    sink.answer(500, 200)
+    req = _request(sink.url)
+    await rt.outbox.commit([req])
+    _, retry = await _handle(rt, client, req, deliveries=1)
+    assert isinstance(retry, RetryableError)
+    assert await _status(rt, "dlv_t") == ("retrying", 1, 500)
+    _, retry = await _handle(rt, client, req, deliveries=2)
+    assert retry is None
+    assert await _outcomes(rt, req) == [
+        ("attempted", 1, 500),
+        ("attempted", 2, 200),
+        ("succeeded", 2, 200),
+    ]
+    assert await _status(rt, "dlv_t") == ("succeeded", 2, 200)
+    assert [r.headers["x-hookbus-delivery"] for r in sink.received] == ["dlv_t", "dlv_t"]
+    assert [r.body for r in sink.received] == [BODY, BODY]
+
+
+async def test_a_429_with_retry_after_seconds_waits_that_long(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    sink.answer((429, {"retry-after": "7"}))
+    req = _request(sink.url)
+    await rt.outbox.commit([req])
+    out, retry = await _handle(rt, client, req, deliveries=1)
+    assert isinstance(retry, RetryableError)
+    assert retry.delay == 7.0
+    assert [type(e.data) for e in out] == [ev.DeliveryAttempted]
+    assert await _status(rt, "dlv_t") == ("retrying", 1, 429)
+
+
+async def test_a_503_with_an_http_date_waits_until_that_date(
+    client: httpx.AsyncClient, sink: Sink
+) -> None:
+    # Measured against the clock handed in, so the wait is exact whatever the time now.
+    sink.answer((503, {"retry-after": "Wed, 21 Oct 2037 07:28:00 GMT"}))
+    then = datetime.fromisoformat("2037-10-21T07:26:30+00:00")
+    out, retry = await attempt(client, _request(sink.url), 1, 5, clock=lambda: then)
+    assert [type(e.data) for e in out] == [ev.DeliveryAttempted]
+    assert retry is not None
+    assert retry.delay == 90.0
+
+
+async def test_an_http_date_retry_after_reaches_the_handler_against_the_real_clock(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    soon = format_datetime(datetime.now(UTC) + timedelta(minutes=10), usegmt=True)
+    past = "Sun, 06 Nov 1994 08:49:37 GMT"
+    sink.answer((503, {"retry-after": soon}), (503, {"retry-after": past}))
+    req = _request(sink.url)
+    await rt.outbox.commit([req])
+    _, retry = await _handle(rt, client, req, deliveries=1)
+    assert retry is not None
+    assert retry.delay is not None
+    # Ten minutes ahead, less however long the request took (loose: no timing bound).
+    assert 60.0 < retry.delay <= 600.0
+    _, retry = await _handle(rt, client, req, deliveries=2)
+    assert retry is not None
+    assert retry.delay == 0.0  # a date gone by means "now"
+
+
+async def test_a_404_is_final_failed_with_no_retry(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    sink.answer(404)
+    req = _request(sink.url)
+    await rt.outbox.commit([req])
+    out, retry = await _handle(rt, client, req, deliveries=1)
+    assert retry is None
+    assert [type(e.data) for e in out] == [ev.DeliveryAttempted, ev.DeliveryFailed]
+    assert await _outcomes(rt, req) == [("attempted", 1, 404), ("failed", 1, 404)]
+    assert await _status(rt, "dlv_t") == ("failed", 1, 404)
+    assert len(sink.received) == 1
+
+
+async def test_a_redirect_is_not_followed_and_is_final(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    sink.answer((307, {"location": sink.url + "/elsewhere"}))
+    req = _request(sink.url)
+    await rt.outbox.commit([req])
+    _, retry = await _handle(rt, client, req, deliveries=1)
+    assert retry is None
+    assert await _outcomes(rt, req) == [("attempted", 1, 307), ("failed", 1, 307)]
+    assert [r.path for r in sink.received] == ["/hook"]
+
+
+async def test_the_last_allowed_attempt_failing_records_dead(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    sink.answer(503)
+    req = _request(sink.url)
+    await rt.outbox.commit([req])
+    _, retry = await _handle(rt, client, req, deliveries=1, max_attempts=2)
+    assert isinstance(retry, RetryableError)
+    out, retry = await _handle(rt, client, req, deliveries=2, max_attempts=2)
+    assert retry is None
+    assert [type(e.data) for e in out] == [ev.DeliveryAttempted, ev.DeliveryDead]
+    assert await _outcomes(rt, req) == [
+        ("attempted", 1, 503),
+        ("attempted", 2, 503),
+        ("dead", 2, 503),
+    ]
+    assert await _status(rt, "dlv_t") == ("dead", 2, 503)
+
+
+async def test_a_refused_connection_is_retried_with_our_backoff(
+    rt: Runtime, client: httpx.AsyncClient, closed_url: str
+) -> None:
+    req = _request(closed_url)
+    await rt.outbox.commit([req])
+    out, retry = await _handle(rt, client, req, deliveries=1)
+    assert isinstance(retry, RetryableError)
+    assert retry.delay is not None
+    assert 0.5 <= retry.delay <= 1.0  # backoff(1, base=1.0): no Retry-After to go on
+    (attempted,) = out
+    assert attempted.data.status_code is None
+    assert attempted.data.error is not None
+    assert attempted.data.error.startswith("ConnectError")
+    assert await _status(rt, "dlv_t") == ("retrying", 1, None)
+
+
+async def test_a_repeated_attempt_records_once_and_resends_the_same_delivery_id(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    # The process died after recording attempt 1 but before the nak: JetStream hands the
+    # same delivery count again. The request goes out again (at least once), with the same
+    # delivery id, and the log refuses the duplicate attempt.
+    sink.answer(500)
+    req = _request(sink.url)
+    await rt.outbox.commit([req])
+    for _ in range(2):
+        _, retry = await _handle(rt, client, req, deliveries=1)
+        assert isinstance(retry, RetryableError)
+    assert await _outcomes(rt, req) == [("attempted", 1, 500)]
+    assert [r.headers["x-hookbus-delivery"] for r in sink.received] == ["dlv_t", "dlv_t"]
+
+
+class _Loop:
+    """The real consume loop on real NATS, built as the dispatcher's main() builds it."""
+
+    def __init__(self, rt: Runtime, client: httpx.AsyncClient, max_attempts: int = 5) -> None:
+        self.rt = rt
+        self.stop = asyncio.Event()
+        self.consumer = Consumer(
+            service="dispatcher", bus=rt.bus, outbox=rt.outbox,
+            durable=f"{rt.bus.prefix}-dispatcher",
+            filter_subjects=[f"{rt.bus.prefix}.delivery.requested.>"],
+            handler=make_handler(client, max_attempts), max_in_flight=4,
+            max_deliver=max_attempts + 1, terminal_step="outcome",
+        )  # fmt: skip
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Loop:
+        self.task = asyncio.create_task(self.consumer.run(self.stop))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 20)
+
+    async def idle(self) -> bool:
+        """Every message delivered and settled."""
+        info = await self.rt.bus.js.consumer_info(self.rt.bus.stream, self.consumer.durable)
+        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def test_through_the_consume_loop_a_503_is_retried_when_retry_after_says(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    # The handler's RetryableError becomes a nak with the receiver's Retry-After (0: at
+    # once), and the redelivery is attempt 2, under the same delivery id.
+    sink.answer((503, {"retry-after": "0"}), 200)
+    req = _request(sink.url)
+    async with _Loop(rt, client) as loop:
+        await rt.outbox.commit_and_publish([req])
+
+        async def succeeded() -> bool:
+            return ("succeeded", 2, 200) in await _outcomes(rt, req)
+
+        await _until(succeeded)
+        await _until(loop.idle)
+    assert await _outcomes(rt, req) == [
+        ("attempted", 1, 503),
+        ("attempted", 2, 200),
+        ("succeeded", 2, 200),
+    ]
+    assert [r.headers["x-hookbus-delivery"] for r in sink.received] == ["dlv_t", "dlv_t"]
+
+
+async def test_through_the_consume_loop_a_finished_delivery_is_not_sent_again(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    # The same request reaching the loop again after its outcome is recorded (as when the
+    # process died before the ack) is settled without another request to the receiver.
+    sink.answer(200)
+    req = _request(sink.url)
+    async with _Loop(rt, client) as loop:
+        await rt.outbox.commit_and_publish([req])
+
+        async def succeeded() -> bool:
+            return ("succeeded", 1, 200) in await _outcomes(rt, req)
+
+        await _until(succeeded)
+        await _until(loop.idle)
+        # Another message id, so JetStream's duplicate window does not drop it.
+        ack = await rt.bus.js.publish(
+            req.bus_subject(rt.bus.prefix),
+            msgspec.json.encode(req),
+            headers={"Nats-Msg-Id": "again-" + req.id},
+        )
+
+        async def settled() -> bool:
+            info = await rt.bus.js.consumer_info(rt.bus.stream, loop.consumer.durable)
+            return bool(info.ack_floor.stream_seq >= ack.seq)
+
+        await _until(settled)
+    assert len(sink.received) == 1
+    assert await _outcomes(rt, req) == [("attempted", 1, 200), ("succeeded", 1, 200)]
