@@ -247,3 +247,51 @@ def test_json_output_is_one_line_per_event_even_for_a_pretty_printed_payload():
     decoded = msgspec.json.decode(line)
     assert decoded["data"]["payload"] == {"ref": "refs/heads/main", "n": [1, 2]}
     assert decoded["specversion"] == "1.0"
+
+
+# ------------------------------------------------------- options before or after the command
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--data-dir", "state", "up"],
+        ["up", "--data-dir", "state"],
+        ["up", "--data-dir=state", "--nats-port", "4333"],
+    ],
+)
+def test_data_dir_is_accepted_before_or_after_the_command(argv):
+    args = parser().parse_args(argv)
+
+    assert args.command == "up"
+    assert args.data_dir == "state"
+
+
+def test_data_dir_defaults_to_dot_hookbus_wherever_it_could_have_been_given():
+    assert parser().parse_args(["up"]).data_dir == ".hookbus"
+    assert parser().parse_args(["events"]).data_dir == ".hookbus"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["config", "check", "--config", "/etc/hookbus.toml"],
+        ["events", "-c", "/etc/hookbus.toml", "--limit", "3"],
+        ["partners", "list", "--config", "/etc/hookbus.toml"],
+        ["serve", "router", "--config", "/etc/hookbus.toml"],
+    ],
+)
+def test_config_is_accepted_after_the_command_too(argv):
+    assert parser().parse_args(argv).config == "/etc/hookbus.toml"
+
+
+def test_an_option_given_before_the_command_is_kept_when_not_repeated_after_it():
+    args = parser().parse_args(["--config", "a.toml", "--data-dir", "d", "events", "--limit", "3"])
+
+    assert (args.config, args.data_dir) == ("a.toml", "d")
+
+
+def test_the_option_after_the_command_wins_over_the_one_before():
+    args = parser().parse_args(["--data-dir", "outer", "up", "--data-dir", "inner"])
+
+    assert args.data_dir == "inner"

@@ -10,10 +10,11 @@ from typing import Any
 
 import msgspec
 
-from hookbus_common import db, eventlog
+from hookbus_common import eventlog
 from hookbus_common.eventlog import LoggedEvent
 
 from .config import core_settings
+from .database import connection
 
 
 def summary(e: LoggedEvent) -> str:
@@ -83,14 +84,10 @@ def cmd_events(args: argparse.Namespace) -> int:
     settings = core_settings(args)
 
     async def run() -> list[LoggedEvent]:
-        conn = await db.connect_once(settings.database)
-        try:
-            await conn.execute(f'SET search_path TO "{settings.database.schema}"')
+        async with connection(settings.database) as conn:
             if args.chain:
                 return await eventlog.chain(conn, args.chain)
             return await eventlog.recent(conn, limit=args.limit, type_prefix=args.type)
-        finally:
-            await conn.close()
 
     rows = asyncio.run(run())
     if args.json:

@@ -9,10 +9,11 @@ from hookbus_common import db, readmodels
 from hookbus_common.settings import DatabaseSettings
 
 from .config import core_settings
+from .database import connect, connection
 
 
 async def migrate(settings: DatabaseSettings) -> list[str]:
-    conn = await db.connect_once(settings)
+    conn = await connect(settings)
     try:
         return await db.migrate(conn, settings.schema)
     finally:
@@ -30,7 +31,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     settings = core_settings(args)
 
     async def run() -> int:
-        async with db.open_pool(settings.database) as pool, pool.acquire() as conn:
+        async with connection(settings.database, migrate=True) as conn:
             return await readmodels.rebuild(conn)
 
     print(f"read models rebuilt from {asyncio.run(run())} events")

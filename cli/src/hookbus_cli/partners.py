@@ -5,33 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from hookbus_common import db
 from hookbus_common.events import PartnerValidation
 from hookbus_receiver import partnerstore as partners
 from hookbus_receiver.partnerstore import Partner, PartnerError
 
 from .config import ReceiverAddress, receiver_address
+from .database import connection
 
 Work = Callable[[asyncpg.Connection, ReceiverAddress], Awaitable[str]]
-
-
-@asynccontextmanager
-async def _connection(settings: ReceiverAddress) -> AsyncIterator[asyncpg.Connection]:
-    conn = await db.connect_once(settings.database)
-    try:
-        await db.migrate(conn, settings.database.schema)
-        await conn.execute(f'SET search_path TO "{settings.database.schema}"')
-        yield conn
-    finally:
-        await conn.close()
 
 
 def run(args: argparse.Namespace, work: Work) -> int:
@@ -39,7 +27,7 @@ def run(args: argparse.Namespace, work: Work) -> int:
     settings = receiver_address(args)
 
     async def go() -> str:
-        async with _connection(settings) as conn:
+        async with connection(settings.database, migrate=True) as conn:
             return await work(conn, settings)
 
     try:
