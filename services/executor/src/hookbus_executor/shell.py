@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import logging
 import os
@@ -339,3 +340,32 @@ class _InputFeed(asyncio.Protocol):
         # reading its stdin, which it is free to do.
         if not self._lost.done():
             self._lost.set_result(None)
+
+
+def find_program(program: str, *, cwd: str | os.PathLike[str], path: str | None) -> str:
+    """The file an action's ``program`` (its argv[0]) runs, found the way run_shell's exec
+    finds it: a name with a slash relative to ``cwd`` (the action's working directory), a
+    bare name in the directories of ``path`` (the action's PATH; ``os.defpath`` when it has
+    none), whose relative entries are relative to ``cwd`` as well.
+
+    Raises FileNotFoundError when there is no such file, PermissionError when what is
+    there cannot be executed (no execute permission, or a directory). Reads the file
+    system only: for checking a config before anything runs.
+    """
+    if not program:
+        raise FileNotFoundError(errno.ENOENT, "empty program name", program)
+    if "/" in program:
+        candidates = [os.path.join(cwd, program)]
+    else:
+        dirs = (os.defpath if path is None else path).split(os.pathsep)
+        candidates = [os.path.join(cwd, d, program) for d in dirs]
+    refused: str | None = None
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+        if refused is None and os.path.exists(candidate):
+            # exec goes on to the next directory, and reports this only if none has it.
+            refused = candidate
+    if refused is not None:
+        raise PermissionError(errno.EACCES, "not executable", refused)
+    raise FileNotFoundError(errno.ENOENT, "not found", program)
