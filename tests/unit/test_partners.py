@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
+import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -151,6 +156,63 @@ def test_integration_guide_has_the_url_a_curl_example_and_the_checks():
     assert "Idempotency-Key" in guide
     assert "required fields: order.id" in guide
     assert 'JSON Schema: {"type":"object"}' in guide
+
+
+def _idempotency_header(guide: str) -> str:
+    """The curl example's Idempotency-Key argument, exactly as the guide shows it."""
+    [line] = [ln for ln in guide.splitlines() if "-H" in ln and "Idempotency-Key" in ln]
+    return line.strip().removeprefix("-H ").removesuffix("\\").strip()
+
+
+def _expand(arg: str, path: str | None = None) -> str:
+    """The header as a shell expands it where a partner pastes the example."""
+    env = {**os.environ, "PATH": path} if path is not None else None
+    out = subprocess.run(
+        ["/bin/sh", "-c", f"printf '%s' {arg}"], env=env, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+UUID = re.compile(r"^Idempotency-Key: [0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$")
+
+
+def test_the_guides_idempotency_key_is_new_each_time_the_example_runs():
+    """A copied example must not send one key for every event: all but the first would
+    be taken for retries and dropped."""
+    guide = partners_cli.integration_guide(ReceiverAddress(), partner(), "TOKEN123")
+    arg = _idempotency_header(guide)
+
+    first, second = _expand(arg), _expand(arg)
+
+    assert UUID.match(first), first
+    assert UUID.match(second), second
+    assert first != second
+    assert "<" not in arg
+
+
+@pytest.mark.skipif(
+    not Path("/proc/sys/kernel/random/uuid").exists(), reason="the Linux fallback needs /proc"
+)
+def test_the_guides_idempotency_key_works_without_uuidgen(tmp_path):
+    # A PATH with cat but no uuidgen, as in a minimal Linux container.
+    (tmp_path / "cat").symlink_to(shutil.which("cat") or "/bin/cat")
+    arg = _idempotency_header(
+        partners_cli.integration_guide(ReceiverAddress(), partner(), "TOKEN123")
+    )
+
+    first, second = _expand(arg, str(tmp_path)), _expand(arg, str(tmp_path))
+
+    assert UUID.match(first), first
+    assert first != second
+
+
+def test_the_guide_says_what_the_idempotency_key_is_for():
+    guide = partners_cli.integration_guide(ReceiverAddress(), partner(), "TOKEN123")
+
+    [line] = [ln for ln in guide.splitlines() if ln.startswith("Idempotency-Key:")]
+    assert "each event" in line
+    assert "retries" in line
 
 
 def test_show_never_prints_a_url():

@@ -161,6 +161,10 @@ def describe_validation(v: PartnerValidation) -> list[str]:
     return lines or ["none (any JSON object is accepted)"]
 
 
+# A fresh id each time the example runs: uuidgen (macOS, most Linux), else the kernel's.
+IDEMPOTENCY_KEY_EXAMPLE = "$(uuidgen 2>/dev/null || cat /proc/sys/kernel/random/uuid)"
+
+
 def integration_guide(settings: ReceiverAddress, partner: Partner, token: str) -> str:
     """What to hand the partner: their URL (shown only now), a curl example, the answers."""
     url = webhook_url(settings, token)
@@ -177,9 +181,11 @@ Send each event as one JSON object:
 
   curl -i -X POST '{url}' \\
     -H 'Content-Type: application/json' \\
-    -H 'Idempotency-Key: <a unique id for this event>' \\
+    -H "Idempotency-Key: {IDEMPOTENCY_KEY_EXAMPLE}" \\
     -H 'X-Event-Type: order.created' \\
     --data '{{"order": {{"id": "A-1001"}}}}'
+
+Idempotency-Key: new for each event, the same on its retries; a key seen before is not recorded again.
 
 Checks before an event is accepted:
 {checks}
