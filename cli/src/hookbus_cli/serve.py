@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .config import installation
+from .config import environment, installation
 
 SERVICES = ("receiver", "router", "executor", "dispatcher")
 
@@ -26,7 +26,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"hookbus: the {args.service} service is not installed"
             f" (uv sync --package hookbus-{args.service})"
         ) from None
-    os.execv(argv[0], argv)  # noqa: S606 (argv built from a fixed choice)
+    # The environment the settings were checked with: beside `hookbus up`, that names its
+    # NATS and Postgres, which the service would not find from the file alone.
+    os.execve(argv[0], argv, environment(args))  # noqa: S606 (argv built from a fixed choice)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import os
 import signal
 import subprocess
@@ -41,16 +42,53 @@ def _wait_ready(
     return False
 
 
+class AlreadyRunning(Exception):
+    """Another ``hookbus up`` holds this data directory."""
+
+
+def hold_data_dir(data_dir: Path) -> int:
+    """Take ``data_dir``'s lock for as long as this process lives; returns its fd.
+
+    The kernel releases the lock when the process ends, however it ends, so a crashed
+    instance never blocks the next one. The lock file holds the owner's pid, for the
+    message another instance prints; it is never deleted (another process may be
+    waiting on that very file).
+    """
+    fd = os.open(data_dir / "up.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise AlreadyRunning(owner) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     config = args.config or (str(p) if (p := default_config_path(os.environ)) else None)
     inst = installation(argparse.Namespace(config=config, data_dir=None))
     settings = inst.receiver
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = hold_data_dir(data_dir)
+    except AlreadyRunning as exc:
+        # Starting anyway would fail on busy ports and, stopping, take the running
+        # instance's servers and state file with it: refuse before touching anything.
+        who = f"pid {exc}" if str(exc).isdigit() else "another process"
+        print(
+            f"hookbus: hookbus up is already running with data in {data_dir} ({who});"
+            " stop it first, or use another --data-dir",
+            file=sys.stderr,
+        )
+        return 1
     nats = NatsServer(data_dir / "nats", port=args.nats_port, log_file=data_dir / "nats.log")
     pg = Postgres(data_dir / "postgres")
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
+    wrote_state = False
 
     def stop(*_: Any) -> None:
         nonlocal stopping
@@ -74,6 +112,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             env["HOOKBUS_CONFIG"] = str(Path(config).resolve())
         state = {"pid": os.getpid(), "nats_url": nats.url, "database_url": db_url}
         (data_dir / "up.json").write_bytes(msgspec.json.encode(state))
+        wrote_state = True
         # Migrate once here so the services start against a ready schema.
         asyncio.run(migrate(msgspec.structs.replace(
             settings.database, url=db_url)))  # fmt: skip
@@ -107,9 +146,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
-        (data_dir / "up.json").unlink(missing_ok=True)
+        if wrote_state:  # only the instance that wrote it, which holds the lock
+            (data_dir / "up.json").unlink(missing_ok=True)
         pg.stop()
         nats.stop()
+        os.close(lock)  # the next `hookbus up` may start only once everything is down
         print("hookbus: stopped", flush=True)
     failed = [n for n, c in children.items() if c.returncode not in (0, -signal.SIGTERM)]
     return 1 if failed else 0

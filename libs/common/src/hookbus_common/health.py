@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,8 +36,15 @@ async def _route(path: str, ready: ReadyCheck) -> bytes:
 
 
 @asynccontextmanager
-async def serve_health(host: str, port: int, ready: ReadyCheck) -> AsyncIterator[int]:
-    """Serve until the context exits; yields the bound port (port 0 picks a free one)."""
+async def serve_health(
+    host: str, port: int, ready: ReadyCheck, *, fall_back_when_busy: bool = False
+) -> AsyncIterator[int]:
+    """Serve until the context exits; yields the bound port (port 0 picks a free one).
+
+    With ``fall_back_when_busy``, a ``port`` another process holds (a second replica of the
+    same service on one host) gives way to a free port chosen by the OS, logged as a
+    warning: the first replica keeps the configured port, where probes look.
+    """
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -50,7 +58,18 @@ async def serve_health(host: str, port: int, ready: ReadyCheck) -> AsyncIterator
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, host, port)
+    try:
+        server = await asyncio.start_server(handle, host, port)
+    except OSError as exc:
+        if not (fall_back_when_busy and port and exc.errno == errno.EADDRINUSE):
+            raise
+        server = await asyncio.start_server(handle, host, 0)
+        log.warning(
+            "health port %d is in use (another replica on this host?); serving /healthz,"
+            " /readyz and /metrics on port %d instead",
+            port,
+            server.sockets[0].getsockname()[1],
+        )
     bound = server.sockets[0].getsockname()[1]
     log.info("health listener up", extra={"port": bound})
     try:

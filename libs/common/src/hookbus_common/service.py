@@ -106,7 +106,13 @@ async def run_consumer(
             max_deliver=max_deliver,
             ack_wait=ack_wait,
         )
-        async with serve_health("0.0.0.0", health_port, rt.ready):  # noqa: S104
+        # A second replica on this host gets a free port instead of dying on a busy one.
+        async with serve_health(
+            "0.0.0.0",  # noqa: S104
+            health_port,
+            rt.ready,
+            fall_back_when_busy=True,
+        ):
             if started is not None:
                 await started(rt)
             log.info("started", extra={"service": service})
