@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from hookbus_common import eventlog
 from hookbus_common import events as ev
@@ -160,3 +161,29 @@ async def test_receivers_starting_together_agree_on_one_secret(
 
         secrets = await asyncio.gather(*(one() for _ in range(5)))
     assert len(set(secrets)) == 1
+
+
+def counted(metrics: str, outcome: str) -> float:
+    """The image-push requests counted with ``outcome`` (0 before the first)."""
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "hookbus_receiver_image_push_requests_total" and sample.labels == {
+                "outcome": outcome
+            }:
+                return sample.value
+    return 0.0
+
+
+async def test_requests_are_counted_by_outcome(url: str, push_url: str):
+    outcomes = ("accepted", "duplicate", "not_found", "bad_image", "bad_body")
+    async with httpx.AsyncClient() as client:
+        before = (await client.get(f"{url}/metrics")).text
+        await push(push_url, {"image": "acme/app:3"}, **{"idempotency-key": "m-1"})
+        await push(push_url, {"image": "acme/app:3"}, **{"idempotency-key": "m-1"})
+        await push(f"{url}/api/webhook/wrong", {"image": "acme/app:3"})
+        await push(push_url, {"image": "UPPER/case"})
+        await push(push_url, {"image": 3})
+        after = (await client.get(f"{url}/metrics")).text
+    assert {o: counted(after, o) - counted(before, o) for o in outcomes} == dict.fromkeys(
+        outcomes, 1.0
+    )

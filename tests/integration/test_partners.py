@@ -14,6 +14,7 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from hookbus_common import eventlog, readmodels
 from hookbus_common import events as ev
@@ -310,3 +311,52 @@ async def test_names_are_unique_among_live_partners(
         await store.rotate(
             conn, prefix, (await store.list_partners(conn, include_deleted=True))[0].partner_id
         )
+
+
+def counted(metrics: str, outcome: str) -> float:
+    """The partner requests counted with ``outcome`` (0 before the first)."""
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "hookbus_receiver_partner_requests_total" and sample.labels == {
+                "outcome": outcome
+            }:
+                return sample.value
+    return 0.0
+
+
+async def test_requests_are_counted_by_outcome(
+    url: str, conn: asyncpg.Connection, receiver_settings: ReceiverConfig
+):
+    _, token = await store.create(
+        conn, receiver_settings.prefix, name="counted",
+        validation=store.parse_validation(["order.id"]),
+    )  # fmt: skip
+    outcomes = ("accepted", "duplicate", "not_found", "validation_failed", "bad_body")
+    async with httpx.AsyncClient() as client:
+        before = (await client.get(f"{url}/metrics")).text
+        await post(url, token, **{"idempotency-key": "m-1"})
+        await post(url, token, **{"idempotency-key": "m-1"})
+        await post(url, secrets.token_urlsafe(32))
+        await post(url, token, b'{"order": {}}')
+        await post(url, token, b"{nope")
+        after = (await client.get(f"{url}/metrics")).text
+    assert {o: counted(after, o) - counted(before, o) for o in outcomes} == dict.fromkeys(
+        outcomes, 1.0
+    )
+
+
+async def test_an_unusable_stored_validation_is_503_and_records_nothing(
+    url: str, conn: asyncpg.Connection, receiver_settings: ReceiverConfig
+):
+    """Our misconfiguration, not the partner's fault: they are told to send it again."""
+    broken = ev.PartnerValidation(schema={"type": 12})  # not a JSON Schema
+    _, token = await store.create(conn, receiver_settings.prefix, name="broken", validation=broken)
+
+    r = await post(url, token)
+
+    assert (r.status_code, r.headers["retry-after"]) == (503, "5")
+    assert r.json() == {
+        "error": "unavailable",
+        "detail": "this partner's validation is misconfigured",
+    }
+    assert await received(conn) == []

@@ -17,11 +17,12 @@ from hookbus_cli.config import ReceiverAddress
 from hookbus_cli.events import summary
 from hookbus_cli.main import parser
 from hookbus_common import events as ev
+from hookbus_common.errors import HookbusError
 from hookbus_common.events import PartnerValidation
 from hookbus_receiver import imagepush, inbound
 from hookbus_receiver import partnerstore as store
 from hookbus_receiver.config import ReceiverSettings
-from hookbus_receiver.inbound import Problem
+from hookbus_receiver.inbound import problem_for
 from hookbus_receiver.validation import MAX_PROBLEMS, BodyValidator, InvalidConfig
 
 from .test_cli import logged
@@ -255,9 +256,10 @@ def test_parse_push_gives_the_normalised_image():
     [({}, "bad_body"), ({"image": None}, "bad_body"), ({"image": "UPPER/case"}, "bad_image")],
 )
 def test_parse_push_refuses_with_400(doc, code):
-    with pytest.raises(Problem) as info:
+    with pytest.raises(HookbusError) as info:
         imagepush.parse_push(doc)
-    assert (info.value.status, info.value.code) == (400, code)
+    problem = problem_for(info.value)
+    assert (problem.status, problem.error) == (400, code)
 
 
 # ---------------------------------------------------------------------- inbound
@@ -267,8 +269,9 @@ def test_delivery_id_prefers_idempotency_key_then_webhook_id():
     assert inbound.delivery_id({"idempotency-key": "a", "webhook-id": "b"}) == "a"
     assert inbound.delivery_id({"webhook-id": "b"}) == "b"
     assert inbound.delivery_id({"idempotency-key": ""}) is None
-    with pytest.raises(Problem):
+    with pytest.raises(HookbusError) as info:
         inbound.delivery_id({"idempotency-key": "k" * 1000})
+    assert problem_for(info.value).status == 400
 
 
 @pytest.mark.parametrize(
@@ -279,13 +282,13 @@ def test_json_content_types_are_accepted(ctype):
 
 
 def test_other_content_types_are_415_and_bad_bodies_400():
-    with pytest.raises(Problem) as info:
+    with pytest.raises(HookbusError) as info:
         inbound.json_content_type({"content-type": "text/plain"})
-    assert info.value.status == 415
+    assert problem_for(info.value).status == 415
     for body in (b"{", b"[]", b"1"):
-        with pytest.raises(Problem) as info:
+        with pytest.raises(HookbusError) as info:
             inbound.json_object(body)
-        assert info.value.status == 400
+        assert problem_for(info.value).status == 400
 
 
 def test_kept_headers_never_include_the_url_or_authorization():

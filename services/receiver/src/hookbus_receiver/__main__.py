@@ -12,7 +12,7 @@ from hookbus_common import logs
 from hookbus_common.errors import ConfigError
 
 from . import config
-from .app import prepare_sources
+from .sourcehooks import prepare_sources
 
 
 def main() -> None:

@@ -1,24 +1,42 @@
-"""What every inbound endpoint shares (sources, partners, image push): reading the body,
-the one error type and how it is answered, and recording through the group committer."""
+"""The one inbound pipeline every endpoint ends in (sources, partners, image push): read the
+body, build the ``WebhookReceived`` event and its dedupe key, record it durably, answer,
+and count the request; and the one mapping from an error to its HTTP answer."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
+from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from hookbus_common import events as ev
+from hookbus_common.errors import Code, ConfigError, HookbusError
 from hookbus_common.eventlog import Pending
 from hookbus_common.logs import correlated
 
+from . import policy
 from .groupcommit import GroupCommitter
+from .refusals import (
+    BadBody,
+    BadRequest,
+    BodyTooLarge,
+    RateLimited,
+    Unavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH: Final = 256
+# Longer delivery ids are hashed in the dedupe key, to keep the unique index small.
+_HASHED_OVER: Final = 200
 # Headers kept with the raw body. The URL is never kept: its path holds the credential.
 KEPT_HEADERS: Final = (
     "content-type",
@@ -28,46 +46,152 @@ KEPT_HEADERS: Final = (
     "x-event-type",
     "x-request-id",
 )
+FORM: Final = "application/x-www-form-urlencoded"
 
 
-class Problem(Exception):
-    """A request refused with a status and a reason safe to tell the sender."""
+class Facts(msgspec.Struct, frozen=True, kw_only=True):
+    """What a delivery says about itself, as its endpoint read it."""
+
+    event_type: str
+    delivery_id: str | None = None
+    repository: str | None = None
+    branch: str | None = None
+    tag: str | None = None
+    commit: str | None = None
+    sender: str | None = None
+
+
+# ------------------------------------------------------------------ answering errors
+
+
+class Problem:
+    """An HTTP answer to a refused request. ``error`` is what the sender is told and the
+    metrics outcome; ``detail`` and ``extra`` add to the JSON body."""
+
+    __slots__ = ("detail", "error", "extra", "headers", "status")
 
     def __init__(
         self,
         status: int,
-        code: str,
+        error: str,
         detail: str | None = None,
         *,
-        reason: str | None = None,
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
-        super().__init__(code)
         self.status = status
-        self.code = code
+        self.error = error
         self.detail = detail
-        # The precise reason, for metrics and logs only (the sender sees ``code``).
-        self.reason = reason or code
-        self.headers = (
-            headers if headers is not None else ({"Retry-After": "5"} if status == 503 else None)
-        )
+        self.headers = headers
         self.extra = extra
 
-    def response(self) -> JSONResponse:
-        body: dict[str, Any] = {"error": self.code}
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.error}
         if self.detail:
             body["detail"] = self.detail
         body.update(self.extra)
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return body
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-NOT_FOUND: Final = Problem(404, "not_found")
+_RETRY_LATER: Final = {"Retry-After": "5"}
+# What each code answers when nothing more precise applies. Every failed proof and every
+# unknown thing answer alike: the reason stays in our logs and metrics.
+BY_CODE: Final[Mapping[Code, Problem]] = {
+    "invalid": Problem(400, "invalid"),
+    "not_found": Problem(404, "not_found"),
+    "conflict": Problem(409, "conflict"),
+    "unauthorized": Problem(401, "unauthorized"),
+    "unavailable": Problem(503, "unavailable", headers=_RETRY_LATER),
+}
+NOT_FOUND: Final = BY_CODE["not_found"]
 
 
-def unavailable() -> Problem:
-    """Nothing was recorded and the sender should send it again (with Retry-After)."""
-    return Problem(503, "unavailable", "could not record the delivery; retry")
+def problem_for(exc: HookbusError) -> Problem:
+    """The HTTP answer to any hookbus error: the one place statuses and bodies are chosen.
+
+    Only the receiver's own refusals (``refusals``) tell the sender more than their code:
+    other errors' messages were written for operators.
+    """
+    match exc:
+        case ValidationFailed():
+            violations = msgspec.to_builtins(exc.violations)
+            return Problem(422, exc.reason, str(exc), violations=violations)
+        case BodyTooLarge():
+            return Problem(413, exc.reason, str(exc))
+        case UnsupportedMediaType():
+            return Problem(415, exc.reason, str(exc))
+        case BadRequest():
+            return Problem(400, exc.reason, str(exc))
+        case RateLimited():
+            wait = policy.retry_after(exc.delay or 0)
+            return Problem(429, exc.reason, str(exc), headers={"Retry-After": wait})
+        case Unavailable():
+            return Problem(503, "unavailable", str(exc), headers=_RETRY_LATER)
+        case ConfigError():
+            # Our configuration, not the sender's input: they should send it again later.
+            return BY_CODE["unavailable"]
+        case _:
+            return BY_CODE[exc.code]
+
+
+def reason_of(exc: HookbusError, problem: Problem) -> str:
+    """The precise reason for metrics and logs (``bad_signature``, ``ip_denied``…)."""
+    reason = getattr(exc, "reason", None)
+    return reason if isinstance(reason, str) else problem.error
+
+
+class Meter:
+    """One endpoint's request metrics, counted here and nowhere else: requests by outcome
+    (``accepted``, ``duplicate`` or the error answered); for sources also the latency and
+    refusals by precise reason. ``labels`` come before the outcome (a source's name)."""
+
+    __slots__ = ("_labels", "_latency", "_observed", "_outcomes", "_rejected", "_requests")
+
+    def __init__(
+        self,
+        requests: Counter,
+        *labels: str,
+        latency: Histogram | None = None,
+        rejected: Counter | None = None,
+    ) -> None:
+        self._requests = requests
+        self._labels = labels
+        self._latency = latency
+        self._rejected = rejected
+        # Children made on first use (a series appears once it counts something) and kept:
+        # labels() costs a lock and a lookup per call.
+        self._outcomes: dict[str, Any] = {}
+        self._observed: Any = None
+
+    def _count(self, outcome: str, started: float) -> None:
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = self._requests.labels(*self._labels, outcome)
+        child.inc()
+        if self._latency is not None:
+            if self._observed is None:
+                self._observed = self._latency.labels(*self._labels)
+            self._observed.observe(time.perf_counter() - started)
+
+    def answered(self, response: Response, started: float) -> Response:
+        """Count a recorded delivery's answer: 202 new, 200 seen before."""
+        self._count("duplicate" if response.status_code == 200 else "accepted", started)
+        return response
+
+    def refused(self, exc: HookbusError, started: float) -> Response:
+        """Answer ``exc`` and count it."""
+        problem = problem_for(exc)
+        if self._rejected is not None and problem.status != 503:
+            self._rejected.labels(*self._labels, reason_of(exc, problem)).inc()
+        response = problem.response()
+        self._count(problem.error, started)
+        return response
+
+
+# --------------------------------------------------------------------- reading a request
 
 
 def headers_of(request: Request) -> dict[str, str]:
@@ -76,34 +200,34 @@ def headers_of(request: Request) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem(413, "body_too_large", f"the limit is {limit} bytes")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Problem(413, "body_too_large", f"the limit is {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def peer_of(request: Request) -> str | None:
+    """The connected peer's address, from the scope (no Address object per request)."""
+    client = request.scope.get("client")
+    return client[0] if client else None
 
 
-def json_content_type(headers: Mapping[str, str]) -> str:
+def json_content_type(headers: Mapping[str, str], *, forms: bool = False) -> str:
+    """The media type, which must be JSON (or a form, where a source takes GitHub's form
+    posts with the JSON in a ``payload`` field)."""
     ctype = headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype not in ("application/json", "text/json") and not ctype.endswith("+json"):
-        raise Problem(415, "unsupported_media_type", f"expected application/json, got {ctype}")
-    return ctype
+    if ctype in ("application/json", "text/json") or ctype.endswith("+json"):
+        return ctype
+    if forms:
+        if ctype == FORM:
+            return ctype
+        raise UnsupportedMediaType(
+            f"expected application/json or a form with a payload field, got {ctype[:100]}"
+        )
+    raise UnsupportedMediaType(f"expected application/json, got {ctype}")
 
 
 def json_object(body: bytes) -> dict[str, Any]:
     try:
         value = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise Problem(400, "bad_body", f"body is not valid JSON: {exc}") from None
+        raise BadBody(f"body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise Problem(400, "bad_body", "body must be a JSON object")
+        raise BadBody("body must be a JSON object")
     return value
 
 
@@ -111,7 +235,7 @@ def delivery_id(headers: Mapping[str, str]) -> str | None:
     """The sender's id for this delivery: ``Idempotency-Key``, else ``webhook-id``."""
     key = headers.get("idempotency-key") or headers.get("webhook-id") or None
     if key is not None and len(key) > MAX_KEY_LENGTH:
-        raise Problem(400, "bad_request", f"the delivery id is longer than {MAX_KEY_LENGTH}")
+        raise BadRequest(f"the delivery id is longer than {MAX_KEY_LENGTH}")
     return key
 
 
@@ -119,30 +243,88 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {h: headers[h] for h in KEPT_HEADERS if h in headers}
 
 
-async def record(committer: GroupCommitter, pending: Pending, label: str) -> Response:
-    """Commit, then answer: 202 new, 200 seen before, 503 not recorded (invariant 1)."""
-    with correlated(pending.event.id):
-        try:
-            recorded = await committer.record(pending)
-        except Exception as exc:
-            log.error("could not record delivery", extra={"source": label, "error": repr(exc)})
-            raise unavailable() from None
-    if recorded.duplicate:
-        return JSONResponse({"id": recorded.event_id, "duplicate": True}, status_code=200)
-    return JSONResponse({"id": recorded.event_id}, status_code=202)
+def dedupe_key(source: str, delivery: str | None) -> str | None:
+    """The event log's key for a delivery of ``source`` (invariant 3); None without an id."""
+    if not delivery:
+        return None
+    if len(delivery) > _HASHED_OVER:
+        delivery = "sha256:" + hashlib.sha256(delivery.encode()).hexdigest()
+    return f"{source}:{delivery}"
 
 
-def outcome(response: Response) -> str:
-    """The metrics outcome of a recorded delivery's answer: 202 new, 200 seen before."""
-    return "duplicate" if response.status_code == 200 else "accepted"
+# ------------------------------------------------------------------------- the pipeline
 
 
-async def answered(accept: Awaitable[Response], count: Callable[[str], None]) -> Response:
-    """Await an endpoint's work, answer a Problem as its response, and count the outcome."""
-    try:
-        response = await accept
-    except Problem as p:
-        count(p.code)
-        return p.response()
-    count(outcome(response))
-    return response
+class Inbound:
+    """What every endpoint's accepted request goes through, opened in the app's lifespan."""
+
+    __slots__ = ("committer", "max_body_bytes")
+
+    def __init__(self, committer: GroupCommitter, max_body_bytes: int) -> None:
+        self.committer = committer
+        self.max_body_bytes = max_body_bytes
+
+    async def body(self, request: Request, headers: Mapping[str, str]) -> bytes:
+        """The whole body, refused (413) as soon as it is known to pass the limit."""
+        limit = self.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(limit)
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def record(
+        self,
+        *,
+        source: str,
+        kind: str,
+        origin: str,
+        tenant: str | None,
+        facts: Facts,
+        content_type: str,
+        headers: dict[str, str],
+        body: bytes,
+        payload: bytes | None = None,
+        remote_addr: str | None,
+        subject: str | None = None,
+        image: ev.ImageInfo | None = None,
+    ) -> Response:
+        """Build the event, commit it, then answer: 202 new, 200 seen before (invariant 1).
+
+        ``origin`` is the event's CloudEvents source; ``payload`` the JSON inside ``body``
+        where it is not the body itself (a form post).
+        """
+        data = ev.WebhookReceived(
+            source=source,
+            kind=kind,
+            event_type=facts.event_type,
+            delivery_id=facts.delivery_id,
+            content_type=content_type,
+            headers=headers,
+            payload=msgspec.Raw(body if payload is None else payload),
+            body_sha256=hashlib.sha256(body).hexdigest(),
+            remote_addr=remote_addr,
+            repository=facts.repository,
+            branch=facts.branch,
+            tag=facts.tag,
+            commit=facts.commit,
+            sender=facts.sender,
+            image=image,
+        )
+        event = ev.make_event(data, source=origin, subject=subject, tenant=tenant)
+        pending = Pending(event, dedupe_key(source, facts.delivery_id), body)
+        with correlated(event.id):
+            try:
+                recorded = await self.committer.record(pending)
+            except Exception as exc:
+                log.error("could not record delivery", extra={"source": source, "error": repr(exc)})
+                raise Unavailable() from None
+        if recorded.duplicate:
+            return JSONResponse({"id": recorded.event_id, "duplicate": True}, status_code=200)
+        return JSONResponse({"id": recorded.event_id}, status_code=202)

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import time
 from typing import Final
 
 import asyncpg
-import msgspec
 from prometheus_client import Counter
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from hookbus_common import events as ev
-from hookbus_common.eventlog import Pending
+from hookbus_common.errors import HookbusError
 
 from . import inbound
 from . import partnerstore as store
-from .config import ReceiverConfig
-from .groupcommit import GroupCommitter
-from .inbound import Problem
+from .inbound import Facts, Inbound, Meter
+from .refusals import Unavailable, Unknown, ValidationFailed
 from .validation import BodyValidator, InvalidConfig
 
 log = logging.getLogger(__name__)
@@ -29,7 +25,7 @@ KIND: Final = "partner"
 DEFAULT_EVENT_TYPE: Final = "webhook"
 _CACHE_MAX: Final = 1024
 
-REQUESTS = Counter(
+REQUESTS: Final = Counter(
     "hookbus_receiver_partner_requests_total",
     "Partner webhook requests by outcome (unknown, inactive and revoked tokens are not_found)",
     ["outcome"],
@@ -37,37 +33,34 @@ REQUESTS = Counter(
 
 
 class PartnerHooks:
-    """Bound to the pool and the group committer in the app's lifespan."""
+    """Opened in the app's lifespan with the pool partners are looked up in."""
 
-    def __init__(self, settings: ReceiverConfig) -> None:
-        self.settings = settings
-        self._pool: asyncpg.Pool | None = None
-        self._committer: GroupCommitter | None = None
+    def __init__(self, pool: asyncpg.Pool, pipeline: Inbound) -> None:
+        self.pool = pool
+        self.inbound = pipeline
+        self.meter = Meter(REQUESTS)
         # Compiled validators by (partner, version): a partner's change gives a new key.
         self._validators: dict[tuple[str, float], BodyValidator] = {}
 
-    def bind(self, pool: asyncpg.Pool, committer: GroupCommitter) -> None:
-        self._pool = pool
-        self._committer = committer
-
     async def handle(self, request: Request) -> Response:
-        if self._pool is None or self._committer is None:
-            raise RuntimeError("PartnerHooks used before bind()")
+        started = time.perf_counter()
         try:
-            async with self._pool.acquire() as conn:
+            response = await self._accept(request)
+        except HookbusError as exc:
+            return self.meter.refused(exc, started)
+        return self.meter.answered(response, started)
+
+    async def _partner(self, token: str) -> store.Partner:
+        try:
+            async with self.pool.acquire() as conn:
                 # The same single lookup for every token, whatever it looks like.
-                partner = await store.find_active_by_token(conn, request.path_params["token"])
+                partner = await store.find_active_by_token(conn, token)
         except Exception as exc:
             log.error("partner lookup failed", extra={"error": repr(exc)})
-            REQUESTS.labels("unavailable").inc()
-            return inbound.unavailable().response()
+            raise Unavailable() from None
         if partner is None:
-            REQUESTS.labels("not_found").inc()
-            # The app's 404 handler answers, exactly as for any unknown path.
-            raise HTTPException(404)
-        return await inbound.answered(
-            self._accept(partner, request, self._committer), lambda o: REQUESTS.labels(o).inc()
-        )
+            raise Unknown("unknown_token")  # answered exactly as any unknown path
+        return partner
 
     def _validator(self, partner: store.Partner) -> BodyValidator:
         key = (partner.partner_id, partner.modified_at.timestamp())
@@ -82,45 +75,29 @@ class PartnerHooks:
                     "partner validation config is unusable",
                     extra={"partner": partner.partner_id, "error": str(exc)},
                 )
-                raise Problem(
-                    503, "unavailable", "this partner's validation is misconfigured"
-                ) from None
+                raise Unavailable("this partner's validation is misconfigured") from None
             self._validators[key] = found
         return found
 
-    async def _accept(
-        self, partner: store.Partner, request: Request, committer: GroupCommitter
-    ) -> Response:
-        body = await inbound.read_body(request, self.settings.receiver.max_body_bytes)
+    async def _accept(self, request: Request) -> Response:
+        partner = await self._partner(request.path_params["token"])
         headers = inbound.headers_of(request)
+        body = await self.inbound.body(request, headers)
         ctype = inbound.json_content_type(headers)
         doc = inbound.json_object(body)
         delivery = inbound.delivery_id(headers)
         violations = self._validator(partner).violations(doc)
         if violations:
-            raise Problem(
-                422,
-                "validation_failed",
-                "; ".join(f"{v.path}: {v.message}" for v in violations),
-                violations=[msgspec.to_builtins(v) for v in violations],
-            )
-        data = ev.WebhookReceived(
+            raise ValidationFailed(violations)
+        event_type = headers.get("x-event-type", "").strip()[:128] or DEFAULT_EVENT_TYPE
+        return await self.inbound.record(
             source=partner.source,
             kind=KIND,
-            event_type=headers.get("x-event-type", "").strip()[:128] or DEFAULT_EVENT_TYPE,
-            delivery_id=delivery,
+            origin=f"/hookbus/receiver/partners/{partner.partner_id}",
+            tenant=partner.tenant,
+            facts=Facts(event_type=event_type, delivery_id=delivery, sender=partner.name),
             content_type=ctype,
             headers=inbound.kept_headers(headers),
-            payload=msgspec.Raw(body),
-            body_sha256=hashlib.sha256(body).hexdigest(),
-            remote_addr=request.client.host if request.client else None,
-            sender=partner.name,
+            body=body,
+            remote_addr=inbound.peer_of(request),
         )
-        event = ev.make_event(
-            data,
-            source=f"/hookbus/receiver/partners/{partner.partner_id}",
-            id=ev.new_id(),
-            tenant=partner.tenant,
-        )
-        dedupe = f"{partner.source}:{delivery}" if delivery else None
-        return await inbound.record(committer, Pending(event, dedupe, body), partner.source)

@@ -20,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from hookbus_common.errors import UnauthorizedError
+
 __all__ = [
     "REASONS",
     "SELFTEST_VECTORS",
@@ -62,16 +64,13 @@ REASONS: Final[frozenset[str]] = frozenset(
 )
 
 
-class VerificationError(Exception):
+class VerificationError(UnauthorizedError):
     """Verification failed; ``reason`` is a stable machine code from :data:`REASONS`.
 
     The message is exactly the reason code: it never carries secrets, tokens or
-    signature values, so it is safe to log and to use as a metric label.
+    signature values, so it is safe to log and to use as a metric label. Every reason
+    answers the sender alike (401, ``unauthorized``).
     """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 # --------------------------------------------------------------------------- helpers

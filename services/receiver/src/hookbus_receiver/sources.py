@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import msgspec
 
 from hookbus_common.errors import ConfigError
 from hookbus_common.events import token
@@ -23,6 +20,8 @@ from .config import (
     StandardWebhooksSource,
     TokenSource,
 )
+from .inbound import Facts
+from .refusals import BadBody
 from .signatures import (
     JwtKey,
     VerificationError,
@@ -36,21 +35,6 @@ from .signatures import (
     verify_standard_webhooks,
     verify_token,
 )
-
-
-class Facts(msgspec.Struct, frozen=True, kw_only=True):
-    event_type: str
-    delivery_id: str | None = None
-    repository: str | None = None
-    branch: str | None = None
-    tag: str | None = None
-    commit: str | None = None
-    sender: str | None = None
-
-
-class BadBody(ValueError):
-    """The body is not what this source sends (not JSON, not an object)."""
-
 
 # Headers worth keeping with the raw body: enough to re-verify and audit a delivery.
 _KEPT_COMMON = (
@@ -326,24 +310,6 @@ class Source:
             sender=sender,
         )
 
-    def dedupe_key(self, delivery_id: str | None) -> str | None:
-        """The event log's key for a delivery; long ids are hashed to keep the index small."""
-        if not delivery_id:
-            return None
-        if len(delivery_id) > 200:
-            delivery_id = "sha256:" + hashlib.sha256(delivery_id.encode()).hexdigest()
-        return f"{self.name}:{delivery_id}"
-
-
-def parse_json_object(data: bytes) -> dict[str, Any]:
-    try:
-        value = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        raise BadBody(f"body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise BadBody("body must be a JSON object")
-    return value
-
 
 __all__ = [
     "BadBody",
@@ -351,5 +317,4 @@ __all__ = [
     "Source",
     "VerificationError",
     "lookup",
-    "parse_json_object",
 ]

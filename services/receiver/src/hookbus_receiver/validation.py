@@ -8,6 +8,7 @@ import msgspec
 from jsonschema import SchemaError  # type: ignore[import-untyped]
 from jsonschema.validators import validator_for  # type: ignore[import-untyped]
 
+from hookbus_common.errors import ConfigError
 from hookbus_common.events import PartnerValidation
 
 MAX_PROBLEMS: Final = 20
@@ -20,7 +21,7 @@ class Violation(msgspec.Struct, frozen=True):
     message: str
 
 
-class InvalidConfig(ValueError):
+class InvalidConfig(ConfigError):
     """The validation config itself is unusable (a JSON Schema that is not one)."""
 
 
