@@ -222,6 +222,27 @@ async def test_timeout_kills_the_whole_group_including_a_term_ignoring_grandchil
     await _until(lambda: not _alive(grandchild), "the TERM-ignoring grandchild to die")
 
 
+async def test_a_timeout_is_recorded_as_the_time_until_it_fired_not_the_kill_grace():
+    # Nothing in the group obeys SIGTERM, so the group lives on for the whole kill grace
+    # before SIGKILL: time the action did not spend running.
+    timeout, kill_grace = 0.5, 5.0
+
+    result = await run_shell(
+        [SH, "-c", 'trap "" TERM; sleep 30; echo never'],
+        env=ENV,
+        timeout=timeout,
+        kill_grace=kill_grace,
+    )
+
+    assert result.timed_out
+    assert result.signal == signal.SIGKILL
+    # The margin is generous but well below the grace that used to be counted in.
+    assert timeout * 1000 <= result.duration_ms < (timeout + 3.0) * 1000
+    assert result.elapsed_ms is not None
+    assert result.elapsed_ms >= (timeout + kill_grace) * 1000
+    assert result.duration_ms < result.elapsed_ms
+
+
 async def test_background_straggler_is_killed_after_normal_exit():
     # The background sleep holds the output pipe open after the shell has exited.
     started = time.monotonic()

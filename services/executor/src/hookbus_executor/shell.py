@@ -40,11 +40,15 @@ class ShellResult(msgspec.Struct, frozen=True):
     """The number of the signal that ended the process, if any."""
     timed_out: bool
     duration_ms: float
+    """How long the action ran: until it exited, or until its timeout fired."""
     output: str
     """stdout and stderr interleaved, decoded as UTF-8 (invalid bytes replaced), bounded."""
     output_bytes: int
     """Everything the process wrote, including any bytes left out of `output`."""
     truncated: bool
+    elapsed_ms: float | None = None
+    """From start until the process group was gone and its output read; after a timeout
+    this also counts the kill grace and the reaping."""
 
     @property
     def ok(self) -> bool:
@@ -96,6 +100,7 @@ async def run_shell(
     in_transport: asyncio.WriteTransport | None = None
     heartbeat: asyncio.Task[None] | None = None
     timed_out = False
+    ran_until: float | None = None
     cancelled = False
     try:
         if on_progress is not None:
@@ -114,6 +119,9 @@ async def run_shell(
 
         if not await _settled(exit_task, timeout):
             timed_out = True
+            # What ran was the action up to its timeout; the termination that follows
+            # (up to kill_grace, then reaping) is ours, not the action's.
+            ran_until = time.monotonic()
             log.warning("%s timed out after %.1fs; terminating its process group", argv[0], timeout)
             await _terminate_group(pgid, exit_task, kill_grace)
 
@@ -139,16 +147,18 @@ async def run_shell(
             drain=not cancelled,
         )
 
+    done = time.monotonic()
     returncode = proc.returncode
     output, truncated = capture.render()
     return ShellResult(
         exit_code=returncode if returncode is not None and returncode >= 0 else None,
         signal=-returncode if returncode is not None and returncode < 0 else None,
         timed_out=timed_out,
-        duration_ms=(time.monotonic() - started) * 1000.0,
+        duration_ms=((done if ran_until is None else ran_until) - started) * 1000.0,
         output=output,
         output_bytes=capture.total,
         truncated=truncated,
+        elapsed_ms=(done - started) * 1000.0,
     )
 
 
