@@ -43,7 +43,8 @@ class Running:
         self.stop = asyncio.Event()
         self.consumer = Consumer(
             service="test", bus=rt.bus, outbox=rt.outbox, durable=f"{rt.bus.prefix}-test",
-            filter_subject=f"{rt.bus.prefix}.job.requested.>", handler=handler,
+            filter_subjects=kw.pop("filter_subjects", [f"{rt.bus.prefix}.job.requested.>"]),
+            handler=handler,
             max_in_flight=kw.pop("max_in_flight", 4), max_deliver=kw.pop("max_deliver", 5), **kw,
         )  # fmt: skip
         self.task: asyncio.Task[None] | None = None
@@ -194,3 +195,79 @@ async def test_publish_sets_msg_id_so_republishing_is_deduplicated(rt: Runtime) 
     msg = await rt.bus.js.get_last_msg(rt.bus.stream, f"{rt.bus.prefix}.job.requested.shell")
     assert msg.headers is not None
     assert msg.headers["Nats-Msg-Id"] == job.id
+
+
+async def _settled(rt: Runtime, durable: str, messages: int) -> bool:
+    """Whether the durable has had ``messages`` messages and has none pending or unacked."""
+    info = await rt.bus.js.consumer_info(rt.bus.stream, durable)
+    done = info.num_pending == 0 and info.num_ack_pending == 0
+    return done and info.delivered.consumer_seq >= messages
+
+
+async def test_a_message_whose_terminal_step_is_recorded_is_acked_unhandled(rt: Runtime) -> None:
+    seen: list[str] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        seen.append(incoming.event.id)
+        yield _started(incoming)
+
+    finished, fresh = _job(1), _job(2)
+    # The first job's work ended before a crash that left its message unacked.
+    done = ev.make_event(
+        ev.JobSucceeded(job_id="job_1", kind="shell", rule="r"),
+        source="/test", id=ev.derived_id(finished.id, "finished"), cause=finished,
+    )  # fmt: skip
+    await rt.outbox.commit([finished, done])
+    async with Running(rt, handler, terminal_step="finished"):
+        await rt.outbox.commit_and_publish([finished, fresh])
+        await until(lambda: _settled(rt, f"{rt.bus.prefix}-test", 2))
+    assert seen == [fresh.id]
+    assert await _count(rt, ev.JobStarted.TYPE) == 1
+
+
+async def test_without_a_terminal_step_every_message_is_handled(rt: Runtime) -> None:
+    seen: list[str] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        seen.append(incoming.event.id)
+        yield _started(incoming)
+
+    job = _job(1)
+    done = ev.make_event(
+        ev.JobSucceeded(job_id="job_1", kind="shell", rule="r"),
+        source="/test", id=ev.derived_id(job.id, "finished"), cause=job,
+    )  # fmt: skip
+    await rt.outbox.commit([job, done])
+    async with Running(rt, handler):
+        await rt.outbox.commit_and_publish([job])
+        await until(lambda: _started_count(rt))
+    assert seen == [job.id]
+
+
+async def test_a_durable_with_one_filter_is_widened_to_several_in_place(rt: Runtime) -> None:
+    # A durable made by an older release with one filter subject is updated, not refused,
+    # and keeps what it had acked.
+    prefix, durable = rt.bus.prefix, f"{rt.bus.prefix}-test"
+    seen: list[str] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        seen.append(incoming.subject)
+        return
+        yield  # pragma: no cover
+
+    async with Running(rt, handler):
+        await rt.outbox.commit_and_publish([_job(1)])
+        await until(lambda: _settled(rt, durable, 1))
+    before = await rt.bus.js.consumer_info(rt.bus.stream, durable)
+    assert before.config.filter_subject == f"{prefix}.job.requested.>"
+
+    wider = [f"{prefix}.job.requested.>", f"{prefix}.job.started.>"]
+    started = ev.make_event(ev.JobStarted(job_id="job_2", kind="shell", rule="r"), source="/t")
+    async with Running(rt, handler, filter_subjects=wider):
+        await rt.outbox.commit_and_publish([_job(2), started])
+        await until(lambda: _settled(rt, durable, 3))
+    after = await rt.bus.js.consumer_info(rt.bus.stream, durable)
+    assert sorted(after.config.filter_subjects or []) == sorted(wider)
+    # The first message is not delivered again; both subjects are now taken.
+    assert seen[0] == f"{prefix}.job.requested.shell"
+    assert sorted(seen[1:]) == [f"{prefix}.job.requested.shell", f"{prefix}.job.started.shell"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,11 @@ import pytest
 
 from hookbus_common import eventlog
 from hookbus_common import events as ev
-from hookbus_common.consumer import Incoming
+from hookbus_common.consumer import Ack, Consumer, Incoming, Outcome, Yielded
 from hookbus_common.service import Runtime
 from hookbus_common.settings import extend
 from hookbus_executor.config import ExecutorConfig
-from hookbus_executor.jobs import make_handler
+from hookbus_executor.jobs import TERMINAL_STEP, make_handler
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +37,31 @@ def _request(command: list[str], **shell: Any) -> ev.Event[ev.JobRequested]:
     )  # fmt: skip
 
 
-async def _handle(rt: Runtime, event: ev.Event[Any], deliveries: int = 1) -> list[ev.Event[Any]]:
-    handler = make_handler(rt, extend(rt.settings, ExecutorConfig))
-    incoming = Incoming(event=event, subject="s", deliveries=deliveries, _msg=_NoMsg())  # type: ignore[arg-type]
+async def _outcome(
+    rt: Runtime, event: ev.Event[Any], deliveries: int = 1
+) -> tuple[Outcome, list[ev.Event[Any]]]:
+    """Handle one message the way the executor's consume loop does (with its terminal
+    step); what it settles to, and the events the handler yielded."""
+    handler = make_handler(extend(rt.settings, ExecutorConfig))
     out: list[ev.Event[Any]] = []
-    async for item in handler(incoming):
-        batch = [item] if isinstance(item, ev.Event) else list(item)
-        await rt.outbox.commit_and_publish(batch)
-        out.extend(batch)
+
+    async def recording(incoming: Incoming) -> AsyncIterator[Yielded]:
+        async for item in handler(incoming):
+            out.extend([item] if isinstance(item, ev.Event) else item)
+            yield item
+
+    consumer = Consumer(
+        service="executor", bus=rt.bus, outbox=rt.outbox, durable="unused",
+        filter_subjects=["unused"], handler=recording, max_in_flight=1, max_deliver=5,
+        terminal_step=TERMINAL_STEP,
+    )  # fmt: skip
+    incoming = Incoming(event=event, subject="s", deliveries=deliveries, _msg=_NoMsg())  # type: ignore[arg-type]
+    return await consumer.process(incoming), out
+
+
+async def _handle(rt: Runtime, event: ev.Event[Any], deliveries: int = 1) -> list[ev.Event[Any]]:
+    outcome, out = await _outcome(rt, event, deliveries)
+    assert outcome == Ack()
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import nats
@@ -68,21 +68,27 @@ class Bus:
     async def ensure_consumer(
         self,
         durable: str,
-        filter_subject: str,
+        filter_subjects: Sequence[str],
         *,
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,
     ) -> JetStreamContext.PullSubscription:
-        """Create (or update) a durable pull consumer and bind to it.
+        """Create (or update) a durable pull consumer of ``filter_subjects`` and bind to it.
 
         All replicas of a service share one durable, which is how a service scales. The
         consumer never gives up on a message by itself (max_deliver -1): the consume loop
-        decides when a message is dead and records it first.
+        decides when a message is dead and records it first. An existing durable takes
+        the configuration given (NATS updates it in place, acks kept), so a service can
+        widen its filter; several subjects need NATS 2.10, one works on older servers too.
         """
+        if isinstance(filter_subjects, str) or not filter_subjects:
+            raise ValueError("filter_subjects must be a non-empty sequence of subjects")
+        one = len(filter_subjects) == 1
         config = ConsumerConfig(
             durable_name=durable,
             name=durable,
-            filter_subject=filter_subject,
+            filter_subject=filter_subjects[0] if one else None,
+            filter_subjects=None if one else list(filter_subjects),
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=ack_wait,

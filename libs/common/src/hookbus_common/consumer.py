@@ -17,8 +17,8 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from . import eventlog, metrics
 from . import events as ev
-from . import metrics
 from .bus import Bus
 from .errors import HookbusError, RetryableError
 from .events import Event
@@ -86,6 +86,13 @@ def disposition(exc: BaseException, deliveries: int, max_deliver: int) -> Outcom
 
 
 class Consumer:
+    """Consumes ``filter_subjects`` through one durable, handing each message to ``handler``.
+
+    With a ``terminal_step``, a message whose ``derived_id(event.id, terminal_step)`` is
+    already in the log (its work finished, but the process died before the ack) is acked
+    without calling the handler, so handlers need not check for it themselves.
+    """
+
     def __init__(
         self,
         *,
@@ -93,31 +100,35 @@ class Consumer:
         bus: Bus,
         outbox: Outbox,
         durable: str,
-        filter_subject: str,
+        filter_subjects: Sequence[str],
         handler: Handler,
         max_in_flight: int,
         max_deliver: int,
         ack_wait: float = 30.0,
+        terminal_step: str | None = None,
     ) -> None:
         self.service = service
         self.bus = bus
         self.outbox = outbox
         self.durable = durable
-        self.filter_subject = filter_subject
+        self.filter_subjects = tuple(filter_subjects)
         self.handler = handler
         self.max_in_flight = max_in_flight
         self.max_deliver = max_deliver
         self.ack_wait = ack_wait
+        self.terminal_step = terminal_step
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.bus.ensure_consumer(
             self.durable,
-            self.filter_subject,
+            self.filter_subjects,
             ack_wait=self.ack_wait,
             max_ack_pending=max(1000, self.max_in_flight * 4),
         )
-        log.info("consuming", extra={"consumer": self.durable, "filter": self.filter_subject})
+        log.info(
+            "consuming", extra={"consumer": self.durable, "filter": ", ".join(self.filter_subjects)}
+        )
         try:
             await self._loop(sub, stop)
         finally:
@@ -167,25 +178,45 @@ class Consumer:
             return Term(f"undecodable message: {exc}")
         with correlated(event.correlationid):
             incoming = Incoming(event=event, subject=msg.subject, deliveries=deliveries, _msg=msg)
-            try:
-                async for out in self.handler(incoming):
-                    batch = [out] if isinstance(out, Event) else list(out)
-                    if batch:
-                        # Committed is what counts before going on (and before the ack);
-                        # the publish follows on its own, backed by the outbox.
-                        inserted, known = await self.outbox.commit(batch)
-                        self.outbox.publish_later([*inserted, *known])
-            except Exception as exc:
-                outcome = disposition(exc, deliveries, self.max_deliver)
-                level = logging.ERROR if isinstance(outcome, Term) else logging.WARNING
-                log.log(
-                    level,
-                    "handler failed",
-                    extra={"event_id": event.id, "deliveries": deliveries, "error": repr(exc)},
-                    exc_info=not isinstance(exc, HookbusError),
-                )
-                return outcome
+            return await self.process(incoming)
+
+    async def process(self, incoming: Incoming) -> Outcome:
+        """Handle one decoded message and commit what the handler yields; the outcome says
+        how to settle the message (the caller acks, naks or terminates it)."""
+        event = incoming.event
+        try:
+            if await self._finished(event):
+                log.info("already finished; not handled again", extra={"event_id": event.id})
+                return Ack()
+            async for out in self.handler(incoming):
+                batch = [out] if isinstance(out, Event) else list(out)
+                if batch:
+                    # Committed is what counts before going on (and before the ack);
+                    # the publish follows on its own, backed by the outbox.
+                    inserted, known = await self.outbox.commit(batch)
+                    self.outbox.publish_later([*inserted, *known])
+        except Exception as exc:
+            outcome = disposition(exc, incoming.deliveries, self.max_deliver)
+            level = logging.ERROR if isinstance(outcome, Term) else logging.WARNING
+            log.log(
+                level,
+                "handler failed",
+                extra={
+                    "event_id": event.id,
+                    "deliveries": incoming.deliveries,
+                    "error": repr(exc),
+                },
+                exc_info=not isinstance(exc, HookbusError),
+            )
+            return outcome
         return Ack()
+
+    async def _finished(self, event: Event[Any]) -> bool:
+        """Whether the event's terminal step is already recorded (we died before the ack)."""
+        if self.terminal_step is None:
+            return False
+        async with self.outbox.pool.acquire() as conn:
+            return await eventlog.exists(conn, ev.derived_id(event.id, self.terminal_step))
 
     async def _settle(self, msg: Msg, outcome: Outcome, deliveries: int) -> None:
         match outcome:

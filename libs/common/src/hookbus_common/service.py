@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -84,15 +84,21 @@ async def run_consumer(
     settings: Settings,
     service: str,
     *,
-    filter_tokens: tuple[str, ...],
+    filter_tokens: Sequence[tuple[str, ...]],
     make_handler: Callable[[Runtime], Handler],
     health_port: int,
     max_in_flight: int,
     max_deliver: int,
     ack_wait: float = 30.0,
+    terminal_step: str | None = None,
     started: Callable[[Runtime], Awaitable[None]] | None = None,
 ) -> None:
-    """Run one consuming service until SIGINT/SIGTERM."""
+    """Run one consuming service until SIGINT/SIGTERM.
+
+    ``filter_tokens`` holds one tuple of subject tokens per filter (``("job",
+    "requested")`` takes ``<prefix>.job.requested.>``); ``terminal_step`` is the step
+    whose derived event marks a message's work as finished (see ``Consumer``).
+    """
     async with runtime(settings, service) as rt:
         install_signal_handlers(rt.stop)
         consumer = Consumer(
@@ -100,11 +106,12 @@ async def run_consumer(
             bus=rt.bus,
             outbox=rt.outbox,
             durable=f"{settings.prefix}-{service}",
-            filter_subject=".".join((settings.prefix, *filter_tokens, ">")),
+            filter_subjects=[".".join((settings.prefix, *t, ">")) for t in filter_tokens],
             handler=make_handler(rt),
             max_in_flight=max_in_flight,
             max_deliver=max_deliver,
             ack_wait=ack_wait,
+            terminal_step=terminal_step,
         )
         # A second replica on this host gets a free port instead of dying on a busy one.
         async with serve_health(

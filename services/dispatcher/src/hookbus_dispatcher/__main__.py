@@ -17,13 +17,15 @@ async def run(settings: DispatcherConfig) -> None:
         await run_consumer(
             settings,
             "dispatcher",
-            filter_tokens=("delivery", "requested"),
-            make_handler=lambda rt: make_handler(rt, client, settings.dispatcher.max_attempts),
+            filter_tokens=[("delivery", "requested")],
+            make_handler=lambda rt: make_handler(client, settings.dispatcher.max_attempts),
             health_port=settings.dispatcher.health_port,
             max_in_flight=settings.dispatcher.max_in_flight,
             # Attempts are counted by the handler; this is only the safety net.
             max_deliver=settings.dispatcher.max_attempts + 1,
             ack_wait=settings.dispatcher.ack_wait_seconds,
+            # Delivered (or given up) before we died unacked: not sent again.
+            terminal_step="outcome",
         )
 
 

@@ -8,12 +8,10 @@ from typing import Any
 
 import httpx
 
-from hookbus_common import eventlog
 from hookbus_common import events as ev
-from hookbus_common.consumer import Incoming, Yielded, backoff
+from hookbus_common.consumer import Handler, Incoming, Yielded, backoff
 from hookbus_common.errors import PermanentError, RetryableError
 from hookbus_common.events import DeliveryRequested, Event
-from hookbus_common.service import Runtime
 
 from . import retryafter
 
@@ -103,15 +101,13 @@ async def attempt(
     return [attempted], RetryableError(why, delay=delay)
 
 
-def make_handler(rt: Runtime, client: httpx.AsyncClient, max_attempts: int) -> Any:
-
+def make_handler(client: httpx.AsyncClient, max_attempts: int) -> Handler:
+    # A delivery whose outcome is already recorded never gets here: the consume loop
+    # skips it (terminal step "outcome").
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
         event = incoming.event
         if not isinstance(event.data, DeliveryRequested):
             raise PermanentError(f"dispatcher cannot handle {event.type}")
-        async with rt.pool.acquire() as conn:
-            if await eventlog.exists(conn, ev.derived_id(event.id, "outcome")):
-                return  # delivered (or given up) before; we died before acking
         events, retry = await attempt(client, event, incoming.deliveries, max_attempts)
         yield events
         if retry is not None:

@@ -6,19 +6,21 @@ from hookbus_common.service import main_for, run_consumer
 
 from . import config
 from .config import ExecutorConfig
-from .jobs import make_handler
+from .jobs import TERMINAL_STEP, make_handler
 
 
 async def run(settings: ExecutorConfig) -> None:
     await run_consumer(
         settings,
         "executor",
-        filter_tokens=("job", "requested"),
-        make_handler=lambda rt: make_handler(rt, settings),
+        filter_tokens=[("job", "requested")],
+        make_handler=lambda rt: make_handler(settings),
         health_port=settings.executor.health_port,
         max_in_flight=settings.executor.max_in_flight,
         max_deliver=settings.executor.max_deliver,
         ack_wait=settings.executor.ack_wait_seconds,
+        # A job that finished before we died (unacked) is not run again.
+        terminal_step=TERMINAL_STEP,
     )
 
 

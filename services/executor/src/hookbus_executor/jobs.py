@@ -8,17 +8,18 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from hookbus_common import eventlog
 from hookbus_common import events as ev
-from hookbus_common.consumer import Incoming, Yielded
+from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError
 from hookbus_common.events import Event, JobRequested
-from hookbus_common.service import Runtime
 
 from .config import ExecutorConfig, ExecutorSettings
 from .shell import ShellResult, ShellSpawnError, run_shell
 
 SOURCE = "/hookbus/executor"
+# The step of a job's one terminal event (succeeded or failed): once it is in the log,
+# the job is finished and a redelivery of its request is not run again.
+TERMINAL_STEP = "finished"
 
 
 def action_env(
@@ -54,7 +55,11 @@ def _finished(
     data = ev.JobSucceeded(**fields) if ok else ev.JobFailed(**fields)
     # One id for either outcome: a job finishes once, whatever redelivery happens.
     return ev.make_event(
-        data, source=SOURCE, id=ev.derived_id(cause.id, "finished"), cause=cause, subject=req.job_id
+        data,
+        source=SOURCE,
+        id=ev.derived_id(cause.id, TERMINAL_STEP),
+        cause=cause,
+        subject=req.job_id,
     )
 
 
@@ -105,14 +110,12 @@ async def run_job(
     yield _finished(event, attempt, result, None)
 
 
-def make_handler(rt: Runtime, settings: ExecutorConfig) -> Any:
+def make_handler(settings: ExecutorConfig) -> Handler:
     inherited = inherited_env(settings.executor, os.environ)
 
+    # A job already finished (we died before acking) never gets here: the consume loop
+    # skips it (terminal_step=TERMINAL_STEP), so it is not run again.
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
-        # A job that already finished (we died before acking) is not run again.
-        async with rt.pool.acquire() as conn:
-            if await eventlog.exists(conn, ev.derived_id(incoming.event.id, "finished")):
-                return
         async for out in run_job(settings, inherited, incoming):
             yield out
 

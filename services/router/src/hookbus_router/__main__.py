@@ -13,7 +13,7 @@ async def run(settings: RouterConfig) -> None:
     await run_consumer(
         settings,
         "router",
-        filter_tokens=("webhook", "received"),
+        filter_tokens=[("webhook", "received")],
         make_handler=lambda rt: make_handler(settings.rules),
         health_port=settings.router.health_port,
         max_in_flight=settings.router.max_in_flight,

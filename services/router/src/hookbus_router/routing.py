@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from hookbus_common import events as ev
-from hookbus_common.consumer import Incoming, Yielded
+from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError
 from hookbus_common.events import Event, WebhookReceived
 
@@ -103,7 +103,7 @@ def route(rules: Sequence[Rule], hook: Event[WebhookReceived]) -> list[Event[Any
     return [routed, *requests]
 
 
-def make_handler(rules: Sequence[Rule]) -> Any:
+def make_handler(rules: Sequence[Rule]) -> Handler:
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
         event = incoming.event
         if not isinstance(event.data, WebhookReceived):
