@@ -80,7 +80,7 @@ def wait_for(check: Callable[[], bool], what: str, system: System, timeout: floa
 
 
 def short_types(rows: list[LoggedEvent]) -> list[str]:
-    return [r.event.type.removeprefix("io.hookbus.").removesuffix(".v1") for r in rows]
+    return [r.event.type.removeprefix("io.hookbus.").rsplit(".", 1)[0] for r in rows]
 
 
 @pytest.fixture

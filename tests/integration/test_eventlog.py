@@ -107,3 +107,31 @@ async def test_read_models_follow_the_log_and_rebuild_identically(rt: Runtime) -
         assert before[0][:3] == ("job_9", "succeeded", 0)
         assert await readmodels.rebuild(conn) == 2
         assert [tuple(r) for r in await conn.fetch(query)] == before
+
+
+async def test_read_models_take_job_requests_of_either_version(rt: Runtime) -> None:
+    # Logs written before job.requested.v2 hold v1 requests; a rebuild must read both.
+    hook = _hook()
+    old = ev.make_event(
+        ev.JobRequested(
+            job_id="job_old", kind="shell", rule="a", webhook_id=hook.id,
+            shell=ev.ShellSpec(command=["./a.sh"]),
+        ),
+        source="/test", cause=hook,
+    )  # fmt: skip
+    new = ev.make_event(
+        ev.JobRequestedV2(
+            job_id="job_new", rule="b", webhook_id=hook.id, spec=ev.ShellSpec(command=["./b.sh"])
+        ),
+        source="/test", cause=hook,
+    )  # fmt: skip
+    await rt.outbox.commit([hook, old, new])
+    query = "SELECT job_id, kind, rule, status, correlation_id FROM jobs ORDER BY job_id"
+    async with rt.pool.acquire() as conn:
+        before = [tuple(r) for r in await conn.fetch(query)]
+        assert before == [
+            ("job_new", "shell", "b", "requested", hook.id),
+            ("job_old", "shell", "a", "requested", hook.id),
+        ]
+        assert await readmodels.rebuild(conn) == 2
+        assert [tuple(r) for r in await conn.fetch(query)] == before

@@ -11,7 +11,7 @@ import pytest
 
 from hookbus_common import eventlog
 from hookbus_common import events as ev
-from hookbus_common.consumer import Ack, Consumer, Incoming, Outcome, Yielded
+from hookbus_common.consumer import Ack, Consumer, Incoming, Outcome, Term, Yielded
 from hookbus_common.service import Runtime
 from hookbus_common.settings import extend
 from hookbus_executor.config import ExecutorConfig
@@ -25,11 +25,11 @@ class _NoMsg:
         return None
 
 
-def _request(command: list[str], **shell: Any) -> ev.Event[ev.JobRequested]:
+def _request(command: list[str], **shell: Any) -> ev.Event[ev.JobRequestedV2]:
     return ev.make_event(
-        ev.JobRequested(
-            job_id="job_t", kind="shell", rule="r", webhook_id="evt_w",
-            shell=ev.ShellSpec(command=command, **shell),
+        ev.JobRequestedV2(
+            job_id="job_t", rule="r", webhook_id="evt_w",
+            spec=ev.ShellSpec(command=command, **shell),
             context={"HOOKBUS_REPOSITORY": "acme/app"},
             payload=msgspec.Raw(b'{"hello": "world"}'),
         ),
@@ -112,3 +112,35 @@ async def test_only_allow_listed_environment_reaches_the_action(
     assert "HOOKBUS_JOB_ID=job_t" in done.data.output
     assert "s3cr3t" not in done.data.output
     assert "PATH=" in done.data.output
+
+
+async def test_a_v1_request_from_an_older_router_still_runs(rt: Runtime) -> None:
+    old = ev.make_event(
+        ev.JobRequested(
+            job_id="job_v1", kind="shell", rule="r", webhook_id="evt_w",
+            shell=ev.ShellSpec(command=["/bin/sh", "-c", "echo from v1; cat"]),
+            payload=msgspec.Raw(b'{"v": 1}'),
+        ),
+        source="/test",
+    )  # fmt: skip
+    await rt.outbox.commit([old])
+    started, done = await _handle(rt, old)
+    assert isinstance(started.data, ev.JobStarted)
+    assert isinstance(done.data, ev.JobSucceeded)
+    assert (done.data.job_id, done.data.kind) == ("job_v1", "shell")
+    assert done.data.output == 'from v1\n{"v": 1}'
+    # The ids derive from the v1 event, as a v1 executor's would have.
+    assert done.id == ev.derived_id(old.id, TERMINAL_STEP)
+    assert done.causationid == old.id
+    again = await _handle(rt, old, deliveries=2)
+    assert again == []
+
+
+async def test_a_v1_request_without_a_spec_is_refused_for_good(rt: Runtime) -> None:
+    empty = ev.make_event(
+        ev.JobRequested(job_id="job_e", kind="ssh", rule="r", webhook_id="evt_w"), source="/test"
+    )
+    outcome, out = await _outcome(rt, empty)
+    assert isinstance(outcome, Term)
+    assert "job_e" in outcome.reason
+    assert out == []

@@ -15,6 +15,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from hookbus_common import events as ev
+from hookbus_common.errors import InvalidError
 from hookbus_common.events import (
     DATA_TYPES,
     DeliveryAttempted,
@@ -25,6 +26,7 @@ from hookbus_common.events import (
     EventData,
     JobFailed,
     JobRequested,
+    JobRequestedV2,
     JobStarted,
     JobSucceeded,
     MessageDeadLettered,
@@ -76,6 +78,14 @@ SAMPLES: dict[str, EventData] = {
         rule="deploy",
         webhook_id="evt_1",
         shell=ShellSpec(command=["./deploy.sh", "a b"], env={"X": "1"}, timeout=5.0, cwd="/srv"),
+        context={"HOOKBUS_BRANCH": "main"},
+        payload=msgspec.Raw(PAYLOAD),
+    ),
+    JobRequestedV2.TYPE: JobRequestedV2(
+        job_id="job_1",
+        rule="deploy",
+        webhook_id="evt_1",
+        spec=ShellSpec(command=["./deploy.sh", "a b"], env={"X": "1"}, timeout=5.0, cwd="/srv"),
         context={"HOOKBUS_BRANCH": "main"},
         payload=msgspec.Raw(PAYLOAD),
     ),
@@ -191,6 +201,7 @@ def test_data_round_trips_alone(type_name):
     [
         (SAMPLES[WebhookReceived.TYPE], "payload"),
         (SAMPLES[JobRequested.TYPE], "payload"),
+        (SAMPLES[JobRequestedV2.TYPE], "payload"),
         (SAMPLES[DeliveryRequested.TYPE], "body"),
     ],
 )
@@ -443,6 +454,10 @@ SUBJECT_CASES = [
         JobRequested(job_id="j", kind="shell", rule="r", webhook_id="w"),
         "hookbus.job.requested.shell",
     ),
+    (
+        JobRequestedV2(job_id="j", rule="r", webhook_id="w", spec=ShellSpec(command=["x"])),
+        "hookbus.job.requested.shell",
+    ),
     (JobStarted(job_id="j", kind="shell", rule="r"), "hookbus.job.started.shell"),
     (JobSucceeded(job_id="j", kind="shell", rule="r"), "hookbus.job.succeeded.shell"),
     (JobFailed(job_id="j", kind="Docker Run", rule="r"), "hookbus.job.failed.docker_run"),
@@ -572,3 +587,63 @@ def test_events_are_immutable():
         event.id = "evt_other"  # type: ignore[misc]
     with pytest.raises(AttributeError):
         event.data.job_id = "other"  # type: ignore[misc]
+
+
+# ------------------------------------------------------------- job specs and v1
+
+# A job request as routers before job.requested.v2 wrote it: the spec in ``shell``,
+# untagged, and the kind beside it.
+V1_JOB = (
+    b'{"id":"evt_v1","source":"/hookbus/router","type":"io.hookbus.job.requested.v1",'
+    b'"time":"2026-11-22T07:51:06.245312Z","correlationid":"evt_hook","causationid":"evt_hook",'
+    b'"tenant":"acme","subject":null,"specversion":"1.0","datacontenttype":"application/json",'
+    b'"data":{"job_id":"job_1","kind":"shell","rule":"deploy","webhook_id":"evt_hook",'
+    b'"shell":{"command":["./deploy.sh"],"env":{"X":"1"},"timeout":5.0,"payload":"file",'
+    b'"cwd":null},"context":{"HOOKBUS_BRANCH":"main"},"payload":' + PAYLOAD + b"}}"
+)
+
+
+def test_a_job_spec_is_tagged_by_its_kind():
+    event = _event(SAMPLES[JobRequestedV2.TYPE])
+
+    doc = json.loads(encode(event))
+
+    assert doc["data"]["spec"]["kind"] == "shell"
+    assert doc["data"]["spec"]["command"] == ["./deploy.sh", "a b"]
+    # The kind is the spec's tag, not a second field that could disagree with it.
+    assert "kind" not in doc["data"]
+    assert event.data.kind == "shell"
+
+
+def test_a_job_spec_of_a_kind_nobody_knows_is_refused():
+    doc = json.loads(encode(_event(SAMPLES[JobRequestedV2.TYPE])))
+    doc["data"]["spec"]["kind"] = "teleport"
+
+    with pytest.raises(msgspec.ValidationError, match=r"spec\.kind"):
+        decode(json.dumps(doc).encode())
+
+
+def test_a_v1_job_request_from_an_old_log_still_decodes_and_upgrades():
+    old = decode(V1_JOB)
+
+    assert type(old.data) is JobRequested
+    assert old.type == JobRequested.TYPE
+    new = old.data.upgrade()
+    assert type(new) is JobRequestedV2
+    assert new.spec == ShellSpec(
+        command=["./deploy.sh"], env={"X": "1"}, timeout=5.0, payload="file"
+    )
+    assert (new.job_id, new.kind, new.rule, new.webhook_id) == (
+        "job_1",
+        "shell",
+        "deploy",
+        "evt_hook",
+    )
+    assert new.context == {"HOOKBUS_BRANCH": "main"}
+    assert bytes(new.payload) == PAYLOAD
+    assert new.subject_tokens() == old.data.subject_tokens()
+
+
+def test_a_v1_job_request_without_a_spec_cannot_be_upgraded():
+    with pytest.raises(InvalidError, match="job_9"):
+        JobRequested(job_id="job_9", kind="ssh", rule="r", webhook_id="w").upgrade()

@@ -8,7 +8,7 @@ import pytest
 from hookbus_common import events as ev
 from hookbus_common.events import (
     DeliveryRequested,
-    JobRequested,
+    JobRequestedV2,
     WebhookReceived,
     WebhookRouted,
     make_event,
@@ -181,9 +181,9 @@ def test_a_rule_with_several_actions_makes_a_request_for_each_in_order():
 
     _, *requests = route([rule("multi", actions=actions)], hook_event())
 
-    assert [type(r.data) for r in requests] == [JobRequested, DeliveryRequested, JobRequested]
-    assert requests[0].data.shell.command == ["./build.sh"]
-    assert requests[2].data.shell.command == ["./notify.sh"]
+    assert [type(r.data) for r in requests] == [JobRequestedV2, DeliveryRequested, JobRequestedV2]
+    assert requests[0].data.spec.command == ["./build.sh"]
+    assert requests[2].data.spec.command == ["./notify.sh"]
     assert len({r.id for r in requests}) == 3
     assert requests[0].data.job_id != requests[2].data.job_id
 
@@ -207,18 +207,18 @@ def test_shell_action_becomes_a_job_request():
     _, job = route([rule("deploy", actions=[action])], hook)
 
     data = job.data
-    assert isinstance(data, JobRequested)
-    assert job.type == JobRequested.TYPE
+    assert isinstance(data, JobRequestedV2)
+    assert job.type == JobRequestedV2.TYPE
     assert data.kind == "shell"
     assert data.rule == "deploy"
     assert data.webhook_id == hook.id
     assert data.job_id.startswith("job_")
-    assert data.shell is not None
-    assert data.shell.command == ["./deploy.sh", "--env", "prod"]
-    assert data.shell.env == {"STAGE": "prod"}
-    assert data.shell.timeout == 42.0
-    assert data.shell.payload == "file"
-    assert data.shell.cwd == "/srv/app"
+    assert isinstance(data.spec, ev.ShellSpec)
+    assert data.spec.command == ["./deploy.sh", "--env", "prod"]
+    assert data.spec.env == {"STAGE": "prod"}
+    assert data.spec.timeout == 42.0
+    assert data.spec.payload == "file"
+    assert data.spec.cwd == "/srv/app"
     assert job.bus_subject("hookbus") == "hookbus.job.requested.shell"
     assert job.causationid == hook.id
     assert job.correlationid == hook.correlationid
@@ -346,8 +346,8 @@ def test_different_webhooks_get_different_ids():
     b = route(RULES, hook_event(id="evt_b"))
 
     assert not {e.id for e in a} & {e.id for e in b}
-    jobs_a = {e.data.job_id for e in a if isinstance(e.data, JobRequested)}
-    jobs_b = {e.data.job_id for e in b if isinstance(e.data, JobRequested)}
+    jobs_a = {e.data.job_id for e in a if isinstance(e.data, JobRequestedV2)}
+    jobs_b = {e.data.job_id for e in b if isinstance(e.data, JobRequestedV2)}
     assert jobs_a
     assert not jobs_a & jobs_b
 
@@ -359,6 +359,6 @@ def test_request_ids_are_not_the_hooks_or_each_others():
 
     ids = [e.id for e in events]
     assert hook.id not in ids
-    job_ids = [e.data.job_id for e in events if isinstance(e.data, JobRequested)]
+    job_ids = [e.data.job_id for e in events if isinstance(e.data, JobRequestedV2)]
     dlv_ids = [e.data.delivery_id for e in events if isinstance(e.data, DeliveryRequested)]
     assert len(set(ids + job_ids + dlv_ids)) == len(ids) + len(job_ids) + len(dlv_ids)

@@ -29,7 +29,9 @@ def summary(e: LoggedEvent) -> str:
         case "webhook.routed":
             return f"matched: {', '.join(d.get('matched', [])) or 'nothing'}"
         case "job.requested":
-            return f"{d.get('job_id')} {d.get('kind')} (rule {d.get('rule')})"
+            # v1 names the kind; v2 has it as the tag of its spec.
+            kind = d.get("kind") or (d.get("spec") or {}).get("kind")
+            return f"{d.get('job_id')} {kind} (rule {d.get('rule')})"
         case "job.started":
             return f"{d.get('job_id')} attempt {d.get('attempt')}"
         case "job.succeeded" | "job.failed":

@@ -12,9 +12,11 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeAlias, TypeVar
 
 import msgspec
+
+from .errors import InvalidError
 
 _FROZEN: dict[str, Any] = {"frozen": True, "kw_only": True}
 
@@ -122,7 +124,9 @@ class WebhookRouted(EventData, **_FROZEN):
         return ("webhook", "routed", token(self.source), token(self.event_type))
 
 
-class ShellSpec(msgspec.Struct, **_FROZEN):
+class ShellSpec(msgspec.Struct, tag_field="kind", tag="shell", **_FROZEN):
+    """Run ``command`` directly (never through a shell) as its own process group."""
+
     command: list[str]
     env: dict[str, str] = {}
     timeout: float = 300.0
@@ -130,8 +134,20 @@ class ShellSpec(msgspec.Struct, **_FROZEN):
     cwd: str | None = None
 
 
+# What a job runs, told apart by the ``kind`` tag in its JSON. Another kind (ssh, docker,
+# compose) is a new tagged Struct joining this union; an executor refuses a kind it
+# cannot run (permanently), and an older one cannot decode it at all.
+JobSpec: TypeAlias = ShellSpec
+
+
+def spec_kind(spec: JobSpec) -> str:
+    """The ``kind`` tag of a job spec: ``shell`` for a ShellSpec."""
+    return str(type(spec).__struct_config__.tag)
+
+
 class JobRequested(EventData, **_FROZEN):
-    """Run an action; self-contained, so the executor needs nothing but this."""
+    """Run an action (v1): superseded by JobRequestedV2, which the router now emits; kept
+    so that logs and streams written before it still decode."""
 
     TYPE: ClassVar[str] = "io.hookbus.job.requested.v1"
 
@@ -142,6 +158,47 @@ class JobRequested(EventData, **_FROZEN):
     shell: ShellSpec | None = None
     context: dict[str, str] = {}
     payload: msgspec.Raw = msgspec.Raw(b"null")
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("job", "requested", token(self.kind))
+
+    def upgrade(self) -> JobRequestedV2:
+        """The same request in the current shape; the one place v1 becomes v2.
+
+        A v1 request ran its ``shell`` spec whatever its ``kind`` said; one without a spec
+        had nothing to run, and cannot be upgraded (InvalidError).
+        """
+        if self.shell is None:
+            raise InvalidError(f"job request {self.job_id} (v1, kind {self.kind!r}) has no spec")
+        return JobRequestedV2(
+            job_id=self.job_id,
+            rule=self.rule,
+            webhook_id=self.webhook_id,
+            spec=self.shell,
+            context=self.context,
+            payload=self.payload,
+        )
+
+
+class JobRequestedV2(EventData, **_FROZEN):
+    """Run an action; self-contained, so the executor needs nothing but this.
+
+    ``spec`` says what to run, tagged by kind; ``kind`` (not stored: it is the spec's tag)
+    names the bus subject and the read models' kind, as it did in v1.
+    """
+
+    TYPE: ClassVar[str] = "io.hookbus.job.requested.v2"
+
+    job_id: str
+    rule: str
+    webhook_id: str
+    spec: JobSpec
+    context: dict[str, str] = {}
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+
+    @property
+    def kind(self) -> str:
+        return spec_kind(self.spec)
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("job", "requested", token(self.kind))
@@ -340,6 +397,7 @@ DATA_TYPES: dict[str, type[EventData]] = {
         WebhookReceived,
         WebhookRouted,
         JobRequested,
+        JobRequestedV2,
         JobStarted,
         JobSucceeded,
         JobFailed,

@@ -32,7 +32,8 @@ async def _apply(
     conn: asyncpg.Connection, seq: int, data: ev.EventData, correlation: str, time: datetime
 ) -> None:
     match data:
-        case ev.JobRequested():
+        case ev.JobRequested() | ev.JobRequestedV2():
+            # v1 requests stay in old logs; both name the kind a rebuild needs.
             await conn.execute(
                 "INSERT INTO jobs (job_id, kind, rule, correlation_id, status, requested_at,"
                 " updated_at, last_seq) VALUES ($1, $2, $3, $4, 'requested', $5, $5, $6)"
@@ -113,6 +114,7 @@ async def _apply(
 # transaction beyond its single INSERT statement).
 PROJECTED: tuple[type[ev.EventData], ...] = (
     ev.JobRequested,
+    ev.JobRequestedV2,
     ev.JobStarted,
     ev.JobSucceeded,
     ev.JobFailed,

@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
+
+import msgspec
 
 from hookbus_common import events as ev
 from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError
-from hookbus_common.events import Event, JobRequested
+from hookbus_common.events import Event, JobRequested, JobRequestedV2
 
 from .config import ExecutorConfig, ExecutorSettings
 from .shell import ShellResult, ShellSpawnError, run_shell
@@ -23,7 +26,7 @@ TERMINAL_STEP = "finished"
 
 
 def action_env(
-    req: JobRequested, spec: ev.ShellSpec, inherited: Mapping[str, str]
+    req: JobRequestedV2, spec: ev.ShellSpec, inherited: Mapping[str, str]
 ) -> dict[str, str]:
     """Only allow-listed variables of our own environment, then the event's, then the rule's."""
     return {**inherited, **req.context, "HOOKBUS_JOB_ID": req.job_id, **spec.env}
@@ -33,8 +36,19 @@ def inherited_env(settings: ExecutorSettings, environ: Mapping[str, str]) -> dic
     return {k: environ[k] for k in settings.inherit_env if k in environ}
 
 
+def job_request(event: Event[Any]) -> Event[JobRequestedV2]:
+    """The request in its current shape: a v1 request (from a router older than v2, still
+    in the stream) is upgraded here, so nothing after this sees v1."""
+    match event.data:
+        case JobRequestedV2():
+            return event
+        case JobRequested() as v1:
+            return msgspec.structs.replace(event, type=JobRequestedV2.TYPE, data=v1.upgrade())
+    raise PermanentError(f"executor cannot handle {event.type}")
+
+
 def _finished(
-    cause: Event[JobRequested], attempt: int, result: ShellResult | None, error: str | None
+    cause: Event[JobRequestedV2], attempt: int, result: ShellResult | None, error: str | None
 ) -> Event[Any]:
     req = cause.data
     fields: dict[str, Any] = {"job_id": req.job_id, "kind": req.kind, "rule": req.rule}
@@ -63,24 +77,14 @@ def _finished(
     )
 
 
-async def run_job(
-    settings: ExecutorConfig, inherited: Mapping[str, str], incoming: Incoming
-) -> AsyncIterator[Yielded]:
-    event = incoming.event
-    req = event.data
-    if not isinstance(req, JobRequested) or req.shell is None:
-        raise PermanentError(
-            f"executor cannot run {event.type} of kind {getattr(req, 'kind', '?')}"
-        )
-    spec = req.shell
-    attempt = incoming.deliveries
-    yield ev.make_event(
-        ev.JobStarted(job_id=req.job_id, kind=req.kind, rule=req.rule, attempt=attempt),
-        source=SOURCE,
-        id=ev.derived_id(event.id, f"started/{attempt}"),
-        cause=event,
-        subject=req.job_id,
-    )
+async def _shell(
+    settings: ExecutorConfig,
+    inherited: Mapping[str, str],
+    incoming: Incoming,
+    req: JobRequestedV2,
+    spec: ev.ShellSpec,
+) -> tuple[ShellResult | None, str | None]:
+    """Run a shell spec; its result, or why it could not be started."""
     env = action_env(req, spec, inherited)
     cwd = str(settings.resolve_path(spec.cwd or settings.executor.workdir or "."))
     payload = bytes(req.payload)
@@ -105,9 +109,31 @@ async def run_job(
             )
         except ShellSpawnError as exc:
             # A missing program will be missing next time too: record it, do not retry.
-            yield _finished(event, attempt, None, str(exc))
-            return
-    yield _finished(event, attempt, result, None)
+            return None, str(exc)
+    return result, None
+
+
+async def run_job(
+    settings: ExecutorConfig, inherited: Mapping[str, str], incoming: Incoming
+) -> AsyncIterator[Yielded]:
+    event = job_request(incoming.event)
+    req = event.data
+    run: Callable[[], Awaitable[tuple[ShellResult | None, str | None]]]
+    match req.spec:
+        case ev.ShellSpec() as spec:
+            run = partial(_shell, settings, inherited, incoming, req, spec)
+        case _:
+            raise PermanentError(f"executor cannot run jobs of kind {req.kind!r}")
+    attempt = incoming.deliveries
+    yield ev.make_event(
+        ev.JobStarted(job_id=req.job_id, kind=req.kind, rule=req.rule, attempt=attempt),
+        source=SOURCE,
+        id=ev.derived_id(event.id, f"started/{attempt}"),
+        cause=event,
+        subject=req.job_id,
+    )
+    result, error = await run()
+    yield _finished(event, attempt, result, error)
 
 
 def make_handler(settings: ExecutorConfig) -> Handler:

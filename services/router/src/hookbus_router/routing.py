@@ -42,22 +42,25 @@ def _headers(configured: dict[str, str]) -> dict[str, str]:
     return {"content-type": "application/json", **configured}
 
 
+def _spec(action: ShellAction) -> ev.JobSpec:
+    return ev.ShellSpec(
+        command=list(action.command),
+        env=dict(action.env),
+        timeout=action.timeout,
+        payload=action.payload,
+        cwd=action.cwd,
+    )
+
+
 def _request(hook: Event[WebhookReceived], rule: Rule, index: int, action: Action) -> Event[Any]:
     step = f"{rule.name}/{index}"
     match action:
         case ShellAction():
-            data: ev.EventData = ev.JobRequested(
+            data: ev.EventData = ev.JobRequestedV2(
                 job_id=ev.derived_id(hook.id, f"job/{step}", prefix="job"),
-                kind="shell",
                 rule=rule.name,
                 webhook_id=hook.id,
-                shell=ev.ShellSpec(
-                    command=list(action.command),
-                    env=dict(action.env),
-                    timeout=action.timeout,
-                    payload=action.payload,
-                    cwd=action.cwd,
-                ),
+                spec=_spec(action),
                 context=_context(hook),
                 payload=hook.data.payload,
             )
