@@ -33,6 +33,7 @@ from hookbus_common.events import (
     RuleEvaluation,
     ShellSpec,
     WebhookReceived,
+    WebhookReplayed,
     WebhookRouted,
     decode,
     decode_data,
@@ -60,6 +61,19 @@ SAMPLES: dict[str, EventData] = {
         branch="main",
         commit="c0ffee",
         sender="alice",
+    ),
+    WebhookReplayed.TYPE: WebhookReplayed(
+        replay_of="evt_0",
+        webhook=WebhookReceived(
+            source="gitlab-main",
+            kind="gitlab",
+            event_type="Push Hook",
+            payload=msgspec.Raw(PAYLOAD),
+            repository="org/app",
+            branch="main",
+        ),
+        requested_by="alice",
+        reason="the deploy host was down",
     ),
     WebhookRouted.TYPE: WebhookRouted(
         source="gh",
@@ -451,6 +465,10 @@ SUBJECT_CASES = [
         "hookbus.webhook.routed.gitlab_main.push_hook",
     ),
     (
+        WebhookReplayed(replay_of="evt_0", webhook=WebhookReceived(kind="gitlab", **OUTSIDE)),
+        "hookbus.webhook.replayed.gitlab_main.push_hook",
+    ),
+    (
         JobRequested(job_id="j", kind="shell", rule="r", webhook_id="w"),
         "hookbus.job.requested.shell",
     ),
@@ -647,3 +665,16 @@ def test_a_v1_job_request_from_an_old_log_still_decodes_and_upgrades():
 def test_a_v1_job_request_without_a_spec_cannot_be_upgraded():
     with pytest.raises(InvalidError, match="job_9"):
         JobRequested(job_id="job_9", kind="ssh", rule="r", webhook_id="w").upgrade()
+
+
+def test_a_replay_carries_the_original_webhook_byte_for_byte():
+    original = SAMPLES[WebhookReceived.TYPE]
+    replay = WebhookReplayed(replay_of="evt_0", webhook=original)
+
+    encoded = encode(_event(replay))
+
+    assert PAYLOAD in encoded
+    back = decode(encoded).data
+    assert back == replay
+    assert bytes(back.webhook.payload) == PAYLOAD
+    assert (back.requested_by, back.reason) == (None, None)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
 from hookbus_common import events as ev
+from hookbus_common.consumer import Incoming
+from hookbus_common.errors import PermanentError
 from hookbus_common.events import (
     DeliveryRequested,
     JobRequestedV2,
     WebhookReceived,
+    WebhookReplayed,
     WebhookRouted,
     make_event,
 )
 from hookbus_router.config import Rule, ShellAction, WebhookAction
-from hookbus_router.routing import route
+from hookbus_router.routing import make_handler, route, route_replay
 from hookbus_router.rules import evaluate
 
 PAYLOAD = b'{"ref": "refs/heads/main",  "commits": [ {"id": "c0ffee"} ], "n": 1.0}'
@@ -362,3 +367,130 @@ def test_request_ids_are_not_the_hooks_or_each_others():
     job_ids = [e.data.job_id for e in events if isinstance(e.data, JobRequestedV2)]
     dlv_ids = [e.data.delivery_id for e in events if isinstance(e.data, DeliveryRequested)]
     assert len(set(ids + job_ids + dlv_ids)) == len(ids) + len(job_ids) + len(dlv_ids)
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+def replay_event(original: ev.Event[WebhookReceived], **kw) -> ev.Event[WebhookReplayed]:
+    kw.setdefault("id", "evt_replay")
+    data = WebhookReplayed(
+        replay_of=original.id, webhook=original.data, requested_by="alice", reason="host down"
+    )
+    return make_event(
+        data, source="/hookbus/cli", tenant=original.tenant, subject=original.subject, **kw
+    )
+
+
+def _request_facts(e: ev.Event) -> tuple:
+    """What a request asks for, leaving out the ids it derives from its cause."""
+    d = e.data
+    if isinstance(d, JobRequestedV2):
+        return (type(d), d.rule, d.spec, bytes(d.payload))
+    return (type(d), d.rule, d.url, d.method, d.headers, bytes(d.body), d.tenant)
+
+
+def test_a_replay_is_routed_like_the_webhook_it_replays():
+    original = hook_event()
+
+    first, *first_requests = route(RULES, original)
+    again, *replay_requests = route_replay(RULES, replay_event(original))
+
+    assert isinstance(again.data, WebhookRouted)
+    assert again.data.evaluations == first.data.evaluations
+    assert again.data.matched == first.data.matched == ["deploy", "notify"]
+    assert [_request_facts(r) for r in replay_requests] == [
+        _request_facts(r) for r in first_requests
+    ]
+    assert again.data.requested == [r.id for r in replay_requests]
+
+
+def test_a_replay_makes_new_ids_for_everything():
+    original = hook_event()
+
+    first = route(RULES, original)
+    again = route_replay(RULES, replay_event(original))
+
+    assert not {e.id for e in first} & {e.id for e in again}
+    for field in ("job_id", "delivery_id"):
+        before = {getattr(e.data, field) for e in first if hasattr(e.data, field)}
+        after = {getattr(e.data, field) for e in again if hasattr(e.data, field)}
+        assert before
+        assert not before & after
+
+
+def test_a_replays_routing_record_says_it_is_a_replay_and_of_what():
+    original = hook_event()
+    replay = replay_event(original)
+
+    (first, *_), (again, *_) = route(RULES, original), route_replay(RULES, replay)
+
+    assert first.data.replay_of is None
+    assert again.data.replay_of == original.id
+    assert again.data.webhook_id == replay.id
+    assert again.causationid == replay.id
+    assert again.subject == original.subject
+    assert again.bus_subject("hookbus") == "hookbus.webhook.routed.github.push"
+
+
+def test_a_replays_requests_belong_to_the_replays_chain():
+    original = hook_event()
+    replay = replay_event(original)
+
+    _, job, delivery, _ = route_replay(RULES, replay)
+
+    for request in (job, delivery):
+        assert request.causationid == replay.id
+        assert request.correlationid == replay.correlationid == replay.id
+        assert request.tenant == "acme"
+        assert request.data.webhook_id == replay.id
+    assert job.data.context["HOOKBUS_EVENT_ID"] == replay.id
+    assert job.data.context["HOOKBUS_REPLAY_OF"] == original.id
+    assert "HOOKBUS_REPLAY_OF" not in route(RULES, original)[1].data.context
+
+
+def test_routing_the_same_replay_twice_gives_the_same_events():
+    # A redelivered replay derives the same ids, so it is recorded once, like a webhook.
+    original = hook_event()
+
+    first = route_replay(RULES, replay_event(original))
+    second = route_replay(RULES, replay_event(original))
+
+    assert [e.id for e in first] == [e.id for e in second]
+    assert [e.data for e in first] == [e.data for e in second]
+
+
+def test_two_replays_of_one_webhook_are_two_chains():
+    original = hook_event()
+
+    a = route_replay(RULES, replay_event(original, id="evt_replay_a"))
+    b = route_replay(RULES, replay_event(original, id="evt_replay_b"))
+
+    assert not {e.id for e in a} & {e.id for e in b}
+
+
+# ----------------------------------------------------------------------------- handler
+
+
+def _handled(event: ev.Event) -> list[ev.Event]:
+    async def collect() -> list[ev.Event]:
+        incoming = Incoming(event=event, subject="s", deliveries=1, _msg=None)  # type: ignore[arg-type]
+        return [e async for out in make_handler(RULES)(incoming) for e in out]
+
+    return asyncio.run(collect())
+
+
+def test_the_handler_routes_webhooks_and_replays_each_as_route_does():
+    original = hook_event()
+    replay = replay_event(original)
+
+    cases = [(original, route(RULES, original)), (replay, route_replay(RULES, replay))]
+    for event, routed in cases:
+        assert [(e.id, e.data) for e in _handled(event)] == [(e.id, e.data) for e in routed]
+
+
+def test_the_handler_refuses_any_other_event_for_good():
+    job = make_event(ev.JobStarted(job_id="j", kind="shell", rule="r"), source="/test")
+
+    with pytest.raises(PermanentError, match="router cannot handle"):
+        _handled(job)

@@ -19,15 +19,25 @@ from .database import connection
 
 def summary(e: LoggedEvent) -> str:
     """One line saying what an event is about, for people reading the log."""
+
+    def webhook(d: dict[str, Any]) -> str:
+        where = d.get("repository") or ""
+        ref = d.get("branch") or d.get("tag")
+        return f"{d.get('source')} {d.get('event_type')} {where}{'@' + ref if ref else ''}"
+
     d: dict[str, Any] = msgspec.json.decode(e.event.data) if e.event.data else {}
     short = e.event.type.removeprefix("io.hookbus.").rsplit(".", 1)[0]
     match short:
         case "webhook.received":
-            where = d.get("repository") or ""
-            ref = d.get("branch") or d.get("tag")
-            return f"{d.get('source')} {d.get('event_type')} {where}{'@' + ref if ref else ''}"
+            return webhook(d)
+        case "webhook.replayed":
+            by = f" by {d['requested_by']}" if d.get("requested_by") else ""
+            why = f": {d['reason']}" if d.get("reason") else ""
+            hook = webhook(d.get("webhook") or {}).rstrip()
+            return f"replay of {d.get('replay_of')}{by}{why} ({hook})"
         case "webhook.routed":
-            return f"matched: {', '.join(d.get('matched', [])) or 'nothing'}"
+            matched = f"matched: {', '.join(d.get('matched', [])) or 'nothing'}"
+            return f"{matched} (replay of {d['replay_of']})" if d.get("replay_of") else matched
         case "job.requested":
             # v1 names the kind; v2 has it as the tag of its spec.
             kind = d.get("kind") or (d.get("spec") or {}).get("kind")

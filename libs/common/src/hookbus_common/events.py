@@ -108,8 +108,35 @@ class RuleEvaluation(msgspec.Struct, **_FROZEN):
     reason: str
 
 
+class WebhookReplayed(EventData, **_FROZEN):
+    """A recorded webhook sent through routing again: the root of a new chain.
+
+    Everything routed from it derives its ids from this event's id, so the replay is not
+    deduplicated away as the original's redelivery would be; ``webhook`` is the original's
+    data exactly as recorded (payload bytes included), routed as if it had just arrived.
+    Its envelope carries the original's tenant and subject.
+    """
+
+    TYPE: ClassVar[str] = "io.hookbus.webhook.replayed.v1"
+
+    # The id of the webhook.received event replayed.
+    replay_of: str
+    webhook: WebhookReceived
+    # Who asked for the replay, and why: for people reading the log.
+    requested_by: str | None = None
+    reason: str | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        hook = self.webhook
+        return ("webhook", "replayed", token(hook.source), token(hook.event_type))
+
+
 class WebhookRouted(EventData, **_FROZEN):
-    """Why each rule matched a webhook or not, and what was requested."""
+    """Why each rule matched a webhook or not, and what was requested.
+
+    ``webhook_id`` is the event routed: a webhook.received, or a webhook.replayed, whose
+    record also names the webhook it replays in ``replay_of``.
+    """
 
     TYPE: ClassVar[str] = "io.hookbus.webhook.routed.v1"
 
@@ -119,6 +146,7 @@ class WebhookRouted(EventData, **_FROZEN):
     matched: list[str] = []
     evaluations: list[RuleEvaluation] = []
     requested: list[str] = []
+    replay_of: str | None = None
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("webhook", "routed", token(self.source), token(self.event_type))
@@ -395,6 +423,7 @@ DATA_TYPES: dict[str, type[EventData]] = {
     cls.TYPE: cls
     for cls in (
         WebhookReceived,
+        WebhookReplayed,
         WebhookRouted,
         JobRequested,
         JobRequestedV2,

@@ -6,14 +6,14 @@ from hookbus_common.service import main_for, run_consumer
 
 from . import config
 from .config import RouterConfig
-from .routing import make_handler
+from .routing import FILTER_TOKENS, make_handler
 
 
 async def run(settings: RouterConfig) -> None:
     await run_consumer(
         settings,
         "router",
-        filter_tokens=[("webhook", "received")],
+        filter_tokens=FILTER_TOKENS,
         make_handler=lambda rt: make_handler(settings.rules),
         health_port=settings.router.health_port,
         max_in_flight=settings.router.max_in_flight,

@@ -8,29 +8,32 @@ from typing import Any
 from hookbus_common import events as ev
 from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError
-from hookbus_common.events import Event, WebhookReceived
+from hookbus_common.events import Event, WebhookReceived, WebhookReplayed
 
 from .config import Action, Rule, ShellAction, WebhookAction
 from .rules import evaluate
 
 SOURCE = "/hookbus/router"
+# What the router consumes, as subject tokens under the prefix: webhooks as received, and
+# replays of them (two filters on one durable need NATS 2.10 or later).
+FILTER_TOKENS: tuple[tuple[str, ...], ...] = (("webhook", "received"), ("webhook", "replayed"))
 
 
-def _context(hook: Event[WebhookReceived]) -> dict[str, str]:
+def _context(event: Event[Any], hook: WebhookReceived, replay_of: str | None) -> dict[str, str]:
     """The webhook's facts as environment variables for actions."""
-    d = hook.data
     facts = {
-        "HOOKBUS_EVENT_ID": hook.id,
-        "HOOKBUS_CORRELATION_ID": hook.correlationid,
-        "HOOKBUS_SOURCE": d.source,
-        "HOOKBUS_SOURCE_KIND": d.kind,
-        "HOOKBUS_EVENT_TYPE": d.event_type,
-        "HOOKBUS_DELIVERY_ID": d.delivery_id,
-        "HOOKBUS_REPOSITORY": d.repository,
-        "HOOKBUS_BRANCH": d.branch,
-        "HOOKBUS_TAG": d.tag,
-        "HOOKBUS_COMMIT": d.commit,
-        "HOOKBUS_SENDER": d.sender,
+        "HOOKBUS_EVENT_ID": event.id,
+        "HOOKBUS_CORRELATION_ID": event.correlationid,
+        "HOOKBUS_REPLAY_OF": replay_of,
+        "HOOKBUS_SOURCE": hook.source,
+        "HOOKBUS_SOURCE_KIND": hook.kind,
+        "HOOKBUS_EVENT_TYPE": hook.event_type,
+        "HOOKBUS_DELIVERY_ID": hook.delivery_id,
+        "HOOKBUS_REPOSITORY": hook.repository,
+        "HOOKBUS_BRANCH": hook.branch,
+        "HOOKBUS_TAG": hook.tag,
+        "HOOKBUS_COMMIT": hook.commit,
+        "HOOKBUS_SENDER": hook.sender,
     }
     return {k: v for k, v in facts.items() if v is not None}
 
@@ -52,65 +55,90 @@ def _spec(action: ShellAction) -> ev.JobSpec:
     )
 
 
-def _request(hook: Event[WebhookReceived], rule: Rule, index: int, action: Action) -> Event[Any]:
+def _request(
+    event: Event[Any],
+    hook: WebhookReceived,
+    replay_of: str | None,
+    rule: Rule,
+    index: int,
+    action: Action,
+) -> Event[Any]:
     step = f"{rule.name}/{index}"
     match action:
         case ShellAction():
             data: ev.EventData = ev.JobRequestedV2(
-                job_id=ev.derived_id(hook.id, f"job/{step}", prefix="job"),
+                job_id=ev.derived_id(event.id, f"job/{step}", prefix="job"),
                 rule=rule.name,
-                webhook_id=hook.id,
+                webhook_id=event.id,
                 spec=_spec(action),
-                context=_context(hook),
-                payload=hook.data.payload,
+                context=_context(event, hook, replay_of),
+                payload=hook.payload,
             )
         case WebhookAction():
             data = ev.DeliveryRequested(
-                delivery_id=ev.derived_id(hook.id, f"delivery/{step}", prefix="dlv"),
+                delivery_id=ev.derived_id(event.id, f"delivery/{step}", prefix="dlv"),
                 rule=rule.name,
-                webhook_id=hook.id,
+                webhook_id=event.id,
                 url=action.url,
                 method=action.method,
                 headers=_headers(action.headers),
-                body=hook.data.payload,
-                tenant=hook.tenant,
+                body=hook.payload,
+                tenant=event.tenant,
             )
     return ev.make_event(
-        data, source=SOURCE, id=ev.derived_id(hook.id, f"request/{step}"), cause=hook
+        data, source=SOURCE, id=ev.derived_id(event.id, f"request/{step}"), cause=event
     )
 
 
-def route(rules: Sequence[Rule], hook: Event[WebhookReceived]) -> list[Event[Any]]:
-    """Evaluate every rule; return the routing record followed by the requests it makes."""
-    evaluations = [evaluate(rule, hook.data) for rule in rules]
+def _route(
+    rules: Sequence[Rule], event: Event[Any], hook: WebhookReceived, replay_of: str | None
+) -> list[Event[Any]]:
+    # Every id derives from the routed event's: a webhook's redelivery derives the same
+    # ones (and is refused as a duplicate), while a replay, a new event, makes new ones.
+    evaluations = [evaluate(rule, hook) for rule in rules]
     requests = [
-        _request(hook, rule, i, action)
+        _request(event, hook, replay_of, rule, i, action)
         for rule, result in zip(rules, evaluations, strict=True)
         if result.matched
         for i, action in enumerate(rule.actions)
     ]
     routed = ev.make_event(
         ev.WebhookRouted(
-            source=hook.data.source,
-            event_type=hook.data.event_type,
-            webhook_id=hook.id,
+            source=hook.source,
+            event_type=hook.event_type,
+            webhook_id=event.id,
             matched=[e.rule for e in evaluations if e.matched],
             evaluations=evaluations,
             requested=[r.id for r in requests],
+            replay_of=replay_of,
         ),
         source=SOURCE,
-        id=ev.derived_id(hook.id, "routed"),
-        cause=hook,
-        subject=hook.subject,
+        id=ev.derived_id(event.id, "routed"),
+        cause=event,
+        subject=event.subject,
     )
     return [routed, *requests]
+
+
+def route(rules: Sequence[Rule], hook: Event[WebhookReceived]) -> list[Event[Any]]:
+    """Evaluate every rule; return the routing record followed by the requests it makes."""
+    return _route(rules, hook, hook.data, None)
+
+
+def route_replay(rules: Sequence[Rule], replay: Event[WebhookReplayed]) -> list[Event[Any]]:
+    """Route a replayed webhook exactly as the original, as a new chain of its own."""
+    return _route(rules, replay, replay.data.webhook, replay.data.replay_of)
 
 
 def make_handler(rules: Sequence[Rule]) -> Handler:
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
         event = incoming.event
-        if not isinstance(event.data, WebhookReceived):
-            raise PermanentError(f"router cannot handle {event.type}")
-        yield route(rules, event)
+        match event.data:
+            case WebhookReceived():
+                yield route(rules, event)
+            case WebhookReplayed():
+                yield route_replay(rules, event)
+            case _:
+                raise PermanentError(f"router cannot handle {event.type}")
 
     return handle
