@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from hookbus_cli.config import service_settings
 from hookbus_cli.configcheck import cmd_config_check
 from hookbus_cli.events import cmd_events, json_line, summary
 from hookbus_cli.main import parser
@@ -295,3 +296,20 @@ def test_the_option_after_the_command_wins_over_the_one_before():
     args = parser().parse_args(["--data-dir", "outer", "up", "--data-dir", "inner"])
 
     assert args.data_dir == "inner"
+
+
+def test_serve_checks_only_the_served_services_own_config(tmp_path, monkeypatch, capsys):
+    """`hookbus serve router` starts without the receiver's secret variables, as
+    `hookbus-router` does; `hookbus serve receiver` stops naming the missing one."""
+    config = tmp_path / "hookbus.toml"
+    config.write_text(
+        '[sources.gh]\nkind = "github"\nsecrets = [{ env = "HOOKBUS_TEST_UNSET_SECRET" }]\n'
+    )
+    monkeypatch.delenv("HOOKBUS_TEST_UNSET_SECRET", raising=False)
+    args = parser().parse_args(["--config", str(config), "serve", "router"])
+
+    assert service_settings(args, "router").prefix == "hookbus"
+    with pytest.raises(SystemExit) as info:
+        service_settings(args, "receiver")
+    assert "HOOKBUS_TEST_UNSET_SECRET" in str(info.value.code)
+    assert "sources.gh" in str(info.value.code)

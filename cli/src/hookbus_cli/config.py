@@ -90,3 +90,17 @@ def check_all(path: str | Path | None, env: Mapping[str, str]) -> Installation:
 
 def installation(args: argparse.Namespace) -> Installation:
     return _loaded(check_all, args)
+
+
+LOADERS: dict[str, Callable[[str | Path | None, Mapping[str, str]], Settings]] = {
+    "receiver": receiver.load,
+    "router": router.load,
+    "executor": executor.load,
+    "dispatcher": dispatcher.load,
+}
+
+
+def service_settings(args: argparse.Namespace, service: str) -> Settings:
+    """One service's config, checked as that service will at start (and nothing more:
+    the router does not need the receiver's secrets)."""
+    return _loaded(LOADERS[service], args)

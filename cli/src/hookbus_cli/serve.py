@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .config import environment, installation
+from .config import environment, service_settings
 
 SERVICES = ("receiver", "router", "executor", "dispatcher")
 
@@ -17,7 +17,8 @@ def service_argv(service: str, config: str | None) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    installation(args)  # fail here, with the key named, rather than in the child
+    # Fail here, with the key named, rather than in the child.
+    service_settings(args, args.service)
     argv = service_argv(args.service, args.config)
     try:
         __import__(f"hookbus_{args.service}")
