@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import Histogram
@@ -54,12 +55,18 @@ def unwatch_gc() -> None:
         gc.callbacks.remove(_gc_callback)
 
 
-async def watch_loop(stop: asyncio.Event, interval: float = 0.1) -> None:
+async def watch_loop(
+    stop: asyncio.Event,
+    interval: float = 0.1,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
     """Measure how late each timer fires until ``stop`` is set."""
     while not stop.is_set():
-        started = time.perf_counter()
-        await asyncio.sleep(interval)
-        lag = max(0.0, time.perf_counter() - started - interval)
+        started = clock()
+        await sleep(interval)
+        lag = max(0.0, clock() - started - interval)
         LOOP_LAG.observe(lag)
         if lag >= REPORT_SECONDS:
             log.warning("event loop ran late", extra={"ms": round(lag * 1000, 1)})
