@@ -14,6 +14,7 @@ from typing import Any
 
 import jwt
 import pytest
+import stripe
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hookbus_receiver.signatures import (
+    HMAC_PRESETS,
     REASONS,
     SELFTEST_VECTORS,
     JwtKey,
@@ -465,6 +467,190 @@ def test_hmac_timestamp_mode_requires_timestamp_header() -> None:
         verify_hmac({"x-sig": "00"}, BODY, [SECRET], header="x-sig", signed="timestamp+body")
 
 
+# --------------------------------------------------------------- fields layout: Stripe, Convoy
+
+STRIPE_SECRET = "whsec_test_0123456789abcdefghijklmnopqrstuv"  # used whole, as Stripe does
+STRIPE_OLD = "whsec_test_rotated_out_9876543210zyxwvutsrq"
+
+
+def verify_stripe(
+    value: str, body: bytes = BODY, secrets: tuple[str, ...] = (STRIPE_SECRET,), **kw: Any
+) -> None:
+    keys = [s.encode() for s in secrets]
+    verify_hmac({"stripe-signature": value}, body, keys, **HMAC_PRESETS["stripe"], **kw)
+
+
+def stripe_header(body: bytes, secret: str, ts: int) -> str:
+    """The header as Stripe's own library builds it (its documented helper for tests)."""
+    return stripe.WebhookSignature.generate_signature_header(body.decode(), secret, ts)
+
+
+def stripe_accepts(value: str, body: bytes, secret: str) -> bool:
+    """Stripe's own verification, at the current time, with its default tolerance."""
+    try:
+        stripe.WebhookSignature.verify_header(body, value, secret, stripe.Webhook.DEFAULT_TOLERANCE)
+    except stripe.SignatureVerificationError:
+        return False
+    return True
+
+
+def test_stripe_preset_is_stripes_documented_scheme() -> None:
+    assert HMAC_PRESETS["stripe"] == {
+        "header": "stripe-signature", "format": "fields", "algorithm": "sha256",
+        "encoding": "hex", "prefix": "", "signed": "timestamp+body", "timestamp_header": None,
+        "separator": ".", "timestamp_field": "t", "signature_field": "v1",
+    }  # fmt: skip
+
+
+def test_stripe_headers_from_stripes_library_verify() -> None:
+    value = stripe_header(BODY, STRIPE_SECRET, NOW)
+    assert value.startswith(f"t={NOW},v1=")
+    verify_stripe(value, now=NOW)
+    verify_stripe(value, now=NOW + 300)  # Stripe's tolerance, to the second
+    verify_stripe(value, secrets=(STRIPE_OLD, STRIPE_SECRET), now=NOW)  # rotation, our side
+    assert reason_of(lambda: verify_stripe(value, now=NOW + 301)) == "stale_timestamp"
+    assert reason_of(lambda: verify_stripe(value, BODY + b" ", now=NOW)) == "bad_signature"
+    wrong = partial(verify_stripe, value, secrets=(STRIPE_OLD,), now=NOW)
+    assert reason_of(wrong) == "bad_signature"
+    # The secret is the whole whsec_… string, not base64 to decode (unlike Standard Webhooks).
+    without_prefix = partial(verify_stripe, value, secrets=(STRIPE_SECRET[6:],), now=NOW)
+    assert reason_of(without_prefix) == "bad_signature"
+
+
+def stripe_cases(body: bytes, ts: int) -> list[tuple[str, str, bytes, str | None]]:
+    """(case, header, body, our reason or None) over the scheme Stripe documents."""
+    good = stripe_header(body, STRIPE_SECRET, ts)
+    sig = good.split("v1=")[1]
+    old = stripe_header(body, STRIPE_OLD, ts).split("v1=")[1]
+    other = hmac.new(b"x", b"y", hashlib.sha256).hexdigest()
+    return [
+        ("as Stripe sends it", good, body, None),
+        ("rolling secret: a v1 per secret, old first", f"t={ts},v1={old},v1={sig}", body, None),
+        ("rolling secret: new first", f"t={ts},v1={sig},v1={old}", body, None),
+        ("a test-mode v0 beside the v1", f"{good},v0={other}", body, None),
+        ("only v0, though it matches", f"t={ts},v0={sig}", body, "malformed_signature"),
+        ("v1 signed with another secret", f"t={ts},v1={old}", body, "bad_signature"),
+        ("body tampered", good, body + b" ", "bad_signature"),
+        ("timestamp changed", f"t={ts - 1},v1={sig}", body, "bad_signature"),
+        ("no timestamp", f"v1={sig}", body, "malformed_signature"),
+        ("stale", stripe_header(body, STRIPE_SECRET, ts - 400), body, "stale_timestamp"),
+        ("truncated signature", f"t={ts},v1={sig[:-2]}", body, "malformed_signature"),
+        ("body signed without the timestamp", f"t={ts},v1={hmac.new(STRIPE_SECRET.encode(), body, hashlib.sha256).hexdigest()}", body, "bad_signature"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", [c[0] for c in stripe_cases(BODY, NOW)])
+def test_stripe_scheme_agrees_with_stripes_own_verification(case: str) -> None:
+    # Real time: Stripe's library checks the timestamp against its own clock.
+    ts = int(time.time())
+    _, value, body, reason = next(c for c in stripe_cases(BODY, ts) if c[0] == case)
+
+    ours = outcome(lambda: verify_stripe(value, body, now=ts))
+
+    assert ours == reason
+    assert stripe_accepts(value, body, STRIPE_SECRET) is (reason is None)
+
+
+def test_stripe_timestamp_from_the_future_is_refused_too() -> None:
+    # Stripe's library only refuses old timestamps; like Standard Webhooks, we refuse
+    # both ways, so a signature made ahead of time cannot be used later.
+    value = stripe_header(BODY, STRIPE_SECRET, NOW + 301)
+    assert reason_of(lambda: verify_stripe(value, now=NOW)) == "stale_timestamp"
+    verify_stripe(value, now=NOW, tolerance=400)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"t={NOW},t={NOW},v1=" + "a" * 64,  # two timestamps: which one was signed?
+        "v1=" + "a" * 64,
+        f"t={NOW}",
+        f"t={NOW},v1=",
+        f"t={NOW},v1=" + "z" * 64,
+        f"t={NOW},v1=" + "a" * 63,
+        f"t={NOW},V1=" + "a" * 64,  # field names are exact
+        f"t={NOW};v1=" + "a" * 64,
+        "sha256=" + "a" * 64,
+        ",,,",
+    ],
+)
+def test_fields_layout_malformed(value: str) -> None:
+    assert reason_of(lambda: verify_stripe(value, now=NOW)) == "malformed_signature"
+
+
+@pytest.mark.parametrize("ts", ["soon", "-5", "1e9", "Infinity", "", "17000000000000000"])
+def test_fields_layout_malformed_timestamp(ts: str) -> None:
+    value = f"t={ts},v1=" + "a" * 64
+    assert reason_of(lambda: verify_stripe(value, now=NOW)) == "malformed_timestamp"
+
+
+def test_fields_layout_whitespace_and_junk_fields() -> None:
+    sig = stripe_header(BODY, STRIPE_SECRET, NOW).split("v1=")[1]
+    verify_stripe(f" t = {NOW} , junk, v1=zz , v1 = {sig.upper()} ,", now=NOW)
+    assert reason_of(lambda: verify_stripe("", now=NOW)) == "missing_header"
+    assert reason_of(lambda: verify_stripe("t=1", secrets=("",), now=NOW)) == "no_secrets"
+
+
+# Convoy's published signature test vectors (its pkg/signature test data): "advanced"
+# signatures sign "<t>,<body>"; the hash and encoding are project settings.
+CONVOY_SECRET = b"convoy-webhook-secret"
+CONVOY_BODY = b'{"event":"charge.success","amount":1000,"currency":"NGN"}'
+CONVOY_SIG = "77b8b9269f25a199846a55a2bd25b3fba151c70fdae60bb1dcd87fbbc943c55c"
+CONVOY_VECTORS = [
+    ("sha256", "hex", f"t=1700000000,v1={CONVOY_SIG}", 3153600000, None),
+    ("sha256", "base64", "t=1700000000,v1=d7i5Jp8loZmEalWivSWz+6FRxw/a5gux3Nh/u8lDxVw=", 3153600000, None),
+    ("sha512", "hex", "t=1700000000,v1=b2122e252cd2582cf225cb2b8d4ceede9e34329e2fe95c02619c3ed5d4a3d9a73e6beaf2dff8e76d71a693ae198cee40685eed12ad4ee2e033dc2d0399ede057", 3153600000, None),
+    ("sha512", "base64", "t=1700000000,v1=shIuJSzSWCzyJcsrjUzu3p40Mp4v6VwCYZw+1dSj2ac+a+ry3/jnbXGmk64ZjO5AaF7tEq1O4uAz3C0Dme3gVw==", 3153600000, None),
+    ("sha256", "hex", "t=1700000000,v1=77b8b9269f25a199846a55a2bd25b3fba151c70fdae60bb1dcd87fbbc943c550", 3153600000, "bad_signature"),
+    ("sha256", "hex", f"t=1700000000,v1={CONVOY_SIG}", 300, "stale_timestamp"),
+    ("sha256", "hex", f"v1={CONVOY_SIG},t=1700000000", 3153600000, None),
+    ("sha256", "hex", f"t=1700000000,v1=449623e4897bbde05e35358293f97b8c2f697367ffa3e7466e98178dfba44d19,v1={CONVOY_SIG}", 3153600000, None),
+    ("sha256", "hex", "t=1700000000,v1=449623e4897bbde05e35358293f97b8c2f697367ffa3e7466e98178dfba44d19,v1=c7eff1833c41a2ce2e195599451b240cd282b1bc9fa387e428a9fd5a5dc74933", 3153600000, "bad_signature"),
+    ("sha256", "hex", f"t=Infinity,v1={CONVOY_SIG}", 3153600000, "malformed_timestamp"),
+    ("sha256", "hex", "t=1700000000,v1=1234567890", 3153600000, "malformed_signature"),
+    ("sha256", "hex", f"v1={CONVOY_SIG},v2={CONVOY_SIG}", 3153600000, "malformed_signature"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("algorithm", "encoding", "value", "tolerance", "reason"), CONVOY_VECTORS)
+def test_convoy_published_vectors(
+    algorithm: str, encoding: str, value: str, tolerance: int, reason: str | None
+) -> None:
+    def check() -> None:
+        verify_hmac(
+            {"x-convoy-signature": value}, CONVOY_BODY, [b"other", CONVOY_SECRET],
+            header="X-Convoy-Signature", format="fields", algorithm=algorithm,
+            encoding=encoding, separator=",", tolerance=tolerance, now=1_700_000_000 + 400,
+        )  # fmt: skip
+
+    assert outcome(check) == reason
+
+
+def test_fields_layout_with_other_field_names() -> None:
+    digest = hmac.new(SECRET, f"{NOW}:".encode() + BODY, hashlib.sha512).digest()
+    value = f"ts={NOW},sig={b64(digest)},t=junk"
+    verify_hmac(
+        {"x-sig": value}, BODY, [SECRET], header="x-sig", format="fields", algorithm="sha512",
+        encoding="base64", separator=":", timestamp_field="ts", signature_field="sig", now=NOW,
+    )  # fmt: skip
+    call = partial(verify_hmac, {"x-sig": value}, BODY, [SECRET], header="x-sig", format="fields")
+    assert reason_of(call) == "malformed_signature"  # t=junk, and no v1 field
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"prefix": "v1="}, "prefix"),
+        ({"timestamp_header": "x-ts"}, "timestamp_header"),
+        ({"timestamp_field": "v1"}, "different"),
+        ({"signature_field": ""}, "different"),
+    ],
+)
+def test_fields_layout_refuses_options_it_does_not_use(kw: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        verify_hmac({"x-sig": "t=1,v1=00"}, BODY, [SECRET], header="x-sig", format="fields", **kw)
+
+
 # --------------------------------------------------------------------------- static tokens
 
 
@@ -632,6 +818,56 @@ def test_jwks_skips_encryption_keys_and_pins_alg(rsa_key: rsa.RSAPrivateKey) -> 
     assert [(k.kid, k.algorithm) for k in keys] == [("sig", "RS256")]
     ps = jwt.encode(CLAIMS, rsa_key, algorithm="PS256", headers={"kid": "sig"})
     call = partial(verify_jwt, bearer(ps), keys=keys, algorithms=["PS256"], now=NOW)
+    assert reason_of(call) == "bad_jwt"
+
+
+@pytest.mark.parametrize(
+    ("keys_from", "strict", "token_kid", "reason"),
+    [
+        # A JWKS names its keys: strict is its default (sources.py), so unknown ids fail.
+        ("jwks", True, "a", None),
+        ("jwks", True, None, None),
+        ("jwks", True, "zzz", "unknown_kid"),
+        ("jwks", False, "zzz", None),  # lenient: the JWKS's key without an id is tried
+        # PEM keys have no id: by default (lenient) a token naming one still verifies.
+        ("pem", False, "zzz", None),
+        ("pem", False, None, None),
+        ("pem", True, "zzz", "unknown_kid"),
+        ("pem", True, None, None),
+        ("secret", False, "zzz", None),
+        ("secret", True, "zzz", "unknown_kid"),
+        ("secret", True, None, None),
+    ],
+)
+def test_strict_kid_for_each_kind_of_key(
+    rsa_key: rsa.RSAPrivateKey, keys_from: str, strict: bool, token_kid: str | None,
+    reason: str | None,
+) -> None:  # fmt: skip
+    if keys_from == "jwks":
+        doc = json.loads(jwks_text(("a", rsa_key), ("unnamed", rsa_key)))
+        del doc["keys"][1]["kid"]
+        keys = load_jwt_keys(json.dumps(doc))
+        assert [k.kid for k in keys] == ["a", None]
+    elif keys_from == "pem":
+        keys = load_jwt_keys(public_pem(rsa_key))
+    else:
+        keys = HS_KEYS
+    signing_key = HS_KEY if keys_from == "secret" else rsa_key
+    alg = "HS256" if keys_from == "secret" else "RS256"
+    headers = {"kid": token_kid} if token_kid is not None else None
+    token = jwt.encode(CLAIMS, signing_key, algorithm=alg, headers=headers)
+
+    got = outcome(lambda: verify_jwt(bearer(token), keys=keys, strict_kid=strict, now=NOW))
+
+    assert got == reason
+
+
+def test_strict_kid_still_checks_the_named_keys_signature(
+    rsa_key: rsa.RSAPrivateKey, rsa_key_2: rsa.RSAPrivateKey
+) -> None:
+    keys = load_jwt_keys(jwks_text(("a", rsa_key), ("b", rsa_key_2)))
+    swapped = jwt.encode(CLAIMS, rsa_key_2, algorithm="RS256", headers={"kid": "a"})
+    call = partial(verify_jwt, bearer(swapped), keys=keys, strict_kid=True, now=NOW)
     assert reason_of(call) == "bad_jwt"
 
 
@@ -834,6 +1070,7 @@ def test_failures_never_leak_secrets_tokens_or_signatures() -> None:
     gh_sig = sign_github(BODY, SECRET)
     hd_sig = sign_hookdeck(BODY, SECRET)
     sw_sig = sign_standard_webhooks("msg_1", NOW, BODY, SECRET)
+    stripe_sig = stripe_header(BODY, STRIPE_SECRET, NOW)
     basic = b64(b"user:" + WRONG)
     calls: list[Callable[[], object]] = [
         lambda: verify_github({"x-hub-signature-256": gh_sig}, BODY + b"x", [SECRET, OTHER]),
@@ -843,6 +1080,7 @@ def test_failures_never_leak_secrets_tokens_or_signatures() -> None:
         ),
         lambda: verify_hookdeck({"x-hookdeck-signature": hd_sig}, BODY, [OTHER]),
         lambda: verify_hmac({"x-sig": gh_sig}, BODY, [OTHER], header="x-sig", prefix="sha256="),
+        lambda: verify_stripe(stripe_sig, secrets=(STRIPE_OLD,), now=NOW),
         lambda: verify_token(
             {"authorization": "Bearer " + WRONG.decode()}, [SECRET], mode="bearer"
         ),
@@ -862,6 +1100,9 @@ def test_failures_never_leak_secrets_tokens_or_signatures() -> None:
         hd_sig,
         sw_sig,
         sw_sig.removeprefix("v1,"),
+        STRIPE_SECRET,
+        STRIPE_OLD,
+        stripe_sig.split("v1=")[1],
         basic,
     ]
     for call in calls:
@@ -883,6 +1124,8 @@ def test_selftest_all_pass() -> None:
         "standard-webhooks",
         "hookdeck",
         "hmac-sha512-base64",
+        "hmac-stripe",
+        "hmac-convoy",
         "jwt-hs256",
         "gitlab-token",
         "token",
@@ -905,6 +1148,7 @@ _HEADER_NAMES = st.sampled_from(
         "x-hookdeck-signature-2",
         "x-sig",
         "x-ts",
+        "stripe-signature",
         "authorization",
         "x-api-key",
     ]
@@ -942,6 +1186,18 @@ _VALUES = (
     | st.builds(lambda s: "sha256=" + s, st.text("0123456789abcdefABCDEF", max_size=70))
     | st.builds(lambda s: "sha1=" + s, st.text("0123456789abcdef", max_size=44))
     | st.builds(lambda s: "v1," + s, st.text(max_size=50))
+    | st.builds(
+        lambda t, sigs: f"t={t}," + ",".join(sigs),
+        st.integers(-10, 10**16) | st.text(max_size=8),
+        st.lists(
+            st.builds(
+                lambda k, v: f"{k}={v}",
+                st.sampled_from(["v1", "v0", "t", ""]),
+                st.text("0123456789abcdef=+/", max_size=70),
+            ),
+            max_size=4,
+        ),
+    )
     | st.builds(b64, st.binary(max_size=70))
     | st.builds(lambda s: "Bearer " + s, st.text(max_size=40) | jwt_like())
     | st.builds(lambda b: "Basic " + b64(b), st.binary(max_size=30))
@@ -977,6 +1233,10 @@ def test_random_input_only_ever_raises_verification_error(
             now=NOW,
             prefix="v1,",
         ),
+        lambda: verify_hmac(headers, body, [SECRET], **HMAC_PRESETS["stripe"], now=NOW),
+        lambda: verify_hmac(
+            headers, body, [SECRET], header="x-sig", format="fields", encoding="base64", now=NOW
+        ),
         lambda: verify_token(headers, [SECRET], mode="bearer"),
         lambda: verify_token(headers, [b"user:" + SECRET], mode="basic"),
         lambda: verify_token(headers, [SECRET], mode="header", header_name="x-api-key"),
@@ -997,6 +1257,9 @@ def test_random_jwts_are_rejected_with_verification_error(token: str) -> None:
         JwtKey(kid=None, key=RSA_KEY.public_key()),
     ]
     algorithms = ["HS256", "HS512", "ES256", "RS256", "PS256", "EdDSA"]
-    with pytest.raises(VerificationError) as info:
-        verify_jwt(bearer(token), keys=keys, algorithms=algorithms, now=NOW)
-    assert info.value.reason in REASONS
+    for strict_kid in (False, True):
+        with pytest.raises(VerificationError) as info:
+            verify_jwt(
+                bearer(token), keys=keys, algorithms=algorithms, now=NOW, strict_kid=strict_kid
+            )
+        assert info.value.reason in REASONS

@@ -21,7 +21,14 @@ from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT as _STRUCT
 from hookbus_common.settings import Port, PositiveFloat, PositiveInt
 
-from .signatures import decode_standard_secret
+from .signatures import (
+    HMAC_PRESETS,
+    HmacAlgorithm,
+    HmacFormat,
+    HmacLayout,
+    HmacPreset,
+    decode_standard_secret,
+)
 
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
@@ -180,15 +187,26 @@ class HookdeckSource(_Source, tag="hookdeck", tag_field="kind", **_STRUCT):
         return "hookdeck"
 
 
-class HmacSource(_Source, tag="hmac", tag_field="kind", **_STRUCT):
-    """Any HMAC signature: header, algorithm, encoding, prefix and what is signed."""
+# A field name in a `t=<ts>,v1=<sig>` header: no `,`, `=` or space.
+FieldName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
 
-    header: HeaderName | None = None  # required; checked in problems()
-    algorithm: Literal["sha1", "sha256", "sha512"] = "sha256"
+
+class HmacSource(_Source, tag="hmac", tag_field="kind", **_STRUCT):
+    """Any HMAC signature: header, layout, algorithm, encoding and what is signed; or a
+    sender's preset, which sets them all."""
+
+    preset: HmacPreset | None = None
+    header: HeaderName | None = None  # required unless a preset names it; see problems()
+    # "plain": the header is the signature; "fields": `t=<ts>,v1=<sig>,…` (Stripe, Convoy).
+    # None (here and below): not given, so the preset's value or the default applies.
+    format: HmacFormat | None = None
+    algorithm: HmacAlgorithm = "sha256"
     encoding: Literal["hex", "base64"] = "hex"
     prefix: str = ""
-    signed: Literal["body", "timestamp+body"] = "body"
+    signed: Literal["body", "timestamp+body"] | None = None
     timestamp_header: HeaderName | None = None
+    timestamp_field: FieldName | None = None
+    signature_field: FieldName | None = None
     separator: str = "."
     tolerance: PositiveFloat = 300.0
 
@@ -196,12 +214,66 @@ class HmacSource(_Source, tag="hmac", tag_field="kind", **_STRUCT):
     def kind(self) -> str:
         return "hmac"
 
+    def resolved(self) -> HmacSource:
+        """This source with its preset's keys filled in (the loader stores this)."""
+        if self.preset is None:
+            return self
+        return msgspec.structs.replace(self, **HMAC_PRESETS[self.preset])
+
+    def layout(self) -> HmacLayout:
+        """The signature's layout: each key as given, else the preset's, else its default."""
+        r = self.resolved()
+        fields = r.format == "fields"
+        return HmacLayout(
+            header=r.header or "",
+            format=r.format or "plain",
+            algorithm=r.algorithm,
+            encoding=r.encoding,
+            prefix=r.prefix,
+            signed=r.signed or ("timestamp+body" if fields else "body"),
+            timestamp_header=r.timestamp_header,
+            separator=r.separator,
+            timestamp_field=r.timestamp_field or "t",
+            signature_field=r.signature_field or "v1",
+        )
+
+    def _preset_conflicts(self) -> Iterator[tuple[str, str]]:
+        if self.preset is None:
+            return
+        defaults = {f.name: f.default for f in msgspec.structs.fields(self)}
+        for key, value in HMAC_PRESETS[self.preset].items():
+            given = getattr(self, key)
+            if key == "header" and given is not None:
+                given = given.lower()  # header names are case-insensitive
+            if given != defaults[key] and given != value:
+                preset = f'preset = "{self.preset}"'
+                why = f"{preset} sets it to {value!r}" if value else f"not used with {preset}"
+                yield key, f"{why}: leave it out"
+
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from super().problems()
-        if not self.header:
+        conflicts = list(self._preset_conflicts())
+        if conflicts:
+            yield from conflicts
+            return
+        r = self.resolved()
+        if not r.header:
             yield "header", "the header that carries the signature is required"
-        if self.signed == "timestamp+body" and not self.timestamp_header:
-            yield "timestamp_header", 'required when signed = "timestamp+body"'
+        if r.format != "fields":
+            if r.signed == "timestamp+body" and not r.timestamp_header:
+                yield "timestamp_header", 'required when signed = "timestamp+body"'
+            for key in ("timestamp_field", "signature_field"):
+                if getattr(r, key) is not None:
+                    yield key, 'only used with format = "fields"'
+            return
+        if r.prefix:
+            yield "prefix", 'not used with format = "fields": the signature is a field'
+        if r.timestamp_header:
+            yield "timestamp_header", 'not used with format = "fields": the timestamp is a field'
+        if r.signed == "body":
+            yield "signed", 'format = "fields" always signs the timestamp: leave `signed` out'
+        if (r.timestamp_field or "t") == (r.signature_field or "v1"):
+            yield "signature_field", "must differ from timestamp_field"
 
 
 # What a JWT source may require beside the token ("both must pass").
@@ -229,10 +301,19 @@ class JwtSource(_Source, tag="jwt", tag_field="kind", **_STRUCT):
     leeway: NonNegativeFloat = 0.0
     header: HeaderName = "authorization"
     also: AlsoCheck | None = None
+    # Refuse a token naming a kid that no key has (unknown_kid). None: yes for a JWKS,
+    # whose keys are named; no for PEM keys and secrets, which have no kid to match.
+    strict_kid: bool | None = None
 
     @property
     def kind(self) -> str:
         return "jwt"
+
+    def kid_is_strict(self) -> bool:
+        """Whether ``strict_kid`` holds; by default, whether the keys (as loaded) are a JWKS."""
+        if self.strict_kid is not None:
+            return self.strict_kid
+        return self.keys is not None and self.keys.lstrip().startswith("{")
 
     def allowed_algorithms(self) -> list[str]:
         if self.algorithms is not None:
@@ -431,12 +512,16 @@ def resolve_source(name: str, src: SourceConfig, base: Path, env: Mapping[str, s
     }
     if isinstance(src, StandardWebhooksSource):
         _check_standard_keys(f"{where}.secrets", resolved["secrets"])
+    if isinstance(src, HmacSource):
+        src = src.resolved()
     if isinstance(src, JwtSource):
         if isinstance(src.also, StandardWebhooksSource):
             _check_standard_keys(f"{where}.also.secrets", resolved["also.secrets"])
         also = resolved.pop("also.secrets", None)
         if src.also is not None and also is not None:
             src = msgspec.structs.replace(src, also=msgspec.structs.replace(src.also, secrets=also))
+        if isinstance(src.also, HmacSource):
+            src = msgspec.structs.replace(src, also=src.also.resolved())
         src = _read_jwt_keys(where, src, base)
     elif "signing" in resolved:  # gitlab's signing token is a Standard Webhooks secret
         _check_standard_keys(f"{where}.signing", resolved["signing"])

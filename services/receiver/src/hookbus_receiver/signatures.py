@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final, Literal, TypedDict
 
 import jwt
 from cryptography import x509
@@ -23,8 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from hookbus_common.errors import UnauthorizedError
 
 __all__ = [
+    "HMAC_PRESETS",
     "REASONS",
     "SELFTEST_VECTORS",
+    "HmacAlgorithm",
+    "HmacFormat",
+    "HmacLayout",
+    "HmacPreset",
     "JwtKey",
     "VerificationError",
     "decode_standard_secret",
@@ -271,6 +276,77 @@ def verify_hookdeck(headers: Mapping[str, str], body: bytes, secrets: Sequence[b
 
 # --------------------------------------------------------------------------- generic HMAC
 
+HmacAlgorithm = Literal["sha1", "sha256", "sha512"]
+HmacFormat = Literal["plain", "fields"]
+HmacPreset = Literal["stripe"]
+
+
+class HmacLayout(TypedDict):
+    """Where a sender puts its HMAC signature and what it signs (:func:`verify_hmac`'s keys)."""
+
+    header: str
+    format: HmacFormat
+    algorithm: HmacAlgorithm
+    encoding: Literal["hex", "base64"]
+    prefix: str
+    signed: Literal["body", "timestamp+body"]
+    timestamp_header: str | None
+    separator: str
+    timestamp_field: str
+    signature_field: str
+
+
+#: Senders whose documented scheme a source may name instead of spelling it out.
+HMAC_PRESETS: Final[Mapping[HmacPreset, HmacLayout]] = MappingProxyType(
+    {
+        # Stripe-Signature: t=<unix ts>,v1=<hex>[,v1=<hex>…][,v0=…] over "<t>.<raw body>".
+        "stripe": HmacLayout(
+            header="stripe-signature",
+            format="fields",
+            algorithm="sha256",
+            encoding="hex",
+            prefix="",
+            signed="timestamp+body",
+            timestamp_header=None,
+            separator=".",
+            timestamp_field="t",
+            signature_field="v1",
+        ),
+    }
+)
+
+
+def _decode_signature(value: str, encoding: str, size: int) -> bytes | None:
+    decoded = _decode_hex(value, size) if encoding == "hex" else _decode_b64(value)
+    return decoded if decoded is not None and len(decoded) == size else None
+
+
+def _signature_fields(
+    value: str, timestamp_field: str, signature_field: str, encoding: str, size: int
+) -> tuple[str, list[bytes]]:
+    """The timestamp and the usable signatures of a ``t=<ts>,v1=<sig>,…`` header."""
+    timestamps: list[str] = []
+    signatures: list[str] = []
+    for item in value.split(","):
+        # Split at the first "=" only: base64 signatures end in "=" padding.
+        key, _, field = item.partition("=")
+        key = key.strip()
+        if key == timestamp_field:
+            timestamps.append(field.strip())
+        elif key == signature_field:
+            signatures.append(field.strip())
+        # Any other field (v0, a scheme of another version) is not ours to check.
+    # Two timestamps make the signed content ambiguous: refuse rather than pick one.
+    if len(timestamps) != 1 or not signatures:
+        raise VerificationError("malformed_signature")
+    # Junk beside a good signature is skipped, as a rotating sender may add entries.
+    provided = [
+        d for sig in signatures if (d := _decode_signature(sig, encoding, size)) is not None
+    ]
+    if not provided:
+        raise VerificationError("malformed_signature")
+    return timestamps[0], provided
+
 
 def verify_hmac(
     headers: Mapping[str, str],
@@ -278,47 +354,74 @@ def verify_hmac(
     secrets: Sequence[bytes],
     *,
     header: str,
-    algorithm: Literal["sha1", "sha256", "sha512"] = "sha256",
+    format: HmacFormat = "plain",
+    algorithm: HmacAlgorithm = "sha256",
     encoding: Literal["hex", "base64"] = "hex",
     prefix: str = "",
     signed: Literal["body", "timestamp+body"] = "body",
     timestamp_header: str | None = None,
     separator: str = ".",
+    timestamp_field: str = "t",
+    signature_field: str = "v1",
     tolerance: float = 300,
     now: float | None = None,
 ) -> None:
-    """Generic HMAC signature in ``header`` (optionally ``prefix``-ed, optionally timestamped).
+    """Generic HMAC signature in ``header``, in one of two layouts.
 
-    With ``signed="timestamp+body"`` the signed content is ``{timestamp}{separator}{body}``
-    and the unix-seconds timestamp from ``timestamp_header`` must be within ``tolerance``
-    of ``now`` (default: the current time).
+    ``format="plain"``: the header is the signature (after an optional ``prefix``). With
+    ``signed="timestamp+body"`` the signed content is ``{timestamp}{separator}{body}``,
+    the timestamp taken from ``timestamp_header``.
+
+    ``format="fields"`` (Stripe, Convoy): the header is comma-separated ``key=value``
+    fields, exactly one ``timestamp_field`` and one or more ``signature_field`` (several
+    while the sender rotates its secret; one matching is enough; fields of other names,
+    such as ``v0``, are ignored). The signed content is ``{timestamp}{separator}{body}``.
+
+    A timestamp is unix seconds and must be within ``tolerance`` of ``now`` (default:
+    the current time), either way.
     """
     if algorithm not in _DIGEST_SIZES:
         raise ValueError(f"unsupported HMAC algorithm {algorithm!r}")
     if encoding not in ("hex", "base64"):
         raise ValueError(f"unsupported signature encoding {encoding!r}")
-    if signed == "timestamp+body" and not timestamp_header:
-        raise ValueError("timestamp_header is required when signed='timestamp+body'")
-    if signed not in ("body", "timestamp+body"):
-        raise ValueError(f"unsupported signed content {signed!r}")
+    if format == "fields":
+        if prefix or timestamp_header:
+            raise ValueError("prefix and timestamp_header are not used with format='fields'")
+        if not timestamp_field or not signature_field or timestamp_field == signature_field:
+            raise ValueError("timestamp_field and signature_field must be two different names")
+    elif format == "plain":
+        if signed == "timestamp+body" and not timestamp_header:
+            raise ValueError("timestamp_header is required when signed='timestamp+body'")
+        if signed not in ("body", "timestamp+body"):
+            raise ValueError(f"unsupported signed content {signed!r}")
+    else:
+        raise ValueError(f"unsupported signature header format {format!r}")
     keys = _usable(secrets)
     value = _header(headers, header)
-    if prefix:
-        if not value.startswith(prefix):
-            raise VerificationError("malformed_signature")
-        value = value[len(prefix) :].strip()
     size = _DIGEST_SIZES[algorithm]
-    provided = _decode_hex(value, size) if encoding == "hex" else _decode_b64(value)
-    if provided is None or len(provided) != size:
-        raise VerificationError("malformed_signature")
+    timestamp: str | None = None
+    if format == "fields":
+        timestamp, provided = _signature_fields(
+            value, timestamp_field, signature_field, encoding, size
+        )
+    else:
+        if prefix:
+            if not value.startswith(prefix):
+                raise VerificationError("malformed_signature")
+            value = value[len(prefix) :].strip()
+        decoded = _decode_signature(value, encoding, size)
+        if decoded is None:
+            raise VerificationError("malformed_signature")
+        provided = [decoded]
+        if signed == "timestamp+body":
+            assert timestamp_header is not None  # checked above
+            timestamp = _header(headers, timestamp_header)
     content = body
-    if signed == "timestamp+body":
-        assert timestamp_header is not None  # checked above
-        timestamp = _header(headers, timestamp_header)
+    if timestamp is not None:
         _parse_timestamp(timestamp, time.time() if now is None else now, tolerance)
         content = _to_bytes(f"{timestamp}{separator}") + body
     expected = [_hmac(key, content, algorithm) for key in keys]
-    if not _any_match([provided], expected):
+    if not _any_match(provided, expected):
         raise VerificationError("bad_signature")
 
 
@@ -548,12 +651,17 @@ def verify_jwt(
     now: float | None = None,
     leeway: float = 0,
     header: str = "authorization",
+    strict_kid: bool = False,
 ) -> dict[str, object]:
     """Verify a compact JWS JWT from ``Authorization: Bearer`` (or a custom header).
 
-    Checks the signature (key chosen by ``kid`` when present), ``exp``/``nbf``/``iat``,
-    ``iss``/``aud``/``sub`` and ``required_claims`` (a ``None`` value means "must be
-    present", anything else must be equal). Returns the claims.
+    Checks the signature, ``exp``/``nbf``/``iat``, ``iss``/``aud``/``sub`` and
+    ``required_claims`` (a ``None`` value means "must be present", anything else must be
+    equal). Returns the claims.
+
+    A token that names a ``kid`` is checked with the keys of that id. When none has it, it
+    is refused (``unknown_kid``) with ``strict_kid``; without, the keys that have no id
+    (PEM keys, secrets) are tried instead. A token without a ``kid`` may match any key.
     """
     if not keys:
         raise VerificationError("no_secrets")
@@ -576,7 +684,9 @@ def verify_jwt(
         raise VerificationError("bad_jwt")
     candidates = list(keys)
     if kid is not None:
-        candidates = [k for k in keys if k.kid == kid] or [k for k in keys if k.kid is None]
+        candidates = [k for k in keys if k.kid == kid]
+        if not candidates and not strict_kid:
+            candidates = [k for k in keys if k.kid is None]
         if not candidates:
             raise VerificationError("unknown_kid")
     family = _key_family(alg)
@@ -629,7 +739,8 @@ def verify_jwt(
 
 # --------------------------------------------------------------------------- selftest
 
-#: Published test vectors (GitHub docs, Standard Webhooks spec) used by :func:`selftest`.
+#: Published test vectors (GitHub docs, Standard Webhooks spec, Convoy's signature test
+#: vectors) used by :func:`selftest`.
 SELFTEST_VECTORS: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
     {
         "github-sha256": MappingProxyType(
@@ -648,6 +759,18 @@ SELFTEST_VECTORS: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
                 "timestamp": "1614265330",
                 "body": '{"test": 2432232314}',
                 "signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            }
+        ),
+        # Convoy's "advanced" signature: fields t= and v1=, over "<t>,<body>".
+        "convoy-advanced": MappingProxyType(
+            {
+                "secret": "convoy-webhook-secret",
+                "timestamp": "1700000000",
+                "body": '{"event":"charge.success","amount":1000,"currency":"NGN"}',
+                "signature": (
+                    "t=1700000000,"
+                    "v1=77b8b9269f25a199846a55a2bd25b3fba151c70fdae60bb1dcd87fbbc943c55c"
+                ),
             }
         ),
     }
@@ -743,6 +866,44 @@ def _selftest_hmac_sha512() -> str:
     return "stdlib round trip verified; tampered body rejected"
 
 
+def _selftest_stripe() -> str:
+    ts = 1_700_000_000
+    signed = f"{ts}.".encode() + _SELFTEST_BODY
+    good = hmac.new(_SELFTEST_SECRET, signed, hashlib.sha256).hexdigest()
+    old = hmac.new(b"rotated-out-secret", signed, hashlib.sha256).hexdigest()
+    # While Stripe rolls a secret it sends a v1 per secret; v0 (test mode) is not ours.
+    value = f"t={ts},v1={old},v1={good},v0={good}"
+
+    def check(value: str, body: bytes = _SELFTEST_BODY, now: float = ts) -> None:
+        headers = {"stripe-signature": value}
+        verify_hmac(headers, body, [_SELFTEST_SECRET], **HMAC_PRESETS["stripe"], now=now)
+
+    check(value)
+    _require(_rejects(lambda: check(f"t={ts},v0={good}")), "a v0 signature was accepted")
+    _require(_rejects(lambda: check(value, _SELFTEST_BODY + b" ")), "tampered body was accepted")
+    _require(_rejects(lambda: check(value, now=ts + 301)), "stale timestamp was accepted")
+    return "stdlib round trip verified; v0, tampered body and stale timestamp rejected"
+
+
+def _selftest_convoy() -> str:
+    v = SELFTEST_VECTORS["convoy-advanced"]
+    secret, body, ts = v["secret"].encode(), v["body"].encode(), float(v["timestamp"])
+    fields, sig = v["signature"].split(",")
+
+    def check(value: str, body: bytes = body, now: float = ts) -> None:
+        headers = {"x-convoy-signature": value}
+        verify_hmac(
+            headers, body, [secret], header="x-convoy-signature", format="fields",
+            separator=",", now=now,
+        )  # fmt: skip
+
+    check(v["signature"])
+    check(f"{sig},{fields}")  # fields are found by name, not by place
+    _require(_rejects(lambda: check(v["signature"], body + b" ")), "tampered body was accepted")
+    _require(_rejects(lambda: check(v["signature"], now=ts + 301)), "stale timestamp was accepted")
+    return "published vector verified; tampered body and stale timestamp rejected"
+
+
 def _selftest_jwt() -> str:
     now = 1_700_000_000
     claims = {"iss": "hookbus-selftest", "aud": "hookbus", "sub": "selftest", "exp": now + 60}
@@ -763,7 +924,12 @@ def _selftest_jwt() -> str:
         _rejects(lambda: verify_jwt(headers, keys=[key], now=now + 3600)),
         "expired token was accepted",
     )
-    return "pyjwt round trip verified; expired token rejected"
+    no_kid = [JwtKey(kid=None, key=_SELFTEST_SECRET)]
+    _require(
+        _rejects(lambda: verify_jwt(headers, keys=no_kid, strict_kid=True, now=now)),
+        "a token naming an unknown kid was accepted with strict_kid",
+    )
+    return "pyjwt round trip verified; expired token and unknown kid rejected"
 
 
 def _selftest_gitlab_token() -> str:
@@ -793,6 +959,8 @@ _SELFTESTS: Final[tuple[tuple[str, Callable[[], str]], ...]] = (
     ("standard-webhooks", _selftest_standard_webhooks),
     ("hookdeck", _selftest_hookdeck),
     ("hmac-sha512-base64", _selftest_hmac_sha512),
+    ("hmac-stripe", _selftest_stripe),
+    ("hmac-convoy", _selftest_convoy),
     ("jwt-hs256", _selftest_jwt),
     ("gitlab-token", _selftest_gitlab_token),
     ("token", _selftest_token),

@@ -130,16 +130,11 @@ def _verifier(where: str, src: SourceConfig) -> Verifier:
             keys = _secrets(src)
             return lambda h, b, now: verify_hookdeck(h, b, keys)
         case HmacSource():
-            keys, c = _secrets(src), src
-            assert c.header is not None  # the loader checked it
+            keys, layout, tolerance = _secrets(src), src.layout(), src.tolerance
+            assert layout["header"]  # the loader checked it
 
             def generic(h: Mapping[str, str], b: bytes, now: float) -> None:
-                verify_hmac(
-                    h, b, keys, header=c.header or "", algorithm=c.algorithm,
-                    encoding=c.encoding, prefix=c.prefix, signed=c.signed,
-                    timestamp_header=c.timestamp_header, separator=c.separator,
-                    tolerance=c.tolerance, now=now,
-                )  # fmt: skip
+                verify_hmac(h, b, keys, **layout, tolerance=tolerance, now=now)
 
             return generic
         case JwtSource():
@@ -163,12 +158,13 @@ def _jwt_verifier(where: str, src: JwtSource) -> Verifier:
     # An empty string in the config means "present, any value".
     required = {k: (None if v == "" else v) for k, v in src.required_claims.items()}
     also = _verifier(f"{where}.also", src.also) if src.also is not None else None
+    strict_kid = src.kid_is_strict()
 
     def check(h: Mapping[str, str], b: bytes, now: float) -> None:
         verify_jwt(
             h, keys=keys, algorithms=algorithms, issuer=src.issuer, audience=src.audience,
             subject=src.subject, required_claims=required, now=now, leeway=src.leeway,
-            header=src.header,
+            header=src.header, strict_kid=strict_kid,
         )  # fmt: skip
         if also is not None:
             also(h, b, now)
