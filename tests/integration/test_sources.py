@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+import stripe
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -52,12 +53,18 @@ BEARER = "bearer-token-3f9a1c"
 BASIC = "deploy-bot:basic-pass-8e1d"
 API_KEY = "api-key-2b6f4d"
 RATE_TOKEN = "rate-limited-token-11aa"
+STRIPE_SECRET = "whsec_stripe_current_5c1e9a77d0"  # as Stripe's dashboard shows it
+STRIPE_OLD = "whsec_stripe_rolled_3b8f2c44e1"
+CONVOY_SECRET = "convoy-endpoint-secret-8d2a"
 ALL_SECRETS = [
     GH["secret"], GH_OLD, GL_TOKEN, GL_SIGNING, HD_NEW, HD_OLD, HM_SECRET, HM_BODY_SECRET,
-    JWT_HS, BEARER, BASIC, API_KEY, RATE_TOKEN, SW_OTHER, SW["secret"],
+    JWT_HS, BEARER, BASIC, API_KEY, RATE_TOKEN, SW_OTHER, SW["secret"], STRIPE_SECRET,
+    STRIPE_OLD, CONVOY_SECRET,
 ]  # fmt: skip
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+# A key the JWKS lists without a kid: strict kid matching must not fall back to it.
+RSA_UNNAMED = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 SOURCES = f"""
 [sources.gh]
@@ -125,6 +132,44 @@ kind = "jwt"
 key_file = "keys/runner.pem"
 algorithms = ["RS256"]
 also = {{ kind = "hookdeck", secrets = [{{ value = "{HD_NEW}" }}] }}
+
+[sources.jwks]
+kind = "jwt"
+key_file = "keys/runner-jwks.json"
+algorithms = ["RS256"]
+
+[sources.jwkslax]
+kind = "jwt"
+key_file = "keys/runner-jwks.json"
+algorithms = ["RS256"]
+strict_kid = false
+
+[sources.jwtpem]
+kind = "jwt"
+key_file = "keys/runner.pem"
+algorithms = ["RS256"]
+
+[sources.jwtpemstrict]
+kind = "jwt"
+key_file = "keys/runner.pem"
+algorithms = ["RS256"]
+strict_kid = true
+
+[sources.stripe]                         # as docs/sources.md shows it
+kind = "hmac"
+preset = "stripe"
+secrets = [{{ env = "STRIPE_WEBHOOK_SECRET" }}, {{ value = "{STRIPE_OLD}" }}]
+idempotency = {{ json_field = "id" }}
+event_type = {{ json_field = "type" }}
+
+[sources.convoy]
+kind = "hmac"
+header = "X-Convoy-Signature"
+format = "fields"
+separator = ","
+algorithm = "sha512"
+encoding = "base64"
+secrets = [{{ value = "{CONVOY_SECRET}" }}]
 
 [sources.tok]
 kind = "token"
@@ -203,9 +248,15 @@ def rsettings(servers: Servers, module_dir: Path, capture: Capture) -> ReceiverC
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+    named = jwt.algorithms.RSAAlgorithm.to_jwk(RSA_KEY.public_key(), as_dict=True)
+    unnamed = jwt.algorithms.RSAAlgorithm.to_jwk(RSA_UNNAMED.public_key(), as_dict=True)
+    (module_dir / "keys" / "runner-jwks.json").write_text(
+        json.dumps({"keys": [{**named, "kid": "runner-1", "use": "sig"}, unnamed]})
+    )
     (module_dir / "gitlab-signing").write_text(GL_SIGNING + "\n")
     return module_settings(
-        servers, module_dir, SOURCES, env={"GH_SECRET": GH["secret"]},
+        servers, module_dir, SOURCES,
+        env={"GH_SECRET": GH["secret"], "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET},
         receiver_toml="max_body_bytes = 65536",
     )  # fmt: skip
 
@@ -269,6 +320,34 @@ def jwt_rs(**claims: object) -> str:
     return jwt.encode({"exp": int(time.time()) + 60, **claims}, RSA_KEY, algorithm="RS256")
 
 
+def jwt_kid(kid: str | None, key: rsa.RSAPrivateKey = RSA_KEY) -> dict[str, str]:
+    headers = {"kid": kid} if kid is not None else None
+    token = jwt.encode({"exp": int(time.time()) + 60}, key, algorithm="RS256", headers=headers)
+    return {**JSON, "authorization": f"Bearer {token}"}
+
+
+def stripe_event(event_type: str = "payment_intent.succeeded", **fields: object) -> bytes:
+    event = {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": event_type}
+    return json.dumps({**event, **fields}).encode()
+
+
+def stripe_headers(body: bytes, *secrets: str, ts: int | None = None) -> dict[str, str]:
+    """Signed the way Stripe signs: its own library's header, one v1 per secret."""
+    ts = int(time.time()) if ts is None else ts
+    values = [
+        stripe.WebhookSignature.generate_signature_header(body.decode(), secret, ts)
+        for secret in secrets or (STRIPE_SECRET,)
+    ]
+    v1s = ",".join(v.split(",", 1)[1] for v in values)
+    return {**JSON, "stripe-signature": f"t={ts},{v1s}"}
+
+
+def convoy_headers(body: bytes, secret: str = CONVOY_SECRET, sep: bytes = b",") -> dict[str, str]:
+    ts = str(int(time.time()))
+    digest = hmac.new(secret.encode(), ts.encode() + sep + body, hashlib.sha512).digest()
+    return {**JSON, "x-convoy-signature": f"t={ts},v1={base64.b64encode(digest).decode()}"}
+
+
 def basic(creds: str) -> str:
     return "Basic " + base64.b64encode(creds.encode()).decode()
 
@@ -279,6 +358,7 @@ def basic(creds: str) -> str:
 def good_requests() -> list[tuple[str, str, bytes, dict[str, str]]]:
     """(case, source, body, headers) that each source must accept."""
     b = {name: body_of(case=name) for name in "abcdefghijklmnopqrstu"}
+    e = [stripe_event(case=i) for i in range(4)]
     gl = {**JSON, "x-gitlab-event": "Push Hook", "x-gitlab-token": GL_TOKEN}
     sha1 = "sha1=" + hmac.new(GH_OLD.encode(), b["c"], hashlib.sha1).hexdigest()
     return [
@@ -323,6 +403,19 @@ def good_requests() -> list[tuple[str, str, bytes, dict[str, str]]]:
         ("unsigned from an allowed address", "open", b["r"], JSON),
         ("+json content type", "tok", b["s"], {"content-type": "application/vnd.acme+json",
                                                "authorization": f"Bearer {BEARER}"}),
+        ("stripe, signed by Stripe's own library", "stripe", e[0], stripe_headers(e[0])),
+        ("stripe, a secret still listed after rolling", "stripe", e[1], stripe_headers(e[1], STRIPE_OLD)),
+        ("stripe rolling its secret: a v1 for each", "stripe", e[2], stripe_headers(e[2], "whsec_unknown", STRIPE_SECRET)),
+        (
+            "stripe, a v0 beside the v1", "stripe", e[3],
+            {**(h := stripe_headers(e[3])), "stripe-signature": h["stripe-signature"] + ",v0=" + "0" * 64},
+        ),
+        ("convoy advanced signature", "convoy", b["t"], convoy_headers(b["t"])),
+        ("jwks, the kid it names", "jwks", b["u"], jwt_kid("runner-1")),
+        ("jwks, no kid: every key is tried", "jwks", b["u"], jwt_kid(None, RSA_UNNAMED)),
+        ("jwks not strict: unknown kid, unnamed key", "jwkslax", b["u"], jwt_kid("elsewhere", RSA_UNNAMED)),
+        ("pem: a kid, though the key has none", "jwtpem", b["u"], jwt_kid("whatever")),
+        ("pem strict: no kid", "jwtpemstrict", b["u"], jwt_kid(None)),
     ]  # fmt: skip
 
 
@@ -429,6 +522,19 @@ def bad_requests() -> list[tuple[str, str, bytes, dict[str, str]]]:
         ("bearer as basic", "tok", b, {**JSON, "authorization": basic(BEARER)}),
         ("basic wrong password", "basic", b, {**JSON, "authorization": basic("deploy-bot:nope")}),
         ("api key missing", "apikey", b, {**JSON, "authorization": f"Bearer {API_KEY}"}),
+        ("stripe stale", "stripe", b, stripe_headers(b, ts=old)),
+        ("stripe from the future", "stripe", b, stripe_headers(b, ts=int(time.time()) + 3600)),
+        ("stripe tampered", "stripe", b + b" ", stripe_headers(b)),
+        ("stripe wrong secret", "stripe", b, stripe_headers(b, "whsec_not_ours")),
+        ("stripe v0 only", "stripe", b, {**JSON, "stripe-signature": stripe_headers(b)["stripe-signature"].replace("v1=", "v0=")}),
+        ("stripe missing header", "stripe", b, JSON),
+        ("stripe signature in a header of its own", "stripe", b, {**JSON, "x-signature": stripe_headers(b)["stripe-signature"]}),
+        ("convoy signed with the wrong separator", "convoy", b, convoy_headers(b, sep=b".")),
+        ("convoy wrong secret", "convoy", b, convoy_headers(b, secret="nope")),
+        ("jwks, a kid it does not name, unnamed key", "jwks", b, jwt_kid("elsewhere", RSA_UNNAMED)),
+        ("jwks, a kid it does not name, named key", "jwks", b, jwt_kid("elsewhere")),
+        ("jwks, its kid on another key's token", "jwks", b, jwt_kid("runner-1", RSA_UNNAMED)),
+        ("pem strict: a kid the key does not have", "jwtpemstrict", b, jwt_kid("whatever")),
     ]  # fmt: skip
 
 
@@ -455,6 +561,50 @@ async def test_rejections_are_counted_by_reason(url: str, client: httpx.AsyncCli
 
     assert 'hookbus_receiver_rejected_total{reason="bad_signature",source="gh"}' in metrics
     assert 'hookbus_receiver_requests_total{outcome="unauthorized",source="gh"}' in metrics
+
+
+@pytest.mark.parametrize(
+    ("source", "make", "reason"),
+    [
+        ("jwks", lambda b: jwt_kid("elsewhere", RSA_UNNAMED), "unknown_kid"),
+        ("jwtpemstrict", lambda b: jwt_kid("whatever"), "unknown_kid"),
+        ("stripe", lambda b: stripe_headers(b, ts=int(time.time()) - 400), "stale_timestamp"),
+        ("stripe", lambda b: {**JSON, "stripe-signature": "v1=" + "a" * 64}, "malformed_signature"),
+        ("convoy", lambda b: convoy_headers(b, sep=b"."), "bad_signature"),
+    ],
+)
+async def test_new_checks_count_their_reasons(
+    url: str, client: httpx.AsyncClient, source: str, make: Callable[[bytes], dict], reason: str
+) -> None:
+    b = body_of()
+    r = await client.post(f"{url}/hooks/{source}", content=b, headers=make(b))
+
+    assert r.status_code == 401
+    metrics = (await client.get(f"{url}/metrics")).text
+    assert f'hookbus_receiver_rejected_total{{reason="{reason}",source="{source}"}}' in metrics
+
+
+async def test_a_stripe_retry_is_recorded_once_and_can_be_reverified_by_stripe(
+    url: str, rsettings: ReceiverConfig, client: httpx.AsyncClient
+) -> None:
+    body = stripe_event("invoice.paid", data={"object": {"id": "in_1"}})
+    # Stripe retries an event with a fresh timestamp and signature, and the same id.
+    first = await client.post(f"{url}/hooks/stripe", content=body, headers=stripe_headers(body))
+    retry = await client.post(
+        f"{url}/hooks/stripe", content=body,
+        headers=stripe_headers(body, ts=int(time.time()) + 1),
+    )  # fmt: skip
+
+    assert first.status_code == 202, first.text
+    assert (retry.status_code, retry.json()) == (200, {"id": first.json()["id"], "duplicate": True})
+    (row,) = [x for x in await recorded(rsettings, "stripe") if x.id == first.json()["id"]]
+    assert row.data.delivery_id == json.loads(body)["id"]
+    assert row.data.event_type == "invoice.paid"
+    # What was kept is enough for Stripe's own library to verify the delivery again.
+    event = stripe.Webhook.construct_event(
+        row.raw_body, row.data.headers["stripe-signature"], STRIPE_SECRET
+    )
+    assert event["type"] == "invoice.paid"
 
 
 # --------------------------------------------------------------- facts and idempotency
