@@ -25,6 +25,7 @@ from hookbus_common.events import (
     DeliverySucceeded,
     EventData,
     JobFailed,
+    JobInterrupted,
     JobRequested,
     JobRequestedV2,
     JobStarted,
@@ -118,6 +119,16 @@ SAMPLES: dict[str, EventData] = {
         output_bytes=100,
         truncated=True,
         error="timed out",
+    ),
+    JobInterrupted.TYPE: JobInterrupted(
+        job_id="job_1",
+        kind="shell",
+        rule="deploy",
+        attempt=2,
+        reason="orphaned",
+        retrying=True,
+        host="runner-1",
+        pgid=4242,
     ),
     DeliveryRequested.TYPE: DeliveryRequested(
         delivery_id="dlv_1",
@@ -479,6 +490,7 @@ SUBJECT_CASES = [
     (JobStarted(job_id="j", kind="shell", rule="r"), "hookbus.job.started.shell"),
     (JobSucceeded(job_id="j", kind="shell", rule="r"), "hookbus.job.succeeded.shell"),
     (JobFailed(job_id="j", kind="Docker Run", rule="r"), "hookbus.job.failed.docker_run"),
+    (JobInterrupted(job_id="j", kind="shell", rule="r"), "hookbus.job.interrupted.shell"),
     (
         DeliveryRequested(delivery_id="d", rule="r", webhook_id="w", url="u", tenant="acme"),
         "hookbus.delivery.requested.acme",
@@ -678,3 +690,34 @@ def test_a_replay_carries_the_original_webhook_byte_for_byte():
     assert back == replay
     assert bytes(back.webhook.payload) == PAYLOAD
     assert (back.requested_by, back.reason) == (None, None)
+
+
+# ------------------------------------------------------------------ interrupted jobs
+
+
+def test_a_job_request_records_its_interruptions_unless_its_rule_says_retry():
+    req = JobRequestedV2(job_id="j", rule="r", webhook_id="w", spec=ShellSpec(command=["x"]))
+    assert req.on_interrupt == "record"
+    # A request from a router that predates the field decodes with the safe default.
+    doc = json.loads(msgspec.json.encode(req))
+    del doc["on_interrupt"]
+    assert decode_data(JobRequestedV2.TYPE, json.dumps(doc).encode()) == req
+    retry = msgspec.structs.replace(req, on_interrupt="retry")
+    assert decode_data(JobRequestedV2.TYPE, msgspec.json.encode(retry)) == retry
+    doc["on_interrupt"] = "sometimes"
+    with pytest.raises(msgspec.ValidationError, match="on_interrupt"):
+        decode_data(JobRequestedV2.TYPE, json.dumps(doc).encode())
+
+
+def test_an_upgraded_v1_request_records_its_interruptions():
+    v1 = JobRequested(job_id="j", kind="shell", rule="r", webhook_id="w",
+                      shell=ShellSpec(command=["x"]))  # fmt: skip
+    assert v1.upgrade().on_interrupt == "record"
+
+
+def test_an_interruption_is_a_finished_job_with_its_reason():
+    data = JobInterrupted(job_id="j", kind="shell", rule="r", attempt=3, reason="shutdown")
+    # Readers of job outcomes see the shared fields; the read model counts it as an end.
+    assert isinstance(data, ev.JobFinished)
+    assert (data.retrying, data.host, data.pgid, data.exit_code) == (False, None, None, None)
+    assert data.reason in ev.INTERRUPT_REASONS

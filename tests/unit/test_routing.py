@@ -224,10 +224,19 @@ def test_shell_action_becomes_a_job_request():
     assert data.spec.timeout == 42.0
     assert data.spec.payload == "file"
     assert data.spec.cwd == "/srv/app"
+    assert data.on_interrupt == "record"
     assert job.bus_subject("hookbus") == "hookbus.job.requested.shell"
     assert job.causationid == hook.id
     assert job.correlationid == hook.correlationid
     assert job.tenant == "acme"
+
+
+def test_a_rule_that_retries_interrupted_runs_says_so_in_its_job_requests():
+    retry = ShellAction(command=["./sync.sh"], on_interrupt="retry")
+    _, first, second = route([rule("sync", actions=[retry, SHELL])], hook_event())
+    assert isinstance(first.data, JobRequestedV2)
+    assert isinstance(second.data, JobRequestedV2)
+    assert (first.data.on_interrupt, second.data.on_interrupt) == ("retry", "record")
 
 
 def test_job_context_carries_the_webhooks_facts():

@@ -272,6 +272,78 @@ async def test_cancellation_kills_the_process_group(tmp_path):
     await _until(lambda: not _alive(child), "its child to die")
 
 
+async def test_stop_ends_the_whole_group_and_says_it_was_stopped(tmp_path):
+    leader_file, child_file = tmp_path / "leader.pid", tmp_path / "child.pid"
+    script = """
+        sh -c 'trap "" TERM; echo $$ > "$1"; exec sleep 30' child "$2" &
+        while [ ! -s "$2" ]; do sleep 0.01; done
+        echo $$ > "$1"
+        echo working
+        sleep 30
+    """
+    stop = asyncio.Event()
+    job = asyncio.create_task(
+        run_shell(
+            [SH, "-c", script, "sh", str(leader_file), str(child_file)],
+            env=ENV,
+            timeout=60,
+            kill_grace=0.3,
+            stop=stop,
+        )
+    )
+    leader, child = await _pid_from(leader_file), await _pid_from(child_file)
+
+    stop.set()
+    result = await job
+
+    assert result.stopped
+    assert not result.timed_out
+    assert not result.ok
+    assert result.signal == signal.SIGTERM
+    assert result.output == "working\n"
+    assert result.pgid == leader
+    await _until(lambda: not _alive(leader), "the leader to die")
+    await _until(lambda: not _alive(child), "the TERM-ignoring child to die")
+
+
+async def test_a_stop_that_comes_after_the_exit_changes_nothing():
+    stop = asyncio.Event()
+
+    result = await run_shell([SH, "-c", "echo done"], env=ENV, stop=stop)
+    stop.set()
+
+    assert result.ok
+    assert not result.stopped
+
+
+async def test_on_spawn_gets_the_process_group_while_the_action_runs(tmp_path):
+    seen: list[tuple[int, bool]] = []
+
+    async def spawned(pgid: int) -> None:
+        seen.append((pgid, _alive(pgid)))
+
+    result = await run_shell([SH, "-c", "echo $$"], env=ENV, on_spawn=spawned)
+
+    assert result.ok
+    assert seen == [(int(result.output), True)]
+    assert result.pgid == int(result.output)
+
+
+async def test_a_failing_on_spawn_kills_the_group_and_raises(tmp_path):
+    leader_file = tmp_path / "leader.pid"
+    pgids: list[int] = []
+
+    async def spawned(pgid: int) -> None:
+        pgids.append(pgid)
+        await _until(lambda: leader_file.exists(), "the action to start")
+        raise RuntimeError("cannot record it")
+
+    with pytest.raises(RuntimeError, match="cannot record it"):
+        await run_shell([SH, "-c", f"echo $$ > {leader_file}; sleep 30"], env=ENV, on_spawn=spawned)
+
+    await _until(lambda: not _alive(pgids[0]), "the action to die")
+
+
 async def test_missing_executable_raises_spawn_error_naming_it():
     with pytest.raises(ShellSpawnError, match="hookbus-no-such-program") as caught:
         await run_shell(["/nonexistent/hookbus-no-such-program"], env={"TOKEN": "s3cret"})
@@ -340,5 +412,6 @@ def test_result_ok_requires_exit_zero_and_no_timeout():
 
     assert ShellResult(exit_code=0, timed_out=False, **base).ok
     assert not ShellResult(exit_code=0, timed_out=True, **base).ok
+    assert not ShellResult(exit_code=0, timed_out=False, stopped=True, **base).ok
     assert not ShellResult(exit_code=1, timed_out=False, **base).ok
     assert not ShellResult(exit_code=None, timed_out=False, **base).ok

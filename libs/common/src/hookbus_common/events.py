@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeAlias, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeAlias, TypeVar
 
 import msgspec
 
@@ -168,6 +168,12 @@ class ShellSpec(msgspec.Struct, tag_field="kind", tag="shell", **_FROZEN):
 JobSpec: TypeAlias = ShellSpec
 
 
+# What the executor does with a run whose end is unknown (its executor died mid-way):
+# ``record`` it as interrupted and stop there (the default), or ``retry``, running the
+# job again as its next attempt (for actions that are safe to repeat).
+OnInterrupt: TypeAlias = Literal["record", "retry"]
+
+
 def spec_kind(spec: JobSpec) -> str:
     """The ``kind`` tag of a job spec: ``shell`` for a ShellSpec."""
     return str(type(spec).__struct_config__.tag)
@@ -223,6 +229,7 @@ class JobRequestedV2(EventData, **_FROZEN):
     spec: JobSpec
     context: dict[str, str] = {}
     payload: msgspec.Raw = msgspec.Raw(b"null")
+    on_interrupt: OnInterrupt = "record"
 
     @property
     def kind(self) -> str:
@@ -273,6 +280,35 @@ class JobFailed(JobFinished, **_FROZEN):
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("job", "failed", token(self.kind))
+
+
+# Why a run was interrupted (a plain string in the contract, so a reason can be added
+# without a new type): its executor died and the run's end is unknown
+# (``executor_lost``); an executor found the run's processes left behind by a dead
+# executor on its host and ended them (``orphaned``); the executor was stopped and ended
+# the action after its shutdown grace (``shutdown``).
+INTERRUPT_REASONS: tuple[str, ...] = ("executor_lost", "orphaned", "shutdown")
+
+
+class JobInterrupted(JobFinished, **_FROZEN):
+    """A run that did not finish by itself: ``reason`` is one of ``INTERRUPT_REASONS``.
+
+    Unless ``retrying``, this is the job's terminal event (the same id as a succeeded or
+    failed one would have), so the job is not run again. ``retrying`` (the rule's
+    ``on_interrupt`` is ``retry``) means the next attempt follows. The action's fields
+    (exit code, output, duration) are known only when this executor ended it.
+    """
+
+    TYPE: ClassVar[str] = "io.hookbus.job.interrupted.v1"
+
+    reason: str = "executor_lost"
+    retrying: bool = False
+    # Where the interrupted run was (hostname, and the action's process group when known).
+    host: str | None = None
+    pgid: int | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("job", "interrupted", token(self.kind))
 
 
 class DeliveryRequested(EventData, **_FROZEN):
@@ -430,6 +466,7 @@ DATA_TYPES: dict[str, type[EventData]] = {
         JobStarted,
         JobSucceeded,
         JobFailed,
+        JobInterrupted,
         DeliveryRequested,
         DeliveryAttempted,
         DeliverySucceeded,

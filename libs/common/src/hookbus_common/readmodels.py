@@ -19,6 +19,8 @@ _JOB_STATUS: dict[type[ev.EventData], str] = {
     ev.JobStarted: "running",
     ev.JobSucceeded: "succeeded",
     ev.JobFailed: "failed",
+    # A retrying interruption is followed by the next attempt's job.started (running).
+    ev.JobInterrupted: "interrupted",
 }
 _DELIVERY_STATUS: dict[type[ev.EventData], str] = {
     ev.DeliveryAttempted: "retrying",
@@ -40,7 +42,7 @@ async def _apply(
                 " ON CONFLICT (job_id) DO NOTHING",
                 data.job_id, data.kind, data.rule, correlation, time, seq,
             )  # fmt: skip
-        case ev.JobStarted() | ev.JobSucceeded() | ev.JobFailed():
+        case ev.JobStarted() | ev.JobSucceeded() | ev.JobFailed() | ev.JobInterrupted():
             finished = isinstance(data, ev.JobFinished)
             await conn.execute(
                 "UPDATE jobs SET status = $2, attempts = greatest(attempts, $3),"
@@ -118,6 +120,7 @@ PROJECTED: tuple[type[ev.EventData], ...] = (
     ev.JobStarted,
     ev.JobSucceeded,
     ev.JobFailed,
+    ev.JobInterrupted,
     ev.DeliveryRequested,
     ev.DeliveryOutcome,
     ev.PartnerCreated,

@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
-from hookbus_common.service import main_for, run_consumer
+from hookbus_common.consumer import Handler
+from hookbus_common.service import Runtime, main_for, run_consumer
 
 from . import config
 from .config import ExecutorConfig
 from .jobs import TERMINAL_STEP, make_handler
+from .runs import Runs
 
 
 async def run(settings: ExecutorConfig) -> None:
-    await run_consumer(
-        settings,
-        "executor",
-        filter_tokens=[("job", "requested")],
-        make_handler=lambda rt: make_handler(settings),
-        health_port=settings.executor.health_port,
-        max_in_flight=settings.executor.max_in_flight,
-        max_deliver=settings.executor.max_deliver,
-        ack_wait=settings.executor.ack_wait_seconds,
-        # A job that finished before we died (unacked) is not run again.
-        terminal_step=TERMINAL_STEP,
-    )
+    runs: Runs | None = None
+
+    def handler(rt: Runtime) -> Handler:
+        nonlocal runs
+        runs = Runs(settings.executor, rt.pool, rt.outbox, rt.stop)
+        return make_handler(settings, runs)
+
+    async def started(rt: Runtime) -> None:
+        # Before taking any job: end what a dead executor left running on this host.
+        assert runs is not None
+        await runs.start()
+
+    try:
+        await run_consumer(
+            settings,
+            "executor",
+            filter_tokens=[("job", "requested")],
+            make_handler=handler,
+            started=started,
+            health_port=settings.executor.health_port,
+            max_in_flight=settings.executor.max_in_flight,
+            max_deliver=settings.executor.max_deliver,
+            ack_wait=settings.executor.ack_wait_seconds,
+            # A job that finished before we died (unacked) is not run again.
+            terminal_step=TERMINAL_STEP,
+        )
+    finally:
+        if runs is not None:
+            await runs.close()
 
 
 def main() -> None:

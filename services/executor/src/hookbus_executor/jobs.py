@@ -1,148 +1,262 @@
-"""The executor's handler: a job request in; started, then succeeded or failed, out."""
+"""The executor's handler: a job request in; started, then succeeded, failed or
+interrupted, out — one run of a job at a time, under the job's lease."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from functools import partial
-from typing import Any
-
-import msgspec
+from collections.abc import AsyncIterator, Mapping
 
 from hookbus_common import events as ev
 from hookbus_common.consumer import Handler, Incoming, Yielded
-from hookbus_common.errors import PermanentError
-from hookbus_common.events import Event, JobRequested, JobRequestedV2
+from hookbus_common.errors import PermanentError, RetryableError
+from hookbus_common.events import Event, JobRequestedV2
 
+from . import leases, outcomes, procs
 from .config import ExecutorConfig, ExecutorSettings
+from .leases import Lease
+from .outcomes import TERMINAL_STEP, job_request
+from .runs import Run, Runs, end_processes, marks
 from .shell import ShellResult, ShellSpawnError, run_shell
 
-SOURCE = "/hookbus/executor"
-# The step of a job's one terminal event (succeeded or failed): once it is in the log,
-# the job is finished and a redelivery of its request is not run again.
-TERMINAL_STEP = "finished"
+__all__ = ["TERMINAL_STEP", "Executor", "action_env", "inherited_env", "job_request"]
+
+log = logging.getLogger(__name__)
+
+# How soon a stopping executor's message comes back (to another replica, or to this one
+# once it has restarted).
+_STOPPING_DELAY = 1.0
 
 
 def action_env(
-    req: JobRequestedV2, spec: ev.ShellSpec, inherited: Mapping[str, str]
+    req: JobRequestedV2, spec: ev.ShellSpec, inherited: Mapping[str, str], attempt: int = 1
 ) -> dict[str, str]:
-    """Only allow-listed variables of our own environment, then the event's, then the rule's."""
-    return {**inherited, **req.context, "HOOKBUS_JOB_ID": req.job_id, **spec.env}
+    """Only allow-listed variables of our own environment, then the event's, then the
+    rule's; the job's id and attempt last, since they are how its processes are found."""
+    return {**inherited, **req.context, **spec.env, **marks(req.job_id, attempt)}
 
 
 def inherited_env(settings: ExecutorSettings, environ: Mapping[str, str]) -> dict[str, str]:
     return {k: environ[k] for k in settings.inherit_env if k in environ}
 
 
-def job_request(event: Event[Any]) -> Event[JobRequestedV2]:
-    """The request in its current shape: a v1 request (from a router older than v2, still
-    in the stream) is upgraded here, so nothing after this sees v1."""
-    match event.data:
-        case JobRequestedV2():
-            return event
-        case JobRequested() as v1:
-            return msgspec.structs.replace(event, type=JobRequestedV2.TYPE, data=v1.upgrade())
-    raise PermanentError(f"executor cannot handle {event.type}")
+class Executor:
+    """Runs job requests: takes each job's lease, runs it as its next attempt, and records
+    a run whose end is unknown as interrupted (or runs the job again, if its rule says)."""
 
+    def __init__(self, settings: ExecutorConfig, runs: Runs) -> None:
+        self.settings = settings
+        self.runs = runs
+        self.inherited = inherited_env(settings.executor, os.environ)
 
-def _finished(
-    cause: Event[JobRequestedV2], attempt: int, result: ShellResult | None, error: str | None
-) -> Event[Any]:
-    req = cause.data
-    fields: dict[str, Any] = {"job_id": req.job_id, "kind": req.kind, "rule": req.rule}
-    fields["attempt"] = attempt
-    if result is not None:
-        fields.update(
-            exit_code=result.exit_code,
-            signal=result.signal,
-            timed_out=result.timed_out,
-            duration_ms=result.duration_ms,
-            output=result.output,
-            output_bytes=result.output_bytes,
-            truncated=result.truncated,
-        )
-    if error is not None:
-        fields["error"] = error
-    ok = result is not None and result.ok
-    data = ev.JobSucceeded(**fields) if ok else ev.JobFailed(**fields)
-    # One id for either outcome: a job finishes once, whatever redelivery happens.
-    return ev.make_event(
-        data,
-        source=SOURCE,
-        id=ev.derived_id(cause.id, TERMINAL_STEP),
-        cause=cause,
-        subject=req.job_id,
-    )
+    @property
+    def _e(self) -> ExecutorSettings:
+        return self.settings.executor
 
+    def _refuse_if_stopping(self) -> None:
+        if self.runs.stopping.is_set():
+            raise RetryableError("the executor is stopping; the job is left for later",
+                                 delay=_STOPPING_DELAY)  # fmt: skip
 
-async def _shell(
-    settings: ExecutorConfig,
-    inherited: Mapping[str, str],
-    incoming: Incoming,
-    req: JobRequestedV2,
-    spec: ev.ShellSpec,
-) -> tuple[ShellResult | None, str | None]:
-    """Run a shell spec; its result, or why it could not be started."""
-    env = action_env(req, spec, inherited)
-    cwd = str(settings.resolve_path(spec.cwd or settings.executor.workdir or "."))
-    payload = bytes(req.payload)
-    stdin = payload if spec.payload == "stdin" else None
-    with contextlib.ExitStack() as stack:
-        if spec.payload == "file":
-            fd, path = tempfile.mkstemp(prefix="hookbus-payload-", suffix=".json")
-            stack.callback(os.unlink, path)
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            env["HOOKBUS_PAYLOAD_FILE"] = path
+    async def handle(self, incoming: Incoming) -> AsyncIterator[Yielded]:
+        event = job_request(incoming.event)
+        req = event.data
+        match req.spec:
+            case ev.ShellSpec() as spec:
+                pass
+            case _:
+                raise PermanentError(f"executor cannot run jobs of kind {req.kind!r}")
+        runs = self.runs
+        terminal_id = ev.derived_id(event.id, TERMINAL_STEP)
+        while True:
+            self._refuse_if_stopping()
+            async with runs.pool.acquire() as conn:
+                claim = await leases.take(
+                    conn, event, req.job_id, runs.owner, runs.ttl,
+                    running_here=req.job_id in runs.running,
+                    acted_here=runs.acted.get(req.job_id), terminal_id=terminal_id,
+                )  # fmt: skip
+            match claim:
+                case leases.Finished():
+                    return
+                case leases.Held(lease):
+                    # Never two runs at once: this message waits (and keeps itself alive)
+                    # until that run ends or is found lost.
+                    await self._wait(lease, incoming)
+                case leases.Lost(previous):
+                    done = await self._lost(event, previous)
+                    yield done
+                    outcomes.count_interrupted(done)
+                    await self._end(req.job_id, "interrupted")
+                    if not done.data.retrying:
+                        return
+                case leases.Acquired(attempt):
+                    async for out in self._run(incoming, event, spec, attempt):
+                        yield out
+                    return
+
+    async def _wait(self, lease: Lease, incoming: Incoming) -> None:
+        poll = min(max(self.runs.renew_every, 0.2), 10.0)
+        mine = self.runs.running.get(lease.job_id) if lease.owner == self.runs.owner.id else None
+        waiter = mine.done if mine is not None else self.runs.stopping
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(poll):
+                await waiter.wait()
         try:
-            result = await run_shell(
-                spec.command,
-                env=env,
-                cwd=cwd,
-                stdin=stdin,
-                timeout=spec.timeout,
-                kill_grace=settings.executor.kill_grace_seconds,
-                max_output_bytes=settings.executor.max_output_bytes,
-                on_progress=incoming.progress,
+            await incoming.progress()
+        except Exception as exc:
+            log.warning("could not report progress", extra={"error": repr(exc)})
+
+    async def _lost(
+        self, event: Event[JobRequestedV2], previous: Lease
+    ) -> Event[ev.JobInterrupted]:
+        """The interruption of a run whose end is unknown; what is left of it on this
+        host is ended first."""
+        ended = await end_processes(previous, self.runs.owner.host, self._e.kill_grace_seconds)
+        log.warning(
+            "job run lost with its executor; recording it interrupted",
+            extra={"job_id": previous.job_id, "attempt": previous.attempt, "ended": ended},
+        )
+        return outcomes.interrupted(
+            event,
+            previous.attempt,
+            "orphaned" if ended else "executor_lost",
+            retrying=outcomes.retries(event.data, previous.attempt, self._e.max_attempts),
+            host=previous.hostname or None,
+            pgid=previous.pgid,
+        )
+
+    async def _end(self, job_id: str, outcome: str) -> None:
+        async with self.runs.pool.acquire() as conn:
+            if not await leases.end(conn, job_id, self.runs.owner, outcome):
+                log.warning("job lease was not ours when the run ended", extra={"job_id": job_id})
+        self.runs.acted.pop(job_id, None)
+
+    async def _run(
+        self, incoming: Incoming, event: Event[JobRequestedV2], spec: ev.ShellSpec, attempt: int
+    ) -> AsyncIterator[Yielded]:
+        req = event.data
+        runs = self.runs
+        # Registered until its end is recorded: a redelivery here waits for that.
+        run = runs.begin(req.job_id)
+        started = False
+        try:
+            yield outcomes.started(event, attempt)
+            # The commit may have waited (Postgres away): are we still to run it?
+            self._refuse_if_stopping()
+            async with runs.pool.acquire() as conn:
+                if not await leases.confirm(conn, req.job_id, runs.owner, runs.ttl):
+                    raise RetryableError(f"job {req.job_id}: lease taken by another executor")
+            started = True
+            result, error = await self._shell(incoming, req, spec, attempt, run)
+            if result is not None and result.stopped:
+                async for out in self._stopped(event, attempt, run, result):
+                    yield out
+                return
+            yield outcomes.finished(event, attempt, result, error)
+            ok = result is not None and result.ok
+            await self._end(req.job_id, "succeeded" if ok else "failed")
+        finally:
+            runs.finish(run)
+            if not started:
+                await self._release_unstarted(req.job_id)
+
+    async def _stopped(
+        self, event: Event[JobRequestedV2], attempt: int, run: Run, result: ShellResult
+    ) -> AsyncIterator[Yielded]:
+        """A run this executor ended from outside: at shutdown, or on losing its lease."""
+        req = event.data
+        if run.reason == "lease_lost":
+            # The executor that took the lease records this run; we record nothing.
+            raise RetryableError(f"job {req.job_id}: lease taken by another executor")
+        retrying = outcomes.retries(req, attempt, self._e.max_attempts)
+        done = outcomes.interrupted(
+            event, attempt, "shutdown", retrying=retrying, result=result,
+            host=self.runs.owner.host.name, pgid=result.pgid,
+        )  # fmt: skip
+        yield done
+        outcomes.count_interrupted(done)
+        await self._end(req.job_id, "interrupted")
+        if retrying:
+            raise RetryableError(
+                f"job {req.job_id} stopped by shutdown; it runs again", delay=_STOPPING_DELAY
             )
-        except ShellSpawnError as exc:
-            # A missing program will be missing next time too: record it, do not retry.
-            return None, str(exc)
-    return result, None
+
+    async def _release_unstarted(self, job_id: str) -> None:
+        try:
+            async with self.runs.pool.acquire() as conn:
+                await leases.release_unstarted(conn, job_id, self.runs.owner)
+        except Exception as exc:
+            # Left as it is, the lease expires; the next run is then the same attempt,
+            # as no action of it was started (none recorded its process).
+            log.warning("could not release an unstarted job's lease", extra={"error": repr(exc)})
+
+    async def _shell(
+        self,
+        incoming: Incoming,
+        req: JobRequestedV2,
+        spec: ev.ShellSpec,
+        attempt: int,
+        run: Run,
+    ) -> tuple[ShellResult | None, str | None]:
+        """Run a shell spec; its result, or why it could not be started."""
+        settings = self.settings
+        env = action_env(req, spec, self.inherited, attempt)
+        cwd = str(settings.resolve_path(spec.cwd or settings.executor.workdir or "."))
+        payload = bytes(req.payload)
+        stdin = payload if spec.payload == "stdin" else None
+
+        async def spawned(pgid: int) -> None:
+            run.acting = True
+            self.runs.acted[req.job_id] = attempt
+            try:
+                async with self.runs.pool.acquire() as conn:
+                    await leases.record_spawn(
+                        conn, req.job_id, self.runs.owner, pgid, procs.start_time(pgid)
+                    )
+            except Exception as exc:
+                # The action runs on; should we die, its processes are found by their
+                # environment instead.
+                log.warning("could not record the job's process group", extra={"error": repr(exc)})
+
+        with contextlib.ExitStack() as stack:
+            if spec.payload == "file":
+                fd, path = tempfile.mkstemp(prefix="hookbus-payload-", suffix=".json")
+                stack.callback(os.unlink, path)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(payload)
+                env["HOOKBUS_PAYLOAD_FILE"] = path
+            try:
+                result = await run_shell(
+                    spec.command,
+                    env=env,
+                    cwd=cwd,
+                    stdin=stdin,
+                    timeout=spec.timeout,
+                    kill_grace=settings.executor.kill_grace_seconds,
+                    max_output_bytes=settings.executor.max_output_bytes,
+                    on_progress=incoming.progress,
+                    on_spawn=spawned,
+                    stop=run.stop,
+                )
+            except ShellSpawnError as exc:
+                # A missing program will be missing next time too: record it, do not retry.
+                return None, str(exc)
+            finally:
+                run.acting = False
+        return result, None
 
 
-async def run_job(
-    settings: ExecutorConfig, inherited: Mapping[str, str], incoming: Incoming
-) -> AsyncIterator[Yielded]:
-    event = job_request(incoming.event)
-    req = event.data
-    run: Callable[[], Awaitable[tuple[ShellResult | None, str | None]]]
-    match req.spec:
-        case ev.ShellSpec() as spec:
-            run = partial(_shell, settings, inherited, incoming, req, spec)
-        case _:
-            raise PermanentError(f"executor cannot run jobs of kind {req.kind!r}")
-    attempt = incoming.deliveries
-    yield ev.make_event(
-        ev.JobStarted(job_id=req.job_id, kind=req.kind, rule=req.rule, attempt=attempt),
-        source=SOURCE,
-        id=ev.derived_id(event.id, f"started/{attempt}"),
-        cause=event,
-        subject=req.job_id,
-    )
-    result, error = await run()
-    yield _finished(event, attempt, result, error)
+def make_handler(settings: ExecutorConfig, runs: Runs) -> Handler:
+    """The consume loop's handler. A job already finished never gets here: the loop skips
+    it (terminal_step=TERMINAL_STEP)."""
+    executor = Executor(settings, runs)
 
-
-def make_handler(settings: ExecutorConfig) -> Handler:
-    inherited = inherited_env(settings.executor, os.environ)
-
-    # A job already finished (we died before acking) never gets here: the consume loop
-    # skips it (terminal_step=TERMINAL_STEP), so it is not run again.
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
-        async for out in run_job(settings, inherited, incoming):
+        async for out in executor.handle(incoming):
             yield out
 
     return handle

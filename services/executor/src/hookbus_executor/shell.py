@@ -49,10 +49,13 @@ class ShellResult(msgspec.Struct, frozen=True):
     elapsed_ms: float | None = None
     """From start until the process group was gone and its output read; after a timeout
     this also counts the kill grace and the reaping."""
+    stopped: bool = False
+    """Ended from outside (``stop`` was set) before it exited by itself."""
+    pgid: int | None = None
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
+        return self.exit_code == 0 and not self.timed_out and not self.stopped
 
 
 async def run_shell(
@@ -68,6 +71,8 @@ async def run_shell(
     max_output_bytes: int = 64 * 1024,
     on_progress: Callable[[], Awaitable[None]] | None = None,
     progress_interval: float = 10.0,
+    on_spawn: Callable[[int], Awaitable[None]] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> ShellResult:
     """Execute `argv` directly (never via a shell) and wait for it and its process group.
 
@@ -76,7 +81,11 @@ async def run_shell(
     `kill_grace`; after a normal exit leftover group members are killed too, so nothing
     started by the action outlives it. `on_progress` is awaited every
     `progress_interval` seconds until the result is ready; its failures are only logged.
-    Cancelling the caller SIGKILLs the group before CancelledError propagates.
+    `on_spawn` is awaited with the process group's id as soon as the action runs (to
+    record where it is); if it fails, the group is killed and the error propagates.
+    Setting `stop` ends the group as a timeout does (SIGTERM, `kill_grace`, SIGKILL) and
+    returns a result marked `stopped`. Cancelling the caller SIGKILLs the group before
+    CancelledError propagates.
     """
     if isinstance(argv, str):
         raise TypeError("argv must be a sequence of arguments, not a command string")
@@ -99,10 +108,16 @@ async def run_shell(
     out_transport: asyncio.ReadTransport | None = None
     in_transport: asyncio.WriteTransport | None = None
     heartbeat: asyncio.Task[None] | None = None
+    stop_task: asyncio.Future[Any] | None = None
     timed_out = False
+    stopped = False
     ran_until: float | None = None
     cancelled = False
     try:
+        if on_spawn is not None:
+            await on_spawn(pgid)
+        if stop is not None:
+            stop_task = asyncio.ensure_future(stop.wait())
         if on_progress is not None:
             heartbeat = asyncio.create_task(_heartbeat(on_progress, progress_interval))
         out_transport, _ = await loop.connect_read_pipe(
@@ -117,12 +132,22 @@ async def run_shell(
             in_transport.write(stdin)
             in_transport.close()
 
-        if not await _settled(exit_task, timeout):
-            timed_out = True
-            # What ran was the action up to its timeout; the termination that follows
-            # (up to kill_grace, then reaping) is ours, not the action's.
+        waits: set[asyncio.Future[Any]] = (
+            {exit_task} if stop_task is None else {exit_task, stop_task}
+        )
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not exit_task.done():
+            stopped = stop_task is not None and stop_task.done()
+            timed_out = not stopped
+            # What ran was the action up to its timeout (or stop); the termination that
+            # follows (up to kill_grace, then reaping) is ours, not the action's.
             ran_until = time.monotonic()
-            log.warning("%s timed out after %.1fs; terminating its process group", argv[0], timeout)
+            if stopped:
+                log.warning("%s stopped; terminating its process group", argv[0])
+            else:
+                log.warning(
+                    "%s timed out after %.1fs; terminating its process group", argv[0], timeout
+                )
             await _terminate_group(pgid, exit_task, kill_grace)
 
         if not await _settled(out_lost, _DRAIN_AFTER_EXIT):
@@ -134,6 +159,8 @@ async def run_shell(
         _signal_group(pgid, signal.SIGKILL)
         raise
     finally:
+        if stop_task is not None:
+            stop_task.cancel()
         await _release(
             heartbeat=heartbeat,
             in_transport=in_transport,
@@ -159,6 +186,8 @@ async def run_shell(
         output_bytes=capture.total,
         truncated=truncated,
         elapsed_ms=(done - started) * 1000.0,
+        stopped=stopped,
+        pgid=pgid,
     )
 
 

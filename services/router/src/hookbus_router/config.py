@@ -16,6 +16,7 @@ import msgspec
 
 from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
+from hookbus_common.events import OnInterrupt
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
 
 # Sources that exist without a [sources.*] table: the image-push URL, and partners, whose
@@ -32,6 +33,10 @@ class ShellAction(msgspec.Struct, tag="shell", tag_field="kind", **STRUCT):
     timeout: PositiveFloat = 300.0
     payload: Literal["stdin", "file", "none"] = "stdin"
     cwd: str | None = None
+    # A run whose end is unknown (its executor died mid-way) is recorded as interrupted
+    # and not run again ("record"), or run again as the next attempt ("retry": only for
+    # actions that are safe to repeat).
+    on_interrupt: OnInterrupt = "record"
 
 
 class WebhookAction(msgspec.Struct, tag="webhook", tag_field="kind", **STRUCT):

@@ -73,6 +73,7 @@ def _request(
                 spec=_spec(action),
                 context=_context(event, hook, replay_of),
                 payload=hook.payload,
+                on_interrupt=action.on_interrupt,
             )
         case WebhookAction():
             data = ev.DeliveryRequested(
