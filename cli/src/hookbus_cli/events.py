@@ -44,6 +44,11 @@ def summary(e: LoggedEvent) -> str:
             return f"{d.get('job_id')} {kind} (rule {d.get('rule')})"
         case "job.started":
             return f"{d.get('job_id')} attempt {d.get('attempt')}"
+        case "job.interrupted":
+            then = "; runs again" if d.get("retrying") else ""
+            return (
+                f"{d.get('job_id')} attempt {d.get('attempt')} interrupted: {d.get('reason')}{then}"
+            )
         case "job.succeeded" | "job.failed":
             if d.get("timed_out"):
                 how = "timed out"

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from hookbus_common.settings import default_config_path
+from hookbus_executor.config import ExecutorSettings
 
 from .config import installation
 from .embedded import EmbeddedError, NatsServer, Postgres, wait_until_ok
@@ -40,6 +41,18 @@ def _wait_ready(
     elif not stopping():
         print("hookbus: the receiver did not become ready within 60 s", flush=True)
     return False
+
+
+# Beyond the executor's own grace: the other services' shutdown, and recording the ended
+# jobs.
+_STOP_MARGIN = 15.0
+
+
+def stop_wait(executor: ExecutorSettings) -> float:
+    """How long the services get to stop before they are killed: enough for the executor
+    to give running jobs their shutdown grace, end them and record them interrupted (a
+    killed executor would leave them running, their end unknown)."""
+    return executor.shutdown_grace_seconds + executor.kill_grace_seconds + _STOP_MARGIN
 
 
 class AlreadyRunning(Exception):
@@ -140,7 +153,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         for child in children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + stop_wait(inst.executor.executor)
         for child in children.values():
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
