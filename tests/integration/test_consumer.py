@@ -1,11 +1,15 @@
-"""The bus and the consume loop against a real nats-server and Postgres."""
+"""The bus and the consume loop against a real nats-server and Postgres (and, for outages,
+a Postgres of the test's own that it stops and starts again)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from hookbus_common import eventlog
@@ -13,6 +17,9 @@ from hookbus_common import events as ev
 from hookbus_common.consumer import Consumer, Incoming, Yielded
 from hookbus_common.errors import PermanentError, RetryableError
 from hookbus_common.service import Runtime
+from hookbus_common.settings import Settings
+
+from .ownpostgres import OwnPostgres, runtime_on, waiting_for_recovery
 
 pytestmark = pytest.mark.integration
 
@@ -271,3 +278,126 @@ async def test_a_durable_with_one_filter_is_widened_to_several_in_place(rt: Runt
     # The first message is not delivered again; both subjects are now taken.
     assert seen[0] == f"{prefix}.job.requested.shell"
     assert sorted(seen[1:]) == [f"{prefix}.job.requested.shell", f"{prefix}.job.started.shell"]
+
+
+# ------------------------------------------------------------------ Postgres away
+
+
+@pytest.fixture(scope="module")
+def own_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgres]:
+    pg = OwnPostgres(tmp_path_factory.mktemp("own-pg") / "pg")
+    pg.ensure_started()
+    yield pg
+    pg.ensure_stopped()
+
+
+@pytest.fixture
+async def own_rt(own_pg: OwnPostgres, settings: Settings) -> AsyncIterator[Runtime]:
+    """This test's runtime, its pool on a Postgres the test may stop."""
+    own_pg.ensure_started()
+    async with runtime_on(own_pg, settings) as rt:
+        yield rt
+        own_pg.ensure_started()  # a test that failed mid-outage leaves it stopped
+
+
+async def _waiting(durable: str) -> bool:
+    return waiting_for_recovery(durable) >= 1
+
+
+def _finished(incoming: Incoming) -> ev.Event[Any]:
+    req = incoming.event.data
+    return ev.make_event(
+        ev.JobSucceeded(job_id=req.job_id, kind="shell", rule="r"),
+        source="/test", id=ev.derived_id(incoming.event.id, "finished"), cause=incoming.event,
+    )  # fmt: skip
+
+
+async def test_an_outcome_that_cannot_be_committed_is_kept_until_postgres_is_back(
+    own_rt: Runtime, own_pg: OwnPostgres, tmp_path: Path
+) -> None:
+    # The work is done (its side effect a line in a file) and Postgres stops before its
+    # outcome is recorded: the loop holds the outcome and the message until Postgres is
+    # back, then records it. The work is not done again and nothing is dead-lettered.
+    rt = own_rt
+    durable = f"{rt.bus.prefix}-test"
+    effects = tmp_path / "effects"
+    done, go = asyncio.Event(), asyncio.Event()
+    seen: list[int] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        seen.append(incoming.deliveries)
+        with effects.open("a") as f:
+            f.write(incoming.event.id + "\n")
+        done.set()
+        await go.wait()
+        yield _finished(incoming)
+
+    job = _job()
+    ack_wait = 2.0
+    async with Running(
+        rt, handler, terminal_step="finished", max_deliver=2, ack_wait=ack_wait
+    ) as running:
+        await rt.outbox.commit_and_publish([job])
+        await asyncio.wait_for(done.wait(), 20)
+        await own_pg.stop()
+        go.set()
+        await until(lambda: _waiting(durable))
+        # Longer than the ack wait: only the loop's in-progress reports keep the message.
+        await asyncio.sleep(3 * ack_wait)
+        assert running.task is not None
+        assert not running.task.done()
+        await own_pg.start()
+
+        async def recorded() -> bool:
+            return await _count(rt, ev.JobSucceeded.TYPE) == 1
+
+        await until(recorded, timeout=30)
+        await until(lambda: _settled(rt, durable, 1))
+    assert effects.read_text().split() == [job.id]
+    assert seen == [1]
+    assert await _count(rt, ev.MessageDeadLettered.TYPE) == 0
+    info = await rt.bus.js.consumer_info(rt.bus.stream, durable)
+    assert info.delivered.consumer_seq <= 2  # delivered once; at most one redelivery
+    assert waiting_for_recovery(durable) == 0
+
+
+async def test_messages_arriving_while_postgres_is_stopped_wait_and_none_is_dead_lettered(
+    own_rt: Runtime, own_pg: OwnPostgres
+) -> None:
+    # With max_deliver 3, a nak per failed read would dead-letter these within seconds.
+    # Each handler reads Postgres before its side effect; the reads fail while Postgres is
+    # away, and the loop waits for it instead of giving the messages back.
+    rt = own_rt
+    durable = f"{rt.bus.prefix}-test"
+    effects: Counter[str] = Counter()
+    deliveries: list[int] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        deliveries.append(incoming.deliveries)
+        async with rt.pool.acquire() as conn:
+            await conn.fetchval("SELECT count(*) FROM jobs")
+        effects[incoming.event.id] += 1
+        yield _started(incoming)
+
+    jobs = [_job(i) for i in range(20)]
+    async with Running(rt, handler, max_deliver=3, max_in_flight=4):
+        await own_pg.stop()
+        for job in jobs:  # Postgres is away, so straight onto the bus
+            await rt.bus.publish(job.bus_subject(rt.bus.prefix), job.id, msgspec.json.encode(job))
+        await until(lambda: _waiting(durable))
+        await asyncio.sleep(4.0)  # Postgres stays away for several seconds
+        assert not effects
+        await own_pg.start()
+
+        async def all_started() -> bool:
+            return await _count(rt, ev.JobStarted.TYPE) == len(jobs)
+
+        await until(all_started, timeout=30)
+        await until(lambda: _settled(rt, durable, len(jobs)))
+    assert effects == Counter({job.id: 1 for job in jobs})
+    assert await _count(rt, ev.MessageDeadLettered.TYPE) == 0
+    # No message was delivered again: the outage did not count toward max_deliver.
+    assert set(deliveries) == {1}
+    info = await rt.bus.js.consumer_info(rt.bus.stream, durable)
+    assert info.delivered.consumer_seq == len(jobs)
+    assert waiting_for_recovery(durable) == 0

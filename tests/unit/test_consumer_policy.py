@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
+from typing import Any
 
+import asyncpg
 import msgspec
+import nats.errors
 import pytest
 
 from hookbus_common import consumer
-from hookbus_common.consumer import Nak, Term, backoff, disposition
-from hookbus_common.errors import PermanentError, RetryableError
+from hookbus_common.consumer import Incoming, Nak, Term, backoff, disposition
+from hookbus_common.errors import OutageError, PermanentError, RetryableError
 from hookbus_common.events import decode
 
 
@@ -101,6 +105,66 @@ def test_past_max_deliver_still_terminates():
 
 def test_max_deliver_of_one_never_retries():
     assert isinstance(disposition(RetryableError("x", delay=1.0), 1, 1), Term)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OutageError("postgres away"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        ConnectionRefusedError(errno.ECONNREFUSED, "refused"),
+        nats.errors.ConnectionClosedError(),
+    ],
+    ids=["outage-error", "pg-connection-lost", "pg-starting", "refused", "nats-closed"],
+)
+@pytest.mark.parametrize("deliveries", [1, 5, 50])
+def test_an_outage_is_never_terminated_whatever_the_delivery_count(exc, deliveries):
+    outcome = disposition(exc, deliveries, max_deliver=5)
+
+    assert isinstance(outcome, Nak)
+    assert outcome.delay <= 60.0
+
+
+def test_a_downstreams_failure_still_counts_toward_max_deliver():
+    # An endpoint that refused the connection is the work's failure, not hookbus's.
+    assert isinstance(disposition(RetryableError("endpoint refused", delay=1.0), 5, 5), Term)
+
+
+# ----------------------------------------------------------------------- progress
+
+
+class _Msg:
+    def __init__(self, fails_with: BaseException | None) -> None:
+        self.fails_with = fails_with
+        self.reported = 0
+
+    async def in_progress(self) -> None:
+        self.reported += 1
+        if self.fails_with is not None:
+            raise self.fails_with
+
+
+def _incoming(msg: Any) -> Incoming:
+    return Incoming(event=None, subject="s", deliveries=1, _msg=msg)  # type: ignore[arg-type]
+
+
+async def test_progress_reports_to_jetstream():
+    msg = _Msg(None)
+    await _incoming(msg).progress()
+    assert msg.reported == 1
+
+
+async def test_progress_with_nats_away_is_not_the_handlers_failure():
+    msg = _Msg(nats.errors.ConnectionClosedError())
+    await _incoming(msg).progress()  # does not raise: a long job keeps running
+    assert msg.reported == 1
+
+
+async def test_progress_raises_what_is_not_an_outage():
+    msg = _Msg(nats.errors.MsgAlreadyAckdError())
+    with pytest.raises(nats.errors.MsgAlreadyAckdError):
+        await _incoming(msg).progress()
 
 
 # ---------------------------------------------------------------------------- backoff

@@ -1,5 +1,6 @@
 """The consume loop: fetch, hand each message to a handler, commit what it yields, then
-ack, nak with a delay, or terminate and dead-letter — all in this one place."""
+ack, nak with a delay, or terminate and dead-letter — all in this one place. An outage of
+Postgres or NATS is waited out here, so it never counts toward a message's retries."""
 
 from __future__ import annotations
 
@@ -20,17 +21,27 @@ from nats.js import JetStreamContext
 from . import eventlog, metrics
 from . import events as ev
 from .bus import Bus
-from .errors import HookbusError, RetryableError
+from .errors import HookbusError, OutageError, RetryableError
+from .eventlog import Appended
 from .events import Event
 from .logs import correlated
+from .outage import Recovery, is_outage
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 
+# How long a health probe may take before Postgres counts as still away.
+_PROBE_TIMEOUT = 5.0
+
 
 @dataclass(frozen=True)
 class Incoming:
-    """A decoded bus message as a handler sees it."""
+    """A decoded bus message as a handler sees it.
+
+    ``deliveries`` is JetStream's count of deliveries of this message: redeliveries after
+    a crash or a lost ack are in it, so it is not a count of attempts. A handler that
+    numbers its attempts reads them from the log (as the dispatcher does).
+    """
 
     event: Event[Any]
     subject: str
@@ -38,8 +49,17 @@ class Incoming:
     _msg: Msg
 
     async def progress(self) -> None:
-        """Tell JetStream the message is still being worked on (resets its ack timer)."""
-        await self._msg.in_progress()
+        """Tell JetStream the message is still being worked on (resets its ack timer).
+
+        Best effort: with NATS away the timer cannot be reset, and that is no failure of
+        the work in hand, so it is not raised.
+        """
+        try:
+            await self._msg.in_progress()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            log.debug("could not report progress", extra={"error": repr(exc)})
 
 
 Yielded = Event[Any] | Sequence[Event[Any]]
@@ -72,7 +92,14 @@ def backoff(deliveries: int, *, base: float = 0.5, cap: float = 60.0) -> float:
 
 
 def disposition(exc: BaseException, deliveries: int, max_deliver: int) -> Outcome:
-    """The one mapping from a handler's failure to what happens to the message."""
+    """The one mapping from a handler's failure to what happens to the message.
+
+    An outage (``outage.is_outage``) reaches here only when the consumer stops while
+    waiting for Postgres or NATS, or when the parts answered again at once twice running;
+    it is naked, never terminated, however often the message was delivered.
+    """
+    if is_outage(exc):
+        return Nak(backoff(deliveries))
     if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError) or (
         isinstance(exc, HookbusError) and exc.code != "unavailable"
     ):
@@ -91,6 +118,9 @@ class Consumer:
     With a ``terminal_step``, a message whose ``derived_id(event.id, terminal_step)`` is
     already in the log (its work finished, but the process died before the ack) is acked
     without calling the handler, so handlers need not check for it themselves.
+
+    An outage of Postgres or NATS spends no retry budget (see ``process``); while any
+    message waits for one to end, no more messages are fetched.
     """
 
     def __init__(
@@ -118,8 +148,12 @@ class Consumer:
         self.ack_wait = ack_wait
         self.terminal_step = terminal_step
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()  # run() hands in the service's
+        # A waiting message tells JetStream it is in progress well within the ack wait.
+        self._recovery = Recovery(durable, heartbeat=max(0.1, ack_wait / 3))
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         sub = await self.bus.ensure_consumer(
             self.durable,
             self.filter_subjects,
@@ -143,6 +177,12 @@ class Consumer:
         while not stop.is_set():
             if len(self._tasks) >= self.max_in_flight:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if self._recovery.waiting:
+                # Postgres or NATS is away: more messages would only wait as well, and
+                # left in the stream they are not delivered (nor counted) again.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
                 continue
             try:
                 msgs = await sub.fetch(self.max_in_flight - len(self._tasks), timeout=1.0)
@@ -182,34 +222,106 @@ class Consumer:
 
     async def process(self, incoming: Incoming) -> Outcome:
         """Handle one decoded message and commit what the handler yields; the outcome says
-        how to settle the message (the caller acks, naks or terminates it)."""
+        how to settle the message (the caller acks, naks or terminates it).
+
+        An outage of Postgres or NATS is waited out here instead of being handed back as
+        a nak, so it never counts toward ``max_deliver``: a commit that fails for one is
+        tried again, with what the handler yielded kept in memory, until Postgres is back
+        (work that was done is recorded, not done again); a handler that fails for one is
+        run again once both answer. If the consumer stops meanwhile, the message is naked.
+        """
+        answered_at_once = False
+        while True:
+            try:
+                return await self._work(incoming)
+            except Exception as exc:
+                if is_outage(exc) and not self._stop.is_set():
+                    if not await self._answers():
+                        if await self._recovered(exc, incoming):
+                            continue
+                    elif not answered_at_once:
+                        # Back already (a dropped connection, a quick restart): once more
+                        # now; the same again is the work's own failure.
+                        answered_at_once = True
+                        log.info(
+                            "Postgres or NATS failed the work but answers now; running it again",
+                            extra={"event_id": incoming.event.id, "error": repr(exc)},
+                        )
+                        continue
+                return self._failed(exc, incoming)
+
+    async def _work(self, incoming: Incoming) -> Outcome:
         event = incoming.event
-        try:
-            if await self._finished(event):
-                log.info("already finished; not handled again", extra={"event_id": event.id})
-                return Ack()
-            async for out in self.handler(incoming):
-                batch = [out] if isinstance(out, Event) else list(out)
-                if batch:
-                    # Committed is what counts before going on (and before the ack);
-                    # the publish follows on its own, backed by the outbox.
-                    inserted, known = await self.outbox.commit(batch)
-                    self.outbox.publish_later([*inserted, *known])
-        except Exception as exc:
-            outcome = disposition(exc, incoming.deliveries, self.max_deliver)
-            level = logging.ERROR if isinstance(outcome, Term) else logging.WARNING
-            log.log(
-                level,
-                "handler failed",
-                extra={
-                    "event_id": event.id,
-                    "deliveries": incoming.deliveries,
-                    "error": repr(exc),
-                },
-                exc_info=not isinstance(exc, HookbusError),
-            )
-            return outcome
+        if await self._finished(event):
+            log.info("already finished; not handled again", extra={"event_id": event.id})
+            return Ack()
+        async for out in self.handler(incoming):
+            batch = [out] if isinstance(out, Event) else list(out)
+            if batch:
+                # Committed is what counts before going on (and before the ack); the
+                # publish follows on its own, backed by the outbox.
+                self.outbox.publish_later(await self._commit(batch, incoming.progress))
         return Ack()
+
+    async def _commit(
+        self, batch: Sequence[Event[Any]], keepalive: Callable[[], Any]
+    ) -> list[Appended]:
+        """Commit ``batch``; while Postgres is away, keep it and try again until it is back.
+
+        The work it records may have had its effect already (a job ran, a request was
+        sent): recorded late, it is not done again. Only a stop gives up (raising)."""
+        try:
+            inserted, known = await self.outbox.commit(batch)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            inserted, known = await self._recovery.retry(
+                lambda: self.outbox.commit(batch), exc, keepalive=keepalive, stop=self._stop
+            )
+        return [*inserted, *known]
+
+    async def _recovered(self, exc: BaseException, incoming: Incoming) -> bool:
+        """Wait until Postgres and NATS answer; False if the consumer stops first."""
+        try:
+            await self._recovery.retry(
+                self._probe, exc, keepalive=incoming.progress, stop=self._stop
+            )
+        except OutageError:
+            return False
+        return True
+
+    async def _answers(self) -> bool:
+        try:
+            await self._probe()
+        except OutageError:
+            return False
+        return True
+
+    async def _probe(self) -> None:
+        """Raise ``OutageError`` unless NATS is connected and Postgres answers a query."""
+        if not self.bus.connected:
+            raise OutageError("NATS is not connected")
+        try:
+            async with self.outbox.pool.acquire(timeout=_PROBE_TIMEOUT) as conn:
+                await conn.fetchval("SELECT 1", timeout=_PROBE_TIMEOUT)
+        except Exception as exc:
+            raise OutageError(f"Postgres does not answer: {exc!r}") from exc
+
+    def _failed(self, exc: Exception, incoming: Incoming) -> Outcome:
+        """Settle a failure through ``disposition``, and log it."""
+        outcome = disposition(exc, incoming.deliveries, self.max_deliver)
+        level = logging.ERROR if isinstance(outcome, Term) else logging.WARNING
+        log.log(
+            level,
+            "handler failed",
+            extra={
+                "event_id": incoming.event.id,
+                "deliveries": incoming.deliveries,
+                "error": repr(exc),
+            },
+            exc_info=not (isinstance(exc, HookbusError) or is_outage(exc)),
+        )
+        return outcome
 
     async def _finished(self, event: Event[Any]) -> bool:
         """Whether the event's terminal step is already recorded (we died before the ack)."""
@@ -254,7 +366,8 @@ class Consumer:
             cause=cause,
         )
         try:
-            await self.outbox.commit_and_publish([event])
+            # Postgres away: held here until it is back, like any commit.
+            self.outbox.publish_later(await self._commit([event], msg.in_progress))
         except Exception as exc:
             log.warning("could not record dead letter; will retry", extra={"error": repr(exc)})
             return False

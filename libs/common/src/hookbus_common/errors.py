@@ -9,6 +9,13 @@ told (the receiver's ``inbound.problem_for``). The codes are what both decide on
 - ``conflict``: it exists already, or is in a state that forbids the change (409);
 - ``unauthorized``: the caller could not prove who it is (401; every reason looks alike);
 - ``unavailable``: a dependency is away; the same call can succeed later (503; retried).
+
+Among ``unavailable`` errors, two kinds are kept apart because one spends a message's retry
+budget and the other must not: ``RetryableError`` says the work's own target failed (an
+endpoint answered 503, refused the connection): that is an attempt, and counts toward
+``max_deliver``. ``OutageError`` says a part hookbus itself runs on (Postgres, NATS) is away:
+no attempt was made, and a consumer waits for it to come back (``outage.is_outage`` is the
+one place that recognises an outage, ours or the drivers' errors alike).
 """
 
 from __future__ import annotations
@@ -64,6 +71,14 @@ class RetryableError(UnavailableError):
     def __init__(self, message: str, *, delay: float | None = None) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class OutageError(UnavailableError):
+    """Postgres or NATS, which hookbus itself runs on, is away: wait for it, spend no retries.
+
+    Raise it (``from`` the driver's error) where our own code finds a part of hookbus gone
+    in a way the drivers' errors do not say by themselves.
+    """
 
 
 class PermanentError(InvalidError):
