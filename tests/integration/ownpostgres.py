@@ -4,7 +4,7 @@ runtime whose pool reaches it: for tests of what happens while Postgres is away.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -42,12 +42,23 @@ class OwnPostgres:
         await asyncio.to_thread(self.ensure_stopped)
 
 
+def serving(data_dir: Path) -> Iterator[OwnPostgres]:
+    """A module's own Postgres, started (for a module-scoped fixture)."""
+    pg = OwnPostgres(data_dir)
+    pg.ensure_started()
+    yield pg
+    pg.ensure_stopped()
+
+
 @asynccontextmanager
 async def runtime_on(pg: OwnPostgres, settings: Settings) -> AsyncIterator[Runtime]:
-    """The test's runtime (its NATS, prefix and schema), its Postgres pool on ``pg``."""
+    """The test's runtime (its NATS, prefix and schema), its Postgres pool on ``pg``; ``pg``
+    is started first, and again at the end if the test left it stopped."""
+    pg.ensure_started()
     database = msgspec.structs.replace(settings.database, url=pg.url)
     async with runtime(msgspec.structs.replace(settings, database=database), "test") as rt:
         yield rt
+        pg.ensure_started()
 
 
 def waiting_for_recovery(consumer: str) -> float:

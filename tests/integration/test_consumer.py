@@ -19,7 +19,7 @@ from hookbus_common.errors import PermanentError, RetryableError
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings
 
-from .ownpostgres import OwnPostgres, runtime_on, waiting_for_recovery
+from .ownpostgres import OwnPostgres, runtime_on, serving, waiting_for_recovery
 
 pytestmark = pytest.mark.integration
 
@@ -285,19 +285,14 @@ async def test_a_durable_with_one_filter_is_widened_to_several_in_place(rt: Runt
 
 @pytest.fixture(scope="module")
 def own_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgres]:
-    pg = OwnPostgres(tmp_path_factory.mktemp("own-pg") / "pg")
-    pg.ensure_started()
-    yield pg
-    pg.ensure_stopped()
+    yield from serving(tmp_path_factory.mktemp("own-pg") / "pg")
 
 
 @pytest.fixture
 async def own_rt(own_pg: OwnPostgres, settings: Settings) -> AsyncIterator[Runtime]:
     """This test's runtime, its pool on a Postgres the test may stop."""
-    own_pg.ensure_started()
     async with runtime_on(own_pg, settings) as rt:
         yield rt
-        own_pg.ensure_started()  # a test that failed mid-outage leaves it stopped
 
 
 async def _waiting(durable: str) -> bool:

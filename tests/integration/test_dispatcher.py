@@ -1,6 +1,6 @@
 """The dispatcher against a real HTTP sink on loopback, real Postgres and real NATS: what
-each answer of the receiving end records, when it asks for another attempt, and how long
-it waits."""
+each answer of the receiving end records, when it asks for another attempt, how long it
+waits, and how attempts are numbered when messages come back without one being made."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ import pytest
 
 from hookbus_common import eventlog
 from hookbus_common import events as ev
-from hookbus_common.consumer import Consumer, Incoming
+from hookbus_common.consumer import Consumer, Incoming, Yielded
 from hookbus_common.errors import RetryableError
 from hookbus_common.service import Runtime
-from hookbus_dispatcher.delivery import USER_AGENT, attempt, make_handler
+from hookbus_common.settings import Settings
+from hookbus_dispatcher.delivery import USER_AGENT, attempt, make_handler, max_deliver
+
+from .ownpostgres import OwnPostgres, runtime_on, serving, waiting_for_recovery
 
 pytestmark = pytest.mark.integration
 
@@ -140,8 +143,9 @@ async def _handle(
 ) -> tuple[list[ev.Event[Any]], RetryableError | None]:
     """Drive the handler as the consume loop does: commit each batch it yields, and keep
     the RetryableError it ends with (the loop would nak with its delay). The loop's skip
-    of finished work is not here; the _Loop tests below run the loop itself."""
-    handler = make_handler(client, max_attempts)
+    of finished work is not here; the _Loop tests below run the loop itself. The attempt
+    number comes from the log, whatever ``deliveries`` says."""
+    handler = make_handler(client, rt.pool, max_attempts)
     incoming = Incoming(event=event, subject="s", deliveries=deliveries, _msg=_NoMsg())  # type: ignore[arg-type]
     out: list[ev.Event[Any]] = []
     try:
@@ -333,31 +337,71 @@ async def test_a_refused_connection_is_retried_with_our_backoff(
 async def test_a_repeated_attempt_records_once_and_resends_the_same_delivery_id(
     rt: Runtime, client: httpx.AsyncClient, sink: Sink
 ) -> None:
+    # The process died after sending attempt 1 but before recording it: the log has no
+    # attempt, so the redelivery makes attempt 1 again. The request goes out again (at
+    # least once), with the same delivery id, and the log holds one attempt 1.
+    sink.answer(500)
+    req = _request(sink.url)
+    await rt.outbox.commit([req])
+    sent, _ = await attempt(client, req, 1, 5)  # sent; never recorded
+    assert [type(e.data) for e in sent] == [ev.DeliveryAttempted]
+    _, retry = await _handle(rt, client, req, deliveries=2)
+    assert isinstance(retry, RetryableError)
+    assert await _outcomes(rt, req) == [("attempted", 1, 500)]
+    assert [r.headers["x-hookbus-delivery"] for r in sink.received] == ["dlv_t", "dlv_t"]
+
+
+async def test_a_redelivery_after_a_recorded_attempt_is_the_next_attempt(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
     # The process died after recording attempt 1 but before the nak: JetStream hands the
-    # same delivery count again. The request goes out again (at least once), with the same
-    # delivery id, and the log refuses the duplicate attempt.
+    # same delivery count again. The request that goes out is a real second attempt, and
+    # is recorded as attempt 2.
     sink.answer(500)
     req = _request(sink.url)
     await rt.outbox.commit([req])
     for _ in range(2):
         _, retry = await _handle(rt, client, req, deliveries=1)
         assert isinstance(retry, RetryableError)
-    assert await _outcomes(rt, req) == [("attempted", 1, 500)]
-    assert [r.headers["x-hookbus-delivery"] for r in sink.received] == ["dlv_t", "dlv_t"]
+    assert await _outcomes(rt, req) == [("attempted", 1, 500), ("attempted", 2, 500)]
+    assert await _status(rt, "dlv_t") == ("retrying", 2, 500)
+    assert len(sink.received) == 2
+
+
+async def test_the_attempt_number_is_what_the_log_records_not_the_delivery_count(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    sink.answer(503)
+    req = _request(sink.url)
+    await rt.outbox.commit([req])
+    _, retry = await _handle(rt, client, req, deliveries=1, max_attempts=3)
+    assert isinstance(retry, RetryableError)
+    # Delivered many times since (outages, crashes before sending): still attempt 2, and
+    # not the last one.
+    _, retry = await _handle(rt, client, req, deliveries=9, max_attempts=3)
+    assert isinstance(retry, RetryableError)
+    assert await _outcomes(rt, req) == [("attempted", 1, 503), ("attempted", 2, 503)]
 
 
 class _Loop:
-    """The real consume loop on real NATS, built as the dispatcher's main() builds it."""
+    """The real consume loop on real NATS, built as the dispatcher's main() builds it; it
+    keeps JetStream's delivery count of each message the handler is given."""
 
     def __init__(self, rt: Runtime, client: httpx.AsyncClient, max_attempts: int = 5) -> None:
         self.rt = rt
         self.stop = asyncio.Event()
+        self.deliveries: list[int] = []
+        handle = make_handler(client, rt.pool, max_attempts)
+
+        async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+            self.deliveries.append(incoming.deliveries)
+            async for out in handle(incoming):
+                yield out
+
         self.consumer = Consumer(
-            service="dispatcher", bus=rt.bus, outbox=rt.outbox,
-            durable=f"{rt.bus.prefix}-dispatcher",
-            filter_subjects=[f"{rt.bus.prefix}.delivery.requested.>"],
-            handler=make_handler(client, max_attempts), max_in_flight=4,
-            max_deliver=max_attempts + 1, terminal_step="outcome",
+            service="dispatcher", bus=rt.bus, outbox=rt.outbox, durable=_durable(rt),
+            filter_subjects=[_filter(rt)], handler=handler, max_in_flight=4,
+            max_deliver=max_deliver(max_attempts), terminal_step="outcome",
         )  # fmt: skip
         self.task: asyncio.Task[None] | None = None
 
@@ -428,3 +472,119 @@ async def test_through_the_consume_loop_a_finished_delivery_is_not_sent_again(
         await _until(settled)
     assert len(sink.received) == 1
     assert await _outcomes(rt, req) == [("attempted", 1, 200), ("succeeded", 1, 200)]
+
+
+# ------------------------------------------------- redeliveries that are not attempts
+
+
+def _durable(rt: Runtime) -> str:
+    return f"{rt.bus.prefix}-dispatcher"
+
+
+def _filter(rt: Runtime) -> str:
+    return f"{rt.bus.prefix}.delivery.requested.>"
+
+
+async def _delivered_without_attempt(rt: Runtime, times: int) -> int:
+    """Take the delivery's message from the dispatcher's durable ``times`` times and give it
+    back unhandled, as dispatchers that died before sending (or a nak per outage, before
+    outages were waited out) would; returns JetStream's delivery count so far."""
+    sub = await rt.bus.ensure_consumer(_durable(rt), [_filter(rt)])
+    try:
+        for _ in range(times):
+            (msg,) = await sub.fetch(1, timeout=10)
+            await msg.nak()
+    finally:
+        await sub.unsubscribe()
+    return int(msg.metadata.num_delivered or 0)
+
+
+async def _dead_letters(rt: Runtime) -> int:
+    async with rt.pool.acquire() as conn:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM events WHERE type = $1", ev.MessageDeadLettered.TYPE
+            )
+        )
+
+
+async def test_a_delivery_is_dead_only_after_max_attempts_real_requests(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    # Delivered four times before any request went out: the first request is still
+    # attempt 1, the delivery is dead after the third request, and the consumer's
+    # max_deliver (its safety net) does not cut it short.
+    sink.answer((503, {"retry-after": "0"}))
+    req = _request(sink.url)
+    await rt.outbox.commit_and_publish([req])
+    assert await _delivered_without_attempt(rt, 4) == 4
+    async with _Loop(rt, client, max_attempts=3) as loop:
+
+        async def dead() -> bool:
+            return ("dead", 3, 503) in await _outcomes(rt, req)
+
+        await _until(dead)
+        await _until(loop.idle)
+    assert await _outcomes(rt, req) == [
+        ("attempted", 1, 503),
+        ("attempted", 2, 503),
+        ("attempted", 3, 503),
+        ("dead", 3, 503),
+    ]
+    assert len(sink.received) == 3
+    assert loop.deliveries[0] == 5  # attempt 1 came on the fifth delivery
+    assert await _status(rt, "dlv_t") == ("dead", 3, 503)
+    assert await _dead_letters(rt) == 0
+
+
+@pytest.fixture(scope="module")
+def own_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgres]:
+    yield from serving(tmp_path_factory.mktemp("own-pg") / "pg")
+
+
+@pytest.fixture
+async def own_rt(own_pg: OwnPostgres, settings: Settings) -> AsyncIterator[Runtime]:
+    """This test's runtime, its pool on a Postgres the test may stop."""
+    async with runtime_on(own_pg, settings) as rt:
+        yield rt
+
+
+async def test_a_postgres_outage_between_attempts_leaves_the_attempt_number_alone(
+    own_rt: Runtime, own_pg: OwnPostgres, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    # Attempt 1 failed; the message came back four times without an attempt; then
+    # Postgres stops. The loop takes the message a fifth time and waits for Postgres
+    # without sending anything (it cannot number an attempt); once Postgres is back, the
+    # request that goes out is attempt 2.
+    rt = own_rt
+    sink.answer((503, {"retry-after": "0"}), 200)
+    req = _request(sink.url)
+    await rt.outbox.commit_and_publish([req])
+    _, retry = await _handle(rt, client, req, deliveries=1)
+    assert isinstance(retry, RetryableError)
+    assert await _delivered_without_attempt(rt, 4) == 4
+    await own_pg.stop()
+    async with _Loop(rt, client) as loop:
+
+        async def waiting() -> bool:
+            return waiting_for_recovery(_durable(rt)) >= 1
+
+        await _until(waiting)
+        assert len(sink.received) == 1  # nothing sent while the attempt has no number
+        await own_pg.start()
+
+        async def succeeded() -> bool:
+            return ("succeeded", 2, 200) in await _outcomes(rt, req)
+
+        await _until(succeeded, timeout=30)
+        await _until(loop.idle)
+    assert await _outcomes(rt, req) == [
+        ("attempted", 1, 503),
+        ("attempted", 2, 200),
+        ("succeeded", 2, 200),
+    ]
+    assert [r.headers["x-hookbus-delivery"] for r in sink.received] == ["dlv_t", "dlv_t"]
+    assert loop.deliveries == [5]
+    info = await rt.bus.js.consumer_info(rt.bus.stream, _durable(rt))
+    assert info.delivered.consumer_seq == 5  # not delivered again while Postgres was away
+    assert await _dead_letters(rt) == 0

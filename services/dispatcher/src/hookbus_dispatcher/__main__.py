@@ -8,7 +8,7 @@ from hookbus_common.service import main_for, run_consumer
 
 from . import config
 from .config import DispatcherConfig
-from .delivery import make_handler
+from .delivery import make_handler, max_deliver
 
 
 async def run(settings: DispatcherConfig) -> None:
@@ -18,11 +18,11 @@ async def run(settings: DispatcherConfig) -> None:
             settings,
             "dispatcher",
             filter_tokens=[("delivery", "requested")],
-            make_handler=lambda rt: make_handler(client, settings.dispatcher.max_attempts),
+            make_handler=lambda rt: make_handler(client, rt.pool, settings.dispatcher.max_attempts),
             health_port=settings.dispatcher.health_port,
             max_in_flight=settings.dispatcher.max_in_flight,
-            # Attempts are counted by the handler; this is only the safety net.
-            max_deliver=settings.dispatcher.max_attempts + 1,
+            # Attempts are counted by the handler, from the log; this is only the safety net.
+            max_deliver=max_deliver(settings.dispatcher.max_attempts),
             ack_wait=settings.dispatcher.ack_wait_seconds,
             # Delivered (or given up) before we died unacked: not sent again.
             terminal_step="outcome",

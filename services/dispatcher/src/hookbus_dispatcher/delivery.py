@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 
 from hookbus_common import events as ev
@@ -17,6 +18,35 @@ from . import retryafter
 
 SOURCE = "/hookbus/dispatcher"
 USER_AGENT = "hookbus-dispatcher/0.1"
+
+REDELIVERY_ALLOWANCE = 20
+"""Deliveries of a message beyond ``max_attempts`` that the consumer tolerates.
+
+A delivery is dead after ``max_attempts`` attempts that the log records; redeliveries that
+are not attempts (a dispatcher killed mid-request, a NATS restart losing an ack) are not
+counted there. The consumer's ``max_deliver`` is only a safety net for a handler that
+keeps failing without attempting, so it leaves this much room for those."""
+
+
+def max_deliver(max_attempts: int) -> int:
+    """The dispatcher consumer's ``max_deliver`` for ``max_attempts``."""
+    return max_attempts + REDELIVERY_ALLOWANCE
+
+
+async def attempts_made(pool: asyncpg.Pool, delivery_id: str) -> int:
+    """How many attempts at ``delivery_id`` the log records (its read model, kept in the
+    same transaction as the attempts): 0 for one never attempted.
+
+    The next attempt's number is this plus one. JetStream's delivery count is not used: a
+    redelivery after a crash is not an attempt unless a request went out, and an outage
+    makes no attempt at all. An attempt whose request went out but whose record did not
+    (killed in between) is made again under the same number, so the log holds one
+    ``attempted`` event per number.
+    """
+    value = await pool.fetchval(
+        "SELECT attempts FROM deliveries WHERE delivery_id = $1", delivery_id
+    )
+    return int(value or 0)
 
 
 def retryable_status(status: int) -> bool:
@@ -101,14 +131,17 @@ async def attempt(
     return [attempted], RetryableError(why, delay=delay)
 
 
-def make_handler(client: httpx.AsyncClient, max_attempts: int) -> Handler:
+def make_handler(client: httpx.AsyncClient, pool: asyncpg.Pool, max_attempts: int) -> Handler:
     # A delivery whose outcome is already recorded never gets here: the consume loop
     # skips it (terminal step "outcome").
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
         event = incoming.event
         if not isinstance(event.data, DeliveryRequested):
             raise PermanentError(f"dispatcher cannot handle {event.type}")
-        events, retry = await attempt(client, event, incoming.deliveries, max_attempts)
+        # Read before anything is sent: with Postgres away, the consume loop waits and
+        # runs this again, and no request has gone out.
+        number = await attempts_made(pool, event.data.delivery_id) + 1
+        events, retry = await attempt(client, event, number, max_attempts)
         yield events
         if retry is not None:
             raise retry
