@@ -270,14 +270,19 @@ async def _left_by_a_dead_executor(
     expires_in: float,
     pgid: int | None = None,
     pgid_started: int | None = None,
+    owner_pid: int | None = None,
 ) -> int:
     """The log and the lease as an executor leaves them when it dies mid-run: the request,
-    its job.started (attempt 1), and a lease held by a process that is gone. Returns the
-    dead executor's pid."""
-    gone = subprocess.Popen(["sleep", "30"])
-    gone_started = procs.start_time(gone.pid)
-    gone.kill()
-    gone.wait()
+    its job.started (attempt 1), and a lease held by a process that is gone (or by
+    ``owner_pid``, alive). Returns the holder's pid."""
+    if owner_pid is None:
+        gone = subprocess.Popen(["sleep", "30"])
+        gone_started = procs.start_time(gone.pid)
+        gone.kill()
+        gone.wait()
+        owner_pid = gone.pid
+    else:
+        gone_started = procs.start_time(owner_pid)
     await rt.outbox.commit([req, outcomes.started(req, 1)])
     async with rt.pool.acquire() as conn:
         await conn.execute(
@@ -285,10 +290,10 @@ async def _left_by_a_dead_executor(
             " owner_pid, owner_started, pgid, pgid_started, expires_at)"
             " VALUES ($1, $2, 1, 'exe_dead', $3, 'dead-host', $4, $5, $6, $7,"
             " now() + make_interval(secs => $8))",
-            req.data.job_id, req.id, host, gone.pid, gone_started, pgid, pgid_started,
+            req.data.job_id, req.id, host, owner_pid, gone_started, pgid, pgid_started,
             expires_in,
         )  # fmt: skip
-    return gone.pid
+    return owner_pid
 
 
 @pytest.mark.parametrize(
@@ -326,6 +331,30 @@ async def test_a_run_lost_with_its_executor_is_recorded_interrupted_and_not_run_
     assert await Replica(rt).outcome(req, deliveries=3) == (Ack(), [])
     assert not marker.exists()
     assert await _chain_types(rt, req) == ["job.requested", "job.started", "job.interrupted"]
+
+
+async def test_a_live_executor_of_this_host_keeps_its_run_even_past_the_lease(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    # It could not renew (Postgres was away), but its process is alive: it runs the job.
+    marker = tmp_path / "runs"
+    req = _request(["/bin/sh", "-c", f"echo run >> {marker}"])
+    replica = Replica(rt)
+    await _left_by_a_dead_executor(
+        rt, req, host=replica.runs.owner.host.id, expires_in=-1.0, owner_pid=os.getpid()
+    )
+    msg = _Msg()
+    waiting = asyncio.create_task(replica.outcome(req, deliveries=2, msg=msg))
+    await _until(lambda: msg.progress >= 2, "the message to wait for the live run")
+    assert not waiting.done()
+
+    # That run ends and is recorded by its executor.
+    await rt.outbox.commit([outcomes.finished(req, 1, None, "ended elsewhere")])
+    async with rt.pool.acquire() as conn:
+        await conn.execute("UPDATE job_leases SET ended_at = now(), outcome = 'failed'")
+    assert await waiting == (Ack(), [])
+    assert not marker.exists()
+    assert await _chain_types(rt, req) == ["job.requested", "job.started", "job.failed"]
 
 
 async def test_a_lost_run_of_a_rule_that_retries_runs_again_as_attempt_2(

@@ -129,12 +129,16 @@ async def _prior_attempts(conn: asyncpg.Connection, request: ev.Event[Any]) -> i
     return int(value or 0)
 
 
-def _owner_gone(lease: Lease, owner: Owner, running_here: bool) -> bool:
-    """Whether the run holding ``lease`` is known to be gone without waiting for expiry:
-    it was ours but no longer runs here, or its executor's process on this host is dead."""
+def _holder_alive(lease: Lease, owner: Owner, running_here: bool) -> bool:
+    """Whether the run holding ``lease`` goes on. Ours, or another executor's on this
+    host, is known for certain (is its process alive?); elsewhere only the lease's expiry
+    tells. A live executor of this host keeps its runs even past their expiry (it could
+    not reach Postgres to renew them): it is running them."""
     if lease.owner == owner.id:
-        return not running_here
-    return lease.host == owner.host.id and not procs.alive(lease.owner_pid, lease.owner_started)
+        return running_here
+    if lease.host == owner.host.id:
+        return procs.alive(lease.owner_pid, lease.owner_started)
+    return lease.live
 
 
 async def take(
@@ -196,7 +200,7 @@ async def take(
             attempt = lease.attempt + 1
             await conn.execute(_OWN, job_id, lease.request_id, attempt, *_owner_args(owner, ttl))
             return Acquired(attempt)
-        if lease.live and not _owner_gone(lease, owner, running_here):
+        if _holder_alive(lease, owner, running_here):
             return Held(lease)
         await conn.execute(_OWN, job_id, lease.request_id, lease.attempt, *_owner_args(owner, ttl))
         started_id = ev.derived_id(lease.request_id, f"started/{lease.attempt}")
