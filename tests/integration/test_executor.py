@@ -565,3 +565,27 @@ async def test_an_executor_leaves_alone_the_jobs_of_a_live_executor_on_its_host(
     outcome, out = await running
     assert outcome == Ack()
     assert [type(e.data) for e in out] == [ev.JobStarted, ev.JobSucceeded]
+
+
+async def test_a_run_whose_lease_another_executor_took_is_ended_and_records_nothing(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    command, leader_file, child_file = _long_action(tmp_path)
+    req = _request(command)
+    await rt.outbox.commit([req])
+    replica = Replica(rt, kill_grace_seconds=0.5)
+    await replica.runs.start()
+    try:
+        running = asyncio.create_task(replica.outcome(req))
+        leader, child = await _pids(leader_file, child_file)
+        # As when this executor could not renew in time and one elsewhere took the run
+        # as lost (and recorded it): it must not go on beside what that one does.
+        async with rt.pool.acquire() as conn:
+            await conn.execute("UPDATE job_leases SET owner = 'exe_elsewhere'")
+        outcome, out = await running
+    finally:
+        await replica.runs.close()
+    await _until(lambda: not _alive(leader) and not _alive(child), "the action's group to end")
+    assert isinstance(outcome, Nak)
+    assert [type(e.data) for e in out] == [ev.JobStarted]
+    assert (await _lease(rt))["owner"] == "exe_elsewhere"
