@@ -100,6 +100,11 @@ async def test_valid_pushes_are_recorded_with_the_parsed_image(
         ({"tag": "v1"}, "bad_body", "image"),
         (b"{not json", "bad_body", "not valid JSON"),
         (b'["app"]', "bad_body", "JSON object"),
+        (b'{"image": ' + b"[" * 1500 + b"]" * 1500 + b"}", "bad_body", "nested too deeply"),
+        (b'{"image": "app:1", "x": ' + b"[" * 64 + b"]" * 64 + b"}", "bad_body", "64 levels"),
+        (b'{"image": "app:\xff1"}', "bad_body", "not valid UTF-8"),
+        (b'{"image": "app:1", "\xc0\x80": 1}', "bad_body", "not valid UTF-8"),
+        (b'{"image": "app:1", "big": 1e400}', "bad_body", "out of range"),
     ],
 )
 async def test_malformed_pushes_get_400_with_the_reason_and_record_nothing(

@@ -163,6 +163,40 @@ async def test_validation_failures_are_422_with_the_reason_and_record_nothing(
     assert (await post(url, token, good)).status_code == 202
 
 
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'{"a": ' + b"[" * 1500 + b"]" * 1500 + b"}", "nested too deeply"),
+        (b'{"a": ' + b'{"b": ' * 64 + b"1" + b"}" * 64 + b"}", "nested more than 64 levels"),
+        (b'{"order": {"id": "A-\xff"}}', "not valid UTF-8"),
+        (b'{"order": {"id": "\xed\xa0\x80"}}', "not valid UTF-8"),
+    ],
+)
+async def test_bodies_the_parser_cannot_take_are_400_and_record_nothing(
+    url: str, conn: asyncpg.Connection, receiver_settings: ReceiverConfig, body: bytes, detail: str
+):
+    schema = {"$defs": {"n": {"type": "object", "additionalProperties": {"$ref": "#/$defs/n"}}}}
+    validation = store.parse_validation(["order.id"], schema)
+    _, token = await store.create(
+        conn, receiver_settings.prefix, name="deep", validation=validation
+    )
+
+    r = await post(url, token, body)
+
+    assert (r.status_code, r.json()["error"]) == (400, "bad_body")
+    assert detail in r.json()["detail"]
+    assert await received(conn) == []
+
+
+async def test_a_body_at_the_depth_limit_is_accepted(
+    url: str, conn: asyncpg.Connection, receiver_settings: ReceiverConfig
+):
+    _, token = await store.create(conn, receiver_settings.prefix, name="deep-ok")
+    body = b'{"order": {"id": 1}, "a": ' + b"[" * 63 + b"]" * 63 + b"}"  # 64 levels in all
+
+    assert (await post(url, token, body)).status_code == 202
+
+
 async def test_idempotency_key_and_webhook_id_record_a_delivery_once(
     url: str, conn: asyncpg.Connection, receiver_settings: ReceiverConfig
 ):

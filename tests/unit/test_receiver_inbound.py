@@ -30,10 +30,14 @@ from hookbus_receiver.refusals import (
     BadImage,
     BadRequest,
     BodyTooLarge,
+    Disconnected,
     RateLimited,
     Unavailable,
     Unknown,
+    Unstorable,
     UnsupportedMediaType,
+    ValidationAborted,
+    ValidationBusy,
     ValidationFailed,
 )
 from hookbus_receiver.signatures import REASONS, VerificationError
@@ -117,6 +121,36 @@ CASES: list[tuple[HookbusError, int, dict[str, Any], dict[str, str]]] = [
         },
         {},
     ),
+    (
+        Unstorable("the repository holds a NUL character, which cannot be recorded"),
+        400,
+        {
+            "error": "unstorable",
+            "detail": "the repository holds a NUL character, which cannot be recorded",
+        },
+        {},
+    ),
+    (
+        Disconnected(),
+        400,
+        {
+            "error": "disconnected",
+            "detail": "the client disconnected before sending the whole body",
+        },
+        {},
+    ),
+    (
+        ValidationAborted("validating the body took longer than 2 s"),
+        422,
+        {"error": "validation_aborted", "detail": "validating the body took longer than 2 s"},
+        {},
+    ),
+    (
+        ValidationBusy(1.5),
+        429,
+        {"error": "validation_busy", "detail": "too many validations in flight; retry"},
+        {"retry-after": "2"},
+    ),
 ]
 
 
@@ -193,6 +227,10 @@ async def test_unknown_tokens_secrets_and_addresses_answer_as_an_unknown_path() 
         (Unavailable(), "unavailable", "unavailable"),
         (InvalidConfig("x"), "invalid", "unavailable"),  # answered 503: our side
         (PartnerNotFound("x"), "not_found", "not_found"),
+        (Unstorable(), "invalid", "unstorable"),
+        (Disconnected(), "invalid", "disconnected"),
+        (ValidationAborted("x"), "invalid", "validation_aborted"),
+        (ValidationBusy(1), "unavailable", "validation_busy"),
     ],
 )
 def test_refusals_are_in_the_kernel_family_with_their_metric_reasons(
@@ -283,3 +321,68 @@ def test_every_endpoint_keys_deliveries_by_source_and_id(source: str) -> None:
     assert inbound.dedupe_key(source, "") is None
     assert inbound.dedupe_key(source, "x" * 200) == f"{source}:{'x' * 200}"
     assert inbound.dedupe_key(source, "x" * 201) != inbound.dedupe_key("other", "x" * 201)
+
+
+# ----------------------------------------------------------------------- JSON bodies
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        (b'{"a": "\xff"}', "not valid UTF-8"),
+        (b'{"\xc0\x80": 1}', "not valid UTF-8"),
+        (b'{"a": "\xed\xa0\x80"}', "not valid UTF-8"),  # a surrogate, encoded
+        (b'{"a": "\\ud800"}', "not valid JSON"),  # a lone surrogate, escaped
+        (b'{"a": "\x00"}', "not valid JSON"),  # a raw control character
+        (b'{"a": 1e400}', "not valid JSON"),
+        (b'{"a": 1' + b"0" * 5000 + b"}", "not valid JSON"),
+        (b'{"a": ' + b"[" * 64 + b"]" * 64 + b"}", "more than 64 levels"),
+    ],
+)
+def test_json_bodies_that_cannot_be_taken_are_bad_bodies(body: bytes, detail: str) -> None:
+    with pytest.raises(BadBody, match=detail):
+        inbound.json_object(body, max_depth=64)
+
+
+def test_json_bodies_at_the_limit_and_odd_but_valid_ones_are_taken() -> None:
+    assert inbound.json_object(b'{"a": ' + b"[" * 63 + b"]" * 63 + b"}", max_depth=64)
+    assert inbound.json_object(b'{"a": 1, "a": 2}') == {"a": 2}
+    assert inbound.json_object(b'{"a": "\\u0000\\ud83d\\ude00"}') == {"a": "\x00\U0001f600"}
+    big = inbound.json_object(b'{"n": 123456789012345678901234567890}')
+    assert big == {"n": 123456789012345678901234567890}
+
+
+@pytest.mark.parametrize(
+    ("doc", "depth"),
+    [(1, 0), ({}, 1), ([], 1), ({"a": [1, {"b": {}}]}, 4), ([[], [[[]]], {}], 4)],
+)
+def test_depth_is_counted_in_containers(doc: Any, depth: int) -> None:
+    assert not inbound.deeper_than(doc, depth)
+    assert depth == 0 or inbound.deeper_than(doc, depth - 1)
+
+
+def test_depth_of_a_doc_too_deep_to_recurse_is_measured_without_recursion() -> None:
+    doc: Any = []
+    for _ in range(100_000):
+        doc = [doc]
+    assert inbound.deeper_than(doc, 64)
+    assert not inbound.deeper_than(doc, 100_001)
+
+
+@pytest.mark.parametrize(
+    ("facts", "subject", "where"),
+    [
+        (inbound.Facts(event_type="push", repository="acme/app"), "acme/app", None),
+        (inbound.Facts(event_type="push", repository="a/\x00"), "a/\x00", "repository"),
+        (inbound.Facts(event_type="push", delivery_id="d\x00"), None, "delivery_id"),
+        (inbound.Facts(event_type="pu\x00sh"), None, "event_type"),
+        (inbound.Facts(event_type="push", sender="\x00"), None, "sender"),
+        (inbound.Facts(event_type="push"), "docker.io/\x00", "subject"),
+        (inbound.Facts(event_type="push", branch="a\x01\x7f\u2028"), None, None),
+    ],
+)
+def test_facts_holding_nul_cannot_be_stored(
+    facts: inbound.Facts, subject: str | None, where: str | None
+) -> None:
+    assert inbound.unstorable(facts, subject) == where

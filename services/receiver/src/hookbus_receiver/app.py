@@ -126,7 +126,9 @@ def _starlette(settings: ReceiverConfig) -> Starlette:
                 interval=settings.receiver.commit_interval_ms / 1000,
             )
             committer.start()
-            pipeline = Inbound(committer, settings.receiver.max_body_bytes)
+            pipeline = Inbound(
+                committer, settings.receiver.max_body_bytes, settings.receiver.max_json_depth
+            )
             state = State(
                 runtime=rt,
                 sources=SourceHooks(pipeline, admitted),

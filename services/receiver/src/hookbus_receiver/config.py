@@ -422,6 +422,8 @@ class ReceiverSettings(msgspec.Struct, **_STRUCT):
     host: str = "127.0.0.1"
     port: Port = 8080
     max_body_bytes: PositiveInt = 1024 * 1024
+    # Partner and image-push bodies nested deeper are refused (400) before anything reads them.
+    max_json_depth: PositiveInt = 64
     # Group commit: rows are inserted together when this many wait or this time passes.
     commit_batch_size: PositiveInt = 64
     commit_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0

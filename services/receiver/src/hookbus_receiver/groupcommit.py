@@ -1,5 +1,11 @@
 """Group commit: concurrent requests share one insert, so durability costs one round trip
-per batch instead of one per webhook."""
+per batch instead of one per webhook.
+
+A batch the database refuses for what one of its rows holds is split in halves until the
+rows it cannot store are alone: only they are refused (``Unstorable``), the others are
+committed. A batch that fails for any other reason (the connection is lost) fails whole,
+and nothing of it was recorded.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,14 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from prometheus_client import Histogram
+import asyncpg
+from prometheus_client import Counter, Histogram
 
 from hookbus_common import eventlog
-from hookbus_common.eventlog import Pending
+from hookbus_common.eventlog import Appended, Pending
 from hookbus_common.outbox import Outbox
+
+from .refusals import Unstorable
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +36,29 @@ BATCH_SIZE = Histogram(
     "Webhooks per group commit",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+ISOLATED = Counter(
+    "hookbus_receiver_commit_isolated_total",
+    "Batches the event log refused for a row's content, then committed without that row",
+)
 # A commit this slow holds every request of its batch; say so, with where the time went.
 SLOW_COMMIT_SECONDS = 0.1
+
+Batch = list[tuple[Pending, "asyncio.Future[Recorded]"]]
+
+
+def row_fault(exc: BaseException) -> bool:
+    """Whether a failed insert was refused for what its rows hold, so the same rows can
+    never be stored and committing them apart finds the culprit: Postgres's data errors
+    (NUL in text, invalid input), limits a value exceeded, constraint violations, and
+    strings that cannot be encoded at all. Anything else is the database or the way to it.
+    """
+    return isinstance(
+        exc,
+        asyncpg.DataError
+        | asyncpg.ProgramLimitExceededError
+        | asyncpg.IntegrityConstraintViolationError
+        | UnicodeError,
+    )
 
 
 class Recorded:
@@ -53,7 +83,7 @@ class GroupCommitter:
         self.outbox = outbox
         self.batch_size = batch_size
         self.interval = interval
-        self._queue: list[tuple[Pending, asyncio.Future[Recorded]]] = []
+        self._queue: Batch = []
         self._wake = asyncio.Event()
         self._flushes = asyncio.Semaphore(max_flushes)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -129,35 +159,68 @@ class GroupCommitter:
                 },
             )
 
-    async def _flush(self, batch: list[tuple[Pending, asyncio.Future[Recorded]]]) -> None:
+    async def _flush(self, batch: Batch) -> None:
         self._flushing += 1
         started = time.perf_counter()
+        inserted: list[Appended] = []
         try:
             try:
                 async with self.outbox.pool.acquire() as conn:
                     acquired = time.perf_counter()
-                    inserted, known = await self.outbox.commit([p for p, _ in batch], conn=conn)
-                    keys = [k.dedupe_key for k in (p for p, _ in batch) if k.dedupe_key]
-                    originals = (
-                        await eventlog.ids_by_dedupe_key(conn, keys) if known and keys else {}
-                    )
+                    await self._commit(conn, batch, inserted)
                 self._observe(len(batch), started, acquired)
             except Exception as exc:
+                # Nothing of what is still unanswered was recorded: they may retry (503).
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
-                return
-            new_ids = {a.event.id for a in inserted}
-            for p, fut in batch:
-                if fut.done():  # the request went away; its event is recorded all the same
-                    continue
-                if p.event.id in new_ids:
-                    fut.set_result(Recorded(p.event.id, duplicate=False))
-                else:
-                    original = originals.get(p.dedupe_key or "", p.event.id)
-                    fut.set_result(Recorded(original, duplicate=True))
         finally:
             self._flushing -= 1
             self._flushes.release()
-        # Answering does not wait for NATS: the outbox row makes the publish certain.
-        self.outbox.publish_later(inserted)
+            # Answering does not wait for NATS: the outbox row makes the publish certain.
+            self.outbox.publish_later(inserted)
+
+    async def _commit(
+        self, conn: asyncpg.Connection, batch: Batch, inserted: list[Appended]
+    ) -> None:
+        """Commit ``batch`` and answer its requests, adding what was new to ``inserted``."""
+        try:
+            new, known = await self.outbox.commit([p for p, _ in batch], conn=conn)
+        except Exception as exc:
+            if not row_fault(exc):
+                raise
+            if len(batch) == 1:
+                self._refuse(batch[0], exc)
+            else:
+                ISOLATED.inc()
+                half = len(batch) // 2
+                await self._commit(conn, batch[:half], inserted)
+                await self._commit(conn, batch[half:], inserted)
+            return
+        keys = [p.dedupe_key for p, _ in batch if p.dedupe_key]
+        originals = await eventlog.ids_by_dedupe_key(conn, keys) if known and keys else {}
+        inserted += new
+        new_ids = {a.event.id for a in new}
+        for p, fut in batch:
+            if fut.done():  # the request went away; its event is recorded all the same
+                continue
+            if p.event.id in new_ids:
+                fut.set_result(Recorded(p.event.id, duplicate=False))
+            else:
+                original = originals.get(p.dedupe_key or "", p.event.id)
+                fut.set_result(Recorded(original, duplicate=True))
+
+    @staticmethod
+    def _refuse(item: tuple[Pending, asyncio.Future[Recorded]], exc: Exception) -> None:
+        pending, fut = item
+        # The driver's message may quote the value; the class and SQLSTATE say enough.
+        log.warning(
+            "the event log refused a delivery's content; refused it alone",
+            extra={
+                "event": pending.event.id,
+                "error": type(exc).__name__,
+                "sqlstate": getattr(exc, "sqlstate", None),
+            },
+        )
+        if not fut.done():
+            fut.set_exception(Unstorable())

@@ -88,7 +88,7 @@ class ImagePushHooks:
         headers = inbound.headers_of(request)
         body = await self.inbound.body(request, headers)
         ctype = inbound.json_content_type(headers)
-        ref = parse_push(inbound.json_object(body))
+        ref = parse_push(inbound.json_object(body, max_depth=self.inbound.max_json_depth))
         delivery = inbound.delivery_id(headers)
         return await self.inbound.record(
             source=SOURCE,

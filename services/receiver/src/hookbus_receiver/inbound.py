@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import msgspec
 from prometheus_client import Counter, Histogram
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from hookbus_common import events as ev
@@ -26,9 +26,12 @@ from .refusals import (
     BadBody,
     BadRequest,
     BodyTooLarge,
+    Disconnected,
     RateLimited,
     Unavailable,
+    Unstorable,
     UnsupportedMediaType,
+    ValidationAborted,
     ValidationFailed,
 )
 
@@ -119,6 +122,8 @@ def problem_for(exc: HookbusError) -> Problem:
         case ValidationFailed():
             violations = msgspec.to_builtins(exc.violations)
             return Problem(422, exc.reason, str(exc), violations=violations)
+        case ValidationAborted():
+            return Problem(422, exc.reason, str(exc))
         case BodyTooLarge():
             return Problem(413, exc.reason, str(exc))
         case UnsupportedMediaType():
@@ -221,14 +226,43 @@ def json_content_type(headers: Mapping[str, str], *, forms: bool = False) -> str
     raise UnsupportedMediaType(f"expected application/json, got {ctype}")
 
 
-def json_object(body: bytes) -> dict[str, Any]:
+def json_object(body: bytes, *, max_depth: int | None = None) -> dict[str, Any]:
+    """The body as a JSON object. Whatever else it is (not JSON, not UTF-8, nested past
+    what the parser or ``max_depth`` allows) is refused with 400, never a 5xx."""
     try:
         value = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except msgspec.DecodeError as exc:  # also numbers out of range (a ValidationError)
         raise BadBody(f"body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:  # msgspec checks UTF-8 inside strings this way
+        raise BadBody("body is not valid JSON: a string is not valid UTF-8") from None
+    except RecursionError:
+        raise BadBody("body is nested too deeply for the JSON parser") from None
     if not isinstance(value, dict):
         raise BadBody("body must be a JSON object")
+    if max_depth is not None and deeper_than(value, max_depth):
+        raise BadBody(f"body is nested more than {max_depth} levels deep")
     return value
+
+
+def deeper_than(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests objects and arrays more than ``limit`` levels deep (``{}`` is
+    one level). Level by level, without recursion, so any depth is safe to measure."""
+    level = [doc] if type(doc) in _CONTAINERS else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for node in level:
+            below += [
+                v for v in (node.values() if type(node) is dict else node) if type(v) in _CONTAINERS
+            ]
+        level = below
+    return False
+
+
+_CONTAINERS: Final = (dict, list)
 
 
 def delivery_id(headers: Mapping[str, str]) -> str | None:
@@ -237,6 +271,21 @@ def delivery_id(headers: Mapping[str, str]) -> str | None:
     if key is not None and len(key) > MAX_KEY_LENGTH:
         raise BadRequest(f"the delivery id is longer than {MAX_KEY_LENGTH}")
     return key
+
+
+def unstorable(facts: Facts, subject: str | None) -> str | None:
+    """Which fact cannot be stored, if one cannot: Postgres text holds no NUL character.
+
+    Checked on the few extracted strings only, never by scanning the body again (the raw
+    body is bytea and the payload stays JSON, where NUL is escaped and storable).
+    """
+    f = facts
+    for value in (f.event_type, f.delivery_id, f.repository, f.branch, f.tag, f.commit, f.sender):
+        if value and "\x00" in value:
+            return next(n for n in Facts.__struct_fields__ if "\x00" in (getattr(f, n) or ""))
+    if subject and "\x00" in subject:
+        return "subject"
+    return None
 
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -258,11 +307,16 @@ def dedupe_key(source: str, delivery: str | None) -> str | None:
 class Inbound:
     """What every endpoint's accepted request goes through, opened in the app's lifespan."""
 
-    __slots__ = ("committer", "max_body_bytes")
+    __slots__ = ("committer", "max_body_bytes", "max_json_depth")
 
-    def __init__(self, committer: GroupCommitter, max_body_bytes: int) -> None:
+    def __init__(
+        self, committer: GroupCommitter, max_body_bytes: int, max_json_depth: int = 64
+    ) -> None:
         self.committer = committer
         self.max_body_bytes = max_body_bytes
+        # For partner and image-push bodies; sources' bodies are bounded by the parser alone,
+        # so the hot path never walks a body twice.
+        self.max_json_depth = max_json_depth
 
     async def body(self, request: Request, headers: Mapping[str, str]) -> bytes:
         """The whole body, refused (413) as soon as it is known to pass the limit."""
@@ -272,11 +326,17 @@ class Inbound:
             raise BodyTooLarge(limit)
         chunks = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(limit)
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # Ordinary on the internet (a sender's timeout, a dropped connection): no
+            # traceback, nothing recorded; the meter counts it.
+            log.debug("client disconnected mid-body", extra={"received_bytes": size})
+            raise Disconnected() from None
         return b"".join(chunks)
 
     async def record(
@@ -300,6 +360,10 @@ class Inbound:
         ``origin`` is the event's CloudEvents source; ``payload`` the JSON inside ``body``
         where it is not the body itself (a form post).
         """
+        where = unstorable(facts, subject)
+        if where is not None:
+            what = where.replace("_", " ")
+            raise Unstorable(f"the {what} holds a NUL character, which cannot be recorded")
         data = ev.WebhookReceived(
             source=source,
             kind=kind,
@@ -322,6 +386,8 @@ class Inbound:
         with correlated(event.id):
             try:
                 recorded = await self.committer.record(pending)
+            except Unstorable:
+                raise  # this delivery alone: the rest of its batch was committed
             except Exception as exc:
                 log.error("could not record delivery", extra={"source": source, "error": repr(exc)})
                 raise Unavailable() from None

@@ -84,7 +84,7 @@ class PartnerHooks:
         headers = inbound.headers_of(request)
         body = await self.inbound.body(request, headers)
         ctype = inbound.json_content_type(headers)
-        doc = inbound.json_object(body)
+        doc = inbound.json_object(body, max_depth=self.inbound.max_json_depth)
         delivery = inbound.delivery_id(headers)
         violations = self._validator(partner).violations(doc)
         if violations:

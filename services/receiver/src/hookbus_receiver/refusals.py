@@ -48,6 +48,27 @@ class UnsupportedMediaType(BadRequest):
     reason = "unsupported_media_type"
 
 
+class Unstorable(BadRequest):
+    """The delivery holds a value the event log cannot store (a NUL character in a fact,
+    a string that is not Unicode): refused alone, never failing the deliveries it was
+    committed with."""
+
+    reason = "unstorable"
+
+    def __init__(self, detail: str = "the delivery holds a value that cannot be recorded") -> None:
+        super().__init__(detail)
+
+
+class Disconnected(BadRequest):
+    """The client went away before its body was read. Nobody hears the answer; it is
+    counted, not logged as a failure, and nothing is recorded."""
+
+    reason = "disconnected"
+
+    def __init__(self) -> None:
+        super().__init__("the client disconnected before sending the whole body")
+
+
 class ValidationFailed(BadRequest):
     """The body breaks the partner's validation rules: each violation says where and what."""
 
@@ -56,6 +77,13 @@ class ValidationFailed(BadRequest):
     def __init__(self, violations: Sequence[Violation]) -> None:
         super().__init__("; ".join(f"{v.path}: {v.message}" for v in violations))
         self.violations = list(violations)
+
+
+class ValidationAborted(BadRequest):
+    """Validating the body against the partner's JSON Schema went past its time budget
+    (or its worker stopped): the body is refused, nothing is recorded."""
+
+    reason = "validation_aborted"
 
 
 class Unknown(NotFoundError):
@@ -75,6 +103,15 @@ class RateLimited(RetryableError):
 
     def __init__(self, wait: float) -> None:
         super().__init__("too many requests for this source", delay=wait)
+
+
+class ValidationBusy(RateLimited):
+    """Every schema validation worker stayed busy for the whole budget: send it again."""
+
+    reason = "validation_busy"
+
+    def __init__(self, wait: float) -> None:
+        RetryableError.__init__(self, "too many validations in flight; retry", delay=wait)
 
 
 class Unavailable(UnavailableError):
