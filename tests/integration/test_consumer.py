@@ -396,3 +396,75 @@ async def test_messages_arriving_while_postgres_is_stopped_wait_and_none_is_dead
     info = await rt.bus.js.consumer_info(rt.bus.stream, durable)
     assert info.delivered.consumer_seq == len(jobs)
     assert waiting_for_recovery(durable) == 0
+
+
+async def test_a_stop_while_waiting_for_postgres_gives_the_message_back_undead(
+    own_rt: Runtime, own_pg: OwnPostgres
+) -> None:
+    # Stopping while Postgres is away: the message is naked (not terminated), at once
+    # rather than after the ack wait, and the next consumer handles it.
+    rt = own_rt
+    durable = f"{rt.bus.prefix}-test"
+    deliveries: list[int] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        deliveries.append(incoming.deliveries)
+        yield _started(incoming)
+
+    job = _job()
+    await rt.outbox.commit_and_publish([job])
+    await own_pg.stop()
+    # An ack wait longer than Running's exit allows: only a prompt nak lets it exit.
+    async with Running(rt, handler, terminal_step="finished", max_deliver=1, ack_wait=60.0):
+        await until(lambda: _waiting(durable))
+    assert deliveries == []
+    assert waiting_for_recovery(durable) == 0
+    await own_pg.start()
+    async with Running(rt, handler, terminal_step="finished", max_deliver=2):
+        await until(lambda: _started_count(rt))
+        await until(lambda: _settled(rt, durable, 2))
+    # Handled once, on a later delivery (naked once, or more if a fetch was under way as
+    # the first consumer stopped), and never terminated although max_deliver was 1.
+    assert len(deliveries) == 1
+    assert deliveries[0] >= 2
+    assert await _count(rt, ev.MessageDeadLettered.TYPE) == 0
+
+
+async def test_a_dropped_connection_that_is_back_at_once_runs_the_handler_again_in_place(
+    rt: Runtime,
+) -> None:
+    # Postgres and NATS answer when the loop looks: the handler runs again at once, in
+    # the same delivery, rather than being naked.
+    calls: list[int] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        calls.append(incoming.deliveries)
+        if len(calls) == 1:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        yield _started(incoming)
+
+    async with Running(rt, handler, max_deliver=1):
+        await rt.outbox.commit_and_publish([_job()])
+        await until(lambda: _started_count(rt))
+        await until(lambda: _settled(rt, f"{rt.bus.prefix}-test", 1))
+    assert calls == [1, 1]
+    assert await _count(rt, ev.MessageDeadLettered.TYPE) == 0
+
+
+async def test_an_outage_error_is_never_dead_lettered_past_max_deliver(rt: Runtime) -> None:
+    # Failing for an outage twice in a row while the parts answer is given back (naked),
+    # but however often that happens, an outage does not make the message dead.
+    calls: list[int] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        calls.append(incoming.deliveries)
+        if len(calls) <= 4:
+            raise TimeoutError("pool acquire timed out")
+        yield _started(incoming)
+
+    async with Running(rt, handler, max_deliver=2):
+        await rt.outbox.commit_and_publish([_job()])
+        await until(lambda: _started_count(rt), timeout=20)
+        await until(lambda: _settled(rt, f"{rt.bus.prefix}-test", 1))
+    assert calls == [1, 1, 2, 2, 3]
+    assert await _count(rt, ev.MessageDeadLettered.TYPE) == 0

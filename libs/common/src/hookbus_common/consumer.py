@@ -286,7 +286,9 @@ class Consumer:
             await self._recovery.retry(
                 self._probe, exc, keepalive=incoming.progress, stop=self._stop
             )
-        except OutageError:
+        except Exception as last:  # stopped: the last outage met (``exc`` or the probe's)
+            if not is_outage(last):
+                raise
             return False
         return True
 
