@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from hookbus_common.db import open_pool
 from hookbus_receiver import partnerstore as store
 from hookbus_receiver.config import ReceiverConfig
 
-from .serving import run_cli, write_config
+from .serving import run_cli, serve, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +151,7 @@ async def test_validation_failures_are_422_with_the_reason_and_record_nothing(
         "$.customer.email",
         "$.order.total",
     }
-    assert "'twelve' is not of type 'number'" in body["detail"]
+    assert '"twelve" is not of type "number"' in body["detail"]
 
     for payload, status in ((b"{nope", 400), (b"[1]", 400)):
         assert (await post(url, token, payload)).status_code == status
@@ -394,3 +395,75 @@ async def test_an_unusable_stored_validation_is_503_and_records_nothing(
         "detail": "this partner's validation is misconfigured",
     }
     assert await received(conn) == []
+
+
+# A classic catastrophic pattern (a lookbehind makes the regex engine backtrack): each
+# of these strings costs it tens of milliseconds or more, a few hundred of them seconds.
+REDOS = {
+    "type": "object",
+    "properties": {
+        "tags": {"type": "array", "items": {"type": "string", "pattern": r"^(\w+\s?)*$(?<=\w)"}}
+    },
+}
+REDOS_BODY = json.dumps({"tags": [f"{'a' * 28}!{i}" for i in range(400)]}).encode()
+
+
+def budgeted(settings: ReceiverConfig, budget: float) -> ReceiverConfig:
+    receiver = msgspec.structs.replace(
+        settings.receiver, max_body_bytes=65536, validation_timeout=budget
+    )
+    return msgspec.structs.replace(settings, receiver=receiver)
+
+
+async def test_an_expensive_validation_is_refused_and_never_stalls_other_endpoints(
+    receiver_settings: ReceiverConfig,
+):
+    settings = budgeted(receiver_settings, 1.0)
+    async with (
+        serve(settings) as url,
+        open_pool(settings.database, run_migrations=False) as pool,
+        pool.acquire() as conn,
+    ):
+        validation = store.parse_validation(["id"], REDOS)
+        _, token = await store.create(conn, settings.prefix, name="redos", validation=validation)
+        expensive = asyncio.create_task(post(url, token, REDOS_BODY))
+        answered = 0
+        async with httpx.AsyncClient() as client:
+            while not expensive.done():
+                assert (await client.get(f"{url}/healthz")).status_code == 200
+                answered += 1
+            refused = expensive.result()
+            # The worker that ran out of time was replaced: the next body is validated.
+            cheap = await post(url, token, json.dumps({"id": 1, "tags": ["a"]}).encode())
+            wrong = await post(url, token, json.dumps({"id": 1, "tags": [1]}).encode())
+
+        assert (refused.status_code, refused.json()["error"]) == (422, "validation_aborted")
+        assert "longer than 1 s" in refused.json()["detail"]
+        assert answered >= 10, answered  # the loop kept serving while the check ran
+        assert (cheap.status_code, wrong.status_code) == (202, 422)
+        assert wrong.json()["error"] == "validation_failed"
+        assert len(await received(conn)) == 1
+
+
+async def test_checks_past_the_workers_are_refused_or_asked_to_retry_never_5xx(
+    receiver_settings: ReceiverConfig,
+):
+    settings = budgeted(receiver_settings, 0.5)
+    async with (
+        serve(settings) as url,
+        open_pool(settings.database, run_migrations=False) as pool,
+        pool.acquire() as conn,
+    ):
+        _, token = await store.create(
+            conn, settings.prefix, name="busy", validation=store.parse_validation([], REDOS)
+        )
+        answers = await asyncio.gather(*(post(url, token, REDOS_BODY) for _ in range(4)))
+        after = await post(url, token, json.dumps({"tags": ["ok"]}).encode())
+
+        assert {(r.status_code, r.json()["error"]) for r in answers} <= {
+            (422, "validation_aborted"),
+            (429, "validation_busy"),
+        }
+        assert all(r.headers.get("retry-after") for r in answers if r.status_code == 429)
+        assert after.status_code == 202
+        assert len(await received(conn)) == 1

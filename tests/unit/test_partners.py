@@ -60,7 +60,7 @@ def test_schema_violations_name_the_path_and_the_problem():
     found = v.violations({"amount": 0})
 
     assert [(x.path, x.message) for x in found] == [
-        ("$", "'event' is a required property"),
+        ("$", '"event" is a required property'),
         ("$.amount", "0 is less than the minimum of 1"),
     ]
     assert v.violations({"event": "e", "amount": 3}) == []

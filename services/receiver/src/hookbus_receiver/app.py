@@ -23,6 +23,7 @@ from .groupcommit import GroupCommitter
 from .imagepush import ImagePushHooks
 from .inbound import NOT_FOUND, Inbound, Problem
 from .partners import PartnerHooks
+from .schemachecks import SchemaChecks
 from .sourcehooks import SourceHooks, prepare_sources
 
 __all__ = ["State", "create_app"]
@@ -129,10 +130,14 @@ def _starlette(settings: ReceiverConfig) -> Starlette:
             pipeline = Inbound(
                 committer, settings.receiver.max_body_bytes, settings.receiver.max_json_depth
             )
+            schemas = SchemaChecks(
+                workers=settings.receiver.validation_workers,
+                budget=settings.receiver.validation_timeout,
+            )
             state = State(
                 runtime=rt,
                 sources=SourceHooks(pipeline, admitted),
-                partners=PartnerHooks(rt.pool, pipeline),
+                partners=PartnerHooks(rt.pool, pipeline, schemas),
                 image_push=ImagePushHooks(rt.pool, pipeline),
             )
             # What exists now lives as long as the process: keep the collector from
@@ -142,6 +147,7 @@ def _starlette(settings: ReceiverConfig) -> Starlette:
                 yield state
             finally:
                 await committer.close()
+                await schemas.close()
 
     return Starlette(
         routes=[

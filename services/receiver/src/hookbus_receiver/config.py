@@ -424,6 +424,9 @@ class ReceiverSettings(msgspec.Struct, **_STRUCT):
     max_body_bytes: PositiveInt = 1024 * 1024
     # Partner and image-push bodies nested deeper are refused (400) before anything reads them.
     max_json_depth: PositiveInt = 64
+    # Partner JSON Schema checks run in worker processes, each within this many seconds.
+    validation_timeout: PositiveFloat = 2.0
+    validation_workers: PositiveInt = 1
     # Group commit: rows are inserted together when this many wait or this time passes.
     commit_batch_size: PositiveInt = 64
     commit_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0

@@ -91,16 +91,13 @@ def parse_validation(required: Sequence[str] = (), schema: Any = None) -> Partne
 
 
 def _check_schema(schema: dict[str, Any]) -> None:
+    # The receiver's own compiler: what is refused here would be refused there.
+    from .validation import InvalidConfig, compile_schema
+
     try:
-        # Installed wherever the receiver is; where it is not, the receiver still checks.
-        from jsonschema import SchemaError  # type: ignore[import-untyped]
-        from jsonschema.validators import validator_for  # type: ignore[import-untyped]
-    except ImportError:  # pragma: no cover
-        return
-    try:
-        validator_for(schema).check_schema(schema)
-    except SchemaError as exc:
-        raise PartnerError(f"the JSON Schema is not valid: {exc.message}") from None
+        compile_schema(schema)
+    except InvalidConfig as exc:
+        raise PartnerError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------ store
