@@ -18,7 +18,13 @@ from hookbus_common.db import open_pool
 from hookbus_common.settings import Settings, extend
 from hookbus_receiver import partnerstore as store
 from hookbus_receiver import webhookurl
-from hookbus_receiver.config import GithubSource, ReceiverConfig, ReceiverSettings, Secret
+from hookbus_receiver.config import (
+    GithubSource,
+    RateLimit,
+    ReceiverConfig,
+    ReceiverSettings,
+    Secret,
+)
 from hookbus_receiver.signatures import sign_github
 
 from .serving import serve
@@ -333,3 +339,47 @@ async def test_clients_hanging_up_mid_body_are_counted_not_logged_as_errors(
         e for e in await _events(receiver_settings) if e.event.type == ev.WebhookReceived.TYPE
     ]
     assert [e.event.id for e in received] == [ok.json()["id"]]
+
+
+async def test_unsigned_junk_never_spends_a_real_senders_allowance(
+    receiver_settings: ReceiverConfig,
+) -> None:
+    """The source's rate limit counts pushes that proved their sender; those that did not
+    have an allowance of their own, per client address."""
+    limited = GithubSource(
+        secrets=[Secret(value=SECRET)],
+        rate_limit=RateLimit(per_second=0.1, burst=2),  # the next token is 10 s away
+        trusted_proxies=["127.0.0.1/32"],  # so X-Forwarded-For names each client
+    )
+    settings = msgspec.structs.replace(receiver_settings, sources={"github": limited})
+    junk_from = {"x-forwarded-for": "198.51.100.7"}
+    real_from = {"x-forwarded-for": "203.0.113.5"}
+    async with serve(settings) as url, httpx.AsyncClient() as client:
+        junk = [
+            await client.post(
+                f"{url}/hooks/github",
+                content=PUSH,
+                headers={**github_headers(PUSH, f"j-{i}", secret="guess"), **junk_from},
+            )
+            for i in range(6)
+        ]
+        real = [
+            await client.post(
+                f"{url}/hooks/github",
+                content=PUSH,
+                headers={**github_headers(PUSH, f"r-{i}"), **real_from},
+            )
+            for i in range(3)
+        ]
+        # Junk from the real sender's address counts against that address only.
+        mixed = await client.post(
+            f"{url}/hooks/github", content=PUSH, headers={"x-github-event": "push", **real_from}
+        )
+
+    assert [r.status_code for r in junk] == [401, 401, 429, 429, 429, 429]
+    assert junk[2].json()["error"] == "unverified_rate_limited"
+    assert 8 <= int(junk[2].headers["retry-after"]) <= 10
+    assert [r.status_code for r in real] == [202, 202, 429]
+    assert real[2].json()["error"] == "rate_limited"
+    assert mixed.status_code == 401
+    assert len(await _events(receiver_settings)) == 2

@@ -36,6 +36,7 @@ from hookbus_receiver.refusals import (
     Unknown,
     Unstorable,
     UnsupportedMediaType,
+    UnverifiedRateLimited,
     ValidationAborted,
     ValidationBusy,
     ValidationFailed,
@@ -146,6 +147,15 @@ CASES: list[tuple[HookbusError, int, dict[str, Any], dict[str, str]]] = [
         {},
     ),
     (
+        UnverifiedRateLimited(9.5),
+        429,
+        {
+            "error": "unverified_rate_limited",
+            "detail": "too many unverified requests from this address",
+        },
+        {"retry-after": "10"},
+    ),
+    (
         ValidationBusy(1.5),
         429,
         {"error": "validation_busy", "detail": "too many validations in flight; retry"},
@@ -231,6 +241,7 @@ async def test_unknown_tokens_secrets_and_addresses_answer_as_an_unknown_path() 
         (Disconnected(), "invalid", "disconnected"),
         (ValidationAborted("x"), "invalid", "validation_aborted"),
         (ValidationBusy(1), "unavailable", "validation_busy"),
+        (UnverifiedRateLimited(1), "unavailable", "unverified_rate_limited"),
     ],
 )
 def test_refusals_are_in_the_kernel_family_with_their_metric_reasons(

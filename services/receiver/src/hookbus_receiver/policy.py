@@ -1,4 +1,5 @@
-"""Per-source admission before any body is read: who may call (IPs) and how often."""
+"""Per-source admission: who may call (IPs) and how often, counting requests that proved
+their sender apart from those that did not."""
 
 from __future__ import annotations
 
@@ -67,13 +68,59 @@ class TokenBucket:
 
     def take(self, now: float) -> float:
         """Take one token: 0 when allowed, else the seconds until one is available."""
+        wait = self.wait(now)
+        if not wait:
+            self.tokens -= 1
+        return wait
+
+    def wait(self, now: float) -> float:
+        """0 when a token is there to take, else the seconds until one is; takes none."""
         if self.updated is not None:
             self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+    def full(self, now: float) -> bool:
+        return self.wait(now) == 0 and self.tokens >= self.capacity
+
+
+class PerAddress:
+    """One token bucket per client address, for requests that did not prove their sender:
+    junk from one address never spends what another may send. At most ``max_addresses``
+    are remembered; those whose bucket has refilled are forgotten first, then those that
+    failed least recently (which only lets an address start afresh, never blocks
+    another)."""
+
+    def __init__(self, rate: float, capacity: float, max_addresses: int = 4096) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self.max_addresses = max_addresses
+        self._buckets: dict[IPAddress | None, TokenBucket] = {}
+
+    def wait(self, addr: IPAddress | None, now: float) -> float:
+        """0 when ``addr`` may try now, else the seconds until it may; takes nothing."""
+        bucket = self._buckets.get(addr)
+        return bucket.wait(now) if bucket is not None else 0.0
+
+    def charge(self, addr: IPAddress | None, now: float) -> None:
+        """Count one unproven request from ``addr``."""
+        bucket = self._buckets.pop(addr, None)  # re-inserted last: the least recent go first
+        if bucket is None:
+            if len(self._buckets) >= self.max_addresses:
+                self._forget(now)
+            bucket = TokenBucket(self.rate, self.capacity)
+        self._buckets[addr] = bucket
+        bucket.take(now)
+
+    def _forget(self, now: float) -> None:
+        self._buckets = {a: b for a, b in self._buckets.items() if not b.full(now)}
+        excess = len(self._buckets) - self.max_addresses // 2
+        if excess > 0:
+            for addr in list(self._buckets)[:excess]:
+                del self._buckets[addr]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 def retry_after(seconds: float) -> str:

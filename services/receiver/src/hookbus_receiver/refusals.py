@@ -105,6 +105,15 @@ class RateLimited(RetryableError):
         super().__init__("too many requests for this source", delay=wait)
 
 
+class UnverifiedRateLimited(RateLimited):
+    """Too many requests from this client address failed to prove their sender."""
+
+    reason = "unverified_rate_limited"
+
+    def __init__(self, wait: float) -> None:
+        RetryableError.__init__(self, "too many unverified requests from this address", delay=wait)
+
+
 class ValidationBusy(RateLimited):
     """Every schema validation worker stayed busy for the whole budget: send it again."""
 

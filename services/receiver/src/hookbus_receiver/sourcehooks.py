@@ -20,7 +20,7 @@ from hookbus_common.errors import HookbusError
 from . import inbound, policy, sources
 from .config import ReceiverConfig, SourceConfig
 from .inbound import FORM, NOT_FOUND, Inbound, Meter
-from .refusals import BadBody, RateLimited, Unknown
+from .refusals import BadBody, RateLimited, Unknown, UnverifiedRateLimited
 from .signatures import VerificationError
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,13 @@ class Admitted:
         self.allow = policy.networks(config.allow_ips)
         self.trusted = policy.networks(config.trusted_proxies)
         limit = config.rate_limit
-        self.bucket = (
-            policy.TokenBucket(limit.per_second, limit.capacity) if limit is not None else None
-        )
+        # Requests that proved their sender spend the source's bucket; those that did
+        # not, a bucket of the same size per client address: junk never spends the
+        # allowance of the real sender (docs/sources.md).
+        self.bucket = self.unverified = None
+        if limit is not None:
+            self.bucket = policy.TokenBucket(limit.per_second, limit.capacity)
+            self.unverified = policy.PerAddress(limit.per_second, limit.capacity)
         self.meter = Meter(REQUESTS, name, latency=LATENCY, rejected=REJECTED)
         if config.kind == "none" and not self.allow:
             log.warning(
@@ -110,17 +114,26 @@ class SourceHooks:
         client = policy.client_address(peer, headers.get("x-forwarded-for"), admitted.trusted)
         if not policy.allowed(client, admitted.allow):
             raise Unknown("ip_denied")  # outside the allow-list looks like no such path
+        unverified = admitted.unverified
+        if unverified is not None:
+            # Before any work: an address whose unproven requests used up its allowance.
+            wait = unverified.wait(client, time.monotonic())
+            if wait:
+                raise UnverifiedRateLimited(wait)
+        try:
+            body = await self.inbound.body(request, headers)
+            ctype = inbound.json_content_type(headers, forms=True)
+            source.verify(headers, body, time.time())
+        except HookbusError as exc:
+            if unverified is not None:
+                unverified.charge(client, time.monotonic())
+            if isinstance(exc, VerificationError):
+                log.info("rejected delivery", extra={"source": source.name, "reason": exc.reason})
+            raise
         if admitted.bucket is not None:
             wait = admitted.bucket.take(time.monotonic())
             if wait:
                 raise RateLimited(wait)
-        body = await self.inbound.body(request, headers)
-        ctype = inbound.json_content_type(headers, forms=True)
-        try:
-            source.verify(headers, body, time.time())
-        except VerificationError as exc:
-            log.info("rejected delivery", extra={"source": source.name, "reason": exc.reason})
-            raise
         payload = _form_payload(body) if ctype == FORM else body
         facts = source.facts(headers, inbound.json_object(payload))
         return await self.inbound.record(
