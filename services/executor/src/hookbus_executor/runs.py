@@ -125,7 +125,12 @@ class Runs:
             stopping = self.stopping.is_set()
             if not stopping and now >= next_sweep:
                 next_sweep = now + self.settings.lease_seconds
-                await self.sweep()
+                # Bounded, like the renewal: a stop must find this loop free to end jobs.
+                try:
+                    async with asyncio.timeout(self.settings.lease_seconds):
+                        await self.sweep()
+                except TimeoutError:
+                    log.warning("looking for orphaned jobs took too long; next round later")
             if stopping and not self.running:
                 # A stopping executor starts nothing new: nothing is left to keep.
                 return
@@ -163,7 +168,8 @@ class Runs:
         if not held:
             return
         try:
-            async with self.pool.acquire() as conn:
+            # Postgres away must not hold this loop: the shutdown grace is enforced here.
+            async with asyncio.timeout(self.renew_every), self.pool.acquire() as conn:
                 ours = await leases.renew(conn, self.owner, [r.job_id for r in held], self.ttl)
         except Exception as exc:
             # Postgres away: the runs go on; if it stays away past the lease, another
