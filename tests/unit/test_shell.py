@@ -322,7 +322,10 @@ async def test_on_spawn_gets_the_process_group_while_the_action_runs(tmp_path):
     async def spawned(pgid: int) -> None:
         seen.append((pgid, _alive(pgid)))
 
-    result = await run_shell([SH, "-c", "echo $$"], env=ENV, on_spawn=spawned)
+    # It waits for its stdin, which is fed only after on_spawn: it is running meanwhile.
+    result = await run_shell(
+        [SH, "-c", "read x; echo $$"], env=ENV, stdin=b"go\n", on_spawn=spawned
+    )
 
     assert result.ok
     assert seen == [(int(result.output), True)]
