@@ -477,3 +477,27 @@ def test_dockerfile_and_dockerignore() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", "**/.venv", ".hookbus", "**/__pycache__"):
         assert entry in ignored, entry
+
+
+# ------------------------------------------------------------------ graceful stop
+
+
+def _executor_stop_needs() -> float:
+    """Seconds the executor needs on stop: running jobs' grace, then ending them."""
+    e = ExecutorSettings()
+    return e.shutdown_grace_seconds + e.kill_grace_seconds
+
+
+def test_compose_gives_the_executor_time_to_stop_its_jobs(compose: dict[str, Any]) -> None:
+    # As Compose prints it once normalised: `1m0s`, `45s`.
+    period = compose["services"]["executor"].get("stop_grace_period", "10s")
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", period)
+    assert period, "stop_grace_period is empty"
+    assert match, f"stop_grace_period {period!r} is not a duration"
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    assert hours * 3600 + minutes * 60 + seconds > _executor_stop_needs()
+
+
+def test_kubernetes_gives_the_executor_time_to_stop_its_jobs() -> None:
+    spec = _deployments()["executor"]["spec"]["template"]["spec"]
+    assert spec.get("terminationGracePeriodSeconds", 30) > _executor_stop_needs()

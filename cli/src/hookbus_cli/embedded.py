@@ -80,11 +80,17 @@ class NatsServer:
             nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
             "-m", str(self.monitor_port), "-sd", str(self.store_dir),
         ]  # fmt: skip
+        # Its own session: Ctrl-C in the terminal reaches `hookbus up`, which stops the
+        # services first (the executor records what it ends) and NATS last.
         if self.log_file:
             with open(self.log_file, "ab") as out:  # the child keeps its own copy of the fd
-                self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+                self.proc = subprocess.Popen(
+                    argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
         else:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+            )
         url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
         proc = self.proc
         if wait_until_ok(url, timeout=timeout, alive=lambda: proc.poll() is None):
@@ -126,7 +132,7 @@ class Postgres:
         except ImportError:
             raise EmbeddedError(
                 "pgserver not found: install the PyPI package pgserver "
-                "(pip install 'hookbus-common[embedded]'), or set HOOKBUS_DATABASE__URL"
+                "(pip install pgserver), or set HOOKBUS_DATABASE__URL"
             ) from None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(  # type: ignore[attr-defined]
