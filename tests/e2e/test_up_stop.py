@@ -62,6 +62,8 @@ def _up(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "hookbus_cli.main", "up", "--nats-port", str(free_port())],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # Its own process group, as in a terminal: Ctrl-C goes to the whole group.
+        start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 90
     assert proc.stdout is not None
@@ -78,9 +80,9 @@ def _up(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
-    """SIGINT to `hookbus up` alone: it stops its services (SIGTERM), waits for them, then
-    its servers."""
-    proc.send_signal(signal.SIGINT)
+    """Ctrl-C as a terminal sends it: SIGINT to `hookbus up`'s whole process group (its
+    services too). It stops its services, waits for them, then its servers."""
+    os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=GRACE + 60)
     return out
 
