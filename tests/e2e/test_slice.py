@@ -224,3 +224,30 @@ def test_services_without_an_http_api_serve_health_and_metrics(
     assert (
         f'hookbus_messages_handled_total{{consumer="{prefix}-router",outcome="ack"}} 1.0' in metrics
     )
+
+
+def test_every_accepted_payload_is_routed_however_deeply_it_nests(
+    servers: Servers, make_system: Callable[..., System], script: Path
+) -> None:
+    """The receiver decodes a body under the interpreter's default recursion limit; the
+    services that decode it again, deeper in their own stacks, must manage whatever the
+    receiver accepted (or it would be accepted and never routed)."""
+    system = make_system(config(script), servers)
+    system.start()
+    accepted: dict[int, str] = {}
+    for depth in (100, 500, 900, 950, 970, 980, 985, 990, 995, 999, 1005, 1500, 5000):
+        # Built as text: the test's own decoder would not take the deepest ones.
+        body = push()[:-1] + b', "deep": ' + b"[" * depth + b"]" * depth + b"}"
+        r = httpx.post(
+            f"{system.url}/hooks/github", content=body, headers=headers(body, f"deep-{depth}")
+        )
+        assert r.status_code in (202, 400), (depth, r.status_code, r.text)
+        if r.status_code == 202:
+            accepted[depth] = r.json()["id"]
+    assert 950 in accepted, sorted(accepted)
+    for depth, hook_id in accepted.items():
+        wait_for(
+            lambda hook_id=hook_id: "job.succeeded" in short_types(chain(system, hook_id)),
+            f"the job of the webhook nested {depth} deep",
+            system,
+        )

@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
+from hookbus_common.events import allow_deep_payloads
+
 from . import configcheck, events, migrate, partners, serve, up, verify, webhookurl
 from .database import DatabaseUnreachable
 
@@ -62,6 +64,7 @@ def _stdout_closed() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    allow_deep_payloads()  # listing and rebuilding decode whatever the receiver accepted
     try:
         code = args.func(args)
         sys.stdout.flush()

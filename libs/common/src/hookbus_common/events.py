@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -38,6 +39,22 @@ def derived_id(cause: str, step: str, prefix: str = "evt") -> str:
     """A deterministic id for what ``cause`` leads to at ``step``: a redelivered message
     derives the same ids, so the event log refuses the duplicate (invariant 4)."""
     return f"{prefix}_{uuid.uuid5(_ID_NAMESPACE, f'{cause}/{step}').hex}"
+
+
+# ------------------------------------------------------------------ deep payloads
+
+# The receiver decodes every body under the interpreter's default recursion limit (1,000),
+# which bounds how deeply an accepted payload can nest. Every other process decodes the
+# same payload again, from deeper in its own stack (consume loop, handler, read models):
+# it gets this much room, so whatever the receiver accepted is always decodable after.
+DEEP_PAYLOAD_RECURSION_LIMIT = 4000
+
+
+def allow_deep_payloads() -> None:
+    """Give this process room to decode any payload the receiver accepted (not for the
+    receiver itself: its default limit is what bounds what is accepted)."""
+    if sys.getrecursionlimit() < DEEP_PAYLOAD_RECURSION_LIMIT:
+        sys.setrecursionlimit(DEEP_PAYLOAD_RECURSION_LIMIT)
 
 
 # ----------------------------------------------------------------------- subjects

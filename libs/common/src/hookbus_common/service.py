@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from . import logs, looplag
+from . import events, logs, looplag
 from .bus import Bus, connect
 from .consumer import Consumer, Handler
 from .db import open_pool
@@ -144,6 +144,7 @@ def main_for(
         print(f"hookbus-{service}: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.setup(service, settings.log.level, settings.log.format)
+    events.allow_deep_payloads()
     runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     if uvloop_if_available:
         try:
