@@ -9,7 +9,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,7 +264,7 @@ class Consumer:
         return Ack()
 
     async def _commit(
-        self, batch: Sequence[Event[Any]], keepalive: Callable[[], Any]
+        self, batch: Sequence[Event[Any]], keepalive: Callable[[], Awaitable[object]]
     ) -> list[Appended]:
         """Commit ``batch``; while Postgres is away, keep it and try again until it is back.
 
