@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -76,3 +77,13 @@ def settings(servers: Servers, prefix: str, tmp_path: Path) -> Settings:
 async def rt(settings: Settings) -> AsyncIterator[Runtime]:
     async with runtime(settings, "test") as r:
         yield r
+
+
+@pytest.fixture(autouse=True)
+def _recursion_limit() -> Iterator[None]:
+    """The CLI raises the recursion limit of the process it runs in (to decode any payload
+    the receiver accepted); a test calling it in-process must not change what a receiver
+    served by a later test accepts."""
+    limit = sys.getrecursionlimit()
+    yield
+    sys.setrecursionlimit(limit)
