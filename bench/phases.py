@@ -19,6 +19,7 @@ import nats
 from hookbus_common.bus import stream_name
 
 from . import cpu, openloop, payloads, wrk
+from .sides import read_stamps
 from .stats import summary_ms
 from .system import Servers, System
 
@@ -267,18 +268,14 @@ def _config(extra: str = "") -> str:
 
 # ----------------------------------------------------------------------- end to end
 
-STAMP_SCRIPT = """#!/bin/bash
-# The action of the end-to-end bench: write when it started, nothing else.
-printf '%s %s\\n' "$HOOKBUS_DELIVERY_ID" "$EPOCHREALTIME" >> "$BENCH_STAMPS"
-"""
+# The action: a bash script appending "<delivery id> $EPOCHREALTIME" to $BENCH_STAMPS.
+STAMP = Path(__file__).resolve().with_name("stamp.sh")
 
 
 async def end_to_end(servers: Servers, workdir: Path, opt: Options) -> dict[str, Any]:
     base = workdir / "e2e"
     base.mkdir(parents=True, exist_ok=True)
-    script = base / "stamp.sh"
-    script.write_text(STAMP_SCRIPT)
-    script.chmod(0o755)
+    script = STAMP
     stamps = base / "stamps.txt"
     stamps.write_text("")
     rule = f"""
@@ -313,11 +310,7 @@ actions = [{{ kind = "shell", command = ["{script}"], timeout = 30, env = {{ BEN
     started = hops.get("job.started", [])
     finished = hops.get("terminal", [])
     failed = sum(1 for _, typ, _ in rows if typ == "io.hookbus.job.failed.v1")
-    action: list[float] = []
-    for line in stamps.read_text().splitlines():
-        delivery, _, when = line.partition(" ")
-        if delivery in sent_at:
-            action.append(float(when.replace(",", ".")) - sent_at[delivery])
+    action = [when - sent_at[d] for d, when in read_stamps(stamps).items() if d in sent_at]
     return {
         "ingest": _openloop_summary(r),
         "to_committed": {hop: summary_ms(v) for hop, v in hops.items()},

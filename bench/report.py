@@ -16,6 +16,10 @@ class Row:
     ceiling_of: str = ""  # what the ceiling is
     target: str = ""
     met: bool | None = None
+    # The ratio as a multiple (1.8x) whatever the unit; by default throughputs are shown
+    # as a share of their ceiling and latencies and CPU as a multiple of their floor.
+    multiple: bool = False
+    section: str = ""  # "peer": value is hookbus's, ceiling adnanh/webhook's
 
     @property
     def ratio(self) -> float | None:
@@ -41,6 +45,8 @@ def _num(v: float | str | None, unit: str) -> str:
     if unit == "µs":
         return f"{v:.0f} µs"
     if unit == "ms":
+        if v < 10:
+            return f"{v:.2f} ms"
         return f"{v:.1f} ms" if v < 100 else f"{v:.0f} ms"
     if abs(v) >= 100:
         return f"{v:,.0f} {unit}".strip()
@@ -52,11 +58,17 @@ def _ratio(r: Row) -> str:
     if ratio is None:
         return ""
     # A throughput is a share of its ceiling; a latency is a multiple of its floor.
-    return f"{ratio:.2f}x" if r.unit in ("ms", "µs") else f"{ratio * 100:.0f} %"
+    if r.multiple or r.unit in ("ms", "µs"):
+        return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.1f}x"
+    return f"{ratio * 100:.0f} %"
 
 
-def render(rows: list[Row]) -> str:
-    cells = [("figure", "value", "ceiling", "ratio", "target", "met?")]
+HEADERS = ("figure", "value", "ceiling", "ratio", "target", "met?")
+PEER_HEADERS = ("figure", "hookbus", "adnanh/webhook", "hookbus ÷ adnanh", "target", "met?")
+
+
+def render(rows: list[Row], headers: tuple[str, ...] = HEADERS) -> str:
+    cells = [headers]
     for r in rows:
         ceiling = _num(r.ceiling, r.unit) if r.ceiling is not None else ""
         if r.ceiling_of and ceiling:
@@ -72,8 +84,8 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def markdown(rows: list[Row]) -> str:
-    out = ["| figure | value | ceiling | ratio | target | met? |", "|---|---|---|---|---|---|"]
+def markdown(rows: list[Row], headers: tuple[str, ...] = HEADERS) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|---|---|---|---|---|---|"]
     for r in rows:
         ceiling = _num(r.ceiling, r.unit) if r.ceiling is not None else ""
         if r.ceiling_of and ceiling:

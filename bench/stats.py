@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 
@@ -24,3 +25,10 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
         "max_ms": max(ms) if ms else math.nan,
         "count": len(ms),
     }
+
+
+def perf_to_wall() -> float:
+    """What to add to a ``time.perf_counter()`` reading to put it on ``time.time()``'s
+    scale, read now: latencies are timed with the perf counter, and compared with wall-clock
+    stamps other processes write (``$EPOCHREALTIME``, Postgres's ``recorded_at``) through it."""
+    return time.time() - time.perf_counter()

@@ -1,0 +1,393 @@
+"""hookbus against adnanh/webhook, side by side in one run, interleaved.
+
+Both run at once for the whole phase: hookbus with every service (receiver, router,
+executor, dispatcher) on the run's NATS and Postgres, adnanh/webhook as its one process.
+Each measurement is a series of short rounds that alternate between the two (hookbus
+first, then adnanh first, …), so a burst of other work on a shared machine lands on both
+alike; figures are summed or pooled over a system's rounds. Requests are the same signed
+2 KB GitHub pushes (payloads.py), each with its own ``X-GitHub-Delivery``; the action is
+the same ``stamp.sh`` for both.
+
+- CPU per matching webhook at ``cpu_rate``/s: every process of a system (hookbus: its
+  four services, nats-server, the postmaster and every backend; adnanh: its process), the
+  actions' own CPU left out (see procs.py), over the round until its work has ended.
+- request → script started at ``latency_rate``/s: open loop, from each request's intended
+  send time to the script's own ``$EPOCHREALTIME`` stamp, pooled over the rounds.
+- saturation, verified and nothing runs: wrk on hookbus's ``quiet`` source (signature
+  checked, event logged, routed against a rule that does not match) and on adnanh's
+  ``quiet`` hook (signature checked first, then a ``ref`` that no push has): webhooks/s
+  from wrk's start to the end of the work it caused (for hookbus the last routing record
+  committed), and CPU per webhook of every process.
+- idle: both measured over the same seconds with nothing sent; memory as PSS per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import adnanh, payloads, procs, sides
+from .report import Row
+from .sides import HOOKBUS_ORDER, AdnanhSide, HookbusSide, LoadRound, RateRound, Side
+from .stats import summary_ms
+from .system import Servers, System, source_config
+
+T = TypeVar("T")
+STAMP = Path(__file__).resolve().with_name("stamp.sh")
+SECTION = "peer"
+
+
+@dataclass
+class PeerOptions:
+    rounds: int
+    round_s: float
+    sat_round_s: float
+    idle_s: float
+    warmup_s: float
+    cpu_rate: float
+    latency_rate: float
+    connections: int
+    wrk_threads: int
+    workers: int
+    settle_timeout: float
+    spin: float = 0.0015
+
+
+def hookbus_config(stamps: Path) -> str:
+    """Two sources with the same secret: ``github`` (its push to main runs stamp.sh) and
+    ``quiet`` (a rule on a branch no push has: verified, logged, routed, nothing runs)."""
+    return (
+        source_config()
+        + f"""
+[sources.quiet]
+kind = "github"
+secrets = [{{ value = "{payloads.SECRET}" }}]
+
+[[rules]]
+name = "peer-push"
+source = "github"
+event = "push"
+branch = "main"
+actions = [{{ kind = "shell", command = ["{STAMP}"], payload = "none", timeout = 30, env = {{ BENCH_STAMPS = "{stamps}" }} }}]
+
+[[rules]]
+name = "peer-quiet"
+source = "quiet"
+event = "push"
+branch = "never-matches"
+actions = [{{ kind = "shell", command = ["{STAMP}"], payload = "none", timeout = 30, env = {{ BENCH_STAMPS = "{stamps}" }} }}]
+"""
+    )
+
+
+def tag(name: str) -> str:
+    return f"{name}{secrets.token_hex(3)}"
+
+
+async def send_one(port: int, data: bytes) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        return int(head[9:12])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def checks(side: Side, signed: list[payloads.Signed], timeout: float) -> dict[str, Any]:
+    """One matching push runs the action once; a quiet one and a forged one run nothing,
+    and the forged one is refused: both really verify, both really match."""
+    good = signed[0]
+    forged = payloads.Signed(good.body, payloads.sign(good.body, "not-the-secret"))
+    t = tag("chk")
+    out: dict[str, Any] = {}
+    out["match_status"] = await send_one(
+        side.port, payloads.http_request("127.0.0.1", side.port, good, f"{t}-m", side.match_path)
+    )
+    out["quiet_status"] = await send_one(
+        side.port, payloads.http_request("127.0.0.1", side.port, good, f"{t}-q", side.quiet_path)
+    )
+    out["forged_status"] = await send_one(
+        side.port,
+        payloads.http_request("127.0.0.1", side.port, forged, f"{t}-f", side.match_path),
+    )
+    # Drained (hookbus: every consumer; adnanh: no child left): whatever would run has.
+    await side.settle(f"{t}-m", 1, timeout)
+    stamped = set(sides.read_stamps(side.stamps, f"{t}-"))
+    out["ran"] = sorted(stamped)
+    out["ok"] = (
+        out["match_status"] == 202
+        and out["quiet_status"] in (200, 202)
+        and not 200 <= out["forged_status"] < 300
+        and stamped == {f"{t}-m"}
+    )
+    return out
+
+
+async def interleaved(
+    all_sides: Sequence[Side], rounds: int, fn: Callable[[Side], Awaitable[T]]
+) -> dict[str, list[T]]:
+    """``rounds`` rounds of each side, alternating which goes first."""
+    out: dict[str, list[T]] = {s.name: [] for s in all_sides}
+    for r in range(rounds):
+        order = list(all_sides) if r % 2 == 0 else list(all_sides)[::-1]
+        for s in order:
+            out[s.name].append(await fn(s))
+    return out
+
+
+def _sum(usages: Sequence[procs.Usage]) -> procs.Usage:
+    total = procs.Usage(0.0)
+    for u in usages:
+        total = total + u
+    return total
+
+
+def _us_per(cpu_s: float, n: int) -> float | None:
+    return round(cpu_s / n * 1e6, 1) if n else None
+
+
+def summarise_rate(rs: list[RateRound]) -> dict[str, Any]:
+    use = _sum([r.usage for r in rs])
+    n = sum(r.accepted for r in rs)
+    return {
+        "rounds": len(rs),
+        "rate": rs[0].rate if rs else None,
+        "accepted": n,
+        "errors": sum(r.errors for r in rs),
+        "missing_stamps": sum(r.missing_stamps for r in rs),
+        "all_settled": all(r.settled for r in rs),
+        "cpu_us_per_webhook": _us_per(use.total(), n),
+        "cpu_us_per_webhook_by_process": {k: _us_per(v, n) for k, v in use.cpu_s.items()},
+        "actions_cpu_us_per_webhook_excluded": _us_per(sum(use.children_s.values()), n),
+        "window_s": round(use.wall_s, 2),
+        "machine_busy_cores": round(use.machine_busy_cores, 2),
+        "to_script_started": summary_ms([x for r in rs for x in r.to_stamp_s]),
+        "to_http_response": summary_ms([x for r in rs for x in r.response_s]),
+        "generator_send_lag": summary_ms([x for r in rs for x in r.send_lag_s]),
+    }
+
+
+def summarise_load(rs: list[LoadRound]) -> dict[str, Any]:
+    use = _sum([r.usage for r in rs])
+    n = sum(r.processed for r in rs)
+    seconds = sum(r.seconds for r in rs)
+    chains = [r.chain for r in rs if r.chain is not None]
+    return {
+        "rounds": len(rs),
+        "processed": n,
+        "seconds": round(seconds, 3),
+        "webhooks_per_s": n / seconds if seconds else 0.0,
+        "wrk_202_per_s": sum(r.wrk["status_202"] for r in rs)
+        / max(1e-9, sum(r.wrk["duration_s"] for r in rs)),
+        "errors": sum(r.wrk["status_other"] + r.wrk["socket_errors"] for r in rs),
+        "actions_run": sum(r.stamps_added for r in rs),
+        "all_settled": all(r.settled for r in rs),
+        "complete": all(c.routed == c.received for c in chains) if chains else None,
+        "cpu_us_per_webhook": _us_per(use.total(), n),
+        "cpu_us_per_webhook_by_process": {k: _us_per(v, n) for k, v in use.cpu_s.items()},
+        "machine_busy_cores": round(use.machine_busy_cores, 2),
+        "rounds_detail": [
+            {"processed": r.processed, "seconds": round(r.seconds, 3), "wrk": r.wrk}
+            | ({"received": r.chain.received, "routed": r.chain.routed} if r.chain else {})
+            for r in rs
+        ],
+    }
+
+
+def summarise_idle(u: procs.Usage) -> dict[str, Any]:
+    per_s = {k: round(v / u.wall_s * 1000, 3) for k, v in u.cpu_s.items()} if u.wall_s else {}
+    return {
+        "seconds": round(u.wall_s, 2),
+        "cpu_ms_per_s": round(sum(per_s.values()), 3),
+        "cpu_ms_per_s_by_process": per_s,
+        "machine_busy_cores": round(u.machine_busy_cores, 2),
+    }
+
+
+def summarise_memory(m: dict[str, dict[str, float]]) -> dict[str, Any]:
+    return {
+        "pss_mib": round(sum(v["pss_mib"] for v in m.values()), 1),
+        "by_process": m,
+    }
+
+
+async def run(
+    servers: Servers,
+    workdir: Path,
+    opt: PeerOptions,
+    signed: list[payloads.Signed],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    if adnanh.available() is None:
+        return {"skipped": adnanh.INSTALL_HINT}
+    base = workdir / "peer"
+    base.mkdir(parents=True, exist_ok=True)
+    hb_stamps, ad_stamps = base / "hookbus-stamps.txt", base / "adnanh-stamps.txt"
+    out: dict[str, Any] = {"adnanh_version": adnanh.version(), "options": vars(opt).copy()}
+    with (
+        System(servers, base / "hookbus", hookbus_config(hb_stamps), workers=opt.workers) as system,
+        adnanh.Adnanh(base / "adnanh", STAMP, ad_stamps) as peer,
+    ):
+        system.start("receiver", "router", "executor", "dispatcher")
+        peer.start()
+        hb = HookbusSide(servers, system, hb_stamps)
+        await hb.open()
+        ad = AdnanhSide(peer)
+        both: list[Side] = [hb, ad]
+        try:
+            out["checks"] = {s.name: await checks(s, signed, opt.settle_timeout) for s in both}
+            data = {}
+            for s in both:
+                data[s.name] = base / f"{s.name}-quiet.bin"
+                payloads.write_wrk_data(data[s.name], "127.0.0.1", s.port, signed, s.quiet_path)
+
+            def rate_fn(
+                rate: float, seconds: float, spin: float
+            ) -> Callable[[Side], Awaitable[RateRound]]:
+                async def fn(s: Side) -> RateRound:
+                    return await sides.rate_round(
+                        s, signed, tag("p" + s.name[0]), rate=rate, seconds=seconds,
+                        spin=spin, settle_timeout=opt.settle_timeout,
+                    )  # fmt: skip
+
+                return fn
+
+            def sat_fn(seconds: float) -> Callable[[Side], Awaitable[LoadRound]]:
+                async def fn(s: Side) -> LoadRound:
+                    return await sides.wrk_round(
+                        s, data[s.name], tag("s" + s.name[0]), source="quiet", path=s.quiet_path,
+                        seconds=seconds, connections=opt.connections, threads=opt.wrk_threads,
+                        settle_timeout=opt.settle_timeout,
+                    )  # fmt: skip
+
+                return fn
+
+            log(f"peer: warm-up ({opt.warmup_s:.0f}s of each load on each)")
+            await interleaved(both, 1, rate_fn(opt.latency_rate, opt.warmup_s, 0.0))
+            await interleaved(both, 1, sat_fn(max(1.0, opt.warmup_s)))
+
+            log(f"peer: idle, both at once, {opt.idle_s:.0f}s")
+            await asyncio.sleep(2.0)  # the warm-up's tail (checkpoints, flushes) first
+            idle = await sides.idle(both, opt.idle_s)
+            out["idle"] = {k: summarise_idle(u) for k, u in idle.items()}
+            out["memory_idle"] = {s.name: summarise_memory(procs.memory(s.groups())) for s in both}
+
+            log(f"peer: CPU at {opt.cpu_rate:.0f}/s, {opt.rounds} x {opt.round_s:.0f}s rounds each")
+            cpu = await interleaved(both, opt.rounds, rate_fn(opt.cpu_rate, opt.round_s, 0.0))
+            out["cpu_at_rate"] = {k: summarise_rate(v) for k, v in cpu.items()}
+
+            log(
+                f"peer: latency at {opt.latency_rate:.0f}/s, {opt.rounds} x {opt.round_s:.0f}s rounds each"
+            )
+            lat = await interleaved(
+                both, opt.rounds, rate_fn(opt.latency_rate, opt.round_s, opt.spin)
+            )
+            out["latency_at_rate"] = {k: summarise_rate(v) for k, v in lat.items()}
+
+            log(
+                f"peer: saturation, nothing matches, {opt.rounds} x {opt.sat_round_s:.0f}s rounds each"
+            )
+            sat = await interleaved(both, opt.rounds, sat_fn(opt.sat_round_s))
+            out["saturation_quiet"] = {k: summarise_load(v) for k, v in sat.items()}
+            out["memory_end"] = {s.name: summarise_memory(procs.memory(s.groups())) for s in both}
+        finally:
+            await hb.close()
+    return out
+
+
+# ------------------------------------------------------------------------------ table
+
+
+SHORT = {
+    "receiver": "recv", "router": "route", "executor": "exec", "dispatcher": "disp",
+    "nats-server": "nats", "postgres": "pg",
+}  # fmt: skip
+
+
+def _by_process(d: dict[str, float | None], unit: str, order: Sequence[str]) -> str:
+    """``recv 290 · route 480 · exec 3.4 · disp 2.7 · nats 156 · pg 381 µs``"""
+    keys = [k for k in order if k in d] + [k for k in d if k not in order]
+    parts = []
+    for k in keys:
+        v = d[k]
+        if v is None:
+            continue
+        name = SHORT.get(k, k)
+        parts.append(f"{name} {v:.0f}" if v >= 10 else f"{name} {v:.1f}")
+    return " · ".join(parts) + f" {unit}"
+
+
+def _le(value: Any, ceiling: Any, factor: float) -> bool | None:
+    if not isinstance(value, int | float) or not isinstance(ceiling, int | float) or not ceiling:
+        return None
+    return bool(value <= factor * ceiling)
+
+
+def rows(p: dict[str, Any]) -> list[Row]:
+    if "skipped" in p:
+        return [Row("peer: adnanh/webhook", "skipped: " + p["skipped"], section=SECTION)]
+    hb, ad = "hookbus", "adnanh"
+
+    def row(figure: str, value: Any, ceiling: Any, unit: str, target: str = "",
+            met: bool | None = None) -> Row:  # fmt: skip
+        return Row(f"peer: {figure}", value, unit, ceiling, "", target, met, True, SECTION)
+
+    c, lt, s = p["cpu_at_rate"], p["latency_at_rate"], p["saturation_quiet"]
+    i, m, me = p["idle"], p["memory_idle"], p["memory_end"]
+    crate, lrate = c[hb]["rate"], lt[hb]["rate"]
+    cpu_hb, cpu_ad = c[hb]["cpu_us_per_webhook"], c[ad]["cpu_us_per_webhook"]
+    l50 = (lt[hb]["to_script_started"]["p50_ms"], lt[ad]["to_script_started"]["p50_ms"])
+    l99 = (lt[hb]["to_script_started"]["p99_ms"], lt[ad]["to_script_started"]["p99_ms"])
+    sat_hb, sat_ad = s[hb]["cpu_us_per_webhook"], s[ad]["cpu_us_per_webhook"]
+    idle_hb = i[hb]["cpu_ms_per_s"]
+    checks_ok = all(v["ok"] for v in p["checks"].values())
+    complete = (
+        c[hb]["missing_stamps"] == 0 and c[ad]["missing_stamps"] == 0
+        and lt[hb]["missing_stamps"] == 0 and lt[ad]["missing_stamps"] == 0
+        and s[hb]["actions_run"] == 0 and s[ad]["actions_run"] == 0
+        and bool(s[hb]["complete"])
+        and all(x[k]["errors"] == 0 for x in (c, lt, s) for k in (hb, ad))
+    )  # fmt: skip
+    return [
+        row("forged signature refused, quiet runs nothing, push runs once",
+            "yes" if checks_ok else "no", None, "", "both", checks_ok),
+        row(f"CPU per matching webhook at {crate:.0f}/s, every process, actions excluded",
+            cpu_hb, cpu_ad, "µs", "≤ 3x", _le(cpu_hb, cpu_ad, 3)),
+        row("  hookbus by process", _by_process(c[hb]["cpu_us_per_webhook_by_process"], "µs",
+            HOOKBUS_ORDER), None, ""),
+        row("  the actions' own CPU per webhook (not counted above)",
+            c[hb]["actions_cpu_us_per_webhook_excluded"],
+            c[ad]["actions_cpu_us_per_webhook_excluded"], "µs"),
+        row(f"request → script started at {lrate:.0f}/s, p50", l50[0], l50[1], "ms", "≤ 2x",
+            _le(l50[0], l50[1], 2)),
+        row(f"request → script started at {lrate:.0f}/s, p99", l99[0], l99[1], "ms", "≤ 4x",
+            _le(l99[0], l99[1], 4)),
+        row(f"request → HTTP answer at {lrate:.0f}/s, p50",
+            lt[hb]["to_http_response"]["p50_ms"], lt[ad]["to_http_response"]["p50_ms"], "ms"),
+        row("saturation, verified, nothing runs: webhooks/s (whole system)",
+            s[hb]["webhooks_per_s"], s[ad]["webhooks_per_s"], "req/s"),
+        row("saturation: CPU per non-matching webhook, every process", sat_hb, sat_ad, "µs",
+            "≤ 5x", _le(sat_hb, sat_ad, 5)),
+        row("  hookbus by process", _by_process(s[hb]["cpu_us_per_webhook_by_process"], "µs",
+            HOOKBUS_ORDER), None, ""),
+        row("idle CPU, every process", idle_hb, i[ad]["cpu_ms_per_s"], "ms/s", "≤ 5 ms/s",
+            idle_hb <= 5.0),
+        row("  hookbus idle by process", _by_process(i[hb]["cpu_ms_per_s_by_process"], "ms/s",
+            HOOKBUS_ORDER), None, ""),
+        row("memory (PSS) idle, every process", m[hb]["pss_mib"], m[ad]["pss_mib"], "MiB",
+            "reported"),
+        row("  hookbus by process", _by_process(
+            {k: v["pss_mib"] for k, v in m[hb]["by_process"].items()}, "MiB", HOOKBUS_ORDER),
+            None, ""),
+        row("memory (PSS) after the load, every process", me[hb]["pss_mib"], me[ad]["pss_mib"],
+            "MiB", "reported"),
+        row("every request answered, every action ran once, none for the quiet ones",
+            "yes" if complete else "no", None, "", "all", complete),
+    ]  # fmt: skip
