@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,8 @@ async def main(args: argparse.Namespace) -> int:
             "requests": f"{opt.bodies} distinct signed {payloads.BODY_BYTES}-byte bodies, cycled; "
             "a distinct X-GitHub-Delivery per request",
             "target": "127.0.0.1 only",
+            "peer": "interleaved rounds: each figure alternates short runs of hookbus and "
+            "adnanh/webhook (wrk for saturation, the open-loop client for fixed rates)",
         },
         "options": {k: v for k, v in vars(opt).items() if k != "signed"},
         "versions": versions(),
@@ -297,7 +301,8 @@ async def main(args: argparse.Namespace) -> int:
                     settle_timeout=opt.settle_timeout,
                 )
                 t0 = time.perf_counter()
-                result["system"] = await wholesystem.run(servers, workdir, sys_opt, opt.signed, log)
+                async with fresh_servers(servers, workdir, "system", parts) as own:
+                    result["system"] = await wholesystem.run(own, workdir, sys_opt, opt.signed, log)
                 result["system"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
                 rows += wholesystem.rows(result["system"])
             if "peer" in parts:
@@ -315,7 +320,11 @@ async def main(args: argparse.Namespace) -> int:
                     settle_timeout=opt.settle_timeout,
                 )
                 t0 = time.perf_counter()
-                result["peer"] = await peer.run(servers, workdir, peer_opt, opt.signed, log)
+                if adnanh.available() is None:
+                    result["peer"] = {"skipped": adnanh.INSTALL_HINT}
+                else:
+                    async with fresh_servers(servers, workdir, "peer", parts) as own:
+                        result["peer"] = await peer.run(own, workdir, peer_opt, opt.signed, log)
                 result["peer"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
                 rows += peer.rows(result["peer"])
     finally:
@@ -357,6 +366,21 @@ async def main(args: argparse.Namespace) -> int:
                 print()
                 print(markdown(some, headers) if headers else markdown(some))
     return 1 if missed else 0
+
+
+@contextlib.asynccontextmanager
+async def fresh_servers(
+    servers: system.Servers, workdir: Path, part: str, parts: set[str]
+) -> AsyncIterator[system.Servers]:
+    """NATS and Postgres of the whole-system phases' own when an earlier phase of this run
+    used the run's pair: every cycle and byte of theirs is then this phase's (no streams,
+    tables or autovacuum left by the phases before it)."""
+    earlier = PARTS[: PARTS.index(part)]
+    if not parts & set(earlier):
+        yield servers
+        return
+    with system.Servers(workdir / f"servers-{part}") as own:
+        yield own
 
 
 def ingest_rows(
