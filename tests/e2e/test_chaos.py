@@ -1,0 +1,359 @@
+"""Chaos: hookbus's promises under a steady load while every part fails once.
+
+Signed GitHub pushes arrive at a steady rate, each with its own delivery id, from senders
+that retry (same delivery id) on a 503 or a dropped connection, as real senders do. Each
+push runs a shell action (it notes its start, sleeps, notes its end) and a webhook action
+to a sink on loopback. Meanwhile, on a fixed schedule, each service is SIGKILLed once (the
+receiver restarted at once, the others after a few seconds), then Postgres and NATS are
+each stopped and started again. Once the system has settled:
+
+- every accepted webhook is recorded once (invariants 1, 3, 5);
+- every job has exactly one end, and no action ran twice (invariant 4);
+- every delivery reached the sink (at least once) and has exactly one end;
+- nothing was dead-lettered for an outage (invariant 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from hookbus_cli.embedded import NatsServer, Postgres
+from hookbus_common.db import open_pool
+from hookbus_common.settings import DatabaseSettings
+
+from ..conftest import Servers
+from .conftest import System
+from .httpsink import Sink
+from .test_slice import SECRET, headers, push
+
+pytestmark = pytest.mark.e2e
+
+RATE = 25  # pushes per second
+COUNT = 800  # pushes in all: about 32 s of load
+SLEEP = 0.3  # how long each action runs
+SETTLE_SECONDS = 60  # within the suite's 120 s timeout per test
+
+# Seconds after the load starts: (what, which). A "kill" restarts the service at its
+# "start"; a "stop" of Postgres or NATS is undone by its "start".
+SCHEDULE: list[tuple[float, str, str]] = [
+    (3, "kill", "receiver"),
+    (3, "start", "receiver"),
+    (6, "kill", "router"),
+    (9, "start", "router"),
+    (11, "kill", "executor"),
+    (14, "start", "executor"),
+    (16, "kill", "dispatcher"),
+    (19, "start", "dispatcher"),
+    (21, "stop", "postgres"),
+    (25, "start", "postgres"),
+    (28, "stop", "nats"),
+    (32, "start", "nats"),
+]
+
+RECEIVED = "io.hookbus.webhook.received.v1"
+ROUTED = "io.hookbus.webhook.routed.v1"
+JOB_REQUESTED = ("io.hookbus.job.requested.v1", "io.hookbus.job.requested.v2")
+JOB_STARTED = "io.hookbus.job.started.v1"
+JOB_ENDS = {
+    "io.hookbus.job.succeeded.v1": "succeeded",
+    "io.hookbus.job.failed.v1": "failed",
+    "io.hookbus.job.interrupted.v1": "interrupted",
+}
+DELIVERY_REQUESTED = "io.hookbus.delivery.requested.v1"
+DELIVERY_ENDS = {
+    "io.hookbus.delivery.succeeded.v1": "succeeded",
+    "io.hookbus.delivery.failed.v1": "failed",
+    "io.hookbus.delivery.dead.v1": "dead",
+}
+DEADLETTERED = "io.hookbus.message.deadlettered.v1"
+
+
+def _config(script: Path, sink_url: str) -> str:
+    return f"""
+[sources.github]
+kind = "github"
+secrets = [{{ value = "{SECRET}" }}]
+
+[[rules]]
+name = "deploy"
+source = "github"
+event = "push"
+actions = [{{ kind = "shell", command = ["{script}"], timeout = 60 }}]
+
+[[rules]]
+name = "notify"
+source = "github"
+event = "push"
+actions = [{{ kind = "webhook", url = "{sink_url}/in" }}]
+"""
+
+
+@pytest.fixture
+def chaos_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of this test's own, to stop and start (the session one is shared)."""
+    n = NatsServer(tmp_path / "chaos-nats", log_file=tmp_path / "chaos-nats.log")
+    n.start()
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def chaos_pg(tmp_path: Path) -> Iterator[Postgres]:
+    """A Postgres of this test's own, to stop and start."""
+    pg = Postgres(tmp_path / "chaos-pg")
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@dataclass
+class Sent:
+    status: int | None = None  # the last answer; None if the last try got no answer
+    event_id: str | None = None
+    tries: int = 0
+
+
+@dataclass
+class Load:
+    """Senders at a steady rate; each retries its delivery as a real sender would."""
+
+    url: str
+    rate: float
+    count: int
+    max_tries: int = 80
+    sent: dict[str, Sent] = field(default_factory=dict)
+    answers: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self) -> None:
+        start = time.monotonic()
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        with (
+            httpx.Client(timeout=10, limits=limits) as client,
+            ThreadPoolExecutor(max_workers=64) as pool,
+        ):
+            for i in range(self.count):
+                delay = start + i / self.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                pool.submit(self.send, client, i)
+
+    def send(self, client: httpx.Client, i: int) -> None:
+        delivery = f"chaos-{i}"
+        body = push(n=i)
+        sent = Sent()
+        with self.lock:
+            self.sent[delivery] = sent
+        for attempt in range(self.max_tries):
+            sent.tries = attempt + 1
+            try:
+                r = client.post(
+                    f"{self.url}/hooks/github", content=body, headers=headers(body, delivery)
+                )
+            except httpx.HTTPError as e:
+                sent.status = None
+                with self.lock:
+                    self.answers[type(e).__name__] += 1
+            else:
+                sent.status = r.status_code
+                with self.lock:
+                    self.answers[str(r.status_code)] += 1
+                if r.status_code in (200, 202):
+                    sent.event_id = r.json()["id"]
+                    return
+                if r.status_code not in (429, 503):
+                    return  # refused for good: a sender does not retry that
+            time.sleep(min(0.2 * 1.5**attempt, 1.0))
+
+
+@dataclass
+class Log:
+    """What the event log holds, by id."""
+
+    received: dict[str, list[str]]  # delivery id -> webhook event ids
+    routed: Counter[str]  # webhook id -> webhook.routed events
+    jobs: set[str]
+    job_started: Counter[str]
+    job_ends: dict[str, list[str]]  # job id -> its ends
+    interrupted: Counter[str]  # reason -> count
+    deliveries: set[str]
+    delivery_ends: dict[str, list[str]]
+    deadlettered: list[str]
+    outbox: int
+
+    def settled(self, accepted: set[str]) -> bool:
+        return (
+            accepted <= set(self.received)
+            and all(self.routed[i] for ids in self.received.values() for i in ids)
+            and all(j in self.job_ends for j in self.jobs)
+            and all(d in self.delivery_ends for d in self.deliveries)
+            and self.outbox == 0
+        )
+
+
+def read_log(system: System) -> Log:
+    async def run() -> Log:
+        db = DatabaseSettings(
+            url=system.env["HOOKBUS_DATABASE__URL"], schema=system.env["HOOKBUS_DATABASE__SCHEMA"]
+        )
+        async with open_pool(db, run_migrations=False) as pool, pool.acquire() as conn:
+            rows = await conn.fetch("SELECT id, type, data::text FROM events ORDER BY seq")
+            outbox = await conn.fetchval("SELECT count(*) FROM outbox")
+        log = Log({}, Counter(), set(), Counter(), {}, Counter(), set(), {}, [], int(outbox))
+        for row in rows:
+            kind, data = row["type"], msgspec.json.decode(row["data"])
+            if kind == RECEIVED:
+                log.received.setdefault(data["delivery_id"], []).append(row["id"])
+            elif kind == ROUTED:
+                log.routed[data["webhook_id"]] += 1
+            elif kind in JOB_REQUESTED:
+                log.jobs.add(data["job_id"])
+            elif kind == JOB_STARTED:
+                log.job_started[data["job_id"]] += 1
+            elif kind in JOB_ENDS:
+                log.job_ends.setdefault(data["job_id"], []).append(JOB_ENDS[kind])
+                if kind == "io.hookbus.job.interrupted.v1":
+                    log.interrupted[f"{data['reason']} retrying={data['retrying']}"] += 1
+            elif kind == DELIVERY_REQUESTED:
+                log.deliveries.add(data["delivery_id"])
+            elif kind in DELIVERY_ENDS:
+                log.delivery_ends.setdefault(data["delivery_id"], []).append(DELIVERY_ENDS[kind])
+            elif kind == DEADLETTERED:
+                log.deadlettered.append(row["data"])
+        return log
+
+    return asyncio.run(run())
+
+
+def test_every_promise_holds_while_each_part_fails_once_under_load(
+    chaos_nats: NatsServer,
+    chaos_pg: Postgres,
+    make_system: Callable[..., System],
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "marker"
+    script = tmp_path / "deploy.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "start $HOOKBUS_JOB_ID" >> {marker}\n'
+        f"sleep {SLEEP}\n"
+        f'echo "end $HOOKBUS_JOB_ID" >> {marker}\n'
+    )
+    script.chmod(0o755)
+
+    with Sink() as sink:
+        system = make_system(_config(script, sink.url), Servers(chaos_nats.url, chaos_pg.url))
+        system.env.update({
+            "HOOKBUS_LOG__LEVEL": "INFO",
+            "HOOKBUS_EXECUTOR__MAX_IN_FLIGHT": "16",
+            # A killed executor's messages come back, and its runs are found lost, soon.
+            "HOOKBUS_EXECUTOR__ACK_WAIT_SECONDS": "8",
+            "HOOKBUS_EXECUTOR__SHUTDOWN_GRACE_SECONDS": "1",
+            "HOOKBUS_EXECUTOR__KILL_GRACE_SECONDS": "1",
+            "HOOKBUS_EXECUTOR__LEASE_SECONDS": "3",
+            "HOOKBUS_DISPATCHER__ACK_WAIT_SECONDS": "6",
+            "HOOKBUS_DISPATCHER__TIMEOUT_SECONDS": "4",
+        })  # fmt: skip
+        system.start()
+
+        load = Load(system.url, RATE, COUNT)
+        sender = threading.Thread(target=load.run, daemon=True)
+        began = time.monotonic()
+        sender.start()
+        for at, what, which in SCHEDULE:
+            time.sleep(max(0.0, began + at - time.monotonic()))
+            print(f"chaos: {time.monotonic() - began:5.1f}s {what} {which}")
+            match what, which:
+                case "kill", _:
+                    system.kill(which)
+                case "start", "postgres":
+                    chaos_pg.start()
+                case "start", "nats":
+                    chaos_nats.start()
+                case "start", _:
+                    system.start(which)
+                case "stop", "postgres":
+                    chaos_pg.stop()
+                case "stop", "nats":
+                    chaos_nats.stop()
+        sender.join(timeout=120)
+        assert not sender.is_alive(), "the senders did not finish"
+        loaded = time.monotonic()
+
+        accepted = {d for d, s in load.sent.items() if s.event_id is not None}
+        deadline = loaded + SETTLE_SECONDS
+        while not (log := read_log(system)).settled(accepted):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        settle = time.monotonic() - loaded
+        hits = Counter(r.headers.get("x-hookbus-delivery") for r in sink.requests)
+
+    starts = Counter(
+        line.split()[1] for line in marker.read_text().splitlines() if line.startswith("start ")
+    )
+    ends = Counter(
+        line.split()[1] for line in marker.read_text().splitlines() if line.startswith("end ")
+    )
+    job_ends = Counter(e for es in log.job_ends.values() for e in es)
+    delivery_ends = Counter(e for es in log.delivery_ends.values() for e in es)
+    repeats = {d: n for d, n in hits.items() if n > 1}
+    gave_up = {d: (s.status, s.tries) for d, s in load.sent.items() if s.event_id is None}
+    counts = (
+        f"sent={len(load.sent)} accepted={len(accepted)} gave_up={len(gave_up)}"
+        f" answers={dict(load.answers)}"
+        f" recorded={sum(len(v) for v in log.received.values())}"
+        f" (distinct deliveries {len(log.received)})"
+        f" routed={sum(log.routed.values())} jobs={len(log.jobs)}"
+        f" job_started={sum(log.job_started.values())} job_ends={dict(job_ends)}"
+        f" interrupted={dict(log.interrupted)} actions_started={sum(starts.values())}"
+        f" actions_ended={sum(ends.values())}"
+        f" deliveries={len(log.deliveries)} delivery_ends={dict(delivery_ends)}"
+        f" sink_requests={sum(hits.values())} sink_repeats={len(repeats)}"
+        f" dead_letters={len(log.deadlettered)} outbox={log.outbox}"
+        f" load_seconds={loaded - began:.1f} settle_seconds={settle:.1f}"
+    )
+    print(f"chaos counts: {counts}")
+    if repeats:
+        print(f"chaos: deliveries the sink saw more than once: {repeats}")
+    logs = "\n".join(f"--- {s}\n{system.log(s)[-1500:]}" for s in ("router", "executor"))
+
+    assert log.settled(accepted), f"not settled in {SETTLE_SECONDS}s: {counts}\n{logs}"
+    # Every sender got its delivery accepted in the end: the outages were short.
+    assert not gave_up, f"{counts} gave up: {dict(list(gave_up.items())[:10])}"
+    # Every accepted webhook is recorded once, under the id it was answered with.
+    dupes = {d: ids for d, ids in log.received.items() if len(ids) > 1}
+    assert not dupes, f"{counts} recorded twice: {dupes}"
+    assert set(log.received) == accepted, f"{counts} not accepted: {set(log.received) - accepted}"
+    wrong_id = [d for d in accepted if log.received[d] != [load.sent[d].event_id]]
+    assert not wrong_id, f"{counts} answered another id: {wrong_id[:10]}"
+    # Each routed once, each with its job and its delivery.
+    assert all(n == 1 for n in log.routed.values()), counts
+    assert len(log.jobs) == len(log.deliveries) == len(accepted), counts
+    # Every job ended once; no action ran twice (no rule here opts into retry).
+    twice = {j: es for j, es in log.job_ends.items() if len(es) != 1}
+    assert not twice, f"{counts} jobs without exactly one end: {twice}"
+    ran_twice = {j: n for j, n in starts.items() if n > 1}
+    assert not ran_twice, f"{counts} actions started more than once: {ran_twice}"
+    started_twice = {j: n for j, n in log.job_started.items() if n > 1}
+    assert not started_twice, f"{counts} jobs started more than once: {started_twice}"
+    # A job recorded as succeeded ran its action to the end.
+    succeeded = {j for j, es in log.job_ends.items() if es == ["succeeded"]}
+    assert not succeeded - set(ends), f"{counts} succeeded without ending: {succeeded - set(ends)}"
+    # Every delivery reached the sink and ended once.
+    unseen = log.deliveries - set(hits)
+    assert not unseen, f"{counts} never reached the sink: {sorted(unseen)[:10]}"
+    twice = {d: es for d, es in log.delivery_ends.items() if len(es) != 1}
+    assert not twice, f"{counts} deliveries without exactly one end: {twice}"
+    assert not log.deadlettered, f"{counts} dead letters: {log.deadlettered[:5]}"
