@@ -24,6 +24,7 @@ the same ``stamp.sh`` for both.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -330,6 +331,12 @@ def _le(value: Any, ceiling: Any, factor: float) -> bool | None:
     return bool(value <= factor * ceiling)
 
 
+def need(summary: dict[str, Any]) -> float | None:
+    """Cores a rate needs: CPU per webhook at that rate x the rate."""
+    us = summary.get("cpu_us_per_webhook")
+    return round(us * summary["rate"] / 1e6, 3) if us is not None else None
+
+
 def rows(p: dict[str, Any]) -> list[Row]:
     if "skipped" in p:
         return [Row("peer: adnanh/webhook", "skipped: " + p["skipped"], section=SECTION)]
@@ -365,6 +372,12 @@ def rows(p: dict[str, Any]) -> list[Row]:
         row("  the actions' own CPU per webhook (not counted above)",
             c[hb]["actions_cpu_us_per_webhook_excluded"],
             c[ad]["actions_cpu_us_per_webhook_excluded"], "µs"),
+        row(f"CPU that {lrate:.0f} webhooks/s need, every process (the machine has "
+            f"{os.cpu_count()} cores)", need(lt[hb]), need(lt[ad]), "cores"),
+        row(f"request → script started at {crate:.0f}/s, p50",
+            c[hb]["to_script_started"]["p50_ms"], c[ad]["to_script_started"]["p50_ms"], "ms"),
+        row(f"request → script started at {crate:.0f}/s, p99",
+            c[hb]["to_script_started"]["p99_ms"], c[ad]["to_script_started"]["p99_ms"], "ms"),
         row(f"request → script started at {lrate:.0f}/s, p50", l50[0], l50[1], "ms", "≤ 2x",
             _le(l50[0], l50[1], 2)),
         row(f"request → script started at {lrate:.0f}/s, p99", l99[0], l99[1], "ms", "≤ 4x",
