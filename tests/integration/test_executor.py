@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from hookbus_common import eventlog
 from hookbus_common import events as ev
-from hookbus_common.consumer import Ack, Consumer, Incoming, Nak, Outcome, Term, Yielded
+from hookbus_common.consumer import Ack, Consumer, Defer, Incoming, Outcome, Term, Yielded
 from hookbus_common.service import Runtime
 from hookbus_common.settings import extend
 from hookbus_executor import outcomes, procs
@@ -243,20 +243,24 @@ async def test_a_job_whose_lease_is_held_by_a_live_run_is_not_run_again_meanwhil
     running = asyncio.create_task(first.outcome(req))
     await _until(marker.exists, "the first run to start")
 
-    # The message comes again (its ack wait passed) while the first run goes on.
-    msg = _Msg()
-    duplicate = asyncio.create_task(second.outcome(req, deliveries=2, msg=msg))
-    # It waits, keeping its message alive, instead of running the job beside the first.
-    await _until(lambda: msg.progress >= 2, "the duplicate to wait for the running job")
-    assert not duplicate.done()
+    # The message comes again (its ack wait passed) while the first run goes on: it is
+    # deferred (given back for a while, no failure), not run beside the first, and does
+    # not wait in hand for it.
+    for deliveries in (2, 3, 4):
+        dup_outcome, dup_out = await second.outcome(req, deliveries=deliveries)
+        assert isinstance(dup_outcome, Defer), dup_outcome
+        assert 0 < dup_outcome.delay <= 10.0
+        assert dup_out == []
+    assert not running.done()
     assert marker.read_text() == "run 1\n"
     assert (await _lease(rt))["owner"] == first.runs.owner.id
 
     release.touch()
-    (outcome, out), (dup_outcome, dup_out) = await asyncio.gather(running, duplicate)
-    assert (outcome, dup_outcome) == (Ack(), Ack())
+    outcome, out = await running
+    assert outcome == Ack()
     assert [type(e.data) for e in out] == [ev.JobStarted, ev.JobSucceeded]
-    assert dup_out == []
+    # Back once the run is over, the duplicate finds the job finished.
+    assert await second.outcome(req, deliveries=5) == (Ack(), [])
     assert marker.read_text() == "run 1\n"
     assert await _chain_types(rt, req) == ["job.requested", "job.started", "job.succeeded"]
     assert await _job(rt) == ("succeeded", 1)
@@ -343,16 +347,16 @@ async def test_a_live_executor_of_this_host_keeps_its_run_even_past_the_lease(
     await _left_by_a_dead_executor(
         rt, req, host=replica.runs.owner.host.id, expires_in=-1.0, owner_pid=os.getpid()
     )
-    msg = _Msg()
-    waiting = asyncio.create_task(replica.outcome(req, deliveries=2, msg=msg))
-    await _until(lambda: msg.progress >= 2, "the message to wait for the live run")
-    assert not waiting.done()
+    # The message is deferred (it comes back later), not run beside the live run.
+    outcome, out = await replica.outcome(req, deliveries=2)
+    assert isinstance(outcome, Defer)
+    assert out == []
 
     # That run ends and is recorded by its executor.
     await rt.outbox.commit([outcomes.finished(req, 1, None, "ended elsewhere")])
     async with rt.pool.acquire() as conn:
         await conn.execute("UPDATE job_leases SET ended_at = now(), outcome = 'failed'")
-    assert await waiting == (Ack(), [])
+    assert await replica.outcome(req, deliveries=3) == (Ack(), [])
     assert not marker.exists()
     assert await _chain_types(rt, req) == ["job.requested", "job.started", "job.failed"]
 
@@ -447,8 +451,9 @@ async def test_a_stopping_executor_ends_a_long_job_after_its_grace_and_records_i
         assert out[1].id == ev.derived_id(req.id, TERMINAL_STEP)
         assert await _job(rt) == ("interrupted", 1)
         return
-    # A rule that retries: the message goes back, and the next executor runs attempt 2.
-    assert isinstance(outcome, Nak)
+    # A rule that retries: the message goes back (deferred: the lease counts the runs),
+    # and the next executor runs attempt 2.
+    assert isinstance(outcome, Defer)
     assert done.retrying
     leader_file.unlink()
     child_file.unlink()
@@ -478,7 +483,7 @@ async def test_a_stopping_executor_lets_a_job_that_ends_within_the_grace_finish(
         other = _request(["/bin/sh", "-c", f"echo other >> {marker}"], job_id="job_other")
         await rt.outbox.commit([other])
         refused, nothing = await replica.outcome(other)
-        assert isinstance(refused, Nak)
+        assert isinstance(refused, Defer)
         assert nothing == []
         release.touch()
         outcome, out = await running
@@ -586,6 +591,6 @@ async def test_a_run_whose_lease_another_executor_took_is_ended_and_records_noth
     finally:
         await replica.runs.close()
     await _until(lambda: not _alive(leader) and not _alive(child), "the action's group to end")
-    assert isinstance(outcome, Nak)
+    assert isinstance(outcome, Defer)
     assert [type(e.data) for e in out] == [ev.JobStarted]
     assert (await _lease(rt))["owner"] == "exe_elsewhere"

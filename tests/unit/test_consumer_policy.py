@@ -12,8 +12,8 @@ import nats.errors
 import pytest
 
 from hookbus_common import consumer
-from hookbus_common.consumer import Incoming, Nak, Term, backoff, disposition
-from hookbus_common.errors import OutageError, PermanentError, RetryableError
+from hookbus_common.consumer import Ack, Defer, Incoming, Nak, Term, backoff, disposition
+from hookbus_common.errors import Deferred, OutageError, PermanentError, RetryableError
 from hookbus_common.events import decode
 
 
@@ -224,3 +224,54 @@ def test_backoff_stays_capped_after_very_many_deliveries():
     # The JetStream consumer has no max_deliver of its own, so a message whose dead letter
     # cannot be recorded keeps coming back, and its count keeps growing.
     assert 30.0 <= backoff(5000) <= 60.0
+
+
+# ------------------------------------------------------------------ deferrals
+
+
+@pytest.mark.parametrize("deliveries", [1, 5, 6, 1000])
+def test_a_deferral_is_given_back_with_its_delay_and_never_terminated(deliveries):
+    outcome = disposition(Deferred(2.5, "held elsewhere"), deliveries, max_deliver=5)
+    assert outcome == Defer(2.5, "held elsewhere")
+
+
+def test_a_deferral_is_not_an_outage_nor_a_failure():
+    from hookbus_common.outage import is_outage
+
+    assert not is_outage(Deferred(1.0, "not now"))
+    assert Deferred(-3.0, "not now").delay == 0.0
+
+
+def test_deferrals_are_left_out_of_the_failure_budget():
+    ledger = consumer._Ledger()
+    # Never deferred: JetStream's count is the budget, redeliveries after a crash included.
+    assert ledger.tries(7, deliveries=3) == 3
+    for n in range(1, 10):  # deferred nine times
+        assert ledger.tries(7, deliveries=n) == (n if n == 1 else 1)
+        ledger.settled(7, Defer(1.0, "held"))
+    # Its first real failure is try 1, whatever JetStream counted.
+    assert ledger.tries(7, deliveries=10) == 1
+    ledger.settled(7, Nak(1.0))
+    assert ledger.tries(7, deliveries=11) == 2
+    ledger.settled(7, Defer(1.0, "held"))
+    assert ledger.tries(7, deliveries=12) == 2
+    assert disposition(RuntimeError("bug"), ledger.tries(7, 12), max_deliver=2) == Term(
+        "gave up after 2 deliveries: RuntimeError: bug"
+    )
+    ledger.settled(7, Ack())
+    assert ledger.tries(7, deliveries=13) == 13  # forgotten once settled for good
+
+
+def test_the_ledger_forgets_the_oldest_messages_beyond_its_size():
+    ledger = consumer._Ledger(size=2)
+    for seq in (1, 2, 3):
+        ledger.settled(seq, Defer(1.0, "held"))
+    assert ledger.tries(1, deliveries=4) == 4
+    assert (ledger.tries(2, deliveries=4), ledger.tries(3, deliveries=4)) == (1, 1)
+
+
+def test_an_incomings_tries_default_to_its_deliveries():
+    msg: Any = object()
+    event: Any = None
+    assert Incoming(event=event, subject="s", deliveries=4, _msg=msg).tries == 4
+    assert Incoming(event=event, subject="s", deliveries=4, _msg=msg, counted=1).tries == 1

@@ -1,6 +1,7 @@
 """The consume loop: fetch, hand each message to a handler, commit what it yields, then
 ack, nak with a delay, or terminate and dead-letter — all in this one place. An outage of
-Postgres or NATS is waited out here, so it never counts toward a message's retries."""
+Postgres or NATS is waited out here, so it never counts toward a message's retries; a
+handler's ``Deferred`` ("not now") gives the message back without counting either."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,7 @@ from nats.js import JetStreamContext
 from . import eventlog, metrics
 from . import events as ev
 from .bus import Bus
-from .errors import HookbusError, OutageError, RetryableError
+from .errors import Deferred, HookbusError, OutageError, RetryableError
 from .eventlog import Appended
 from .events import Event
 from .logs import correlated
@@ -40,13 +42,22 @@ class Incoming:
 
     ``deliveries`` is JetStream's count of deliveries of this message: redeliveries after
     a crash or a lost ack are in it, so it is not a count of attempts. A handler that
-    numbers its attempts reads them from the log (as the dispatcher does).
+    numbers its attempts reads them from the log (as the dispatcher and the executor do).
+
+    ``tries`` is the number of this delivery as the failure budget (``max_deliver``)
+    counts it: the deliveries that ended in a deferral (``errors.Deferred``) are left out.
     """
 
     event: Event[Any]
     subject: str
     deliveries: int
     _msg: Msg
+    counted: int | None = None
+    """This delivery's number among those that count; None: ``deliveries``."""
+
+    @property
+    def tries(self) -> int:
+        return self.deliveries if self.counted is None else self.counted
 
     async def progress(self) -> None:
         """Tell JetStream the message is still being worked on (resets its ack timer).
@@ -77,11 +88,19 @@ class Nak:
 
 
 @dataclass(frozen=True)
+class Defer:
+    """Give the message back for ``delay`` seconds; no failure (``errors.Deferred``)."""
+
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class Term:
     reason: str
 
 
-Outcome = Ack | Nak | Term
+Outcome = Ack | Nak | Defer | Term
 
 
 def backoff(deliveries: int, *, base: float = 0.5, cap: float = 60.0) -> float:
@@ -94,10 +113,14 @@ def backoff(deliveries: int, *, base: float = 0.5, cap: float = 60.0) -> float:
 def disposition(exc: BaseException, deliveries: int, max_deliver: int) -> Outcome:
     """The one mapping from a handler's failure to what happens to the message.
 
+    ``deliveries`` is the delivery's number in the failure budget (``Incoming.tries``).
+    A ``Deferred`` is no failure: it is given back after its delay, never terminated.
     An outage (``outage.is_outage``) reaches here only when the consumer stops while
     waiting for Postgres or NATS, or when the parts answered again at once twice running;
     it is naked, never terminated, however often the message was delivered.
     """
+    if isinstance(exc, Deferred):
+        return Defer(exc.delay, exc.reason)
     if is_outage(exc):
         return Nak(backoff(deliveries))
     if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError) or (
@@ -112,6 +135,36 @@ def disposition(exc: BaseException, deliveries: int, max_deliver: int) -> Outcom
     return Nak(backoff(deliveries))
 
 
+class _Ledger:
+    """What this process knows of each message beyond JetStream's delivery count, by
+    stream sequence: how often it deferred it, and how often it failed here.
+
+    JetStream counts a deferral's nak as a delivery like any other, so once a message has
+    been deferred, its failure budget is what it failed here instead. Bounded: the oldest
+    entries are forgotten (such a message is counted by its deliveries again).
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, list[int]] = OrderedDict()  # seq → [deferred, failed]
+
+    def tries(self, seq: int, deliveries: int) -> int:
+        entry = self._entries.get(seq)
+        if entry is None or entry[0] == 0:
+            return deliveries
+        return entry[1] + 1
+
+    def settled(self, seq: int, outcome: Outcome) -> None:
+        if isinstance(outcome, Ack | Term):
+            self._entries.pop(seq, None)
+            return
+        entry = self._entries.setdefault(seq, [0, 0])
+        entry[0 if isinstance(outcome, Defer) else 1] += 1
+        self._entries.move_to_end(seq)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
 class Consumer:
     """Consumes ``filter_subjects`` through one durable, handing each message to ``handler``.
 
@@ -120,7 +173,14 @@ class Consumer:
     without calling the handler, so handlers need not check for it themselves.
 
     An outage of Postgres or NATS spends no retry budget (see ``process``); while any
-    message waits for one to end, no more messages are fetched.
+    message waits for one to end, no more messages are fetched. A handler that raises
+    ``errors.Deferred`` gives its message back for a while: it leaves its place among the
+    ``max_in_flight`` at once, and its deferrals count toward nothing.
+
+    At a stop, no more messages are fetched, and the work in hand gets ``drain_timeout``
+    seconds (default: ``ack_wait``) to finish. Work that may take longer than ``ack_wait``
+    must report progress (``Incoming.progress``), or JetStream hands its message to
+    another replica meanwhile.
     """
 
     def __init__(
@@ -136,6 +196,7 @@ class Consumer:
         max_deliver: int,
         ack_wait: float = 30.0,
         terminal_step: str | None = None,
+        drain_timeout: float | None = None,
     ) -> None:
         self.service = service
         self.bus = bus
@@ -147,6 +208,8 @@ class Consumer:
         self.max_deliver = max_deliver
         self.ack_wait = ack_wait
         self.terminal_step = terminal_step
+        self.drain_timeout = ack_wait if drain_timeout is None else drain_timeout
+        self._ledger = _Ledger()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()  # run() hands in the service's
         # A waiting message tells JetStream it is in progress well within the ack wait.
@@ -169,7 +232,17 @@ class Consumer:
             if self._tasks:
                 # Let work in hand finish (its side effects are recorded); JetStream
                 # redelivers anything not acked once the ack wait passes.
-                await asyncio.wait(self._tasks, timeout=self.ack_wait)
+                log.info(
+                    "stopping: waiting for messages in hand",
+                    extra={"consumer": self.durable, "in_flight": len(self._tasks),
+                           "drain_timeout": self.drain_timeout},
+                )  # fmt: skip
+                _, pending = await asyncio.wait(self._tasks, timeout=self.drain_timeout)
+                if pending:
+                    log.warning(
+                        "stopped with messages still in hand; they are redelivered",
+                        extra={"consumer": self.durable, "in_flight": len(pending)},
+                    )
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -199,11 +272,14 @@ class Consumer:
 
     async def _handle(self, msg: Msg) -> None:
         deliveries = msg.metadata.num_delivered or 1
+        seq = msg.metadata.sequence.stream
+        tries = self._ledger.tries(seq, deliveries)
         metrics.IN_FLIGHT.labels(self.durable).inc()
         started = time.perf_counter()
         try:
-            outcome = await self._run_handler(msg, deliveries)
+            outcome = await self._run_handler(msg, deliveries, tries)
             await self._settle(msg, outcome, deliveries)
+            self._ledger.settled(seq, outcome)
         except Exception as exc:
             # Settling itself failed (NATS away): JetStream redelivers after the ack wait.
             log.warning("could not settle message", extra={"error": repr(exc)})
@@ -211,13 +287,15 @@ class Consumer:
             metrics.IN_FLIGHT.labels(self.durable).dec()
             metrics.HANDLE_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
 
-    async def _run_handler(self, msg: Msg, deliveries: int) -> Outcome:
+    async def _run_handler(self, msg: Msg, deliveries: int, tries: int) -> Outcome:
         try:
             event = ev.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return Term(f"undecodable message: {exc}")
         with correlated(event.correlationid):
-            incoming = Incoming(event=event, subject=msg.subject, deliveries=deliveries, _msg=msg)
+            incoming = Incoming(
+                event=event, subject=msg.subject, deliveries=deliveries, _msg=msg, counted=tries
+            )
             return await self.process(incoming)
 
     async def process(self, incoming: Incoming) -> Outcome:
@@ -311,7 +389,14 @@ class Consumer:
 
     def _failed(self, exc: Exception, incoming: Incoming) -> Outcome:
         """Settle a failure through ``disposition``, and log it."""
-        outcome = disposition(exc, incoming.deliveries, self.max_deliver)
+        outcome = disposition(exc, incoming.tries, self.max_deliver)
+        if isinstance(outcome, Defer):
+            log.info(
+                "deferred",
+                extra={"event_id": incoming.event.id, "reason": outcome.reason,
+                       "delay": outcome.delay, "deliveries": incoming.deliveries},
+            )  # fmt: skip
+            return outcome
         level = logging.ERROR if isinstance(outcome, Term) else logging.WARNING
         log.log(
             level,
@@ -319,6 +404,7 @@ class Consumer:
             extra={
                 "event_id": incoming.event.id,
                 "deliveries": incoming.deliveries,
+                "tries": incoming.tries,
                 "error": repr(exc),
             },
             exc_info=not (isinstance(exc, HookbusError) or is_outage(exc)),
@@ -336,7 +422,7 @@ class Consumer:
         match outcome:
             case Ack():
                 await msg.ack()
-            case Nak(delay):
+            case Nak(delay) | Defer(delay):
                 await msg.nak(delay=delay)
             case Term(reason):
                 if not await self._dead_letter(msg, reason, deliveries):

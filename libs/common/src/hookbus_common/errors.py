@@ -16,6 +16,10 @@ endpoint answered 503, refused the connection): that is an attempt, and counts t
 ``max_deliver``. ``OutageError`` says a part hookbus itself runs on (Postgres, NATS) is away:
 no attempt was made, and a consumer waits for it to come back (``outage.is_outage`` is the
 one place that recognises an outage, ours or the drivers' errors alike).
+
+``Deferred`` is not a failure at all: the handler says "not now" (the work is held
+elsewhere, the process is stopping). The message comes back after its delay, never counts
+toward ``max_deliver`` and is never dead-lettered, however often it is deferred.
 """
 
 from __future__ import annotations
@@ -83,3 +87,20 @@ class OutageError(UnavailableError):
 
 class PermanentError(InvalidError):
     """Can never succeed as sent: terminate the message and record it as a dead letter."""
+
+
+class Deferred(HookbusError):
+    """Not now, and nothing went wrong: give the message back for ``delay`` seconds.
+
+    Raised by a handler whose work cannot be done at this moment for a reason that is no
+    failure of it (another run holds the work, the process is stopping). The consume loop
+    naks the message with ``delay``, frees its place among the messages in flight at once,
+    spends none of its retry budget and never terminates it for being deferred.
+    """
+
+    code: ClassVar[Code] = "unavailable"
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = max(0.0, delay)
+        self.reason = reason

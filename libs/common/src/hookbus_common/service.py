@@ -91,13 +91,16 @@ async def run_consumer(
     max_deliver: int,
     ack_wait: float = 30.0,
     terminal_step: str | None = None,
+    drain_timeout: float | None = None,
     started: Callable[[Runtime], Awaitable[None]] | None = None,
 ) -> None:
     """Run one consuming service until SIGINT/SIGTERM.
 
     ``filter_tokens`` holds one tuple of subject tokens per filter (``("job",
     "requested")`` takes ``<prefix>.job.requested.>``); ``terminal_step`` is the step
-    whose derived event marks a message's work as finished (see ``Consumer``).
+    whose derived event marks a message's work as finished (see ``Consumer``);
+    ``drain_timeout`` is how long work in hand may take to finish once stopped (default:
+    ``ack_wait``).
     """
     async with runtime(settings, service) as rt:
         install_signal_handlers(rt.stop)
@@ -112,6 +115,7 @@ async def run_consumer(
             max_deliver=max_deliver,
             ack_wait=ack_wait,
             terminal_step=terminal_step,
+            drain_timeout=drain_timeout,
         )
         # A second replica on this host gets a free port instead of dying on a busy one.
         async with serve_health(

@@ -35,6 +35,8 @@ async def run(settings: ExecutorConfig) -> None:
             max_in_flight=settings.executor.max_in_flight,
             max_deliver=settings.executor.max_deliver,
             ack_wait=settings.executor.ack_wait_seconds,
+            # A stop waits for running jobs: their grace, then ending and recording them.
+            drain_timeout=config.drain_timeout(settings.executor),
             # A job that finished before we died (unacked) is not run again.
             terminal_step=TERMINAL_STEP,
         )

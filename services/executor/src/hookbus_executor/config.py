@@ -15,16 +15,23 @@ from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
 
-# What the consume loop needs beyond the shutdown grace and the kill grace to record the
-# ended jobs before it stops waiting for them.
-_SHUTDOWN_MARGIN = 5.0
+# What a stop needs beyond the shutdown grace and the kill grace to record the ended jobs
+# (and for the consume loop to settle their messages) before it stops waiting for them.
+SHUTDOWN_MARGIN = 5.0
+# Running jobs tell NATS they are in progress every third of the ack wait, and at least
+# this often.
+_PROGRESS_EVERY_AT_MOST = 10.0
+# Under this, a job's progress reports (every third of it) cannot be relied on to arrive
+# in time on a busy host.
+_MIN_ACK_WAIT = 3.0
 
 
 class ExecutorSettings(msgspec.Struct, **STRUCT):
     health_port: Port = 9102
     max_in_flight: PositiveInt = 4
     max_deliver: PositiveInt = 5
-    # Running jobs report progress, which restarts this timer.
+    # Running jobs report progress (every third of it, at most 10 s apart), which restarts
+    # this timer; a job may run, and a stop may wait for it, much longer.
     ack_wait_seconds: PositiveFloat = 60.0
     max_output_bytes: PositiveInt = 64 * 1024
     kill_grace_seconds: PositiveFloat = 5.0
@@ -49,16 +56,27 @@ class ExecutorConfig(core.Settings, **STRUCT):
     executor: ExecutorSettings = ExecutorSettings()
 
 
+def progress_interval(e: ExecutorSettings) -> float:
+    """How often a running job tells NATS its message is still being worked on."""
+    return min(_PROGRESS_EVERY_AT_MOST, e.ack_wait_seconds / 3)
+
+
+def drain_timeout(e: ExecutorSettings) -> float:
+    """How long a stopping executor's consume loop waits for the jobs in hand: their
+    shutdown grace, the kill grace that ends the rest, and time to record them."""
+    return e.shutdown_grace_seconds + e.kill_grace_seconds + SHUTDOWN_MARGIN
+
+
 def check(config: ExecutorConfig) -> None:
-    """What the types cannot say: a stop must be able to end its jobs and record them
-    before the consume loop stops waiting for them (one ack wait)."""
+    """What the types cannot say: running jobs (and a stop waiting for them, however long
+    its grace) must be able to keep their messages by reporting progress in time."""
     e = config.executor
-    if e.shutdown_grace_seconds + e.kill_grace_seconds + _SHUTDOWN_MARGIN > e.ack_wait_seconds:
+    if e.ack_wait_seconds < _MIN_ACK_WAIT:
         raise ConfigError(
-            f"executor.shutdown_grace_seconds ({e.shutdown_grace_seconds:g}) +"
-            f" executor.kill_grace_seconds ({e.kill_grace_seconds:g}) must stay at least"
-            f" {_SHUTDOWN_MARGIN:g} s under executor.ack_wait_seconds ({e.ack_wait_seconds:g}):"
-            " a stopping executor waits that long for its jobs to be ended and recorded"
+            f"executor.ack_wait_seconds ({e.ack_wait_seconds:g}) must be at least"
+            f" {_MIN_ACK_WAIT:g} s: running jobs keep their messages by reporting progress"
+            " every third of it, and reports that come late hand a running job's message to"
+            " another executor"
         )
 
 

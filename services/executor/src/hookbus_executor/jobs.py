@@ -3,7 +3,6 @@ interrupted, out — one run of a job at a time, under the job's lease."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -12,11 +11,11 @@ from collections.abc import AsyncIterator, Mapping
 
 from hookbus_common import events as ev
 from hookbus_common.consumer import Handler, Incoming, Yielded
-from hookbus_common.errors import PermanentError, RetryableError
+from hookbus_common.errors import Deferred, PermanentError
 from hookbus_common.events import Event, JobRequestedV2
 
 from . import leases, outcomes, procs
-from .config import ExecutorConfig, ExecutorSettings
+from .config import ExecutorConfig, ExecutorSettings, progress_interval
 from .leases import Lease
 from .outcomes import TERMINAL_STEP, job_request
 from .runs import Run, Runs, end_processes, marks
@@ -58,8 +57,12 @@ class Executor:
 
     def _refuse_if_stopping(self) -> None:
         if self.runs.stopping.is_set():
-            raise RetryableError("the executor is stopping; the job is left for later",
-                                 delay=_STOPPING_DELAY)  # fmt: skip
+            # No failure of the job: it is deferred, spending none of its retry budget.
+            raise Deferred(_STOPPING_DELAY, "the executor is stopping; the job is left for later")
+
+    def _held_delay(self) -> float:
+        """How soon a message whose job another run holds comes back to look again."""
+        return min(max(self.runs.renew_every, 0.2), 10.0)
 
     async def handle(self, incoming: Incoming) -> AsyncIterator[Yielded]:
         event = job_request(incoming.event)
@@ -83,9 +86,14 @@ class Executor:
                 case leases.Finished():
                     return
                 case leases.Held(lease):
-                    # Never two runs at once: this message waits (and keeps itself alive)
-                    # until that run ends or is found lost.
-                    await self._wait(lease, incoming)
+                    # Never two runs at once: this message comes back later, to find that
+                    # run ended (its end recorded) or lost. Meanwhile it holds no place
+                    # among the messages in flight, and counts as no failure.
+                    raise Deferred(
+                        self._held_delay(),
+                        f"job {req.job_id} is running (attempt {lease.attempt},"
+                        f" executor {lease.owner} on {lease.hostname or lease.host})",
+                    )
                 case leases.Lost(previous):
                     done = await self._lost(event, previous)
                     yield done
@@ -97,18 +105,6 @@ class Executor:
                     async for out in self._run(incoming, event, spec, attempt):
                         yield out
                     return
-
-    async def _wait(self, lease: Lease, incoming: Incoming) -> None:
-        poll = min(max(self.runs.renew_every, 0.2), 10.0)
-        mine = self.runs.running.get(lease.job_id) if lease.owner == self.runs.owner.id else None
-        waiter = mine.done if mine is not None else self.runs.stopping
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(poll):
-                await waiter.wait()
-        try:
-            await incoming.progress()
-        except Exception as exc:
-            log.warning("could not report progress", extra={"error": repr(exc)})
 
     async def _lost(
         self, event: Event[JobRequestedV2], previous: Lease
@@ -149,7 +145,9 @@ class Executor:
             self._refuse_if_stopping()
             async with runs.pool.acquire() as conn:
                 if not await leases.confirm(conn, req.job_id, runs.owner, runs.ttl):
-                    raise RetryableError(f"job {req.job_id}: lease taken by another executor")
+                    raise Deferred(
+                        self._held_delay(), f"job {req.job_id}: lease taken by another executor"
+                    )
             started = True
             result, error = await self._shell(incoming, req, spec, attempt, run)
             if result is not None and result.stopped:
@@ -171,7 +169,7 @@ class Executor:
         req = event.data
         if run.reason == "lease_lost":
             # The executor that took the lease records this run; we record nothing.
-            raise RetryableError(f"job {req.job_id}: lease taken by another executor")
+            raise Deferred(self._held_delay(), f"job {req.job_id}: lease taken by another executor")
         retrying = outcomes.retries(req, attempt, self._e.max_attempts)
         done = outcomes.interrupted(
             event, attempt, "shutdown", retrying=retrying, result=result,
@@ -181,9 +179,8 @@ class Executor:
         outcomes.count_interrupted(done)
         await self._end(req.job_id, "interrupted")
         if retrying:
-            raise RetryableError(
-                f"job {req.job_id} stopped by shutdown; it runs again", delay=_STOPPING_DELAY
-            )
+            # Its next run is counted by the lease (executor.max_attempts), not here.
+            raise Deferred(_STOPPING_DELAY, f"job {req.job_id} stopped by shutdown; it runs again")
 
     async def _release_unstarted(self, job_id: str) -> None:
         try:
@@ -239,6 +236,7 @@ class Executor:
                     kill_grace=settings.executor.kill_grace_seconds,
                     max_output_bytes=settings.executor.max_output_bytes,
                     on_progress=incoming.progress,
+                    progress_interval=progress_interval(settings.executor),
                     on_spawn=spawned,
                     stop=run.stop,
                 )
