@@ -16,7 +16,7 @@ import pytest
 from hookbus_common import eventlog
 from hookbus_common import events as ev
 from hookbus_common.consumer import Consumer, Incoming, Yielded
-from hookbus_common.errors import PermanentError, RetryableError
+from hookbus_common.errors import Deferred, PermanentError, RetryableError
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings
 
@@ -472,3 +472,79 @@ async def test_an_outage_error_is_never_dead_lettered_past_max_deliver(rt: Runti
         await until(lambda: _settled(rt, f"{rt.bus.prefix}-test", 1))
     assert calls == [1, 1, 2, 2, 3]
     assert await _count(rt, ev.MessageDeadLettered.TYPE) == 0
+
+
+async def test_a_deferred_message_holds_no_place_and_is_never_dead_lettered(rt: Runtime) -> None:
+    """With one place in flight and max_deliver 1, a message deferred again and again lets
+    another through meanwhile, is never terminated, and its first real failure is try 1."""
+    held, other = _job(1), _job(2)
+    release = asyncio.Event()
+    seen: list[tuple[str, int, int]] = []
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        seen.append((incoming.event.data.job_id, incoming.deliveries, incoming.tries))
+        if incoming.event.id == held.id and not release.is_set():
+            raise Deferred(0.05, "held elsewhere")
+        if incoming.event.id == held.id and incoming.tries == 1:
+            raise RetryableError("its own failure, once", delay=0.05)
+        yield _started(incoming)
+
+    async with Running(rt, handler, max_in_flight=1, max_deliver=2, terminal_step="started"):
+        await rt.outbox.commit_and_publish([held])
+        await until(lambda: _async(sum(1 for s in seen if s[0] == "job_1") >= 3))
+        await rt.outbox.commit_and_publish([other])
+        # The other message is handled while the first keeps being deferred.
+        await until(lambda: _async(("job_2", 1, 1) in seen))
+        await until(lambda: _async(sum(1 for s in seen if s[0] == "job_1") >= 8))
+        assert await _count(rt, ev.MessageDeadLettered.TYPE) == 0
+        release.set()
+        await until(lambda: _count_is(rt, ev.JobStarted.TYPE, 2))
+    assert await _count(rt, ev.MessageDeadLettered.TYPE) == 0
+    tail = [s for s in seen if s[0] == "job_1"][-2:]
+    # Past max_deliver by JetStream's count, yet its one failure was try 1, and the
+    # delivery after it try 2 (max_deliver 2): it was not given up.
+    assert tail[0][1] > 2
+    assert [t[2] for t in tail] == [1, 2]
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def _count_is(rt: Runtime, type_: str, n: int) -> bool:
+    return await _count(rt, type_) == n
+
+
+async def test_a_stop_waits_up_to_the_drain_timeout_past_the_ack_wait(rt: Runtime) -> None:
+    """Work in hand at a stop gets ``drain_timeout``, however short the ack wait, and is
+    acked when it finishes (it reports progress, so it is not redelivered meanwhile)."""
+    ack_wait = 1.0
+    running_now = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        running_now.set()
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + 3 * ack_wait
+        while loop.time() < ends:
+            await incoming.progress()
+            await asyncio.sleep(ack_wait / 4)
+        finished.set()
+        yield _started(incoming)
+
+    run = Running(rt, handler, ack_wait=ack_wait, drain_timeout=30.0, terminal_step="started")
+    async with run:
+        await rt.outbox.commit_and_publish([_job()])
+        await asyncio.wait_for(running_now.wait(), 10)
+        run.stop.set()
+        assert run.task is not None
+        await asyncio.wait_for(asyncio.shield(run.task), 30)
+    assert finished.is_set()
+    assert await _count(rt, ev.JobStarted.TYPE) == 1
+
+    async def acked() -> bool:
+        info = await rt.bus.js.consumer_info(rt.bus.stream, f"{rt.bus.prefix}-test")
+        assert info.delivered.consumer_seq == 1  # delivered once: its progress kept it
+        return (info.num_ack_pending, info.num_pending) == (0, 0)
+
+    await until(acked)

@@ -235,10 +235,14 @@ async def test_a_stop_waits_for_a_running_job_longer_than_the_ack_wait_and_recor
         assert types == [ev.JobStarted.TYPE, ev.JobInterrupted.TYPE]
         assert await _job(rt) == ("interrupted", 1)
     assert marker.read_text() == "run 1\n"
+
     # Settled before the loop stopped: acked, not left for redelivery.
-    info = await rt.bus.js.consumer_info(rt.bus.stream, running.durable)
-    assert (info.num_ack_pending, info.num_pending) == (0, 0)
-    assert info.delivered.consumer_seq == 1  # delivered once: its progress kept it
+    async def acked() -> bool:
+        info = await rt.bus.js.consumer_info(rt.bus.stream, running.durable)
+        assert info.delivered.consumer_seq == 1  # delivered once: its progress kept it
+        return (info.num_ack_pending, info.num_pending) == (0, 0)
+
+    await _until(acked, "the message acked")
 
 
 async def _types(rt: Runtime, req: ev.Event[Any]) -> AsyncIterator[str]:
