@@ -360,7 +360,7 @@ def rows(p: dict[str, Any]) -> list[Row]:
         and lt[hb]["missing_stamps"] == 0 and lt[ad]["missing_stamps"] == 0
         and s[hb]["actions_run"] == 0 and s[ad]["actions_run"] == 0
         and bool(s[hb]["complete"])
-        and all(x[k]["errors"] == 0 for x in (c, lt, s) for k in (hb, ad))
+        and all(x[k]["errors"] == 0 and x[k]["all_settled"] for x in (c, lt, s) for k in (hb, ad))
     )  # fmt: skip
     return [
         row("forged signature refused, quiet runs nothing, push runs once",

@@ -138,7 +138,7 @@ async def run(
 def rows(r: dict[str, Any]) -> list[Row]:
     q, a = r["nothing_matches"], r["every_webhook_runs"]
     ok = bool(q["complete"]) and q["actions_run"] == 0 and bool(a["complete"])
-    ok = ok and q["errors"] == 0 and a["errors"] == 0
+    ok = ok and q["errors"] == 0 and a["errors"] == 0 and q["all_settled"] and a["all_settled"]
     rows_ = [
         Row("system, nothing matches: webhooks/s (wrk start → last routed)",
             q["webhooks_per_s"], "req/s", q["wrk_202_per_s"], "receiver's 202s/s"),
