@@ -281,7 +281,7 @@ async def run(
             out["memory_idle"] = {s.name: summarise_memory(procs.memory(s.groups())) for s in both}
 
             log(f"peer: CPU at {opt.cpu_rate:.0f}/s, {opt.rounds} x {opt.round_s:.0f}s rounds each")
-            cpu = await interleaved(both, opt.rounds, rate_fn(opt.cpu_rate, opt.round_s, 0.0))
+            cpu = await interleaved(both, opt.rounds, rate_fn(opt.cpu_rate, opt.round_s, opt.spin))
             out["cpu_at_rate"] = {k: summarise_rate(v) for k, v in cpu.items()}
 
             log(
