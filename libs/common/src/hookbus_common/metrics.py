@@ -16,7 +16,7 @@ PUBLISH_FAILURES = Counter(
 )
 MESSAGES_HANDLED = Counter(
     "hookbus_messages_handled_total",
-    "Bus messages handled by a consumer, by outcome (ack, nak, term)",
+    "Bus messages handled by a consumer, by outcome (ack, nak, defer, term)",
     ["consumer", "outcome"],
 )
 HANDLE_SECONDS = Histogram(
