@@ -40,25 +40,27 @@ from .test_slice import SECRET, headers, push
 pytestmark = pytest.mark.e2e
 
 RATE = 25  # pushes per second
-COUNT = 800  # pushes in all: about 32 s of load
+COUNT = 875  # pushes in all: 35 s of load
 SLEEP = 0.8  # how long each action runs
 SETTLE_SECONDS = 60  # within the suite's 120 s timeout per test
 
 # Seconds after the load starts: (what, which). A "kill" restarts the service at its
 # "start"; a "stop" of Postgres or NATS is undone by its "start".
 SCHEDULE: list[tuple[float, str, str]] = [
-    (3, "kill", "receiver"),
-    (3, "start", "receiver"),
-    (6, "kill", "router"),
-    (9, "start", "router"),
-    (11, "kill", "executor"),
-    (12, "start", "executor"),  # soon: its orphans still run
-    (16, "kill", "dispatcher"),
-    (19, "start", "dispatcher"),
-    (21, "stop", "postgres"),
-    (25, "start", "postgres"),
-    (28, "stop", "nats"),
-    (32, "start", "nats"),
+    (3, "kill", "router"),
+    (6, "start", "router"),
+    (8, "kill", "executor"),
+    (9, "start", "executor"),  # soon: its orphans may still run
+    (11, "kill", "dispatcher"),
+    (14, "start", "dispatcher"),
+    # Last of the services: under load a restarted process takes seconds to come up,
+    # and the senders wait for it.
+    (16, "kill", "receiver"),
+    (16, "start", "receiver"),
+    (23, "stop", "postgres"),
+    (27, "start", "postgres"),
+    (29, "stop", "nats"),
+    (33, "start", "nats"),
 ]
 
 RECEIVED = "io.hookbus.webhook.received.v1"
@@ -273,6 +275,23 @@ def read_log(system: System) -> Log:
     return asyncio.run(run())
 
 
+def miscounted_failures(system: System) -> Counter[str]:
+    """Handlers' failures logged with a traceback, by service and error: neither an outage
+    (waited out, never counted) nor a hookbus error. No work fails on its own here (the
+    action exits 0, the sink answers 200), so each one is an outage that was counted as a
+    failure of the work (invariant 8), or a bug."""
+    found: Counter[str] = Counter()
+    for name in ("router", "executor", "dispatcher"):
+        path = system.logs / f"{name}.log"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            if '"handler failed"' not in line:
+                continue
+            record = msgspec.json.decode(line)
+            if record.get("msg") == "handler failed" and "exc" in record:
+                found[f"{name}: {record['error'][:80]}"] += 1
+    return found
+
+
 def test_every_promise_holds_while_each_part_fails_once_under_load(
     chaos_nats: NatsServer,
     chaos_pg: Postgres,
@@ -345,6 +364,7 @@ def test_every_promise_holds_while_each_part_fails_once_under_load(
     )
     job_ends = Counter(e for es in log.job_ends.values() for e in es)
     delivery_ends = Counter(e for es in log.delivery_ends.values() for e in es)
+    miscounted = miscounted_failures(system)
     repeats = {d: n for d, n in hits.items() if n > 1}
     gave_up = {d: (s.status, s.tries) for d, s in load.sent.items() if s.event_id is None}
     counts = (
@@ -359,11 +379,14 @@ def test_every_promise_holds_while_each_part_fails_once_under_load(
         f" deliveries={len(log.deliveries)} delivery_ends={dict(delivery_ends)}"
         f" sink_requests={sum(hits.values())} sink_repeats={len(repeats)}"
         f" dead_letters={len(log.deadlettered)} outbox={log.outbox}"
+        f" outage_failures_counted={sum(miscounted.values())}"
         f" load_seconds={loaded - began:.1f} settle_seconds={settle:.1f}"
     )
     print(f"chaos counts: {counts}")
     if repeats:
         print(f"chaos: deliveries the sink saw more than once: {repeats}")
+    if miscounted:
+        print(f"chaos: handlers failed for no outage and no error of their work: {miscounted}")
     logs = "\n".join(f"--- {s}\n{system.log(s)[-1500:]}" for s in ("router", "executor"))
 
     assert log.settled(accepted), f"not settled in {SETTLE_SECONDS}s: {counts}\n{logs}"
