@@ -169,6 +169,7 @@ def summarise_rate(rs: list[RateRound]) -> dict[str, Any]:
         "actions_cpu_us_per_webhook_excluded": _us_per(sum(use.children_s.values()), n),
         "window_s": round(use.wall_s, 2),
         "machine_busy_cores": round(use.machine_busy_cores, 2),
+        "cpu_from_ticks_of_processes": f"{use.coarse} of {use.coarse + use.precise}",
         "to_script_started": summary_ms([x for r in rs for x in r.to_stamp_s]),
         "to_http_response": summary_ms([x for r in rs for x in r.response_s]),
         "generator_send_lag": summary_ms([x for r in rs for x in r.send_lag_s]),
@@ -194,6 +195,7 @@ def summarise_load(rs: list[LoadRound]) -> dict[str, Any]:
         "cpu_us_per_webhook": _us_per(use.total(), n),
         "cpu_us_per_webhook_by_process": {k: _us_per(v, n) for k, v in use.cpu_s.items()},
         "machine_busy_cores": round(use.machine_busy_cores, 2),
+        "cpu_from_ticks_of_processes": f"{use.coarse} of {use.coarse + use.precise}",
         "rounds_detail": [
             {"processed": r.processed, "seconds": round(r.seconds, 3), "wrk": r.wrk}
             | ({"received": r.chain.received, "routed": r.chain.routed} if r.chain else {})
@@ -209,6 +211,7 @@ def summarise_idle(u: procs.Usage) -> dict[str, Any]:
         "cpu_ms_per_s": round(sum(per_s.values()), 3),
         "cpu_ms_per_s_by_process": per_s,
         "machine_busy_cores": round(u.machine_busy_cores, 2),
+        "cpu_from_ticks_of_processes": f"{u.coarse} of {u.coarse + u.precise}",
     }
 
 

@@ -142,17 +142,18 @@ def snapshot(groups: Iterable[Group]) -> Snapshot:
     return Snapshot(time.perf_counter(), procs, mem, busy, total)
 
 
-def _delta(a: Proc | None, b: Proc) -> float:
-    """CPU seconds one process used between two snapshots (all of it if it is new)."""
+def _delta(a: Proc | None, b: Proc) -> tuple[float, bool]:
+    """CPU seconds one process used between two snapshots (all of it if it is new), and
+    whether the tick count had to stand in for the precise figure."""
     if a is None or a.start != b.start:
         a = Proc(b.ppid, b.start, 0.0, 0.0, 0.0)
     ticks = b.ticks_s - a.ticks_s
     if a.runtime_s is None or b.runtime_s is None:
-        return max(0.0, ticks)
+        return max(0.0, ticks), True
     precise = b.runtime_s - a.runtime_s
     if abs(ticks - precise) > _TOLERANCE_S:
-        return max(0.0, ticks)
-    return max(0.0, precise)
+        return max(0.0, ticks), True
+    return max(0.0, precise), False
 
 
 @dataclass
@@ -163,6 +164,8 @@ class Usage:
     cpu_s: dict[str, float] = field(default_factory=dict)
     children_s: dict[str, float] = field(default_factory=dict)  # reaped, not in cpu_s
     machine_busy_cores: float = 0.0
+    coarse: int = 0  # process deltas taken from ticks (threads ended in the window)
+    precise: int = 0  # process deltas taken from schedstat
 
     def total(self, names: Iterable[str] | None = None) -> float:
         names = self.cpu_s.keys() if names is None else names
@@ -170,6 +173,8 @@ class Usage:
 
     def __add__(self, other: Usage) -> Usage:
         out = Usage(self.wall_s + other.wall_s)
+        out.coarse = self.coarse + other.coarse
+        out.precise = self.precise + other.precise
         for src in (self, other):
             for k, v in src.cpu_s.items():
                 out.cpu_s[k] = out.cpu_s.get(k, 0.0) + v
@@ -191,7 +196,13 @@ def usage(before: Snapshot, after: Snapshot, groups: Iterable[Group]) -> Usage:
         out.machine_busy_cores = (after.machine_busy_s - before.machine_busy_s) / total * cores
     for g in groups:
         pids = after.members.get(g.name, set())
-        cpu = sum(_delta(before.procs.get(p), after.procs[p]) for p in pids if p in after.procs)
+        cpu = 0.0
+        for p in pids:
+            if p in after.procs:
+                used, coarse = _delta(before.procs.get(p), after.procs[p])
+                cpu += used
+                out.coarse += coarse
+                out.precise += not coarse
         a, b = before.procs.get(g.root), after.procs.get(g.root)
         reaped = 0.0
         if a is not None and b is not None and a.start == b.start:
