@@ -13,6 +13,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import pytest
+from asyncpg.exceptions._base import InternalClientError
 from prometheus_client import REGISTRY
 
 from hookbus_common.errors import (
@@ -50,6 +51,10 @@ OUTAGES = {
     "read-only-standby": pg.ReadOnlySQLTransactionError("read-only transaction"),
     "connection-closed": asyncpg.InterfaceError("connection is closed"),
     "pool-closing": asyncpg.InterfaceError("pool is closing"),
+    # a pooled connection Postgres ended while idle (fast shutdown), used again
+    "ended-while-idle": InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    ),
     # sockets, a pool acquire out of time
     "timeout": TimeoutError(),
     "js-fetch-timeout": nats.js.errors.FetchTimeoutError(),
@@ -101,6 +106,7 @@ NOT_OUTAGES = {
     "js-bad-request": nats.js.errors.BadRequestError(),
     "validation": msgspec.ValidationError("Expected `str`"),
     "runtime": RuntimeError("boom"),
+    "client-internal": InternalClientError("unexpected message type"),
     "key": KeyError("k"),
     "value": ValueError("bad"),
     "mixed-group": ExceptionGroup("mixed", [TimeoutError(), RuntimeError("boom")]),

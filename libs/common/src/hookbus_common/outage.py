@@ -19,6 +19,7 @@ from typing import TypeVar
 import asyncpg
 import nats.errors
 import nats.js.errors
+from asyncpg.exceptions._base import InternalClientError
 from prometheus_client import Gauge
 
 from .errors import HookbusError, OutageError
@@ -90,6 +91,11 @@ def is_outage(exc: BaseException) -> bool:
     if type(exc) is asyncpg.InterfaceError:
         # "connection is closed", "pool is closing"; its subclasses (DataError,
         # ClientConfigurationError, …) are mistakes in what was asked.
+        return True
+    if isinstance(exc, InternalClientError) and "another operation" in str(exc):
+        # A pooled connection that Postgres ended while it was idle (a fast shutdown sends
+        # FATAL 57P01 to every session) is left consuming that error; the next query on it
+        # says "cannot switch to state …; another operation is in progress".
         return True
     if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         # TimeoutError covers a pool acquire or a connect that ran out of time.
