@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import nats
@@ -42,6 +42,15 @@ class Bus:
         self.settings = settings
         self.prefix = prefix
         self.stream = stream_name(prefix)
+        self._reconnect_listeners: list[Callable[[], None]] = []
+
+    def on_reconnect(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` each time the connection to NATS is made again."""
+        self._reconnect_listeners.append(listener)
+
+    def reconnected(self) -> None:
+        for listener in self._reconnect_listeners:
+            listener()
 
     @property
     def connected(self) -> bool:
@@ -133,8 +142,12 @@ async def connect(settings: NatsSettings, prefix: str, name: str) -> AsyncIterat
     async def on_disconnect() -> None:
         log.info("nats disconnected")
 
+    bus: Bus | None = None
+
     async def on_reconnect() -> None:
         log.info("nats reconnected")
+        if bus is not None:
+            bus.reconnected()
 
     nc: Client | None = None
     errors = (OSError, nats.errors.Error, asyncio.TimeoutError)

@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 
 # How long a health probe may take before Postgres counts as still away.
 _PROBE_TIMEOUT = 5.0
+# How long one fetch waits for messages (a long poll). A fetch returns as soon as there
+# are messages, so this adds no latency; it sets how often an idle consumer asks NATS
+# again (each ask costs this process, nats-server and its 408 answer some CPU). A stop
+# ends the wait at once, and so does a reconnect (a restarted server forgot the pull).
+FETCH_WAIT = 15.0
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,7 @@ class Consumer:
         self._ledger = _Ledger()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()  # run() hands in the service's
+        self._fetching: asyncio.Future[list[Msg]] | None = None
         # A waiting message tells JetStream it is in progress well within the ack wait.
         self._recovery = Recovery(durable, heartbeat=max(0.1, ack_wait / 3))
 
@@ -247,6 +253,42 @@ class Consumer:
                 await sub.unsubscribe()
 
     async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        stopped = asyncio.ensure_future(stop.wait())
+        self.bus.on_reconnect(self._refetch)
+        try:
+            await self._fetch_loop(sub, stop, stopped)
+        finally:
+            stopped.cancel()
+
+    def _refetch(self) -> None:
+        """NATS reconnected: a long fetch may wait on a pull the server no longer has."""
+        if self._fetching is not None:
+            self._fetching.cancel()
+
+    async def _fetch(
+        self, sub: JetStreamContext.PullSubscription, batch: int, stopped: asyncio.Future[Any]
+    ) -> list[Msg] | None:
+        """One long-poll fetch; None when a stop or a reconnect ended it early. What it
+        had received by then is not acked, so JetStream delivers it again."""
+        fetching = asyncio.ensure_future(sub.fetch(batch, timeout=FETCH_WAIT))
+        self._fetching = fetching
+        try:
+            await asyncio.wait({fetching, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._fetching = None
+            if not fetching.done():
+                fetching.cancel()
+                await asyncio.wait({fetching})
+        if fetching.cancelled():
+            return None
+        return fetching.result()
+
+    async def _fetch_loop(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        stop: asyncio.Event,
+        stopped: asyncio.Future[Any],
+    ) -> None:
         while not stop.is_set():
             if len(self._tasks) >= self.max_in_flight:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -258,14 +300,14 @@ class Consumer:
                     await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
                 continue
             try:
-                msgs = await sub.fetch(self.max_in_flight - len(self._tasks), timeout=1.0)
+                msgs = await self._fetch(sub, self.max_in_flight - len(self._tasks), stopped)
             except (nats.errors.TimeoutError, TimeoutError):
                 continue  # nothing to do within the fetch window
             except (nats.errors.Error, OSError) as exc:
                 log.warning("fetch failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
+            for msg in msgs or ():
                 task = asyncio.create_task(self._handle(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
