@@ -168,6 +168,18 @@ async def claim_unpublished(
     return [_logged(r) for r in rows]
 
 
+async def has_unpublished(conn: asyncpg.Connection, *, older_than: float) -> bool:
+    """Whether any outbox row is older than ``older_than`` seconds: one statement, no
+    transaction, for the relay's rounds that find nothing (nearly all of them)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM outbox"
+            " WHERE created_at < now() - make_interval(secs => $1))",
+            older_than,
+        )
+    )
+
+
 async def forget_published(conn: asyncpg.Connection, seqs: Sequence[int]) -> None:
     await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", list(seqs))
 

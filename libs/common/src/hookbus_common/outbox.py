@@ -8,8 +8,8 @@ down) are published by the relay, which every service process runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +30,10 @@ class Outbox:
         self._done: list[int] = []
         self._done_ready = asyncio.Event()
         self._publishing: set[asyncio.Task[bool]] = set()
+        # When a publish of ours last failed (monotonic): the relay rounds stay prompt
+        # until those rows are old enough for it to take them.
+        self._failed_at: float | None = None
+        self._relay_soon = asyncio.Event()
 
     async def commit(
         self, batch: Sequence[Pending | Event[Any]], *, conn: asyncpg.Connection | None = None
@@ -63,6 +67,8 @@ class Outbox:
             await self.bus.publish_many([(a.bus_subject, a.event.id, a.payload) for a in appended])
         except Exception as exc:
             metrics.PUBLISH_FAILURES.inc(len(appended))
+            self._failed_at = time.monotonic()
+            self._relay_soon.set()
             log.warning(
                 "publish failed; the outbox relay will retry",
                 extra={"events": len(appended), "error": repr(exc)},
@@ -119,24 +125,63 @@ class Outbox:
 
     async def relay_once(self, *, older_than: float = 2.0, limit: int = 500) -> int:
         """Publish outbox rows left behind; returns how many were published."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await eventlog.claim_unpublished(conn, older_than=older_than, limit=limit)
-            if not rows:
+        async with self.pool.acquire() as conn:
+            if not await eventlog.has_unpublished(conn, older_than=older_than):
                 return 0
-            await self.bus.publish_many([(r.bus_subject, r.event.id, r.payload()) for r in rows])
-            await eventlog.forget_published(conn, [r.seq for r in rows])
+            async with conn.transaction():
+                rows = await eventlog.claim_unpublished(conn, older_than=older_than, limit=limit)
+                if not rows:
+                    return 0
+                await self.bus.publish_many(
+                    [(r.bus_subject, r.event.id, r.payload()) for r in rows]
+                )
+                await eventlog.forget_published(conn, [r.seq for r in rows])
         metrics.EVENTS_RELAYED.inc(len(rows))
         log.info("relayed events left in the outbox", extra={"events": len(rows)})
         return len(rows)
 
     async def run_relay(
-        self, stop: asyncio.Event, *, interval: float = 1.0, older_than: float = 2.0
+        self,
+        stop: asyncio.Event,
+        *,
+        interval: float = 1.0,
+        idle_interval: float = 10.0,
+        older_than: float = 2.0,
     ) -> None:
+        """Publish rows left behind for more than ``older_than`` seconds, until ``stop``.
+
+        Rounds are ``interval`` apart while there is work: rows were relayed, a round
+        failed (NATS or Postgres away), or a publish of ours failed and its rows are not
+        yet old enough to take. Rounds that find nothing back off, doubling up to
+        ``idle_interval``: only rows of a process that died between its commit and its
+        publish wait that long (at most ``idle_interval + older_than``). A failed publish
+        here ends a long wait at once.
+        """
+        wait = interval
         while not stop.is_set():
+            started = time.monotonic()
+            busy = False
             try:
                 while await self.relay_once(older_than=older_than) and not stop.is_set():
-                    pass
-            except Exception as exc:  # NATS or Postgres away: try again next round
+                    busy = True
+            except Exception as exc:  # NATS or Postgres away: try again soon
+                busy = True
                 log.warning("outbox relay round failed", extra={"error": repr(exc)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+            failed_at = self._failed_at
+            if failed_at is not None and started < failed_at + older_than:
+                busy = True  # our unpublished rows are not old enough yet
+            wait = interval if busy else min(idle_interval, wait * 2)
+            self._relay_soon.clear()
+            if self._failed_at != failed_at:
+                wait = interval  # a publish failed during the round
+            await self._relay_pause(stop, wait)
+
+    async def _relay_pause(self, stop: asyncio.Event, wait: float) -> None:
+        """Sleep ``wait`` seconds; a stop or a failed publish of ours ends it early."""
+        stopped = asyncio.ensure_future(stop.wait())
+        soon = asyncio.ensure_future(self._relay_soon.wait())
+        try:
+            await asyncio.wait({stopped, soon}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            soon.cancel()
