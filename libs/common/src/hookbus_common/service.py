@@ -61,13 +61,15 @@ async def runtime(settings: Settings, service: str) -> AsyncIterator[Runtime]:
         background = [
             asyncio.create_task(outbox.run_relay(stop), name="outbox-relay"),
             asyncio.create_task(outbox.run_cleaner(stop), name="outbox-cleaner"),
-            asyncio.create_task(looplag.watch_loop(stop), name="loop-lag"),
         ]
+        # Holds nothing: cancelled at the end rather than waited for (its timer is long).
+        lag = asyncio.create_task(looplag.watch_loop(stop), name="loop-lag")
         try:
             yield rt
         finally:
             await outbox.drain()
             stop.set()
+            lag.cancel()
             await asyncio.wait(background, timeout=5)
             for t in background:
                 t.cancel()
