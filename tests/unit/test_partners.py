@@ -25,7 +25,7 @@ from hookbus_receiver.config import ReceiverSettings
 from hookbus_receiver.inbound import problem_for
 from hookbus_receiver.validation import MAX_PROBLEMS, BodyValidator, InvalidConfig
 
-from .test_cli import logged
+from .test_cli_events import logged
 
 
 def paths(validator: BodyValidator, doc: object) -> list[str]:

@@ -1,15 +1,11 @@
-"""The ``hookbus`` command: one-line event summaries and the argument parser."""
+"""``hookbus events``: one-line summaries of every event type, and JSON lines."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
 
-from hookbus_cli.config import service_settings
-from hookbus_cli.configcheck import cmd_config_check
-from hookbus_cli.events import cmd_events, json_line, summary
-from hookbus_cli.main import parser
-from hookbus_cli.serve import SERVICES, cmd_serve
+from hookbus_cli.events import json_line, summary
 from hookbus_common import events as ev
 from hookbus_common.eventlog import LoggedEvent
 from hookbus_common.events import RawEvent
@@ -156,84 +152,57 @@ def test_summaries_are_one_line():
     assert "\n" not in summary(logged(data))
 
 
-# ---------------------------------------------------------------------------- parser
+# ------------------------------------------------------ versions and replays
 
 
-def test_up_is_accepted_with_a_default_nats_port():
-    args = parser().parse_args(["up"])
-
-    assert args.command == "up"
-    assert isinstance(args.nats_port, int)
-    assert callable(args.func)
+HOOK = ev.WebhookReceived(
+    source="github", kind="github", event_type="push", repository="acme/app", branch="main"
+)
 
 
-def test_up_takes_a_nats_port():
-    assert parser().parse_args(["up", "--nats-port", "4333"]).nats_port == 4333
+def test_a_v2_job_request_names_the_kind_of_its_spec():
+    data = ev.JobRequestedV2(
+        job_id="job_1", rule="deploy", webhook_id="evt_1", spec=ev.ShellSpec(command=["./d.sh"])
+    )
+
+    assert summary(logged(data)) == "job_1 shell (rule deploy)"
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_serve_accepts_each_service(service):
-    args = parser().parse_args(["serve", service])
+def test_a_v1_job_request_from_an_old_log_reads_as_before():
+    data = ev.JobRequested(
+        job_id="job_1", kind="shell", rule="deploy", webhook_id="evt_1",
+        shell=ev.ShellSpec(command=["./d.sh"]),
+    )  # fmt: skip
 
-    assert args.service == service
-    assert args.func is cmd_serve
-
-
-def test_every_service_can_be_served():
-    assert set(SERVICES) == {"receiver", "router", "executor", "dispatcher"}
+    assert summary(logged(data)) == "job_1 shell (rule deploy)"
 
 
-def test_serve_refuses_an_unknown_service(capsys):
-    with pytest.raises(SystemExit) as info:
-        parser().parse_args(["serve", "nosuch"])
+def test_a_replay_says_what_it_replays_who_asked_and_why():
+    data = ev.WebhookReplayed(
+        replay_of="evt_0", webhook=HOOK, requested_by="alice", reason="host was down"
+    )
 
-    assert info.value.code == 2
-    assert "nosuch" in capsys.readouterr().err
-
-
-def test_events_chain_takes_an_id():
-    args = parser().parse_args(["events", "--chain", "evt_123"])
-
-    assert args.chain == "evt_123"
-    assert args.func is cmd_events
-    assert args.json is False
+    assert summary(logged(data)) == (
+        "replay of evt_0 by alice: host was down (github push acme/app@main)"
+    )
 
 
-def test_events_without_chain_lists_recent():
-    args = parser().parse_args(["events", "--limit", "5", "--type", "io.hookbus.job.", "--json"])
+def test_a_replay_without_who_or_why_leaves_them_out():
+    data = ev.WebhookReplayed(replay_of="evt_0", webhook=HOOK)
 
-    assert args.chain is None
-    assert args.limit == 5
-    assert args.type == "io.hookbus.job."
-    assert args.json is True
+    assert summary(logged(data)) == "replay of evt_0 (github push acme/app@main)"
 
 
-def test_migrate_is_accepted():
-    args = parser().parse_args(["migrate"])
+def test_the_routing_record_of_a_replay_says_so():
+    data = ev.WebhookRouted(
+        source="github", event_type="push", webhook_id="evt_r", matched=["deploy"],
+        replay_of="evt_0",
+    )  # fmt: skip
 
-    assert args.command == "migrate"
-    assert callable(args.func)
-
-
-def test_config_check_is_accepted():
-    args = parser().parse_args(["config", "check"])
-
-    assert args.func is cmd_config_check
+    assert summary(logged(data)) == "matched: deploy (replay of evt_0)"
 
 
-def test_global_config_option_comes_before_the_command():
-    args = parser().parse_args(["--config", "/etc/hookbus.toml", "config", "check"])
-
-    assert args.config == "/etc/hookbus.toml"
-
-
-@pytest.mark.parametrize("argv", [[], ["config"], ["serve"], ["nosuch"]])
-def test_incomplete_or_unknown_commands_are_refused(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        parser().parse_args(argv)
-
-    assert info.value.code == 2
-    assert capsys.readouterr().err
+# ------------------------------------------------------------------------- JSON lines
 
 
 def test_json_output_is_one_line_per_event_even_for_a_pretty_printed_payload():
@@ -248,68 +217,3 @@ def test_json_output_is_one_line_per_event_even_for_a_pretty_printed_payload():
     decoded = msgspec.json.decode(line)
     assert decoded["data"]["payload"] == {"ref": "refs/heads/main", "n": [1, 2]}
     assert decoded["specversion"] == "1.0"
-
-
-# ------------------------------------------------------- options before or after the command
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["--data-dir", "state", "up"],
-        ["up", "--data-dir", "state"],
-        ["up", "--data-dir=state", "--nats-port", "4333"],
-    ],
-)
-def test_data_dir_is_accepted_before_or_after_the_command(argv):
-    args = parser().parse_args(argv)
-
-    assert args.command == "up"
-    assert args.data_dir == "state"
-
-
-def test_data_dir_defaults_to_dot_hookbus_wherever_it_could_have_been_given():
-    assert parser().parse_args(["up"]).data_dir == ".hookbus"
-    assert parser().parse_args(["events"]).data_dir == ".hookbus"
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["config", "check", "--config", "/etc/hookbus.toml"],
-        ["events", "-c", "/etc/hookbus.toml", "--limit", "3"],
-        ["partners", "list", "--config", "/etc/hookbus.toml"],
-        ["serve", "router", "--config", "/etc/hookbus.toml"],
-    ],
-)
-def test_config_is_accepted_after_the_command_too(argv):
-    assert parser().parse_args(argv).config == "/etc/hookbus.toml"
-
-
-def test_an_option_given_before_the_command_is_kept_when_not_repeated_after_it():
-    args = parser().parse_args(["--config", "a.toml", "--data-dir", "d", "events", "--limit", "3"])
-
-    assert (args.config, args.data_dir) == ("a.toml", "d")
-
-
-def test_the_option_after_the_command_wins_over_the_one_before():
-    args = parser().parse_args(["--data-dir", "outer", "up", "--data-dir", "inner"])
-
-    assert args.data_dir == "inner"
-
-
-def test_serve_checks_only_the_served_services_own_config(tmp_path, monkeypatch, capsys):
-    """`hookbus serve router` starts without the receiver's secret variables, as
-    `hookbus-router` does; `hookbus serve receiver` stops naming the missing one."""
-    config = tmp_path / "hookbus.toml"
-    config.write_text(
-        '[sources.gh]\nkind = "github"\nsecrets = [{ env = "HOOKBUS_TEST_UNSET_SECRET" }]\n'
-    )
-    monkeypatch.delenv("HOOKBUS_TEST_UNSET_SECRET", raising=False)
-    args = parser().parse_args(["--config", str(config), "serve", "router"])
-
-    assert service_settings(args, "router").prefix == "hookbus"
-    with pytest.raises(SystemExit) as info:
-        service_settings(args, "receiver")
-    assert "HOOKBUS_TEST_UNSET_SECRET" in str(info.value.code)
-    assert "sources.gh" in str(info.value.code)
