@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from hookbus_common.consumer import Handler
 from hookbus_common.service import Runtime, main_for, run_consumer
 
@@ -11,7 +17,45 @@ from .jobs import TERMINAL_STEP, make_handler
 from .runs import Runs
 
 
+def pidfd_available() -> bool:
+    """Whether the kernel has pidfd_open (Linux >= 5.3)."""
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except (AttributeError, OSError):
+        return False
+    os.close(fd)
+    return True
+
+
+@contextmanager
+def child_watcher() -> Iterator[asyncio.AbstractChildWatcher | None]:
+    """Wait for the actions through a pidfd on the running loop where the kernel has one.
+
+    Python 3.11's default, ThreadedChildWatcher, starts a thread per child to wait for
+    it; a pidfd watcher polls one fd per child on the loop instead (3.12 chooses it by
+    itself, so nothing is changed there). Yields the watcher installed, or None when the
+    default stays; the default is restored on exit.
+    """
+    if sys.version_info >= (3, 12) or not pidfd_available():
+        yield None
+        return
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
+    try:
+        yield watcher
+    finally:
+        # None puts the default back (created again when next asked for); typeshed omits it.
+        asyncio.set_child_watcher(None)  # type: ignore[arg-type]
+        watcher.close()
+
+
 async def run(settings: ExecutorConfig) -> None:
+    with child_watcher():
+        await _run(settings)
+
+
+async def _run(settings: ExecutorConfig) -> None:
     runs: Runs | None = None
 
     def handler(rt: Runtime) -> Handler:
