@@ -217,3 +217,13 @@ def test_json_output_is_one_line_per_event_even_for_a_pretty_printed_payload():
     decoded = msgspec.json.decode(line)
     assert decoded["data"]["payload"] == {"ref": "refs/heads/main", "n": [1, 2]}
     assert decoded["specversion"] == "1.0"
+
+
+def test_partner_events_have_a_summary():
+    created = ev.PartnerCreated(partner_id="ptn_1", name="Acme", token_id="tok_1")
+    suspended = ev.PartnerStatusChanged(partner_id="ptn_1", status="SUSPENDED")
+    deleted = ev.PartnerDeleted(partner_id="ptn_1")
+
+    assert summary(logged(created)) == "ptn_1 Acme"
+    assert summary(logged(suspended)) == "ptn_1 SUSPENDED"
+    assert summary(logged(deleted)) == "ptn_1"

@@ -397,3 +397,37 @@ def test_facts_holding_nul_cannot_be_stored(
     facts: inbound.Facts, subject: str | None, where: str | None
 ) -> None:
     assert inbound.unstorable(facts, subject) == where
+
+
+# ---------------------------------------------------------------------- inbound
+
+
+def test_delivery_id_prefers_idempotency_key_then_webhook_id():
+    assert inbound.delivery_id({"idempotency-key": "a", "webhook-id": "b"}) == "a"
+    assert inbound.delivery_id({"webhook-id": "b"}) == "b"
+    assert inbound.delivery_id({"idempotency-key": ""}) is None
+    with pytest.raises(HookbusError) as info:
+        inbound.delivery_id({"idempotency-key": "k" * 1000})
+    assert problem_for(info.value).status == 400
+
+
+@pytest.mark.parametrize(
+    "ctype", ["application/json; charset=utf-8", "application/cloudevents+json"]
+)
+def test_json_content_types_are_accepted(ctype):
+    assert inbound.json_content_type({"content-type": ctype}).endswith("json")
+
+
+def test_other_content_types_are_415_and_bad_bodies_400():
+    with pytest.raises(HookbusError) as info:
+        inbound.json_content_type({"content-type": "text/plain"})
+    assert problem_for(info.value).status == 415
+    for body in (b"{", b"[]", b"1"):
+        with pytest.raises(HookbusError) as info:
+            inbound.json_object(body)
+        assert problem_for(info.value).status == 400
+
+
+def test_kept_headers_never_include_the_url_or_authorization():
+    kept = inbound.kept_headers({"authorization": "Bearer x", "idempotency-key": "k", "host": "h"})
+    assert kept == {"idempotency-key": "k"}
