@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Final
 
 import asyncpg
@@ -12,7 +11,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hookbus_common import events as ev
-from hookbus_common.errors import HookbusError
 
 from . import inbound, webhookurl
 from .imageref import ImageRef, ImageRefError, parse_image_ref
@@ -66,12 +64,7 @@ class ImagePushHooks:
         self.meter = Meter(REQUESTS)
 
     async def handle(self, request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            response = await self._accept(request)
-        except HookbusError as exc:
-            return self.meter.refused(exc, started)
-        return self.meter.answered(response, started)
+        return await self.meter.measured(self._accept(request))
 
     async def _admit(self, secret: str) -> None:
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -180,6 +180,15 @@ class Meter:
             if self._observed is None:
                 self._observed = self._latency.labels(*self._labels)
             self._observed.observe(time.perf_counter() - started)
+
+    async def measured(self, accept: Awaitable[Response]) -> Response:
+        """Await an endpoint's work and count its answer, or answer and count its refusal."""
+        started = time.perf_counter()
+        try:
+            response = await accept
+        except HookbusError as exc:
+            return self.refused(exc, started)
+        return self.answered(response, started)
 
     def answered(self, response: Response, started: float) -> Response:
         """Count a recorded delivery's answer: 202 new, 200 seen before."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Final, NoReturn
 
 import asyncpg
@@ -11,8 +10,6 @@ import msgspec
 from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
-
-from hookbus_common.errors import HookbusError
 
 from . import inbound
 from . import partnerstore as store
@@ -56,12 +53,7 @@ class PartnerHooks:
         self._validators: dict[tuple[str, float], _Checks] = {}
 
     async def handle(self, request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            response = await self._accept(request)
-        except HookbusError as exc:
-            return self.meter.refused(exc, started)
-        return self.meter.answered(response, started)
+        return await self.meter.measured(self._accept(request))
 
     async def _partner(self, token: str) -> store.Partner:
         try:

@@ -100,12 +100,7 @@ class SourceHooks:
         if admitted is None:
             # The same answer as any unknown path, and no metric series for made-up names.
             return NOT_FOUND.response()
-        started = time.perf_counter()
-        try:
-            response = await self._accept(admitted, request)
-        except HookbusError as exc:
-            return admitted.meter.refused(exc, started)
-        return admitted.meter.answered(response, started)
+        return await admitted.meter.measured(self._accept(admitted, request))
 
     async def _accept(self, admitted: Admitted, request: Request) -> Response:
         source = admitted.source
