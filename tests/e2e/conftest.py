@@ -95,6 +95,9 @@ def system_env(servers_nats_url: str, database_url: str, prefix: str) -> dict[st
         "HOOKBUS_ROUTER__HEALTH_PORT": str(free_port()),
         "HOOKBUS_EXECUTOR__HEALTH_PORT": str(free_port()),
         "HOOKBUS_DISPATCHER__HEALTH_PORT": str(free_port()),
+        # The sinks deliveries go to listen on loopback, which the dispatcher refuses
+        # unless allowed.
+        "HOOKBUS_DISPATCHER__ALLOW_NETWORKS": '["127.0.0.0/8"]',
         "HOOKBUS_LOG__LEVEL": "DEBUG",
         # A killed consumer's unacked messages go to the next one sooner.
         "HOOKBUS_ROUTER__ACK_WAIT_SECONDS": "3",

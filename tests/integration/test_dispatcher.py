@@ -5,6 +5,7 @@ waits, and how attempts are numbered when messages come back without one being m
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +25,7 @@ from hookbus_common.errors import RetryableError
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings
 from hookbus_dispatcher.delivery import USER_AGENT, attempt, make_handler, max_deliver
+from hookbus_dispatcher.ssrf import guarded_client
 
 from .ownpostgres import OwnPostgres, runtime_on, serving, waiting_for_recovery
 
@@ -47,6 +49,7 @@ class Sink:
 
     def __init__(self) -> None:
         self.script: list[tuple[int, dict[str, str]]] = [(200, {})]
+        self.reply_body = b""
         self.received: list[Received] = []
         lock = threading.Lock()
         sink = self
@@ -70,8 +73,9 @@ class Sink:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("content-length", "0")
+                self.send_header("content-length", str(len(sink.reply_body)))
                 self.end_headers()
+                self.wfile.write(sink.reply_body)
 
             do_POST = do_PUT = do_PATCH = _answer
 
@@ -82,6 +86,15 @@ class Sink:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def __enter__(self) -> Sink:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
     def answer(self, *script: int | tuple[int, dict[str, str]]) -> None:
         """Answer the next requests with these statuses (and headers), in order."""
         self.script = [s if isinstance(s, tuple) else (s, {}) for s in script]
@@ -89,14 +102,8 @@ class Sink:
 
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    s = Sink()
-    s.thread.start()
-    try:
+    with Sink() as s:
         yield s
-    finally:
-        s.server.shutdown()
-        s.server.server_close()
-        s.thread.join(10)
 
 
 @pytest.fixture
@@ -108,10 +115,13 @@ def closed_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{s.getsockname()[1]}/hook"
 
 
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    # Built as the dispatcher's main() builds it.
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False) as c:
+    # Built as the dispatcher's main() builds it, with loopback allowed (the sinks' home).
+    async with guarded_client(allow_networks=LOOPBACK, timeout=10.0) as c:
         yield c
 
 

@@ -13,8 +13,11 @@ import pytest
 
 from hookbus_common import events as ev
 from hookbus_common.errors import RetryableError
-from hookbus_dispatcher.delivery import USER_AGENT, attempt, retryable_status
+from hookbus_dispatcher.config import Endpoint, Secret
+from hookbus_dispatcher.delivery import RESPONSE_BODY_LIMIT, USER_AGENT, attempt, retryable_status
 from hookbus_dispatcher.retryafter import MAX_DELAY
+from hookbus_dispatcher.ssrf import DestinationRefused
+from hookbus_dispatcher.verify import verify
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -266,3 +269,137 @@ async def test_a_repeat_attempt_derives_the_same_ids_and_sends_the_same_delivery
     assert later[0].id != first[0].id
     ids = {r.headers["x-hookbus-delivery"] for r in [*sent1, *sent2, *sent3]}
     assert ids == {"dlv_1"}
+
+
+# ------------------------------------------------------------------------ endpoints
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def _endpoint(**fields: Any) -> Endpoint:
+    base: dict[str, Any] = {
+        "url": "https://billing.test/in",
+        "tenant": "acme",
+        "secrets": [Secret(env="X", value=SECRET)],
+        "headers": {"x-team": "billing", "x-a": "endpoint"},
+        "timeout": 3.0,
+    }
+    return Endpoint(**{**base, **fields})
+
+
+async def _send_to(
+    ep: Endpoint, respond: Respond | None = None, number: int = 1, **fields: Any
+) -> tuple[list[ev.Event[Any]], RetryableError | None, list[httpx.Request]]:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return (respond or _status(200))(request)
+
+    event = _request(url="", endpoint="billing", event_type="push", **fields)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        out, retry = await attempt(
+            client, event, number, 5, clock=lambda: NOW, endpoints={"billing": ep}
+        )
+    return out, retry, sent
+
+
+async def test_an_endpoint_delivery_goes_to_its_url_signed_with_every_secret() -> None:
+    other = "whsec_" + "c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24="
+    ep = _endpoint(secrets=[Secret(env="X", value=SECRET), Secret(env="Y", value=other)])
+    out, retry, (sent,) = await _send_to(ep, headers={"x-a": "rule"})
+    assert retry is None
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliverySucceeded]
+    assert str(sent.url) == "https://billing.test/in"
+    assert sent.headers["webhook-id"] == "dlv_1"
+    assert sent.headers["webhook-timestamp"] == str(int(NOW.timestamp()))
+    # The endpoint's headers, under the rule's own.
+    assert (sent.headers["x-team"], sent.headers["x-a"]) == ("billing", "rule")
+    assert sent.extensions["timeout"]["read"] == 3.0
+    # Verified as any receiver would, at the time it was signed, with either secret.
+    signed = {k: v for k, v in sent.headers.items()}
+    for secret in (SECRET, other):
+        assert verify(secret, signed, sent.content, now=NOW.timestamp()) == "dlv_1"
+    assert {(e.data.endpoint, e.data.url) for e in out} == {("billing", "https://billing.test/in")}
+
+
+async def test_the_message_id_is_the_delivery_id_on_every_attempt() -> None:
+    ep = _endpoint()
+    _, _, (first,) = await _send_to(ep, _status(503), number=1)
+    _, _, (second,) = await _send_to(ep, _status(503), number=2)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == "dlv_1"
+
+
+async def test_signing_headers_cannot_be_forged_by_configured_headers() -> None:
+    ep = _endpoint(headers={"webhook-signature": "v1,forged", "webhook-id": "x"})
+    _, _, (sent,) = await _send_to(ep)
+    assert sent.headers["webhook-id"] == "dlv_1"
+    assert "forged" not in sent.headers["webhook-signature"]
+
+
+async def test_an_endpoint_without_secrets_is_sent_unsigned() -> None:
+    _, _, (sent,) = await _send_to(_endpoint(secrets=[]))
+    assert "webhook-signature" not in sent.headers
+    assert sent.headers["x-hookbus-delivery"] == "dlv_1"
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "fields", "problem"),
+    [
+        ({}, {}, "no endpoint named 'billing' is configured"),
+        ({"billing": _endpoint(tenant="other")}, {}, "belongs to tenant 'other', not 'acme'"),
+        ({"billing": _endpoint(events=["release*"])}, {}, "does not take 'push' events"),
+    ],
+)
+async def test_an_endpoint_that_cannot_take_the_delivery_fails_it_without_sending(
+    endpoints: dict[str, Endpoint], fields: dict[str, Any], problem: str
+) -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200)
+
+    event = _request(url="", endpoint="billing", event_type="push")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        out, retry = await attempt(client, event, 1, 5, endpoints=endpoints)
+    assert sent == []
+    assert retry is None
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliveryFailed]
+    assert out[0].data.error is not None
+    assert problem in out[0].data.error
+
+
+async def test_an_endpoint_takes_the_event_types_its_globs_match() -> None:
+    _, _, sent = await _send_to(_endpoint(events=["pull_request", "pu*"]))
+    assert len(sent) == 1
+
+
+async def test_a_refused_destination_is_failed_for_good_with_its_reason() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise DestinationRefused("billing.test", "10.0.0.7", "private")
+
+    out, retry, _ = await _attempt(refuse)
+    assert retry is None
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliveryFailed]
+    assert out[0].data.status_code is None
+    assert out[0].data.error.startswith("destination refused: billing.test resolves to 10.0.0.7")
+
+
+async def test_the_answer_body_is_kept_up_to_4_kb_decoded_leniently() -> None:
+    body = b"\xff" + b"x" * (RESPONSE_BODY_LIMIT * 3)
+    out, _, _ = await _attempt(lambda _r: httpx.Response(500, content=body))
+    kept = out[0].data.response_body
+    assert kept is not None
+    assert kept.startswith("\ufffdxxx")
+    assert len(kept) == RESPONSE_BODY_LIMIT
+    out, _, _ = await _attempt(
+        lambda _r: httpx.Response(
+            400,
+            content="é".encode("latin-1"),
+            headers={"content-type": "text/plain; charset=latin-1"},
+        )
+    )
+    assert out[0].data.response_body == "é"
+    out, _, _ = await _attempt(_status(204))
+    assert out[0].data.response_body is None

@@ -317,6 +317,20 @@ def test_webhook_action_becomes_a_delivery_request():
     assert delivery.causationid == hook.id
 
 
+def test_an_endpoint_action_names_the_endpoint_for_the_dispatcher_to_resolve():
+    action = WebhookAction(endpoint="billing", headers={"x-team": "ops"})
+    hook = hook_event()
+
+    _, delivery = route([rule("notify", actions=[action])], hook)
+
+    data = delivery.data
+    assert isinstance(data, DeliveryRequested)
+    assert (data.endpoint, data.url) == ("billing", "")
+    assert data.event_type == hook.data.event_type
+    assert data.headers["x-team"] == "ops"
+    assert data.delivery_id.startswith("dlv_")
+
+
 def test_a_rules_content_type_replaces_the_default_whatever_its_case():
     action = WebhookAction(
         url="https://example.com/hook", headers={"Content-Type": "application/cloudevents+json"}

@@ -341,6 +341,11 @@ class DeliveryRequested(EventData, **_FROZEN):
     headers: dict[str, str] = {}
     body: msgspec.Raw = msgspec.Raw(b"null")
     tenant: str = "default"
+    # A configured endpoint (by name) the dispatcher resolves when it sends: its URL,
+    # secrets and headers; `url` is then empty. The webhook's event type, which the
+    # endpoint's subscriptions are matched against.
+    endpoint: str | None = None
+    event_type: str | None = None
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("delivery", "requested", token(self.tenant))
@@ -354,10 +359,14 @@ class DeliveryOutcome(EventData, **_FROZEN):
     error: str | None = None
     duration_ms: float = 0.0
     tenant: str = "default"
+    endpoint: str | None = None
 
 
 class DeliveryAttempted(DeliveryOutcome, **_FROZEN):
     TYPE: ClassVar[str] = "io.hookbus.delivery.attempted.v1"
+
+    # The start of the answer's body (4 KB at most, decoded leniently), for diagnosis.
+    response_body: str | None = None
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("delivery", "attempted", token(self.tenant))

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-import httpx
-
 from hookbus_common.service import main_for, run_consumer
 
 from . import config
 from .config import DispatcherConfig
 from .delivery import make_handler, max_deliver
+from .ssrf import open_clients
 
 
 async def run(settings: DispatcherConfig) -> None:
-    timeout = httpx.Timeout(settings.dispatcher.timeout_seconds)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+    d = settings.dispatcher
+    async with open_clients(d.networks(), d.timeout_seconds) as (client, private):
         await run_consumer(
             settings,
             "dispatcher",
             filter_tokens=[("delivery", "requested")],
-            make_handler=lambda rt: make_handler(client, rt.pool, settings.dispatcher.max_attempts),
-            health_port=settings.dispatcher.health_port,
-            max_in_flight=settings.dispatcher.max_in_flight,
+            make_handler=lambda rt: make_handler(
+                client,
+                rt.pool,
+                d.max_attempts,
+                endpoints=settings.endpoints,
+                private_client=private,
+            ),
+            health_port=d.health_port,
+            max_in_flight=d.max_in_flight,
             # Attempts are counted by the handler, from the log; this is only the safety net.
-            max_deliver=max_deliver(settings.dispatcher.max_attempts),
-            ack_wait=settings.dispatcher.ack_wait_seconds,
+            max_deliver=max_deliver(d.max_attempts),
+            ack_wait=d.ack_wait_seconds,
             # Delivered (or given up) before we died unacked: not sent again.
             terminal_step="outcome",
         )

@@ -1,14 +1,103 @@
-"""The dispatcher's config: the shared core and its ``[dispatcher]`` section."""
+"""The dispatcher's config: the shared core, its ``[dispatcher]`` section and the
+``[endpoints.*]`` it delivers to, with their signing secrets (only the dispatcher reads
+them; the router knows endpoints by name only)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Annotated, Any
 
+import httpx
 import msgspec
 
+from hookbus_common import events as ev
 from hookbus_common import settings as core
+from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
+
+from .signing import Scheme, Signer
+from .ssrf import Network
+from .verify import decode_secret
+
+EndpointName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
+
+
+class Secret(msgspec.Struct, **STRUCT):
+    """A signing secret by environment variable or file (or inline); resolved once at load."""
+
+    env: str | None = None
+    file: str | None = None
+    value: str | None = None
+
+    def __repr__(self) -> str:  # secrets must never reach a log through a repr
+        where = (
+            f"env={self.env!r}" if self.env else f"file={self.file!r}" if self.file else "inline"
+        )
+        return f"Secret({where}, value=<redacted>)"
+
+    __str__ = __repr__
+
+
+class Endpoint(msgspec.Struct, **STRUCT):
+    """A destination rules deliver to by name: where, for whom, which events, how signed."""
+
+    url: str
+    description: str = ""
+    tenant: str = "default"
+    # Globs of the event types it takes (`push`, `pull_request*`); others are not sent.
+    events: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["*"]
+    )
+    # Several at once while rotating: each signs every request.
+    secrets: list[Secret] = []
+    signing: Scheme = "standard"
+    # The plain scheme's header names (defaults x-webhook-signature, x-webhook-timestamp).
+    signature_header: HeaderName | None = None
+    timestamp_header: HeaderName | None = None
+    headers: dict[HeaderName, str] = {}
+    timeout: PositiveFloat = 15.0
+    # Let this endpoint reach private, loopback and other special-purpose addresses
+    # (never cloud metadata services: list those in dispatcher.allow_networks).
+    allow_private: bool = False
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        try:
+            url = httpx.URL(self.url)
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            yield "url", "must be an absolute http:// or https:// URL"
+        if self.signing != "plain":
+            for key in ("signature_header", "timestamp_header"):
+                if getattr(self, key) is not None:
+                    yield key, 'applies to signing = "plain" only'
+        elif self.signature_header is not None and (
+            self.signature_header.lower() == (self.timestamp_header or "").lower()
+        ):
+            yield "timestamp_header", "must differ from signature_header"
+
+    def signer(self) -> Signer | None:
+        """How requests to this endpoint are signed; ``None`` when it has no secret."""
+        if not self.secrets:
+            return None
+        texts = [s.value or "" for s in self.secrets]
+        if self.signing == "plain":
+            return Signer(
+                scheme="plain",
+                keys=tuple(t.encode() for t in texts),
+                signature_header=(self.signature_header or "x-webhook-signature").lower(),
+                timestamp_header=(self.timestamp_header or "x-webhook-timestamp").lower(),
+            )
+        return Signer(keys=tuple(decode_secret(t) for t in texts))
+
+
+def endpoint_id(name: str) -> str:
+    """An endpoint's stable id (``ep_…``), derived from its name."""
+    return ev.derived_id("endpoint", name, prefix="ep")
 
 
 class DispatcherSettings(msgspec.Struct, **STRUCT):
@@ -17,11 +106,86 @@ class DispatcherSettings(msgspec.Struct, **STRUCT):
     ack_wait_seconds: PositiveFloat = 30.0
     max_attempts: PositiveInt = 5
     timeout_seconds: PositiveFloat = 10.0
+    # CIDRs deliveries may reach even though they are private, loopback, … (`url` actions
+    # and every endpoint alike).
+    allow_networks: list[str] = []
+
+    def networks(self) -> tuple[Network, ...]:
+        return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in self.allow_networks)
 
 
 class DispatcherConfig(core.Settings, **STRUCT):
     dispatcher: DispatcherSettings = DispatcherSettings()
+    endpoints: dict[EndpointName, Endpoint] = {}
+
+
+# ----------------------------------------------------------------------- loading
+
+
+def _resolve_secret(secret: Secret, where: str, base: Path, env: Mapping[str, str]) -> Secret:
+    given = [k for k in ("value", "env", "file") if getattr(secret, k) is not None]
+    if len(given) != 1:
+        raise ConfigError(f"{where}: give exactly one of env, file or value")
+    if secret.env is not None:
+        if not env.get(secret.env):
+            raise ConfigError(f"{where}: environment variable {secret.env} is not set or empty")
+        return msgspec.structs.replace(secret, value=env[secret.env].strip())
+    if secret.file is not None:
+        path = Path(secret.file).expanduser()
+        path = path if path.is_absolute() else base / path
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from None
+        if not text:
+            raise ConfigError(f"{where}: secret file {path} is empty")
+        return msgspec.structs.replace(secret, value=text)
+    if not secret.value:
+        raise ConfigError(f"{where}: secret value is empty")
+    return secret
+
+
+def resolve_endpoint(name: str, ep: Endpoint, base: Path, env: Mapping[str, str]) -> Endpoint:
+    """``ep`` checked, with every secret read from its variable, file or value."""
+    where = f"endpoints.{name}"
+    for key, message in ep.problems():
+        raise ConfigError(f"{where}.{key}: {message}")
+    secrets = [
+        _resolve_secret(s, f"{where}.secrets[{i}]", base, env) for i, s in enumerate(ep.secrets)
+    ]
+    if ep.signing == "standard":
+        for i, secret in enumerate(secrets):
+            try:
+                decode_secret(secret.value or "")
+            except ValueError:
+                # Never echo the secret itself.
+                raise ConfigError(
+                    f"{where}.secrets[{i}]: not a Standard Webhooks secret (whsec_ + base64)"
+                ) from None
+    return msgspec.structs.replace(ep, secrets=secrets)
+
+
+def _check_each_endpoint(data: dict[str, Any], label: str) -> None:
+    # msgspec writes a dict key as `[...]`; check each endpoint alone so the error names it.
+    endpoints = data.get("endpoints")
+    if isinstance(endpoints, dict):
+        for name, ep in endpoints.items():
+            core.convert(ep, Endpoint, label, f"endpoints.{name}")
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> DispatcherConfig:
-    return core.load(DispatcherConfig, path, env)
+    """The dispatcher's config from the file and environment, endpoints' secrets read."""
+    env = os.environ if env is None else env
+    config = core.load(DispatcherConfig, path, env, prepare=_check_each_endpoint)
+    for i, net in enumerate(config.dispatcher.allow_networks):
+        try:
+            ipaddress.ip_network(net.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"dispatcher.allow_networks[{i}]: {net!r} is not a network (CIDR, like 10.0.0.0/8)"
+            ) from None
+    base = Path(config.base_dir)
+    endpoints = {
+        name: resolve_endpoint(name, ep, base, env) for name, ep in config.endpoints.items()
+    }
+    return msgspec.structs.replace(config, endpoints=endpoints)

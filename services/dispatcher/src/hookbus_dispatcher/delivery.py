@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Final
 
 import asyncpg
 import httpx
+import msgspec
 
 from hookbus_common import events as ev
 from hookbus_common.consumer import Handler, Incoming, Yielded, backoff
@@ -15,9 +17,14 @@ from hookbus_common.errors import PermanentError, RetryableError
 from hookbus_common.events import DeliveryRequested, Event
 
 from . import retryafter
+from .config import Endpoint
+from .ssrf import DestinationRefused
 
 SOURCE = "/hookbus/dispatcher"
 USER_AGENT = "hookbus-dispatcher/0.1"
+
+RESPONSE_BODY_LIMIT: Final = 4096
+"""Bytes of an answer's body kept on its ``delivery.attempted`` event (read no further)."""
 
 REDELIVERY_ALLOWANCE = 20
 """Deliveries of a message beyond ``max_attempts`` that the consumer tolerates.
@@ -59,30 +66,104 @@ def retryable_status(status: int) -> bool:
     return status >= 500 or status in (408, 425, 429)
 
 
+class Target(msgspec.Struct, frozen=True, kw_only=True):
+    """Where one delivery goes and how: a request's own URL, or its endpoint resolved."""
+
+    url: str
+    endpoint: str | None = None
+    config: Endpoint | None = None
+
+
 def _outcome(
-    cls: type[ev.DeliveryOutcome], cause: Event[DeliveryRequested], step: str, **fields: Any
+    cls: type[ev.DeliveryOutcome],
+    cause: Event[DeliveryRequested],
+    step: str,
+    target: Target,
+    **fields: Any,
 ) -> Event[Any]:
     req = cause.data
-    data = cls(delivery_id=req.delivery_id, url=req.url, tenant=req.tenant, **fields)
+    data = cls(
+        delivery_id=req.delivery_id,
+        url=target.url,
+        tenant=req.tenant,
+        endpoint=target.endpoint,
+        **fields,
+    )
     return ev.make_event(
         data, source=SOURCE, id=ev.derived_id(cause.id, step), cause=cause, subject=req.delivery_id
     )
 
 
-def _build(client: httpx.AsyncClient, req: DeliveryRequested) -> httpx.Request:
+def resolve(req: DeliveryRequested, endpoints: Mapping[str, Endpoint]) -> Target:
+    """The request's destination; ``ValueError`` (final) when its endpoint cannot take it:
+    not configured (any more), another tenant's, or not subscribed to its event type."""
+    if req.endpoint is None:
+        return Target(url=req.url)
+    ep = endpoints.get(req.endpoint)
+    if ep is None:
+        raise ValueError(f"no endpoint named {req.endpoint!r} is configured")
+    if ep.tenant != req.tenant:
+        raise ValueError(
+            f"endpoint {req.endpoint!r} belongs to tenant {ep.tenant!r}, not {req.tenant!r}"
+        )
+    if req.event_type is not None and not any(
+        fnmatch.fnmatchcase(req.event_type, glob) for glob in ep.events
+    ):
+        raise ValueError(
+            f"endpoint {req.endpoint!r} does not take {req.event_type!r} events ({ep.events})"
+        )
+    return Target(url=ep.url, endpoint=req.endpoint, config=ep)
+
+
+def _build(
+    client: httpx.AsyncClient, req: DeliveryRequested, target: Target, now: float
+) -> httpx.Request:
     """The request to send; ``httpx.InvalidURL`` or ``ValueError`` when it never can be."""
     # Header names are case-insensitive: a configured "User-Agent" replaces ours rather
-    # than adding a second one, and no configured header can forge or double the id.
+    # than adding a second one, and no configured header can forge or double the id or
+    # the signature.
     headers = httpx.Headers({"user-agent": USER_AGENT})
+    ep = target.config
+    if ep is not None:
+        headers.update(ep.headers)
     headers.update(req.headers)
     headers["x-hookbus-delivery"] = req.delivery_id
-    request = client.build_request(req.method, req.url, content=bytes(req.body), headers=headers)
+    body = bytes(req.body)
+    signer = ep.signer() if ep is not None else None
+    if signer is not None:
+        # The delivery id is the message id: the same on every attempt (and replay of this
+        # delivery), so a receiver can drop repeats.
+        headers.update(signer.headers(req.delivery_id, int(now), body))
+    extra: dict[str, Any] = {} if ep is None else {"timeout": httpx.Timeout(ep.timeout)}
+    request = client.build_request(req.method, target.url, content=body, headers=headers, **extra)
     url = request.url
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("not an absolute http(s) URL")
     if url.port is not None and not 0 < url.port < 65536:
         raise ValueError(f"port {url.port} out of range")
     return request
+
+
+async def _read_start(resp: httpx.Response) -> str | None:
+    """Up to ``RESPONSE_BODY_LIMIT`` bytes of a streamed answer's body, decoded leniently
+    (the rest is never read: an endpoint cannot make us hold a large answer)."""
+    kept = b""
+    try:
+        async for chunk in resp.aiter_bytes():
+            kept += chunk
+            if len(kept) >= RESPONSE_BODY_LIMIT:
+                break
+    except httpx.HTTPError:
+        pass  # the status is what decides; a body cut short is still worth keeping
+    finally:
+        await resp.aclose()
+    if not kept:
+        return None
+    kept = kept[:RESPONSE_BODY_LIMIT]
+    try:
+        return kept.decode(resp.charset_encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return kept.decode("utf-8", errors="replace")
 
 
 async def attempt(
@@ -92,46 +173,75 @@ async def attempt(
     max_attempts: int,
     *,
     clock: retryafter.Clock = retryafter.utcnow,
+    endpoints: Mapping[str, Endpoint] | None = None,
+    private_client: httpx.AsyncClient | None = None,
 ) -> tuple[list[Event[Any]], RetryableError | None]:
     """Send once; return the events to record and, when another attempt is due, why.
 
-    ``clock`` is what an HTTP-date in ``Retry-After`` is measured against.
+    ``clock`` is what an HTTP-date in ``Retry-After`` is measured against, and the
+    signature's timestamp. ``private_client`` sends to endpoints with ``allow_private``
+    (a client of its own, so that no pooled connection is shared across the two policies).
     """
     req = event.data
     started = time.perf_counter()
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
+    response_body: str | None = None
     request: httpx.Request | None = None
+    final = False
+    target = Target(url=req.url, endpoint=req.endpoint)
     try:
-        request = _build(client, req)
+        target = resolve(req, endpoints or {})
+        request = _build(client, req, target, clock().timestamp())
     except (httpx.InvalidURL, ValueError) as exc:
         error = f"request cannot be sent: {type(exc).__name__}: {exc}"[:500]
     if request is not None:
+        sender = client
+        if target.config is not None and target.config.allow_private and private_client:
+            sender = private_client
         try:
-            resp = await client.send(request, follow_redirects=False)
+            resp = await sender.send(request, follow_redirects=False, stream=True)
+        except DestinationRefused as exc:
+            error, final = str(exc)[:500], True
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         else:
             status = resp.status_code
             retry_after = retryafter.parse(resp.headers.get("retry-after"), clock())
+            response_body = await _read_start(resp)
     fields: dict[str, Any] = {"attempt": number, "status_code": status, "error": error}
     fields["duration_ms"] = (time.perf_counter() - started) * 1000
-    attempted = _outcome(ev.DeliveryAttempted, event, f"attempt/{number}", **fields)
+    attempted = _outcome(
+        ev.DeliveryAttempted,
+        event,
+        f"attempt/{number}",
+        target,
+        response_body=response_body,
+        **fields,
+    )
     if status is not None and 200 <= status < 300:
-        return [attempted, _outcome(ev.DeliverySucceeded, event, "outcome", **fields)], None
-    # A request that cannot be built will not build next time either.
-    if request is None or (status is not None and not retryable_status(status)):
-        return [attempted, _outcome(ev.DeliveryFailed, event, "outcome", **fields)], None
+        return [attempted, _outcome(ev.DeliverySucceeded, event, "outcome", target, **fields)], None
+    # A request that cannot be built will not build next time either, and a destination
+    # refused now is refused next time.
+    if request is None or final or (status is not None and not retryable_status(status)):
+        return [attempted, _outcome(ev.DeliveryFailed, event, "outcome", target, **fields)], None
     if number >= max_attempts:
-        return [attempted, _outcome(ev.DeliveryDead, event, "outcome", **fields)], None
+        return [attempted, _outcome(ev.DeliveryDead, event, "outcome", target, **fields)], None
     why = f"attempt {number} failed: {status or error}"
     # Retry-After 0 (or a date already past) is honoured: the receiver asked for it.
     delay = retry_after if retry_after is not None else backoff(number, base=1.0)
     return [attempted], RetryableError(why, delay=delay)
 
 
-def make_handler(client: httpx.AsyncClient, pool: asyncpg.Pool, max_attempts: int) -> Handler:
+def make_handler(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    max_attempts: int,
+    *,
+    endpoints: Mapping[str, Endpoint] | None = None,
+    private_client: httpx.AsyncClient | None = None,
+) -> Handler:
     # A delivery whose outcome is already recorded never gets here: the consume loop
     # skips it (terminal step "outcome").
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
@@ -141,7 +251,14 @@ def make_handler(client: httpx.AsyncClient, pool: asyncpg.Pool, max_attempts: in
         # Read before anything is sent: with Postgres away, the consume loop waits and
         # runs this again, and no request has gone out.
         number = await attempts_made(pool, event.data.delivery_id) + 1
-        events, retry = await attempt(client, event, number, max_attempts)
+        events, retry = await attempt(
+            client,
+            event,
+            number,
+            max_attempts,
+            endpoints=endpoints,
+            private_client=private_client,
+        )
         yield events
         if retry is not None:
             raise retry

@@ -40,9 +40,11 @@ class ShellAction(msgspec.Struct, tag="shell", tag_field="kind", **STRUCT):
 
 
 class WebhookAction(msgspec.Struct, tag="webhook", tag_field="kind", **STRUCT):
-    """Send the event's payload to a URL through the dispatcher."""
+    """Send the event's payload through the dispatcher to a URL, or to a configured
+    endpoint by name (exactly one of the two)."""
 
-    url: str
+    url: str | None = None
+    endpoint: str | None = None
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, str] = {}
 
@@ -78,6 +80,8 @@ class RouterConfig(core.Settings, **STRUCT):
     # The names of the [sources.*] tables (set by the loader from the file; never their
     # contents).
     source_names: list[str] = []
+    # The names of the [endpoints.*] tables, likewise (their secrets are the dispatcher's).
+    endpoint_names: list[str] = []
 
 
 def _load_rules_file(data: dict[str, Any]) -> None:
@@ -106,6 +110,8 @@ def _prepare(data: dict[str, Any], label: str) -> None:
     _load_rules_file(data)
     sources = data.get("sources")
     data["source_names"] = sorted(sources) if isinstance(sources, dict) else []
+    endpoints = data.get("endpoints")
+    data["endpoint_names"] = sorted(endpoints) if isinstance(endpoints, dict) else []
 
 
 def known_source(name: str, configured: list[str]) -> bool:
@@ -122,6 +128,19 @@ def check(config: RouterConfig) -> None:
     for i, rule in enumerate(config.rules):
         if "*" not in rule.source and not known_source(rule.source, config.source_names):
             raise ConfigError(f"rules[{i}].source: no source named {rule.source!r} is configured")
+        for j, action in enumerate(rule.actions):
+            if isinstance(action, WebhookAction):
+                problem = _webhook_problem(action, config.endpoint_names)
+                if problem is not None:
+                    raise ConfigError(f"rules[{i}].actions[{j}] (rule {rule.name!r}): {problem}")
+
+
+def _webhook_problem(action: WebhookAction, endpoint_names: list[str]) -> str | None:
+    if (action.url is None) == (action.endpoint is None):
+        return "a webhook action takes exactly one of url and endpoint"
+    if action.endpoint is not None and action.endpoint not in endpoint_names:
+        return f"endpoint: no endpoint named {action.endpoint!r} is configured"
+    return None
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> RouterConfig:

@@ -80,11 +80,13 @@ def _request(
                 delivery_id=ev.derived_id(event.id, f"delivery/{step}", prefix="dlv"),
                 rule=rule.name,
                 webhook_id=event.id,
-                url=action.url,
+                url=action.url or "",
                 method=action.method,
                 headers=_headers(action.headers),
                 body=hook.payload,
                 tenant=event.tenant,
+                endpoint=action.endpoint,
+                event_type=hook.event_type,
             )
     return ev.make_event(
         data, source=SOURCE, id=ev.derived_id(event.id, f"request/{step}"), cause=event
