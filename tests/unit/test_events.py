@@ -176,6 +176,22 @@ SAMPLES: dict[str, EventData] = {
         partner_id="ptn_0190aa", status="SUSPENDED", previous="ACTIVE"
     ),
     ev.PartnerDeleted.TYPE: ev.PartnerDeleted(partner_id="ptn_0190aa"),
+    ev.ReplayStarted.TYPE: ev.ReplayStarted(
+        replay_id="rpl_0190aa",
+        mode="redrive",
+        requested_by="alice",
+        selection=ev.ReplaySelection(
+            since=datetime(2026, 11, 22, 7, 0, tzinfo=UTC), source="github", failed_jobs=True
+        ),
+        reason="deploy host was down",
+        selected=12,
+    ),
+    ev.ReplayResumed.TYPE: ev.ReplayResumed(
+        replay_id="rpl_0190aa", mode="republish", requested_by="bob", selected=12, done=5
+    ),
+    ev.ReplayFinished.TYPE: ev.ReplayFinished(
+        replay_id="rpl_0190aa", mode="redrive", requested_by="alice", selected=12, done=12
+    ),
 }
 
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -527,6 +543,18 @@ SUBJECT_CASES = [
         "hookbus.partner.status_changed.ptn_01ab",
     ),
     (ev.PartnerDeleted(partner_id="ptn_01ab"), "hookbus.partner.deleted.ptn_01ab"),
+    (
+        ev.ReplayStarted(replay_id="rpl_01ab", mode="redrive"),
+        "hookbus.replay.started.rpl_01ab",
+    ),
+    (
+        ev.ReplayResumed(replay_id="rpl_01ab", mode="republish"),
+        "hookbus.replay.resumed.rpl_01ab",
+    ),
+    (
+        ev.ReplayFinished(replay_id="rpl_01ab", mode="redrive"),
+        "hookbus.replay.finished.rpl_01ab",
+    ),
 ]
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 
 from hookbus_common.events import allow_deep_payloads
 
-from . import configcheck, events, migrate, partners, serve, up, verify, webhookurl
+from . import configcheck, events, migrate, partners, replay, serve, tail, up, verify, webhookurl
 from .database import DatabaseUnreachable
 
 DEFAULT_DATA_DIR = ".hookbus"
@@ -46,7 +46,18 @@ def parser() -> argparse.ArgumentParser:
     _add_global_options(p, default=None)
     p.set_defaults(data_dir=DEFAULT_DATA_DIR)
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (up, serve, migrate, events, configcheck, verify, partners, webhookurl):
+    for module in (
+        up,
+        serve,
+        migrate,
+        events,
+        replay,
+        tail,
+        configcheck,
+        verify,
+        partners,
+        webhookurl,
+    ):
         module.register(sub)
     # The global options are accepted after the command too (`hookbus up --data-dir d`).
     # SUPPRESS leaves a value given before the command alone when none is given after it.

@@ -39,6 +39,10 @@ _PROBE_TIMEOUT = 5.0
 # again (each ask costs this process, nats-server and its 408 answer some CPU). A stop
 # ends the wait at once, and so does a reconnect (a restarted server forgot the pull).
 FETCH_WAIT = 15.0
+# Marks a message as a copy of a recorded event published again for consumers outside
+# hookbus (``hookbus replay --republish``; the value names the replay). hookbus's own
+# consumers handled the original: they ack such a copy without acting on it.
+REPLAY_HEADER = "Hookbus-Replay"
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,8 @@ class Consumer:
             metrics.HANDLE_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
 
     async def _run_handler(self, msg: Msg, deliveries: int, tries: int) -> Outcome:
+        if msg.headers and REPLAY_HEADER in msg.headers:
+            return Ack()  # a republished copy: acted on once already, as the original
         try:
             event = ev.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

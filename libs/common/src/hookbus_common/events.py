@@ -481,6 +481,76 @@ class PartnerDeleted(PartnerEvent, **_FROZEN):
     ACTION: ClassVar[str] = "deleted"
 
 
+# What a replay does with the events it selects: ``redrive`` records a webhook.replayed
+# for each selected webhook, routed again by the current rules; ``republish`` publishes
+# the stored events again, as they were, for consumers outside hookbus.
+ReplayMode: TypeAlias = Literal["redrive", "republish"]
+
+
+class ReplaySelection(msgspec.Struct, **_FROZEN):
+    """Which events of the log a replay takes (every field narrows it; unset: all).
+
+    ``source`` and ``event`` select chains by the webhook that started them (its source
+    name, and a glob of its event type); ``type`` is a glob of the CloudEvents type;
+    ``failed_jobs`` / ``dead_deliveries`` keep chains that hold a failed or interrupted
+    job / a dead delivery (either, when both are set). Times bound the events' ``time``.
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+    source: str | None = None
+    event: str | None = None
+    type: str | None = None
+    tenant: str | None = None
+    correlation: str | None = None
+    failed_jobs: bool = False
+    dead_deliveries: bool = False
+
+
+class ReplayEvent(EventData, **_FROZEN):
+    """Shared by a replay's audit events; ``replay_id`` (``rpl_…``) names the replay job."""
+
+    ACTION: ClassVar[str]
+
+    replay_id: str
+    mode: ReplayMode
+    requested_by: str | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("replay", self.ACTION, token(self.replay_id))
+
+
+class ReplayStarted(ReplayEvent, **_FROZEN):
+    """A replay was asked for: what it selects and how many events that was."""
+
+    TYPE: ClassVar[str] = "io.hookbus.replay.started.v1"
+    ACTION: ClassVar[str] = "started"
+
+    selection: ReplaySelection = ReplaySelection()
+    reason: str | None = None
+    selected: int = 0
+
+
+class ReplayResumed(ReplayEvent, **_FROZEN):
+    """An interrupted replay was taken up again after the ``done`` events it had done."""
+
+    TYPE: ClassVar[str] = "io.hookbus.replay.resumed.v1"
+    ACTION: ClassVar[str] = "resumed"
+
+    selected: int = 0
+    done: int = 0
+
+
+class ReplayFinished(ReplayEvent, **_FROZEN):
+    """A replay went through its whole selection: ``done`` events redriven or republished."""
+
+    TYPE: ClassVar[str] = "io.hookbus.replay.finished.v1"
+    ACTION: ClassVar[str] = "finished"
+
+    selected: int = 0
+    done: int = 0
+
+
 DATA_TYPES: dict[str, type[EventData]] = {
     cls.TYPE: cls
     for cls in (
@@ -504,6 +574,9 @@ DATA_TYPES: dict[str, type[EventData]] = {
         PartnerTokenRotated,
         PartnerStatusChanged,
         PartnerDeleted,
+        ReplayStarted,
+        ReplayResumed,
+        ReplayFinished,
     )
 }
 
