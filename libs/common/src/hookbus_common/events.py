@@ -179,10 +179,21 @@ class ShellSpec(msgspec.Struct, tag_field="kind", tag="shell", **_FROZEN):
     cwd: str | None = None
 
 
-# What a job runs, told apart by the ``kind`` tag in its JSON. Another kind (ssh, docker,
+class SshSpec(msgspec.Struct, tag_field="kind", tag="ssh", **_FROZEN):
+    """Run ``command`` (an argv list, each word quoted for the remote shell) on the SSH host
+    the executor's config names ``host``; the request carries the name, never a key."""
+
+    host: str
+    command: list[str]
+    env: dict[str, str] = {}
+    timeout: float = 300.0
+    payload: str = "stdin"
+
+
+# What a job runs, told apart by the ``kind`` tag in its JSON. Another kind (docker,
 # compose) is a new tagged Struct joining this union; an executor refuses a kind it
 # cannot run (permanently), and an older one cannot decode it at all.
-JobSpec: TypeAlias = ShellSpec
+JobSpec: TypeAlias = ShellSpec | SshSpec
 
 
 # What the executor does with a run whose end is unknown (its executor died mid-way):
@@ -192,7 +203,7 @@ OnInterrupt: TypeAlias = Literal["record", "retry"]
 
 
 def spec_kind(spec: JobSpec) -> str:
-    """The ``kind`` tag of a job spec: ``shell`` for a ShellSpec."""
+    """The ``kind`` tag of a job spec: ``shell`` for a ShellSpec, ``ssh`` for an SshSpec."""
     return str(type(spec).__struct_config__.tag)
 
 

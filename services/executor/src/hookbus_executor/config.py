@@ -6,6 +6,7 @@ receiver's sources.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import msgspec
 from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
+
+from . import sshconfig
+from .sshconfig import SshSettings
 
 # What a stop needs beyond the shutdown grace and the kill grace to record the ended jobs
 # (and for the consume loop to settle their messages) before it stops waiting for them.
@@ -50,6 +54,8 @@ class ExecutorSettings(msgspec.Struct, **STRUCT):
         default_factory=lambda: ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER"]
     )
     workdir: str | None = None
+    # The hosts SSH actions may name ([executor.ssh.hosts.<name>]): see docs/ssh.md.
+    ssh: SshSettings = msgspec.field(default_factory=SshSettings)
 
 
 class ExecutorConfig(core.Settings, **STRUCT):
@@ -78,9 +84,14 @@ def check(config: ExecutorConfig) -> None:
             " every third of it, and reports that come late hand a running job's message to"
             " another executor"
         )
+    sshconfig.check(e.ssh)
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ExecutorConfig:
     config = core.load(ExecutorConfig, path, env)
     check(config)
+    # The SSH hosts' keys are read now, so a missing or bad one stops the executor at start.
+    sshconfig.load_keys(
+        config.executor.ssh, config.resolve_path, os.environ if env is None else env
+    )
     return config

@@ -20,6 +20,9 @@ from .leases import Lease
 from .outcomes import TERMINAL_STEP, job_request
 from .runs import Run, Runs, end_processes, marks
 from .shell import ShellResult, ShellSpawnError, run_shell
+from .ssh import SshConnectionLost, SshHosts, SshRefused, SshUnreachable, run_ssh, ssh_outcome
+from .ssh import count as ssh_count
+from .sshconfig import load_keys
 
 __all__ = ["TERMINAL_STEP", "Executor", "action_env", "inherited_env", "job_request"]
 
@@ -50,6 +53,9 @@ class Executor:
         self.settings = settings
         self.runs = runs
         self.inherited = inherited_env(settings.executor, os.environ)
+        ssh = settings.executor.ssh
+        self.ssh = SshHosts(ssh, load_keys(ssh, settings.resolve_path, os.environ),
+                            settings.resolve_path)  # fmt: skip
 
     @property
     def _e(self) -> ExecutorSettings:
@@ -68,7 +74,7 @@ class Executor:
         event = job_request(incoming.event)
         req = event.data
         match req.spec:
-            case ev.ShellSpec() as spec:
+            case ev.ShellSpec() | ev.SshSpec() as spec:
                 pass
             case _:
                 raise PermanentError(f"executor cannot run jobs of kind {req.kind!r}")
@@ -132,7 +138,7 @@ class Executor:
         self.runs.acted.pop(job_id, None)
 
     async def _run(
-        self, incoming: Incoming, event: Event[JobRequestedV2], spec: ev.ShellSpec, attempt: int
+        self, incoming: Incoming, event: Event[JobRequestedV2], spec: ev.JobSpec, attempt: int
     ) -> AsyncIterator[Yielded]:
         req = event.data
         runs = self.runs
@@ -149,7 +155,20 @@ class Executor:
                         self._held_delay(), f"job {req.job_id}: lease taken by another executor"
                     )
             started = True
-            result, error = await self._shell(incoming, req, spec, attempt, run)
+            if isinstance(spec, ev.SshSpec):
+                try:
+                    result, error = await self._ssh(incoming, req, spec, attempt, run)
+                except SshUnreachable:
+                    # Nothing ran: the attempt is handed back, and the message retried.
+                    started = False
+                    raise
+                except SshConnectionLost as lost:
+                    # The remote command's end is unknown, like a run lost with its executor.
+                    async for out in self._lost_connection(event, attempt, lost):
+                        yield out
+                    return
+            else:
+                result, error = await self._shell(incoming, req, spec, attempt, run)
             if result is not None and result.stopped:
                 async for out in self._stopped(event, attempt, run, result):
                     yield out
@@ -181,6 +200,69 @@ class Executor:
         if retrying:
             # Its next run is counted by the lease (executor.max_attempts), not here.
             raise Deferred(_STOPPING_DELAY, f"job {req.job_id} stopped by shutdown; it runs again")
+
+    async def _lost_connection(
+        self, event: Event[JobRequestedV2], attempt: int, lost: SshConnectionLost
+    ) -> AsyncIterator[Yielded]:
+        req = event.data
+        retrying = outcomes.retries(req, attempt, self._e.max_attempts)
+        done = outcomes.interrupted(
+            event, attempt, "connection_lost", retrying=retrying, result=lost.result,
+            host=self.runs.owner.host.name,
+        )  # fmt: skip
+        log.warning("ssh connection lost while the job ran; recording it interrupted",
+                    extra={"job_id": req.job_id, "attempt": attempt, "error": str(lost)})  # fmt: skip
+        yield done
+        outcomes.count_interrupted(done)
+        await self._end(req.job_id, "interrupted")
+        if retrying:
+            raise Deferred(_STOPPING_DELAY, f"job {req.job_id}: ssh connection lost; it runs again")
+
+    async def _ssh(
+        self, incoming: Incoming, req: JobRequestedV2, spec: ev.SshSpec, attempt: int, run: Run
+    ) -> tuple[ShellResult | None, str | None]:
+        """Run an ssh spec; its result, or why it could never run. Raises SshUnreachable
+        (nothing ran; retry) unless this was the message's last try, and
+        SshConnectionLost (the command's end is unknown)."""
+        e = self._e
+        if spec.host not in self.ssh:
+            ssh_count(spec.host, "refused")
+            return None, f"no ssh host named {spec.host!r} in executor.ssh.hosts"
+        # The event's facts, the rule's env, and the job's marks: nothing of our own
+        # environment goes to another machine.
+        env = {**req.context, **spec.env, **marks(req.job_id, attempt)}
+        stdin = bytes(req.payload) if spec.payload == "stdin" else None
+
+        async def spawned() -> None:
+            run.acting = True
+            self.runs.acted[req.job_id] = attempt
+
+        try:
+            result = await run_ssh(
+                self.ssh, spec.host, spec.command, env=env, stdin=stdin, timeout=spec.timeout,
+                kill_grace=e.kill_grace_seconds, max_output_bytes=e.max_output_bytes,
+                on_progress=incoming.progress, progress_interval=progress_interval(e),
+                on_spawn=spawned, stop=run.stop,
+            )  # fmt: skip
+        except SshUnreachable as exc:
+            ssh_count(spec.host, "unreachable")
+            if incoming.tries < e.max_deliver:
+                raise
+            # The message's last try: the job ends here, failed, rather than dead-lettered.
+            return None, f"{exc} (tried {incoming.tries} times)"
+        except SshRefused as exc:
+            ssh_count(spec.host, "refused")
+            return None, str(exc)
+        except SshConnectionLost:
+            ssh_count(spec.host, "lost")
+            raise
+        except ValueError as exc:
+            ssh_count(spec.host, "refused")
+            return None, f"cannot send the command: {exc}"
+        finally:
+            run.acting = False
+        ssh_count(spec.host, ssh_outcome(result))
+        return result, None
 
     async def _release_unstarted(self, job_id: str) -> None:
         try:

@@ -7,6 +7,7 @@ their contents: their secrets are the receiver's alone.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,7 +50,19 @@ class WebhookAction(msgspec.Struct, tag="webhook", tag_field="kind", **STRUCT):
     headers: dict[str, str] = {}
 
 
-Action = ShellAction | WebhookAction
+class SshAction(msgspec.Struct, tag="ssh", tag_field="kind", **STRUCT):
+    """Run a command (an argv list, quoted for the remote shell) on an SSH host the
+    executor's config names; the router knows the host's name only."""
+
+    host: str
+    command: Annotated[list[str], msgspec.Meta(min_length=1)]
+    env: dict[str, str] = {}
+    timeout: PositiveFloat = 300.0
+    payload: Literal["stdin", "none"] = "stdin"
+    on_interrupt: OnInterrupt = "record"
+
+
+Action = ShellAction | WebhookAction | SshAction
 
 
 class Rule(msgspec.Struct, **STRUCT):
@@ -82,6 +95,9 @@ class RouterConfig(core.Settings, **STRUCT):
     source_names: list[str] = []
     # The names of the [endpoints.*] tables, likewise (their secrets are the dispatcher's).
     endpoint_names: list[str] = []
+    # The names of the [executor.ssh.hosts.*] tables, likewise (their keys are the
+    # executor's).
+    ssh_host_names: list[str] = []
 
 
 def _load_rules_file(data: dict[str, Any]) -> None:
@@ -110,8 +126,16 @@ def _prepare(data: dict[str, Any], label: str) -> None:
     _load_rules_file(data)
     sources = data.get("sources")
     data["source_names"] = sorted(sources) if isinstance(sources, dict) else []
+    data["ssh_host_names"] = _ssh_host_names(data)
     endpoints = data.get("endpoints")
     data["endpoint_names"] = sorted(endpoints) if isinstance(endpoints, dict) else []
+
+
+def _ssh_host_names(data: dict[str, Any]) -> list[str]:
+    executor = data.get("executor")
+    ssh = executor.get("ssh") if isinstance(executor, dict) else None
+    hosts = ssh.get("hosts") if isinstance(ssh, dict) else None
+    return sorted(hosts) if isinstance(hosts, dict) else []
 
 
 def known_source(name: str, configured: list[str]) -> bool:
@@ -133,6 +157,11 @@ def check(config: RouterConfig) -> None:
                 problem = _webhook_problem(action, config.endpoint_names)
                 if problem is not None:
                     raise ConfigError(f"rules[{i}].actions[{j}] (rule {rule.name!r}): {problem}")
+        for k, action in enumerate(rule.actions):
+            if isinstance(action, SshAction):
+                problem = _ssh_problem(action, config.ssh_host_names)
+                if problem is not None:
+                    raise ConfigError(f"rules[{i}].actions[{k}] (rule {rule.name!r}): {problem}")
 
 
 def _webhook_problem(action: WebhookAction, endpoint_names: list[str]) -> str | None:
@@ -140,6 +169,18 @@ def _webhook_problem(action: WebhookAction, endpoint_names: list[str]) -> str | 
         return "a webhook action takes exactly one of url and endpoint"
     if action.endpoint is not None and action.endpoint not in endpoint_names:
         return f"endpoint: no endpoint named {action.endpoint!r} is configured"
+    return None
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _ssh_problem(action: SshAction, host_names: list[str]) -> str | None:
+    if action.host not in host_names:
+        return f"host: no ssh host named {action.host!r} is configured in [executor.ssh.hosts]"
+    bad = sorted(k for k in action.env if not _ENV_NAME.match(k))
+    if bad:
+        return f"env: names a shell cannot export: {bad}"
     return None
 
 

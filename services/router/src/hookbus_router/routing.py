@@ -10,7 +10,7 @@ from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError
 from hookbus_common.events import Event, WebhookReceived, WebhookReplayed
 
-from .config import Action, Rule, ShellAction, WebhookAction
+from .config import Action, Rule, ShellAction, SshAction, WebhookAction
 from .rules import evaluate
 
 SOURCE = "/hookbus/router"
@@ -45,7 +45,15 @@ def _headers(configured: dict[str, str]) -> dict[str, str]:
     return {"content-type": "application/json", **configured}
 
 
-def _spec(action: ShellAction) -> ev.JobSpec:
+def _spec(action: ShellAction | SshAction) -> ev.JobSpec:
+    if isinstance(action, SshAction):
+        return ev.SshSpec(
+            host=action.host,
+            command=list(action.command),
+            env=dict(action.env),
+            timeout=action.timeout,
+            payload=action.payload,
+        )
     return ev.ShellSpec(
         command=list(action.command),
         env=dict(action.env),
@@ -65,7 +73,7 @@ def _request(
 ) -> Event[Any]:
     step = f"{rule.name}/{index}"
     match action:
-        case ShellAction():
+        case ShellAction() | SshAction():
             data: ev.EventData = ev.JobRequestedV2(
                 job_id=ev.derived_id(event.id, f"job/{step}", prefix="job"),
                 rule=rule.name,
