@@ -403,3 +403,19 @@ async def test_the_answer_body_is_kept_up_to_4_kb_decoded_leniently() -> None:
     assert out[0].data.response_body == "é"
     out, _, _ = await _attempt(_status(204))
     assert out[0].data.response_body is None
+
+
+@pytest.mark.parametrize("code", [500, 503, 429])
+async def test_a_receiver_can_ask_for_no_more_attempts(code: int) -> None:
+    out, retry, _ = await _attempt(_status(code, **{"webhook-delivery": "Abort-Message"}))
+    assert retry is None
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliveryFailed]
+    assert out[0].data.status_code == code
+    assert "abort-message" in (out[0].data.error or "")
+
+
+async def test_abort_message_on_a_success_is_still_a_success() -> None:
+    out, retry, _ = await _attempt(_status(200, **{"webhook-delivery": "abort-message"}))
+    assert retry is None
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliverySucceeded]
+    assert out[0].data.error is None

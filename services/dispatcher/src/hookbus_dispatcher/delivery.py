@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -25,6 +26,9 @@ USER_AGENT = "hookbus-dispatcher/0.1"
 
 RESPONSE_BODY_LIMIT: Final = 4096
 """Bytes of an answer's body kept on its ``delivery.attempted`` event (read no further)."""
+
+RESPONSE_BODY_SECONDS: Final = 5.0
+"""How long reading those bytes may take, once the status is in."""
 
 REDELIVERY_ALLOWANCE = 20
 """Deliveries of a message beyond ``max_attempts`` that the consumer tolerates.
@@ -72,6 +76,16 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     url: str
     endpoint: str | None = None
     config: Endpoint | None = None
+
+
+ABORT_ERROR: Final = "the receiver asked for no more attempts (webhook-delivery: abort-message)"
+
+
+def aborts(headers: httpx.Headers) -> bool:
+    """Whether a failed answer asks us to stop trying this delivery: the header
+    ``webhook-delivery: abort-message`` (a receiver that will never take this message,
+    whatever its status says)."""
+    return str(headers.get("webhook-delivery", "")).strip().lower() == "abort-message"
 
 
 def _outcome(
@@ -149,12 +163,14 @@ async def _read_start(resp: httpx.Response) -> str | None:
     (the rest is never read: an endpoint cannot make us hold a large answer)."""
     kept = b""
     try:
-        async for chunk in resp.aiter_bytes():
-            kept += chunk
-            if len(kept) >= RESPONSE_BODY_LIMIT:
-                break
-    except httpx.HTTPError:
-        pass  # the status is what decides; a body cut short is still worth keeping
+        # The status already decided the attempt: a body trickled out slowly gets this long.
+        async with asyncio.timeout(RESPONSE_BODY_SECONDS):
+            async for chunk in resp.aiter_bytes():
+                kept += chunk
+                if len(kept) >= RESPONSE_BODY_LIMIT:
+                    break
+    except (httpx.HTTPError, TimeoutError):
+        pass  # a body cut short is still worth keeping
     finally:
         await resp.aclose()
     if not kept:
@@ -209,6 +225,8 @@ async def attempt(
         else:
             status = resp.status_code
             retry_after = retryafter.parse(resp.headers.get("retry-after"), clock())
+            if not 200 <= status < 300 and aborts(resp.headers):
+                error, final = ABORT_ERROR, True
             response_body = await _read_start(resp)
     fields: dict[str, Any] = {"attempt": number, "status_code": status, "error": error}
     fields["duration_ms"] = (time.perf_counter() - started) * 1000
