@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import logging
 import os
 import shutil
 import signal
@@ -115,6 +116,12 @@ async def asyncssh_server(base: Path) -> AsyncIterator[SshServer]:
     class Server(asyncssh.SSHServer):
         def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
             connections.append(conn)
+
+        def connection_requested(
+            self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+        ) -> bool:
+            # Forwarding, so that it can be its own jump host; loopback only.
+            return dest_host == "127.0.0.1"
 
     authorized = asyncssh.import_authorized_keys(client_key.export_public_key("openssh").decode())
     server = await asyncssh.create_server(
@@ -498,3 +505,63 @@ async def test_sessions_share_one_connection_and_respect_the_cap(
     assert peak <= 2
     after = REGISTRY.get_sample_value("hookbus_executor_ssh_connections_total", {"host": "web1"})
     assert after == before + 1
+
+
+async def test_a_command_runs_through_a_jump_host(
+    rt: Runtime, server: SshServer, replicas: list[Replica]
+) -> None:
+    # The server is its own jump host: the second connection is tunnelled through the first.
+    hosts = {"bastion": _host(server), "web1": _host(server, jump="bastion")}
+    replica = Replica(rt, hosts)
+    replicas.append(replica)
+    before = REGISTRY.get_sample_value(
+        "hookbus_executor_ssh_connections_total", {"host": "bastion"}
+    )
+    req = _request(["echo", "through"])
+    await rt.outbox.commit([req])
+    _, out = await replica.outcome(req)
+    assert isinstance(out[-1].data, ev.JobSucceeded)
+    assert out[-1].data.output == "through\n"
+    after = REGISTRY.get_sample_value("hookbus_executor_ssh_connections_total", {"host": "bastion"})
+    assert after == (before or 0.0) + 1
+
+
+async def test_a_connection_lost_mid_run_is_recorded_interrupted_not_repeated(
+    rt: Runtime, tmp_path: Path, replicas: list[Replica]
+) -> None:
+    async with asyncssh_server(tmp_path / "srv") as server:
+        replica = Replica(rt, {"web1": _host(server)})
+        replicas.append(replica)
+        pidfile = tmp_path / "pid"
+        req = _request(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 5"])
+        await rt.outbox.commit([req])
+        task = asyncio.create_task(replica.outcome(req))
+        await _until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", "the command")
+        for conn in server.connections:
+            conn.abort()
+        outcome, out = await task
+        done = out[-1].data
+        assert isinstance(done, ev.JobInterrupted)
+        assert (done.reason, done.retrying, done.attempt) == ("connection_lost", False, 1)
+        assert outcome == Ack()
+        # Its end is recorded: a redelivery runs nothing.
+        outcome, again = await replica.outcome(req, deliveries=2)
+        assert (outcome, again) == (Ack(), [])
+        await _until(lambda: _gone(int(pidfile.read_text())), "the sleep to end by itself")
+
+
+async def test_accepting_unknown_host_keys_is_logged_loudly(
+    rt: Runtime, tmp_path: Path, replicas: list[Replica], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with asyncssh_server(tmp_path / "srv") as server:
+        host = _host(server, host_key_fingerprint=None, insecure_accept_unknown_host_key=True)
+        with caplog.at_level(logging.WARNING, logger="hookbus_executor.ssh"):
+            replica = Replica(rt, {"lab": host})
+            replicas.append(replica)
+            req = _request(["true"], host="lab")
+            await rt.outbox.commit([req])
+            _, out = await replica.outcome(req)
+        assert isinstance(out[-1].data, ev.JobSucceeded)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("NOT checked" in w and "lab" in w for w in warnings)  # at start
+        assert any("WITHOUT checking its host key" in w for w in warnings)  # per connection

@@ -314,8 +314,9 @@ class JobFailed(JobFinished, **_FROZEN):
 # without a new type): its executor died and the run's end is unknown
 # (``executor_lost``); an executor found the run's processes left behind by a dead
 # executor on its host and ended them (``orphaned``); the executor was stopped and ended
-# the action after its shutdown grace (``shutdown``).
-INTERRUPT_REASONS: tuple[str, ...] = ("executor_lost", "orphaned", "shutdown")
+# the action after its shutdown grace (``shutdown``); the connection to an SSH action's
+# host ended while its command ran (``connection_lost``).
+INTERRUPT_REASONS: tuple[str, ...] = ("executor_lost", "orphaned", "shutdown", "connection_lost")
 
 
 class JobInterrupted(JobFinished, **_FROZEN):
