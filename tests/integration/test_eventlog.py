@@ -135,3 +135,91 @@ async def test_read_models_take_job_requests_of_either_version(rt: Runtime) -> N
         ]
         assert await readmodels.rebuild(conn) == 2
         assert [tuple(r) for r in await conn.fetch(query)] == before
+
+
+def _job(
+    cls: type[ev.EventData], job_id: str, cause: ev.Event[object], **fields: object
+) -> ev.Event[ev.EventData]:
+    return ev.make_event(
+        cls(job_id=job_id, kind="shell", rule="r", **fields), source="/test", cause=cause
+    )
+
+
+def _delivery(
+    cls: type[ev.EventData], dlv: str, cause: ev.Event[object], **fields: object
+) -> ev.Event[ev.EventData]:
+    return ev.make_event(
+        cls(delivery_id=dlv, url="http://sink", tenant="t", **fields), source="/test", cause=cause
+    )
+
+
+_JOBS = "SELECT job_id, kind, rule, status, attempts, exit_code, duration_ms, last_seq FROM jobs ORDER BY job_id"
+_DELIVERIES = (
+    "SELECT delivery_id, url, rule, tenant, status, attempts, last_status_code, last_error,"
+    " last_seq FROM deliveries ORDER BY delivery_id"
+)
+
+
+async def test_read_models_written_in_the_appending_statement_match_a_rebuild(rt: Runtime) -> None:
+    """Batches as the services commit them — requests with their routing record, each job
+    step on its own, a delivery attempt with its outcome, repeats of committed batches —
+    change the read models as the log's replay through ``project`` does."""
+    hook = _hook()
+    req_a = _job(ev.JobRequested, "job_a", hook, webhook_id=hook.id)
+    req_b = _job(ev.JobRequested, "job_b", hook, webhook_id=hook.id)
+    dlv_req = ev.make_event(
+        ev.DeliveryRequested(delivery_id="dlv_1", rule="notify", webhook_id=hook.id, url="http://sink", tenant="t"),
+        source="/test", cause=hook,
+    )  # fmt: skip
+    started_a1 = _job(ev.JobStarted, "job_a", req_a, attempt=1)
+    interrupted_a1 = _job(
+        ev.JobInterrupted, "job_a", req_a, attempt=1, retrying=True, reason="shutdown"
+    )
+    started_a2 = _job(ev.JobStarted, "job_a", req_a, attempt=2)
+    failed_a2 = _job(ev.JobFailed, "job_a", req_a, attempt=2, exit_code=3, duration_ms=7.5)
+    started_b = _job(ev.JobStarted, "job_b", req_b)
+    ok_b = _job(ev.JobSucceeded, "job_b", req_b, exit_code=0, duration_ms=1.25)
+    try1 = _delivery(ev.DeliveryAttempted, "dlv_1", dlv_req, attempt=1, status_code=500)
+    try2 = _delivery(ev.DeliveryAttempted, "dlv_1", dlv_req, attempt=2, status_code=200)
+    ok = _delivery(ev.DeliverySucceeded, "dlv_1", dlv_req, attempt=2, status_code=200)
+    batches = [
+        [hook, req_a, req_b, dlv_req],
+        [started_a1],
+        [started_b],
+        [try1],
+        [interrupted_a1],
+        [started_a1],  # a repeat: already recorded, changes nothing
+        [started_a2],
+        [try2, ok],
+        [ok_b],
+        [failed_a2],
+        [try2, ok],  # a repeat of a whole batch
+    ]
+    for batch in batches:
+        assert readmodels.fragments(batch) is not None  # the one-statement path
+        await rt.outbox.commit(batch)
+    async with rt.pool.acquire() as conn:
+        jobs = [tuple(r) for r in await conn.fetch(_JOBS)]
+        deliveries = [tuple(r) for r in await conn.fetch(_DELIVERIES)]
+        assert [j[:7] for j in jobs] == [
+            ("job_a", "shell", "r", "failed", 2, 3, 7.5),
+            ("job_b", "shell", "r", "succeeded", 1, 0, 1.25),
+        ]
+        assert [d[:8] for d in deliveries] == [
+            ("dlv_1", "http://sink", "notify", "t", "succeeded", 2, 200, None)
+        ]
+        assert await readmodels.rebuild(conn) == 12  # every job and delivery event, once
+        assert [tuple(r) for r in await conn.fetch(_JOBS)] == jobs
+        assert [tuple(r) for r in await conn.fetch(_DELIVERIES)] == deliveries
+
+
+async def test_a_row_created_and_changed_in_one_batch_takes_a_transaction(rt: Runtime) -> None:
+    # Parts of one statement do not see each other's rows: such a batch is projected
+    # event by event, in a transaction, and ends as a rebuild would.
+    hook = _hook()
+    req = _job(ev.JobRequested, "job_1", hook, webhook_id=hook.id)
+    started = _job(ev.JobStarted, "job_1", req)
+    assert readmodels.fragments([hook, req, started]) is None
+    await rt.outbox.commit([hook, req, started])
+    async with rt.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT status FROM jobs WHERE job_id = 'job_1'") == "running"

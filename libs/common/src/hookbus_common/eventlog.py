@@ -13,8 +13,9 @@ from . import events as ev
 from .events import Event, RawEvent
 
 # One statement, one round trip: insert the batch, skip ids (and delivery keys) already
-# recorded, and queue what was inserted for the bus in the same transaction.
-_INSERT = """
+# recorded, and queue what was inserted for the bus in the same transaction. Read-model
+# changes (``readmodels.fragments``) join it as further parts of the same statement.
+_INSERT_HEAD = """
 WITH ins AS (
     INSERT INTO events (id, type, source, subject, bus_subject, tenant, correlation_id,
                         causation_id, time, dedupe_key, data, raw_body)
@@ -25,9 +26,23 @@ WITH ins AS (
     RETURNING seq, id
 ), queued AS (
     INSERT INTO outbox (seq) SELECT seq FROM ins
-)
-SELECT seq, id FROM ins
-"""
+)"""
+_INSERT_TAIL = "\nSELECT seq, id FROM ins"
+_INSERT = _INSERT_HEAD + _INSERT_TAIL
+_FIRST_EXTRA_PARAM = 13
+
+
+def _statement(ctes: Sequence[str]) -> str:
+    """The insert statement with ``ctes`` joined, their ``{}`` numbered from $13 on."""
+    if not ctes:
+        return _INSERT
+    parts = ",\n".join(ctes)
+    count = parts.count("{}")
+    numbered = parts.format(
+        *(f"${n}" for n in range(_FIRST_EXTRA_PARAM, _FIRST_EXTRA_PARAM + count))
+    )
+    return f"{_INSERT_HEAD}, {numbered}{_INSERT_TAIL}"
+
 
 _COLUMNS = (
     "seq, id, type, source, subject, bus_subject, tenant, correlation_id, causation_id, time, data"
@@ -50,9 +65,17 @@ class Appended(msgspec.Struct, frozen=True):
 
 
 async def insert(
-    conn: asyncpg.Connection, prefix: str, batch: Sequence[Pending]
+    conn: asyncpg.Connection,
+    prefix: str,
+    batch: Sequence[Pending],
+    *,
+    ctes: Sequence[str] = (),
+    args: Sequence[Sequence[Any]] = (),
 ) -> tuple[list[Appended], list[Appended]]:
-    """Append a batch; returns (inserted, already recorded) — ids make this idempotent."""
+    """Append a batch; returns (inserted, already recorded) — ids make this idempotent.
+
+    ``ctes`` and ``args`` are further parts of the statement and their parameters
+    (``readmodels.fragments``), run only for the events inserted."""
     cols: list[list[Any]] = [[] for _ in range(12)]
     encoded: dict[str, Appended] = {}
     for p in batch:
@@ -68,7 +91,7 @@ async def insert(
         encoded[e.id] = Appended(
             seq=0, event=e, bus_subject=subject, payload=ev.encode_around(e, data)
         )
-    rows = await conn.fetch(_INSERT, *cols)
+    rows = await conn.fetch(_statement(ctes), *cols, *args)
     inserted = []
     for row in rows:
         a = encoded.pop(row["id"])

@@ -8,6 +8,7 @@ down) are published by the relay, which every service process runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -48,13 +49,17 @@ class Outbox:
     async def _commit(
         self, conn: asyncpg.Connection, pending: list[Pending]
     ) -> tuple[list[Appended], list[Appended]]:
-        if any(readmodels.changes_read_models(p.event.data) for p in pending):
+        # One INSERT … WITH statement is atomic by itself, read-model changes included: no
+        # BEGIN/COMMIT round trips. Only batches it cannot express take a transaction.
+        parts = readmodels.fragments([p.event for p in pending])
+        if parts is None:
             async with conn.transaction():
                 inserted, known = await eventlog.insert(conn, self.bus.prefix, pending)
                 await readmodels.project(conn, inserted)
         else:
-            # One INSERT … WITH statement is atomic by itself: no BEGIN/COMMIT round trips.
-            inserted, known = await eventlog.insert(conn, self.bus.prefix, pending)
+            inserted, known = await eventlog.insert(
+                conn, self.bus.prefix, pending, ctes=parts.ctes, args=parts.args
+            )
         for a in inserted:
             metrics.EVENTS_APPENDED.labels(a.event.type).inc()
         return inserted, known
@@ -101,8 +106,9 @@ class Outbox:
         if self._publishing:
             await asyncio.wait(self._publishing, timeout=within)
 
-    async def run_cleaner(self, stop: asyncio.Event, interval: float = 0.05) -> None:
-        """Delete outbox rows of published events in batches, off the hot path."""
+    async def run_cleaner(self, stop: asyncio.Event, interval: float = 0.5) -> None:
+        """Delete outbox rows of published events in batches, off the hot path: at most
+        one statement per ``interval`` (well inside the relay's ``older_than``)."""
         while not stop.is_set() or self._done:
             if not self._done:
                 self._done_ready.clear()
@@ -121,7 +127,9 @@ class Outbox:
                 log.warning("outbox cleanup failed", extra={"error": repr(exc)})
                 if stop.is_set():
                     return
-            await asyncio.sleep(interval)
+            # Rows gather meanwhile: one DELETE for all of them (a stop ends the wait).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     async def relay_once(self, *, older_than: float = 2.0, limit: int = 500) -> int:
         """Publish outbox rows left behind; returns how many were published."""

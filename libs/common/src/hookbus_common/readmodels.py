@@ -135,6 +135,122 @@ def changes_read_models(data: ev.EventData) -> bool:
     return isinstance(data, PROJECTED)
 
 
+class Fragments(msgspec.Struct, frozen=True):
+    """Read-model changes as parts of the statement that appends their events.
+
+    ``ctes`` are ``name AS (...)`` clauses that read the appended rows from a CTE called
+    ``ins`` (``seq, id``), so only events actually inserted change a table (one already
+    recorded changed it then); each ``{}`` stands for the next parameter, in ``args`` order.
+    """
+
+    ctes: list[str]
+    args: list[list[Any]]
+
+
+_JOBS_NEW = """jobs_new AS (
+    INSERT INTO jobs (job_id, kind, rule, correlation_id, status, requested_at, updated_at,
+                      last_seq)
+    SELECT j.job_id, j.kind, j.rule, j.corr, 'requested', j.t, j.t, ins.seq
+    FROM unnest({}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::timestamptz[])
+        AS j(event_id, job_id, kind, rule, corr, t)
+    JOIN ins ON ins.id = j.event_id
+    ON CONFLICT (job_id) DO NOTHING)"""
+
+# The last inserted event of each job sets its status (a batch holds one event per job in
+# practice: the executor commits each step on its own), the highest attempt its attempts.
+_JOBS_CHANGED = """jobs_changed AS (
+    UPDATE jobs SET status = u.status, attempts = greatest(jobs.attempts, u.attempt),
+        exit_code = CASE WHEN u.finished THEN u.exit_code ELSE jobs.exit_code END,
+        duration_ms = CASE WHEN u.finished THEN u.duration_ms ELSE jobs.duration_ms END,
+        updated_at = u.t, last_seq = u.seq
+    FROM (
+        SELECT DISTINCT ON (j.job_id) j.job_id, j.status, j.exit_code, j.duration_ms,
+            j.finished, j.t, ins.seq, max(j.attempt) OVER (PARTITION BY j.job_id) AS attempt
+        FROM unnest({}::text[], {}::text[], {}::text[], {}::int[], {}::int[],
+                    {}::float8[], {}::bool[], {}::timestamptz[])
+            AS j(event_id, job_id, status, attempt, exit_code, duration_ms, finished, t)
+        JOIN ins ON ins.id = j.event_id
+        ORDER BY j.job_id, ins.seq DESC
+    ) u
+    WHERE jobs.job_id = u.job_id AND jobs.last_seq < u.seq)"""
+
+_DELIVERIES_NEW = """deliveries_new AS (
+    INSERT INTO deliveries (delivery_id, url, rule, tenant, correlation_id, status,
+                            requested_at, updated_at, last_seq)
+    SELECT d.delivery_id, d.url, d.rule, d.tenant, d.corr, 'pending', d.t, d.t, ins.seq
+    FROM unnest({}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[],
+                {}::timestamptz[])
+        AS d(event_id, delivery_id, url, rule, tenant, corr, t)
+    JOIN ins ON ins.id = d.event_id
+    ON CONFLICT (delivery_id) DO NOTHING)"""
+
+# An attempt and its outcome come in one batch: each sets every column, so the last wins.
+_DELIVERIES_CHANGED = """deliveries_changed AS (
+    UPDATE deliveries SET status = u.status, attempts = greatest(deliveries.attempts, u.attempt),
+        last_status_code = u.status_code, last_error = u.error, updated_at = u.t,
+        last_seq = u.seq
+    FROM (
+        SELECT DISTINCT ON (d.delivery_id) d.delivery_id, d.status, d.status_code, d.error,
+            d.t, ins.seq, max(d.attempt) OVER (PARTITION BY d.delivery_id) AS attempt
+        FROM unnest({}::text[], {}::text[], {}::text[], {}::int[], {}::int[], {}::text[],
+                    {}::timestamptz[])
+            AS d(event_id, delivery_id, status, attempt, status_code, error, t)
+        JOIN ins ON ins.id = d.event_id
+        ORDER BY d.delivery_id, ins.seq DESC
+    ) u
+    WHERE deliveries.delivery_id = u.delivery_id AND deliveries.last_seq < u.seq)"""
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
+def fragments(events: Sequence[ev.Event[Any]]) -> Fragments | None:
+    """The read-model changes of a batch as parts of its INSERT statement: no transaction
+    and no round trip beyond the one statement. ``None`` when the batch needs ``project``
+    in a transaction instead: partner events, or a row created and changed in one batch
+    (parts of one statement do not see each other's rows)."""
+    jobs_new: list[tuple[Any, ...]] = []
+    jobs_changed: list[tuple[Any, ...]] = []
+    deliveries_new: list[tuple[Any, ...]] = []
+    deliveries_changed: list[tuple[Any, ...]] = []
+    for e in events:
+        match e.data:
+            case ev.JobRequested() | ev.JobRequestedV2() as d:
+                jobs_new.append((e.id, d.job_id, d.kind, d.rule, e.correlationid, e.time))
+            case ev.JobStarted() | ev.JobFinished() as d:
+                fin = isinstance(d, ev.JobFinished)
+                jobs_changed.append((
+                    e.id, d.job_id, _JOB_STATUS[type(d)], d.attempt,
+                    d.exit_code if isinstance(d, ev.JobFinished) else None,
+                    d.duration_ms if isinstance(d, ev.JobFinished) else None, fin, e.time,
+                ))  # fmt: skip
+            case ev.DeliveryRequested() as d:
+                deliveries_new.append(
+                    (e.id, d.delivery_id, d.url, d.rule, d.tenant, e.correlationid, e.time)
+                )
+            case ev.DeliveryOutcome() as d:
+                deliveries_changed.append((
+                    e.id, d.delivery_id, _DELIVERY_STATUS[type(d)], d.attempt, d.status_code,
+                    d.error, e.time,
+                ))  # fmt: skip
+            case _ if changes_read_models(e.data):
+                return None
+    if (jobs_new and jobs_changed) or (deliveries_new and deliveries_changed):
+        return None
+    out = Fragments([], [])
+    for sql, rows in (
+        (_JOBS_NEW, jobs_new),
+        (_JOBS_CHANGED, jobs_changed),
+        (_DELIVERIES_NEW, deliveries_new),
+        (_DELIVERIES_CHANGED, deliveries_changed),
+    ):
+        if rows:
+            out.ctes.append(sql)
+            out.args.extend(_columns(rows))
+    return out
+
+
 async def project(conn: asyncpg.Connection, appended: Sequence[Any]) -> None:
     """Apply freshly appended events (``eventlog.Appended``) to the read models."""
     for a in appended:

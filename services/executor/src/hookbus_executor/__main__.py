@@ -13,7 +13,7 @@ from hookbus_common.service import Runtime, main_for, run_consumer
 
 from . import config
 from .config import ExecutorConfig
-from .jobs import TERMINAL_STEP, make_handler
+from .jobs import make_handler
 from .runs import Runs
 
 
@@ -81,8 +81,8 @@ async def _run(settings: ExecutorConfig) -> None:
             ack_wait=settings.executor.ack_wait_seconds,
             # A stop waits for running jobs: their grace, then ending and recording them.
             drain_timeout=config.drain_timeout(settings.executor),
-            # A job that finished before we died (unacked) is not run again.
-            terminal_step=TERMINAL_STEP,
+            # No terminal_step: a job that finished before we died (unacked) is found
+            # finished by taking its lease (the same statement), not by a query of its own.
         )
     finally:
         if runs is not None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 
 from hookbus_common import events as ev
@@ -53,6 +54,8 @@ class Executor:
         self.settings = settings
         self.runs = runs
         self.inherited = inherited_env(settings.executor, os.environ)
+        # When each job's lease was asked for, from taking it to the run's start.
+        self._taken_at: dict[str, float] = {}
         ssh = settings.executor.ssh
         self.ssh = SshHosts(ssh, load_keys(ssh, settings.resolve_path, os.environ),
                             settings.resolve_path)  # fmt: skip
@@ -82,12 +85,17 @@ class Executor:
         terminal_id = ev.derived_id(event.id, TERMINAL_STEP)
         while True:
             self._refuse_if_stopping()
+            asked = time.monotonic()
             async with runs.pool.acquire() as conn:
-                claim = await leases.take(
+                claim = await leases.take_fresh(
+                    conn, event, req.job_id, runs.owner, runs.ttl, terminal_id=terminal_id
+                ) or await leases.take(
                     conn, event, req.job_id, runs.owner, runs.ttl,
                     running_here=req.job_id in runs.running,
                     acted_here=runs.acted.get(req.job_id), terminal_id=terminal_id,
                 )  # fmt: skip
+            if isinstance(claim, leases.Acquired):
+                self._taken_at[req.job_id] = asked
             match claim:
                 case leases.Finished():
                     return
@@ -147,10 +155,14 @@ class Executor:
         started = False
         try:
             yield outcomes.started(event, attempt)
-            # The commit may have waited (Postgres away): are we still to run it?
+            # The commit may have waited (Postgres away): are we still to run it? Within
+            # half its term of being taken the lease cannot have expired, so it is ours.
             self._refuse_if_stopping()
-            async with runs.pool.acquire() as conn:
-                if not await leases.confirm(conn, req.job_id, runs.owner, runs.ttl):
+            taken_at = self._taken_at.pop(req.job_id, None)
+            if taken_at is None or time.monotonic() - taken_at > runs.ttl / 2:
+                async with runs.pool.acquire() as conn:
+                    confirmed = await leases.confirm(conn, req.job_id, runs.owner, runs.ttl)
+                if not confirmed:
                     raise Deferred(
                         self._held_delay(), f"job {req.job_id}: lease taken by another executor"
                     )
@@ -178,6 +190,7 @@ class Executor:
             await self._end(req.job_id, "succeeded" if ok else "failed")
         finally:
             runs.finish(run)
+            self._taken_at.pop(req.job_id, None)
             if not started:
                 await self._release_unstarted(req.job_id)
 
