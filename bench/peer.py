@@ -191,7 +191,13 @@ def summarise_load(rs: list[LoadRound]) -> dict[str, Any]:
         "errors": sum(r.wrk["status_other"] + r.wrk["socket_errors"] for r in rs),
         "actions_run": sum(r.stamps_added for r in rs),
         "all_settled": all(r.settled for r in rs),
-        "complete": all(c.routed == c.received for c in chains) if chains else None,
+        # Every 202 is in the log and every consumer drained it (routed, or acknowledged
+        # with no record when no rule matched).
+        "complete": (
+            all(r.settled and r.chain.received >= r.wrk["status_202"] for r in rs if r.chain)
+            if chains
+            else None
+        ),
         "cpu_us_per_webhook": _us_per(use.total(), n),
         "cpu_us_per_webhook_by_process": {k: _us_per(v, n) for k, v in use.cpu_s.items()},
         "machine_busy_cores": round(use.machine_busy_cores, 2),

@@ -160,10 +160,36 @@ def test_wrongly_signed_push_is_refused_and_runs_nothing(
     assert types.count("io.hookbus.webhook.received.v1") == 1
 
 
-def test_unmatched_push_is_routed_with_reasons_and_runs_nothing(
+def _router_metric(system: System, name: str) -> float:
+    port = system.env["HOOKBUS_ROUTER__HEALTH_PORT"]
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    except httpx.HTTPError:  # not listening yet
+        return 0.0
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+    return values[0] if values else 0.0
+
+
+def test_an_unmatched_push_runs_nothing_and_records_nothing_but_itself(
     servers: Servers, make_system: Callable[..., System], script: Path
 ) -> None:
     system = make_system(config(script), servers)
+    system.start("receiver", "router")
+    system.wait_ready()
+    body = push(branch="feature/x")
+    r = httpx.post(f"{system.url}/hooks/github", content=body, headers=headers(body, "u-1"))
+    hook_id = r.json()["id"]
+    wait_for(
+        lambda: _router_metric(system, "hookbus_router_unmatched_total") == 1, "routing", system
+    )
+    assert short_types(chain(system, hook_id)) == ["webhook.received"]
+    assert not (script.parent / "ran.log").exists()
+
+
+def test_an_unmatched_push_is_recorded_with_reasons_when_asked(
+    servers: Servers, make_system: Callable[..., System], script: Path
+) -> None:
+    system = make_system(config(script, "[router]\nrecord_unmatched = true\n"), servers)
     system.start("receiver", "router")
     body = push(branch="feature/x")
     r = httpx.post(f"{system.url}/hooks/github", content=body, headers=headers(body, "u-1"))

@@ -6,6 +6,7 @@ import asyncio
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from hookbus_common import events as ev
 from hookbus_common.consumer import Incoming
@@ -495,10 +496,10 @@ def test_two_replays_of_one_webhook_are_two_chains():
 # ----------------------------------------------------------------------------- handler
 
 
-def _handled(event: ev.Event) -> list[ev.Event]:
+def _handled(event: ev.Event, rules: list[Rule] = RULES, **options: bool) -> list[ev.Event]:
     async def collect() -> list[ev.Event]:
         incoming = Incoming(event=event, subject="s", deliveries=1, _msg=None)  # type: ignore[arg-type]
-        return [e async for out in make_handler(RULES)(incoming) for e in out]
+        return [e async for out in make_handler(rules, **options)(incoming) for e in out]
 
     return asyncio.run(collect())
 
@@ -517,3 +518,36 @@ def test_the_handler_refuses_any_other_event_for_good():
 
     with pytest.raises(PermanentError, match="router cannot handle"):
         _handled(job)
+
+
+def _unmatched_count() -> float:
+    return REGISTRY.get_sample_value("hookbus_router_unmatched_total") or 0.0
+
+
+def test_a_webhook_no_rule_matches_costs_no_write_and_is_counted():
+    misses = [rule("never", branch="dev"), rule("other", event="tag_push")]
+    before = _unmatched_count()
+
+    assert _handled(hook_event(), misses) == []
+    assert _unmatched_count() == before + 1
+
+
+def test_a_webhook_no_rule_matches_is_recorded_when_asked():
+    misses = [rule("never", branch="dev")]
+
+    [routed] = _handled(hook_event(), misses, record_unmatched=True)
+
+    assert routed.data.matched == []
+    assert [e.reason for e in routed.data.evaluations] == [
+        e.reason for e in route(misses, hook_event())[0].data.evaluations
+    ]
+
+
+def test_a_replay_no_rule_matches_is_always_recorded():
+    # A person asked for the replay: its record says what became of it.
+    misses = [rule("never", branch="dev")]
+
+    [routed] = _handled(replay_event(hook_event()), misses)
+
+    assert routed.data.matched == []
+    assert routed.data.replay_of == "evt_hook"

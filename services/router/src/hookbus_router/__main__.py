@@ -14,7 +14,9 @@ async def run(settings: RouterConfig) -> None:
         settings,
         "router",
         filter_tokens=FILTER_TOKENS,
-        make_handler=lambda rt: make_handler(settings.rules),
+        make_handler=lambda rt: make_handler(
+            settings.rules, record_unmatched=settings.router.record_unmatched
+        ),
         health_port=settings.router.health_port,
         max_in_flight=settings.router.max_in_flight,
         max_deliver=settings.router.max_deliver,

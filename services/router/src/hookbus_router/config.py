@@ -85,6 +85,9 @@ class RouterSettings(msgspec.Struct, **STRUCT):
     max_deliver: PositiveInt = 10
     # How long a fetched message may go unacknowledged before another replica gets it.
     ack_wait_seconds: PositiveFloat = 30.0
+    # Record a webhook.routed event for webhooks no rule matches (the rules each missed
+    # on). Off: such a webhook costs the router no write at all.
+    record_unmatched: bool = False
 
 
 class RouterConfig(core.Settings, **STRUCT):

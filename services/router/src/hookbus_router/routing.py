@@ -10,6 +10,7 @@ from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError
 from hookbus_common.events import Event, WebhookReceived, WebhookReplayed
 
+from . import metrics
 from .config import Action, Rule, ShellAction, SshAction, WebhookAction
 from .rules import evaluate
 
@@ -102,7 +103,11 @@ def _request(
 
 
 def _route(
-    rules: Sequence[Rule], event: Event[Any], hook: WebhookReceived, replay_of: str | None
+    rules: Sequence[Rule],
+    event: Event[Any],
+    hook: WebhookReceived,
+    replay_of: str | None,
+    record_unmatched: bool,
 ) -> list[Event[Any]]:
     # Every id derives from the routed event's: a webhook's redelivery derives the same
     # ones (and is refused as a duplicate), while a replay, a new event, makes new ones.
@@ -113,6 +118,10 @@ def _route(
         if result.matched
         for i, action in enumerate(rule.actions)
     ]
+    if not requests and not record_unmatched:
+        # Nothing to do, and nothing recorded: the webhook itself is in the log, and what
+        # the rules make of it can be evaluated again at any time.
+        return []
     routed = ev.make_event(
         ev.WebhookRouted(
             source=hook.source,
@@ -131,23 +140,32 @@ def _route(
     return [routed, *requests]
 
 
-def route(rules: Sequence[Rule], hook: Event[WebhookReceived]) -> list[Event[Any]]:
-    """Evaluate every rule; return the routing record followed by the requests it makes."""
-    return _route(rules, hook, hook.data, None)
+def route(
+    rules: Sequence[Rule], hook: Event[WebhookReceived], *, record_unmatched: bool = True
+) -> list[Event[Any]]:
+    """Evaluate every rule; return the routing record followed by the requests it makes
+    (nothing at all for a webhook no rule matches, unless ``record_unmatched``)."""
+    return _route(rules, hook, hook.data, None, record_unmatched)
 
 
-def route_replay(rules: Sequence[Rule], replay: Event[WebhookReplayed]) -> list[Event[Any]]:
+def route_replay(
+    rules: Sequence[Rule], replay: Event[WebhookReplayed], *, record_unmatched: bool = True
+) -> list[Event[Any]]:
     """Route a replayed webhook exactly as the original, as a new chain of its own."""
-    return _route(rules, replay, replay.data.webhook, replay.data.replay_of)
+    return _route(rules, replay, replay.data.webhook, replay.data.replay_of, record_unmatched)
 
 
-def make_handler(rules: Sequence[Rule]) -> Handler:
+def make_handler(rules: Sequence[Rule], *, record_unmatched: bool = False) -> Handler:
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
         event = incoming.event
         match event.data:
             case WebhookReceived():
-                yield route(rules, event)
+                routed = route(rules, event, record_unmatched=record_unmatched)
+                if not routed:
+                    metrics.UNMATCHED.inc()
+                yield routed
             case WebhookReplayed():
+                # A replay asked for by a person is always answered with a record.
                 yield route_replay(rules, event)
             case _:
                 raise PermanentError(f"router cannot handle {event.type}")
