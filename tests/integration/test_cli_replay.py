@@ -48,6 +48,13 @@ def _failed(hook: ev.Event[Any]) -> ev.Event[ev.JobFailed]:
     )  # fmt: skip
 
 
+def _dead(hook: ev.Event[Any]) -> ev.Event[ev.DeliveryDead]:
+    return ev.make_event(
+        ev.DeliveryDead(delivery_id=f"dlv_{hook.id}", url="https://example.com", tenant="globex"),
+        source="/hookbus/dispatcher", id=ev.derived_id(hook.id, "dead"), cause=hook,
+    )  # fmt: skip
+
+
 class Seeded(msgspec.Struct):
     github: list[ev.Event[ev.WebhookReceived]]
     gitlab: list[ev.Event[ev.WebhookReceived]]
@@ -60,6 +67,8 @@ async def _seed(rt: Runtime, github: int = 5, gitlab: int = 2) -> Seeded:
     failed = [gh[1], gh[3]] if github > 3 else []
     await rt.outbox.commit_and_publish([*gh, *gl])
     await rt.outbox.commit_and_publish([_failed(h) for h in failed])
+    if gl:
+        await rt.outbox.commit_and_publish([_dead(gl[0])])
     return Seeded(github=gh, gitlab=gl, failed=[h.id for h in failed])
 
 
@@ -111,6 +120,10 @@ def test_a_dry_run_counts_what_is_selected_and_changes_nothing(settings, tmp_pat
         "github": hookbus("replay", "--dry-run", "--source", "github", env=env, cwd=tmp_path),
         "failed": hookbus("replay", "--dry-run", "--failed-jobs", env=env, cwd=tmp_path),
         "tenant": hookbus("replay", "--dry-run", "--tenant", "globex", env=env, cwd=tmp_path),
+        "dead": hookbus("replay", "--dry-run", "--dead-deliveries", env=env, cwd=tmp_path),
+        "failed or dead": hookbus(
+            "replay", "--dry-run", "--failed-jobs", "--dead-deliveries", env=env, cwd=tmp_path
+        ),
         "republish": hookbus(
             "replay", "--dry-run", "--republish", "--source", "github", env=env, cwd=tmp_path
         ),
@@ -125,6 +138,10 @@ def test_a_dry_run_counts_what_is_selected_and_changes_nothing(settings, tmp_pat
     assert counts["github"] == "5 webhooks to redrive (source github)"
     assert counts["failed"] == "2 webhooks to redrive (with failed jobs)"
     assert counts["tenant"] == "2 webhooks to redrive (tenant globex)"
+    assert counts["dead"] == "1 webhook to redrive (with dead deliveries)"
+    assert counts["failed or dead"] == (
+        "3 webhooks to redrive (with failed jobs or dead deliveries)"
+    )
     # Republish takes every event of the github chains: 5 webhooks and 2 failed jobs.
     assert counts["republish"] == "7 events to republish (source github)"
     assert counts["future"].startswith("0 webhooks to redrive (since 2999-01-01T00:00:00+00:00")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import msgspec
 import pytest
 
-from hookbus_cli import replayrun, replayselect
+from hookbus_cli import replay, replayrun, replayselect
 from hookbus_cli.main import parser
 from hookbus_cli.replay import cmd_replay
 from hookbus_cli.replayrun import Pacer, Progress, batch_size
@@ -148,9 +148,13 @@ def test_each_option_adds_one_condition_with_its_value_as_a_parameter():
 def test_source_and_event_select_chains_by_the_webhook_that_started_them():
     sql, args = count_query(ReplaySelection(source="github", event="pull_*"), "republish", upto=5)
 
-    assert "correlation_id IN (SELECT r.id FROM events r WHERE r.type IN ($2, $3)" in sql
-    assert "coalesce(r.data->'webhook'->>'source', r.data->>'source') = $4" in sql
-    assert "coalesce(r.data->'webhook'->>'event_type', r.data->>'event_type') LIKE $5" in sql
+    assert sql == (
+        "SELECT count(*) FROM events WHERE seq <= $1 AND EXISTS (SELECT 1 FROM events r"
+        " WHERE r.type IN ($2, $3)"
+        " AND coalesce(r.data->'webhook'->>'source', r.data->>'source') = $4"
+        " AND coalesce(r.data->'webhook'->>'event_type', r.data->>'event_type') LIKE $5"
+        " AND r.id = events.correlation_id)"
+    )
     assert args == [5, ev.WebhookReceived.TYPE, ev.WebhookReplayed.TYPE, "github", "pull\\_%"]
 
 
@@ -160,9 +164,9 @@ def test_outcomes_select_chains_holding_either_a_failed_job_or_a_dead_delivery()
     sql, args = count_query(sel, "redrive", upto=5)
 
     assert sql.endswith(
-        "correlation_id IN (SELECT o.correlation_id FROM events o WHERE"
-        " (o.type = $3 OR (o.type = $4 AND NOT coalesce((o.data->>'retrying')::boolean, false)))"
-        " OR (o.type = $5))"
+        "EXISTS (SELECT 1 FROM events o WHERE o.correlation_id = events.correlation_id AND"
+        " ((o.type = $3 OR (o.type = $4 AND NOT coalesce((o.data->>'retrying')::boolean, false)))"
+        " OR (o.type = $5)))"
     )
     assert args == [
         5, ev.WebhookReceived.TYPE, ev.JobFailed.TYPE, ev.JobInterrupted.TYPE, ev.DeliveryDead.TYPE
@@ -172,7 +176,7 @@ def test_outcomes_select_chains_holding_either_a_failed_job_or_a_dead_delivery()
 def test_only_dead_deliveries():
     sql, args = count_query(ReplaySelection(dead_deliveries=True), "republish", upto=5)
 
-    assert sql.endswith("WHERE (o.type = $2))")
+    assert sql.endswith("o.correlation_id = events.correlation_id AND ((o.type = $2)))")
     assert args == [5, ev.DeliveryDead.TYPE]
 
 
@@ -432,3 +436,9 @@ def test_times_keep_their_offset_through_the_selection_json():
     back = msgspec.json.decode(msgspec.json.encode(sel), type=ReplaySelection)
 
     assert back.since == sel.since
+
+
+def test_the_count_says_what_it_counts():
+    assert replay._selected(1, "redrive") == "1 webhook to redrive"
+    assert replay._selected(12, "redrive") == "12 webhooks to redrive"
+    assert replay._selected(0, "republish") == "0 events to republish"

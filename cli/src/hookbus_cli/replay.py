@@ -28,9 +28,18 @@ from .replaystore import ReplayJob
 from .tail import BusUnreachable, nats_connection
 
 _NOUNS: dict[ReplayMode, tuple[str, str]] = {
-    "redrive": ("webhooks to redrive", "redriven"),
-    "republish": ("events to republish", "republished"),
+    "redrive": ("webhook", "redriven"),
+    "republish": ("event", "republished"),
 }
+_TO: dict[ReplayMode, str] = {"redrive": "to redrive", "republish": "to republish"}
+
+
+def _selected(n: int, mode: ReplayMode) -> str:
+    """``12 webhooks to redrive``, ``1 event to republish``."""
+    noun = _NOUNS[mode][0]
+    return f"{n} {noun if n == 1 else noun + 's'} {_TO[mode]}"
+
+
 _SELECTION_OPTIONS = (
     "since", "until", "source", "event", "type", "tenant", "correlation", "failed_jobs",
     "dead_deliveries",
@@ -119,7 +128,7 @@ async def start(settings: Settings, args: argparse.Namespace) -> int:
     async with connection(settings.database, migrate=True) as conn:
         upto = await replayselect.last_seq(conn)
         selected = await replayselect.count(conn, sel, mode, upto)
-    print(f"{selected} {_NOUNS[mode][0]} ({replayselect.describe(sel)})")
+    print(f"{_selected(selected, mode)} ({replayselect.describe(sel)})")
     if args.dry_run or selected == 0:
         if args.dry_run:
             print("dry run: nothing replayed")
@@ -195,6 +204,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         work = start
     try:
         return asyncio.run(work(settings, args))
+    except KeyboardInterrupt:
+        # Ctrl-C before the replay ran (while counting, or connecting): a replay already
+        # created stays resumable (`--list` shows it).
+        return 130
     except (Refused, BusUnreachable) as exc:
         print(f"hookbus: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, BusUnreachable) else 2
@@ -221,7 +234,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "replay",
         help="redrive recorded webhooks through the current rules, or republish events",
-        description=__doc__,
+        description="Send recorded webhooks through the current rules again (--redrive, the"
+        " default), or publish recorded events again for downstream consumers (--republish)."
+        " The count of what is selected comes first; --dry-run stops there.",
     )
     sel = p.add_argument_group("what to replay (each option narrows the selection)")
     sel.add_argument("--since", metavar="TIME", help="events at or after TIME (ISO 8601, or 2h)")

@@ -99,7 +99,10 @@ def _conditions(sel: ReplaySelection, mode: ReplayMode, p: _Params) -> list[str]
                 "coalesce(r.data->'webhook'->>'event_type', r.data->>'event_type')"
                 f" LIKE {p(like(sel.event))}"
             )
-        conds.append(f"correlation_id IN (SELECT r.id FROM events r WHERE {' AND '.join(root)})")
+        # EXISTS: one index lookup per candidate, where IN would gather every root anew
+        # for each batch.
+        root.append("r.id = events.correlation_id")
+        conds.append(f"EXISTS (SELECT 1 FROM events r WHERE {' AND '.join(root)})")
     outcomes: list[str] = []
     if sel.failed_jobs:
         # A job's end: failed, or interrupted for good (a retrying interruption is not one).
@@ -111,8 +114,8 @@ def _conditions(sel: ReplaySelection, mode: ReplayMode, p: _Params) -> list[str]
         outcomes.append(f"o.type = {p(ev.DeliveryDead.TYPE)}")
     if outcomes:
         conds.append(
-            "correlation_id IN (SELECT o.correlation_id FROM events o"
-            f" WHERE {' OR '.join(f'({o})' for o in outcomes)})"
+            "EXISTS (SELECT 1 FROM events o WHERE o.correlation_id = events.correlation_id"
+            f" AND ({' OR '.join(f'({o})' for o in outcomes)}))"
         )
     return conds
 
