@@ -17,6 +17,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from hookbus_cli import replay, replayrun, replaystore
+from hookbus_cli.embedded import free_port
 from hookbus_cli.main import parser
 from hookbus_common import events as ev
 from hookbus_common.bus import MSG_ID
@@ -430,3 +431,18 @@ async def _replayed(settings: Settings) -> list[str]:
     finally:
         await conn.close()
     return [r["of"] for r in rows]
+
+
+def test_without_nats_a_replay_fails_with_one_line_and_creates_nothing(
+    settings: Settings, tmp_path: Path, rt_sync: tuple[Seeded, int]
+) -> None:
+    port = free_port()  # nothing listens on a port just freed
+    env = {**_env(settings), "HOOKBUS_NATS__URL": f"nats://127.0.0.1:{port}"}
+
+    out = hookbus("replay", "--source", "github", env=env, cwd=tmp_path)
+
+    assert out.returncode == 1
+    assert out.stdout == "5 webhooks to redrive (source github)\n"
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"hookbus: cannot reach NATS at nats://127.0.0.1:{port} (")
+    assert hookbus("replay", "--list", env=env, cwd=tmp_path).stdout == "no replays\n"

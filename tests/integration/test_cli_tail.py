@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from hookbus_cli.embedded import free_port
 from hookbus_common import events as ev
 from hookbus_common.service import runtime
 from hookbus_common.settings import Settings
 
+from .test_cli import hookbus
 from .test_cli_replay import _env, _hook
 
 pytestmark = pytest.mark.integration
@@ -110,3 +113,18 @@ def test_ctrl_c_ends_a_tail_cleanly(settings, tmp_path):
 
     assert proc.returncode == 0
     assert (out, err) == ("", "")
+
+
+def test_without_nats_tail_fails_within_seconds_with_one_line(settings, tmp_path):
+    port = free_port()  # nothing listens on a port just freed
+    env = {**_env(settings), "HOOKBUS_NATS__URL": f"nats://127.0.0.1:{port}"}
+
+    started = time.monotonic()
+    out = hookbus("tail", env=env, cwd=tmp_path)
+    took = time.monotonic() - started
+
+    assert out.returncode == 1
+    assert took < 30, f"took {took:.1f} s"
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"hookbus: cannot reach NATS at nats://127.0.0.1:{port} (")
+    assert line.endswith("start it with `hookbus up`, or set HOOKBUS_NATS__URL")
