@@ -565,3 +565,45 @@ async def test_accepting_unknown_host_keys_is_logged_loudly(
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any("NOT checked" in w and "lab" in w for w in warnings)  # at start
         assert any("WITHOUT checking its host key" in w for w in warnings)  # per connection
+
+
+async def test_an_idle_or_broken_connection_is_opened_again_when_needed(
+    rt: Runtime, tmp_path: Path, replicas: list[Replica]
+) -> None:
+    async with asyncssh_server(tmp_path / "srv") as server:
+        replica = Replica(rt, {"web1": _host(server)})
+        replica.executor.ssh.settings = SshSettings(
+            hosts=replica.executor.ssh.settings.hosts, idle_seconds=0.2
+        )
+        replicas.append(replica)
+
+        def opened() -> float:
+            labels = {"host": "web1"}
+            value = REGISTRY.get_sample_value("hookbus_executor_ssh_connections_total", labels)
+            return value or 0.0
+
+        before = opened()
+        for i in range(2):
+            req = _request(["echo", str(i)], job_id=f"job_idle{i}")
+            await rt.outbox.commit([req])
+            _, out = await replica.outcome(req)
+            assert out[-1].data.output == f"{i}\n"
+            # Closed once idle: the next command opens a new connection.
+            await _until(lambda: all(c.is_closed() for c in server.connections), "idle close")
+        assert opened() == before + 2
+        # Broken under us (the server dropped it between two commands): opened again,
+        # at the cost of no retry.
+        replica.executor.ssh.settings = SshSettings(hosts=replica.executor.ssh.settings.hosts)
+        req = _request(["echo", "kept"], job_id="job_idle_b")
+        await rt.outbox.commit([req])
+        _, out = await replica.outcome(req)
+        assert out[-1].data.output == "kept\n"
+        for conn in server.connections:
+            conn.abort()
+        req = _request(["echo", "after"], job_id="job_idle_c")
+        await rt.outbox.commit([req])
+        outcome, out = await replica.outcome(req)
+        assert outcome == Ack()
+        assert isinstance(out[-1].data, ev.JobSucceeded)
+        assert out[-1].data.output == "after\n"
+        assert opened() == before + 4

@@ -127,6 +127,11 @@ class SshHosts:
         self._keys = dict(keys)
         self._resolve = resolve_path
         self._hosts = {name: _Host(name, h) for name, h in settings.hosts.items()}
+        library = logging.getLogger("asyncssh")
+        if library.level == logging.NOTSET:
+            # asyncssh logs every connection, channel and command line at INFO: noise
+            # next to our own records (as the NATS client's is).
+            library.setLevel(max(logging.WARNING, logging.getLogger().level))
         for name, h in settings.hosts.items():
             if h.insecure_accept_unknown_host_key:
                 log.warning(
@@ -159,9 +164,26 @@ class SshHosts:
 
     def _close_idle(self, host: _Host) -> None:
         host.idle = None
-        if host.users == 0 and host.conn is not None:
-            host.conn.close()
-            host.conn = None
+        if host.users != 0 or host.conn is None:
+            return
+        host.conn.close()
+        host.conn = None
+        # The jump hosts it went through, unless something else still uses them.
+        jump = host.config.jump
+        while jump is not None:
+            j = self._hosts[jump]
+            through = any(
+                h.conn is not None and h.config.jump == jump for h in self._hosts.values()
+            )
+            if j.users or j.conn is None or through:
+                break
+            j.conn.close()
+            j.conn = None
+            jump = j.config.jump
+
+    async def reconnect(self, name: str) -> asyncssh.SSHClientConnection:
+        """A connection to ``name`` in place of one found closed (its place kept)."""
+        return await self._connection(self._hosts[name])
 
     async def _connection(self, host: _Host) -> asyncssh.SSHClientConnection:
         async with host.lock:
@@ -327,15 +349,27 @@ async def run_ssh(
     started = time.monotonic()
     try:
         async with hosts.session(name) as conn:
-            try:
-                session = _Session(capture, marker)
-                chan, _ = await conn.create_session(lambda: session, command, encoding=None)
-            except (OSError, asyncssh.Error) as exc:
-                # The pooled connection died since its last use, or the server refused
-                # another channel: nothing ran.
-                raise SshUnreachable(
-                    f"ssh host {name}: cannot open a session: {_describe(exc)}"
-                ) from exc
+            session = _Session(capture, marker)
+            for last in (False, True):
+                try:
+                    # Bounded: a connection whose peer vanished silently answers nothing
+                    # until its keepalives give up.
+                    async with asyncio.timeout(hosts.settings.hosts[name].connect_timeout):
+                        chan = await _open(conn, session, command)
+                    break
+                except (OSError, TimeoutError, asyncssh.Error) as exc:
+                    if isinstance(exc, TimeoutError):
+                        conn.abort()
+                    if not last and conn.is_closed():
+                        # The kept connection had died since its last use: once more,
+                        # on a new one.
+                        session = _Session(capture, marker)
+                        conn = await hosts.reconnect(name)
+                        continue
+                    # Nothing ran: the host is away, or refused another channel.
+                    raise SshUnreachable(
+                        f"ssh host {name}: cannot open a session: {_describe(exc)}"
+                    ) from exc
             try:
                 result = await _attend(
                     conn, chan, session, marker, capture, argv=argv, name=name, stdin=stdin,
@@ -348,6 +382,13 @@ async def run_ssh(
     finally:
         RUN_SECONDS.labels(name).observe(time.monotonic() - started)
     return result
+
+
+async def _open(
+    conn: asyncssh.SSHClientConnection, session: _Session, command: str
+) -> asyncssh.SSHClientChannel[bytes]:
+    chan, _ = await conn.create_session(lambda: session, command, encoding=None)
+    return chan
 
 
 async def _attend(
