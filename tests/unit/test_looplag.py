@@ -61,3 +61,67 @@ def test_gc_pauses_are_observed() -> None:
     finally:
         looplag.unwatch_gc()
     assert looplag._gc_callback not in gc.callbacks
+
+
+@pytest.fixture(autouse=True)
+def no_work_yet() -> None:
+    looplag._busy = False  # work seen by an earlier test is not this one's
+
+
+class CountingSleep:
+    """A sleep that takes no time and counts the timers the probe sets; ``work`` says
+    whether work arrives during each of them."""
+
+    def __init__(self, work: list[bool]) -> None:
+        self.timers = 0
+        self.work = work
+
+    async def sleep(self, seconds: float) -> None:
+        self.timers += 1
+        if self.work and self.work.pop(0):
+            looplag.touch()
+        await asyncio.sleep(0)
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_an_idle_process_parks_the_probe_until_work_comes() -> None:
+    stop = asyncio.Event()
+    timers = CountingSleep([])
+    probe = asyncio.create_task(looplag.watch_loop(stop, 0.5, sleep=timers.sleep, idle_ticks=3))
+    await _settle()
+    assert timers.timers == 3  # three quiet ticks, then no timer at all
+    await _settle()
+    assert timers.timers == 3
+
+    looplag.touch()  # a request or a message arrives
+    await _settle()
+    assert timers.timers == 3 + 1 + 3  # the tick that saw the work, then three quiet ones
+
+    stop.set()
+    looplag.touch()
+    await asyncio.wait_for(probe, 1)
+
+
+async def test_a_busy_process_keeps_the_probe_running() -> None:
+    stop = asyncio.Event()
+    timers = CountingSleep([True] * 8)
+    probe = asyncio.create_task(looplag.watch_loop(stop, 0.5, sleep=timers.sleep, idle_ticks=3))
+    await _settle()
+    assert timers.timers == 8 + 3  # every tick with work, then three quiet ones
+    stop.set()
+    looplag.touch()
+    await asyncio.wait_for(probe, 1)
+
+
+async def test_a_stop_ends_a_parked_probe() -> None:
+    stop = asyncio.Event()
+    timers = CountingSleep([])
+    probe = asyncio.create_task(looplag.watch_loop(stop, 0.5, sleep=timers.sleep, idle_ticks=1))
+    await _settle()
+    stop.set()
+    await asyncio.wait_for(probe, 1)
+    assert timers.timers == 1

@@ -20,7 +20,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from . import eventlog, metrics
+from . import eventlog, looplag, metrics
 from . import events as ev
 from .bus import Bus
 from .errors import Deferred, HookbusError, OutageError, RetryableError
@@ -317,6 +317,7 @@ class Consumer:
                 task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, msg: Msg) -> None:
+        looplag.touch()
         deliveries = msg.metadata.num_delivered or 1
         seq = msg.metadata.sequence.stream
         tries = self._ledger.tries(seq, deliveries)

@@ -57,9 +57,41 @@ def unwatch_gc() -> None:
 
 # How often the probe sets a timer to see how late it runs. Every stall that lasts longer
 # than this delays one of its timers, so none of those goes unseen; a shorter stall shows
-# when it overlaps a timer (a sample, in proportion to its length). Each wake-up costs
-# CPU in every process, idle or not: 10 a second were a tenth of hookbus's idle CPU.
+# when it overlaps a timer (a sample, in proportion to its length).
 INTERVAL = 0.5
+# Ticks with no work (``touch``) before the probe parks: an idle process then sets no
+# timer at all until work comes back (each wake-up costs CPU, and a stall with no work
+# delays nobody).
+IDLE_TICKS = 10
+
+_busy = False
+_parked: asyncio.Event | None = None
+
+
+def touch() -> None:
+    """Say that work arrived (a request, a message): the probe runs while there is work.
+    Cheap enough for every request."""
+    global _busy
+    _busy = True
+    if _parked is not None:
+        _parked.set()
+
+
+async def _park(stop: asyncio.Event) -> None:
+    """Wait, with no timer, until ``touch`` or ``stop``."""
+    global _parked
+    _parked = parked = asyncio.Event()
+    try:
+        if _busy:
+            return  # work came while we decided to park
+        waiters = {asyncio.ensure_future(parked.wait()), asyncio.ensure_future(stop.wait())}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+    finally:
+        _parked = None
 
 
 async def watch_loop(
@@ -68,12 +100,25 @@ async def watch_loop(
     *,
     clock: Callable[[], float] = time.perf_counter,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    idle_ticks: int = IDLE_TICKS,
 ) -> None:
-    """Measure how late each timer fires until ``stop`` is set."""
+    """Measure how late each timer fires until ``stop`` is set; park after ``idle_ticks``
+    ticks without work, until work comes again."""
+    global _busy
+    quiet = 0
     while not stop.is_set():
+        if quiet >= idle_ticks:
+            await _park(stop)
+            quiet = 0
+            continue
         started = clock()
         await sleep(interval)
         lag = max(0.0, clock() - started - interval)
         LOOP_LAG.observe(lag)
         if lag >= REPORT_SECONDS:
             log.warning("event loop ran late", extra={"ms": round(lag * 1000, 1)})
+        if _busy:
+            _busy = False
+            quiet = 0
+        else:
+            quiet += 1

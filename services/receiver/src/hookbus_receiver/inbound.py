@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from hookbus_common import events as ev
+from hookbus_common import looplag
 from hookbus_common.errors import Code, ConfigError, HookbusError
 from hookbus_common.eventlog import Pending
 from hookbus_common.logs import correlated
@@ -183,6 +184,7 @@ class Meter:
 
     async def measured(self, accept: Awaitable[Response]) -> Response:
         """Await an endpoint's work and count its answer, or answer and count its refusal."""
+        looplag.touch()
         started = time.perf_counter()
         try:
             response = await accept
