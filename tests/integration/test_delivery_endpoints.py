@@ -5,6 +5,7 @@ real Postgres for the log. No traffic leaves loopback: the refused cases never c
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,9 @@ from standardwebhooks.webhooks import Webhook
 
 from hookbus_common import events as ev
 from hookbus_common.consumer import Incoming
-from hookbus_common.errors import RetryableError
 from hookbus_common.service import Runtime
 from hookbus_dispatcher import config as dispatcher
+from hookbus_dispatcher import retryafter, schedule
 from hookbus_dispatcher.delivery import make_handler
 from hookbus_dispatcher.ssrf import REFUSED, open_clients
 
@@ -48,26 +49,34 @@ def _request(
 
 
 async def _deliver(
-    rt: Runtime, config: dispatcher.DispatcherConfig, req: ev.Event[Any]
-) -> tuple[list[ev.Event[Any]], RetryableError | None]:
-    """One delivery through the handler, with the clients main() builds from ``config``;
-    each yielded batch committed as the consume loop would."""
+    rt: Runtime,
+    config: dispatcher.DispatcherConfig,
+    req: ev.Event[Any],
+    at: datetime | None = None,
+) -> tuple[list[ev.Event[Any]], datetime | None]:
+    """One delivery through the handler (its clock saying ``at``), with the clients
+    main() builds from ``config``; each yielded batch committed as the consume loop
+    would. Returns the events and when the next attempt is due, if one is."""
     await rt.outbox.commit([req])
+    await rt.pool.execute("DELETE FROM delivery_schedule")
     d = config.dispatcher
     out: list[ev.Event[Any]] = []
     async with open_clients(d.networks(), d.timeout_seconds) as (client, private):
         handler = make_handler(
-            client, rt.pool, d.max_attempts, endpoints=config.endpoints, private_client=private
+            client,
+            rt.pool,
+            d.attempts(),
+            endpoints=config.endpoints,
+            private_client=private,
+            retry_schedule=d.retry_schedule,
+            clock=(lambda: at) if at else retryafter.utcnow,
         )
         incoming = Incoming(event=req, subject="s", deliveries=1, _msg=_NoMsg())  # type: ignore[arg-type]
-        try:
-            async for item in handler(incoming):
-                batch = [item] if isinstance(item, ev.Event) else list(item)
-                await rt.outbox.commit_and_publish(batch)
-                out.extend(batch)
-        except RetryableError as exc:
-            return out, exc
-    return out, None
+        async for item in handler(incoming):
+            batch = [item] if isinstance(item, ev.Event) else list(item)
+            await rt.outbox.commit_and_publish(batch)
+            out.extend(batch)
+    return out, await schedule.next_due(rt.pool, req.data.delivery_id)
 
 
 @pytest.fixture
@@ -86,8 +95,8 @@ async def test_localhost_is_refused_without_the_allow_list(
 ) -> None:
     config = _config(tmp_path, "")
     before = REFUSED.labels("loopback")._value.get()
-    out, retry = await _deliver(rt, config, _request(_localhost(sink)))
-    assert retry is None  # refused for good: not retried
+    out, due = await _deliver(rt, config, _request(_localhost(sink)))
+    assert due is None  # refused for good: not retried
     assert [type(e.data) for e in out] == [ev.DeliveryAttempted, ev.DeliveryFailed]
     error = out[0].data.error
     assert error is not None
@@ -103,8 +112,8 @@ async def test_localhost_is_delivered_with_the_allow_list(
 ) -> None:
     config = _config(tmp_path, '[dispatcher]\nallow_networks = ["127.0.0.0/8"]\n')
     sink.answer(200)
-    out, retry = await _deliver(rt, config, _request(_localhost(sink)))
-    assert retry is None
+    out, due = await _deliver(rt, config, _request(_localhost(sink)))
+    assert due is None
     assert [type(e.data) for e in out] == [ev.DeliveryAttempted, ev.DeliverySucceeded]
     (got,) = sink.received
     assert got.body == BODY
@@ -124,15 +133,15 @@ headers = {{ x-team = "billing" }}
 allow_private = true
 """,
     )
-    sink.answer(503, 200)
+    sink.answer((503, {"retry-after": "0"}), 200)
     sink.reply_body = b'{"error": "busy"}'
     req = _request(endpoint="billing")
-    out, retry = await _deliver(rt, config, req)
-    assert retry is not None
+    out, due = await _deliver(rt, config, req)
+    assert due is not None
     assert out[0].data.response_body == '{"error": "busy"}'
     assert (out[0].data.endpoint, out[0].data.url) == ("billing", _localhost(sink))
-    out, retry = await _deliver(rt, config, req)
-    assert retry is None
+    out, due = await _deliver(rt, config, req)  # due at once: Retry-After 0
+    assert due is None
     assert await _outcomes(rt, req) == [
         ("attempted", 1, 503),
         ("attempted", 2, 200),

@@ -21,10 +21,11 @@ import pytest
 from hookbus_common import eventlog
 from hookbus_common import events as ev
 from hookbus_common.consumer import Consumer, Incoming, Yielded
-from hookbus_common.errors import RetryableError
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings
+from hookbus_dispatcher import retryafter, schedule
 from hookbus_dispatcher.delivery import USER_AGENT, attempt, make_handler, max_deliver
+from hookbus_dispatcher.schedule import Scheduler
 from hookbus_dispatcher.ssrf import guarded_client
 
 from .ownpostgres import OwnPostgres, runtime_on, serving, waiting_for_recovery
@@ -144,28 +145,38 @@ class _NoMsg:
         return None
 
 
+LATER = timedelta(days=3)
+"""Past any wait of the default schedule: a handler whose clock says ``now + LATER`` finds
+the delivery's next attempt due."""
+
+
 async def _handle(
     rt: Runtime,
     client: httpx.AsyncClient,
     event: ev.Event[Any],
     deliveries: int,
     max_attempts: int = 5,
-) -> tuple[list[ev.Event[Any]], RetryableError | None]:
-    """Drive the handler as the consume loop does: commit each batch it yields, and keep
-    the RetryableError it ends with (the loop would nak with its delay). The loop's skip
-    of finished work is not here; the _Loop tests below run the loop itself. The attempt
+    *,
+    at: datetime | None = None,
+) -> tuple[list[ev.Event[Any]], datetime | None]:
+    """Drive the handler as the consume loop does, its clock saying ``at`` (default: now):
+    commit each batch it yields; return the events and when the delivery's next attempt
+    is due on the schedule (``None``: it was not put back on it). The loop's skip of
+    finished work is not here; the _Loop tests below run the loop itself. The attempt
     number comes from the log, whatever ``deliveries`` says."""
-    handler = make_handler(client, rt.pool, max_attempts)
+    delivery_id = event.data.delivery_id
+    # The scheduler takes a row off the schedule when it publishes the message again.
+    await rt.pool.execute("DELETE FROM delivery_schedule WHERE delivery_id = $1", delivery_id)
+    handler = make_handler(
+        client, rt.pool, max_attempts, clock=(lambda: at) if at else retryafter.utcnow
+    )
     incoming = Incoming(event=event, subject="s", deliveries=deliveries, _msg=_NoMsg())  # type: ignore[arg-type]
     out: list[ev.Event[Any]] = []
-    try:
-        async for item in handler(incoming):
-            batch = [item] if isinstance(item, ev.Event) else list(item)
-            await rt.outbox.commit_and_publish(batch)
-            out.extend(batch)
-    except RetryableError as exc:
-        return out, exc
-    return out, None
+    async for item in handler(incoming):
+        batch = [item] if isinstance(item, ev.Event) else list(item)
+        await rt.outbox.commit_and_publish(batch)
+        out.extend(batch)
+    return out, await schedule.next_due(rt.pool, delivery_id)
 
 
 async def _outcomes(rt: Runtime, req: ev.Event[Any]) -> list[tuple[str, int, int | None]]:
@@ -225,11 +236,11 @@ async def test_a_500_then_a_200_records_two_attempts_and_one_success_under_one_d
     sink.answer(500, 200)
     req = _request(sink.url)
     await rt.outbox.commit([req])
-    _, retry = await _handle(rt, client, req, deliveries=1)
-    assert isinstance(retry, RetryableError)
+    _, due = await _handle(rt, client, req, deliveries=1)
+    assert due is not None
     assert await _status(rt, "dlv_t") == ("retrying", 1, 500)
-    _, retry = await _handle(rt, client, req, deliveries=2)
-    assert retry is None
+    _, due = await _handle(rt, client, req, deliveries=2, at=datetime.now(UTC) + LATER)
+    assert due is None
     assert await _outcomes(rt, req) == [
         ("attempted", 1, 500),
         ("attempted", 2, 200),
@@ -246,9 +257,10 @@ async def test_a_429_with_retry_after_seconds_waits_that_long(
     sink.answer((429, {"retry-after": "7"}))
     req = _request(sink.url)
     await rt.outbox.commit([req])
-    out, retry = await _handle(rt, client, req, deliveries=1)
-    assert isinstance(retry, RetryableError)
-    assert retry.delay == 7.0
+    now = datetime.now(UTC)
+    out, due = await _handle(rt, client, req, deliveries=1, at=now)
+    assert due == now + timedelta(seconds=7)
+    assert out[0].data.next_attempt_at == due
     assert [type(e.data) for e in out] == [ev.DeliveryAttempted]
     assert await _status(rt, "dlv_t") == ("retrying", 1, 429)
 
@@ -273,14 +285,14 @@ async def test_an_http_date_retry_after_reaches_the_handler_against_the_real_clo
     sink.answer((503, {"retry-after": soon}), (503, {"retry-after": past}))
     req = _request(sink.url)
     await rt.outbox.commit([req])
-    _, retry = await _handle(rt, client, req, deliveries=1)
-    assert retry is not None
-    assert retry.delay is not None
-    # Ten minutes ahead, less however long the request took (loose: no timing bound).
-    assert 60.0 < retry.delay <= 600.0
-    _, retry = await _handle(rt, client, req, deliveries=2)
-    assert retry is not None
-    assert retry.delay == 0.0  # a date gone by means "now"
+    before = datetime.now(UTC)
+    _, due = await _handle(rt, client, req, deliveries=1)
+    assert due is not None
+    # Ten minutes ahead (loose: no timing bound).
+    assert timedelta(seconds=60) < due - before <= timedelta(seconds=600)
+    later = before + LATER
+    _, due = await _handle(rt, client, req, deliveries=2, at=later)
+    assert due == later  # a date gone by means "now"
 
 
 async def test_a_404_is_final_failed_with_no_retry(
@@ -315,10 +327,12 @@ async def test_the_last_allowed_attempt_failing_records_dead(
     sink.answer(503)
     req = _request(sink.url)
     await rt.outbox.commit([req])
-    _, retry = await _handle(rt, client, req, deliveries=1, max_attempts=2)
-    assert isinstance(retry, RetryableError)
-    out, retry = await _handle(rt, client, req, deliveries=2, max_attempts=2)
-    assert retry is None
+    _, due = await _handle(rt, client, req, deliveries=1, max_attempts=2)
+    assert due is not None
+    out, due = await _handle(
+        rt, client, req, deliveries=2, max_attempts=2, at=datetime.now(UTC) + LATER
+    )
+    assert due is None
     assert [type(e.data) for e in out] == [ev.DeliveryAttempted, ev.DeliveryDead]
     assert await _outcomes(rt, req) == [
         ("attempted", 1, 503),
@@ -328,15 +342,16 @@ async def test_the_last_allowed_attempt_failing_records_dead(
     assert await _status(rt, "dlv_t") == ("dead", 2, 503)
 
 
-async def test_a_refused_connection_is_retried_with_our_backoff(
+async def test_a_refused_connection_is_retried_on_the_schedule(
     rt: Runtime, client: httpx.AsyncClient, closed_url: str
 ) -> None:
     req = _request(closed_url)
     await rt.outbox.commit([req])
-    out, retry = await _handle(rt, client, req, deliveries=1)
-    assert isinstance(retry, RetryableError)
-    assert retry.delay is not None
-    assert 0.5 <= retry.delay <= 1.0  # backoff(1, base=1.0): no Retry-After to go on
+    now = datetime.now(UTC)
+    out, due = await _handle(rt, client, req, deliveries=1, at=now)
+    assert due is not None
+    # The default schedule's first wait, 5 s ± 10%: no Retry-After to go on.
+    assert timedelta(seconds=4.5) <= due - now <= timedelta(seconds=5.5)
     (attempted,) = out
     assert attempted.data.status_code is None
     assert attempted.data.error is not None
@@ -355,24 +370,30 @@ async def test_a_repeated_attempt_records_once_and_resends_the_same_delivery_id(
     await rt.outbox.commit([req])
     sent, _ = await attempt(client, req, 1, 5)  # sent; never recorded
     assert [type(e.data) for e in sent] == [ev.DeliveryAttempted]
-    _, retry = await _handle(rt, client, req, deliveries=2)
-    assert isinstance(retry, RetryableError)
+    _, due = await _handle(rt, client, req, deliveries=2)
+    assert due is not None
     assert await _outcomes(rt, req) == [("attempted", 1, 500)]
     assert [r.headers["x-hookbus-delivery"] for r in sink.received] == ["dlv_t", "dlv_t"]
 
 
-async def test_a_redelivery_after_a_recorded_attempt_is_the_next_attempt(
+async def test_a_redelivery_before_the_next_attempt_is_due_sends_nothing_and_keeps_it_due(
     rt: Runtime, client: httpx.AsyncClient, sink: Sink
 ) -> None:
-    # The process died after recording attempt 1 but before the nak: JetStream hands the
-    # same delivery count again. The request that goes out is a real second attempt, and
-    # is recorded as attempt 2.
+    # The process died after recording attempt 1 but before its schedule row was written
+    # (or the message came back for any other reason): the message is handled again
+    # before the attempt is due. Nothing is sent; the row is written with the due time the
+    # attempt recorded. Once that time has come, the request that goes out is attempt 2.
     sink.answer(500)
     req = _request(sink.url)
     await rt.outbox.commit([req])
-    for _ in range(2):
-        _, retry = await _handle(rt, client, req, deliveries=1)
-        assert isinstance(retry, RetryableError)
+    now = datetime.now(UTC)
+    out, due = await _handle(rt, client, req, deliveries=1, at=now)
+    assert due is not None
+    out, again = await _handle(rt, client, req, deliveries=1, at=now + timedelta(seconds=1))
+    assert out == []
+    assert again == due
+    assert len(sink.received) == 1
+    _, _ = await _handle(rt, client, req, deliveries=1, at=now + LATER)
     assert await _outcomes(rt, req) == [("attempted", 1, 500), ("attempted", 2, 500)]
     assert await _status(rt, "dlv_t") == ("retrying", 2, 500)
     assert len(sink.received) == 2
@@ -384,12 +405,13 @@ async def test_the_attempt_number_is_what_the_log_records_not_the_delivery_count
     sink.answer(503)
     req = _request(sink.url)
     await rt.outbox.commit([req])
-    _, retry = await _handle(rt, client, req, deliveries=1, max_attempts=3)
-    assert isinstance(retry, RetryableError)
+    _, due = await _handle(rt, client, req, deliveries=1, max_attempts=3)
+    assert due is not None
     # Delivered many times since (outages, crashes before sending): still attempt 2, and
     # not the last one.
-    _, retry = await _handle(rt, client, req, deliveries=9, max_attempts=3)
-    assert isinstance(retry, RetryableError)
+    later = datetime.now(UTC) + LATER
+    _, due = await _handle(rt, client, req, deliveries=9, max_attempts=3, at=later)
+    assert due is not None
     assert await _outcomes(rt, req) == [("attempted", 1, 503), ("attempted", 2, 503)]
 
 
@@ -397,11 +419,21 @@ class _Loop:
     """The real consume loop on real NATS, built as the dispatcher's main() builds it; it
     keeps JetStream's delivery count of each message the handler is given."""
 
-    def __init__(self, rt: Runtime, client: httpx.AsyncClient, max_attempts: int = 5) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        client: httpx.AsyncClient,
+        max_attempts: int = 5,
+        *,
+        scheduling: bool = True,
+    ) -> None:
         self.rt = rt
         self.stop = asyncio.Event()
         self.deliveries: list[int] = []
-        handle = make_handler(client, rt.pool, max_attempts)
+        # The scheduler main() runs beside the loop: it publishes deliveries when due.
+        self.scheduler = Scheduler(rt.pool, rt.bus, clock=retryafter.utcnow)
+        self.scheduling = scheduling
+        handle = make_handler(client, rt.pool, max_attempts, scheduler=self.scheduler)
 
         async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
             self.deliveries.append(incoming.deliveries)
@@ -413,16 +445,17 @@ class _Loop:
             filter_subjects=[_filter(rt)], handler=handler, max_in_flight=4,
             max_deliver=max_deliver(max_attempts), terminal_step="outcome",
         )  # fmt: skip
-        self.task: asyncio.Task[None] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> _Loop:
-        self.task = asyncio.create_task(self.consumer.run(self.stop))
+        self.tasks.append(asyncio.create_task(self.consumer.run(self.stop)))
+        if self.scheduling:
+            self.tasks.append(asyncio.create_task(self.scheduler.run(self.stop)))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop.set()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 20)
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 20)
 
     async def idle(self) -> bool:
         """Every message delivered and settled."""
@@ -433,8 +466,10 @@ class _Loop:
 async def test_through_the_consume_loop_a_503_is_retried_when_retry_after_says(
     rt: Runtime, client: httpx.AsyncClient, sink: Sink
 ) -> None:
-    # The handler's RetryableError becomes a nak with the receiver's Retry-After (0: at
-    # once), and the redelivery is attempt 2, under the same delivery id.
+    # The failed attempt is put on the schedule for the receiver's Retry-After (0: at
+    # once); the scheduler publishes the request again and it is attempt 2, under the
+    # same delivery id. The first message was acked when attempt 1 failed: waiting held
+    # none of the consumer's capacity.
     sink.answer((503, {"retry-after": "0"}), 200)
     req = _request(sink.url)
     async with _Loop(rt, client) as loop:
@@ -570,11 +605,11 @@ async def test_a_postgres_outage_between_attempts_leaves_the_attempt_number_alon
     sink.answer((503, {"retry-after": "0"}), 200)
     req = _request(sink.url)
     await rt.outbox.commit_and_publish([req])
-    _, retry = await _handle(rt, client, req, deliveries=1)
-    assert isinstance(retry, RetryableError)
+    _, due = await _handle(rt, client, req, deliveries=1)
+    assert due is not None
     assert await _delivered_without_attempt(rt, 4) == 4
     await own_pg.stop()
-    async with _Loop(rt, client) as loop:
+    async with _Loop(rt, client, scheduling=False) as loop:
 
         async def waiting() -> bool:
             return waiting_for_recovery(_durable(rt)) >= 1
@@ -598,3 +633,67 @@ async def test_a_postgres_outage_between_attempts_leaves_the_attempt_number_alon
     info = await rt.bus.js.consumer_info(rt.bus.stream, _durable(rt))
     assert info.delivered.consumer_seq == 5  # not delivered again while Postgres was away
     assert await _dead_letters(rt) == 0
+
+
+# ------------------------------------------------------------- the durable schedule
+
+
+async def test_a_delivery_waiting_for_its_next_attempt_holds_no_consumer_capacity(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    # A dead endpoint (503 for ever) with the default schedule: after attempt 1 the
+    # delivery waits ~5 s, then ~5 min. Meanwhile its message is acked (nothing pending
+    # in JetStream), it is on the schedule, and another delivery goes straight through.
+    sink.answer(503)
+    dead = _request(sink.url, delivery_id="dlv_dead")
+    async with _Loop(rt, client) as loop:
+        await rt.outbox.commit_and_publish([dead])
+
+        async def waiting() -> bool:
+            return await schedule.next_due(rt.pool, "dlv_dead") is not None
+
+        await _until(waiting)
+        await _until(loop.idle)
+        info = await rt.bus.js.consumer_info(rt.bus.stream, loop.consumer.durable)
+        assert info.num_ack_pending == 0
+        assert await _status(rt, "dlv_dead") == ("retrying", 1, 503)
+
+        sink.answer(200)
+        live = _request(sink.url, delivery_id="dlv_live")
+        await rt.outbox.commit_and_publish([live])
+
+        async def delivered() -> bool:
+            return ("succeeded", 1, 200) in await _outcomes(rt, live)
+
+        await _until(delivered)
+    due = await schedule.next_due(rt.pool, "dlv_dead")
+    assert due is not None
+    assert due > datetime.now(UTC)
+    assert await _status(rt, "dlv_dead") == ("retrying", 1, 503)
+
+
+async def test_the_scheduler_publishes_what_is_due_once_and_leaves_the_rest(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    now = datetime.now(UTC)
+    due_req = _request(sink.url, delivery_id="dlv_due")
+    later_req = _request(sink.url, delivery_id="dlv_later")
+    await rt.outbox.commit([due_req, later_req])
+    await schedule.put(rt.pool, "dlv_due", due_req.id, 2, now - timedelta(seconds=1))
+    await schedule.put(rt.pool, "dlv_later", later_req.id, 2, now + timedelta(hours=1))
+    sub = await rt.bus.ensure_consumer(_durable(rt), [_filter(rt)])
+    try:
+        scheduler = Scheduler(rt.pool, rt.bus, clock=lambda: now)
+        assert await scheduler.round() == 1
+        assert await scheduler.round() == 0  # taken off the schedule: not published again
+        (msg,) = await sub.fetch(1, timeout=10)
+        await msg.ack()
+        assert msg.headers is not None
+        assert msg.headers["Nats-Msg-Id"] == f"{due_req.id}/retry/2"
+        got = msgspec.json.decode(msg.data, type=ev.Event[ev.DeliveryRequested])
+        assert got.id == due_req.id
+        assert got.data == due_req.data
+    finally:
+        await sub.unsubscribe()
+    assert await schedule.next_due(rt.pool, "dlv_due") is None
+    assert await schedule.next_due(rt.pool, "dlv_later") == now + timedelta(hours=1)

@@ -203,3 +203,16 @@ def test_a_webhook_action_names_a_known_endpoint_or_a_url(
     msg = str(info.value)
     assert "rules[0].actions[0] (rule 'bill')" in msg
     assert problem in msg
+
+
+def test_retry_schedules_globally_and_per_endpoint(tmp_path: Path) -> None:
+    text = "[dispatcher]\nretry_schedule = [1, 60]\n" + BILLING + "retry_schedule = [0, 10, 10]\n"
+    config = load(tmp_path, text)
+    assert config.dispatcher.retry_schedule == [1.0, 60.0]
+    assert config.dispatcher.attempts() == 3
+    assert config.endpoints["billing"].retry_schedule == [0.0, 10.0, 10.0]
+
+
+def test_a_negative_wait_is_refused_naming_the_key(tmp_path: Path) -> None:
+    msg = refused(tmp_path, BILLING + "retry_schedule = [5, -1]\n")
+    assert "endpoints.billing.retry_schedule[1]" in msg

@@ -4,7 +4,7 @@ how long to wait. The HTTP side is httpx's in-process MockTransport (no sockets)
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -176,17 +176,45 @@ async def test_retry_after_sets_the_delay(retry_after: str, delay: float) -> Non
 
 
 @pytest.mark.parametrize("retry_after", [None, b"soon", b"-1", b"1.5", "²".encode()])
-async def test_without_a_readable_retry_after_our_backoff_decides(
+async def test_without_a_readable_retry_after_the_schedule_decides(
     retry_after: bytes | None,
 ) -> None:
     headers = [] if retry_after is None else [(b"retry-after", retry_after)]
-    for number, (low, high) in [(1, (0.5, 1.0)), (3, (2.0, 4.0))]:
+    # The default schedule (5 s, 5 min, 30 min, …) spread by ±10%.
+    for number, (low, high) in [(1, (4.5, 5.5)), (3, (1620.0, 1980.0))]:
         respond: Respond = lambda _request: httpx.Response(503, headers=headers)  # noqa: E731
         out, retry, _ = await _attempt(respond, number=number)
         assert _types(out) == [ev.DeliveryAttempted]
         assert retry is not None
         assert retry.delay is not None
         assert low <= retry.delay <= high
+        # The due time is on the attempt's event, counted from the clock.
+        assert out[0].data.next_attempt_at == NOW + timedelta(seconds=retry.delay)
+
+
+async def test_a_settled_attempt_has_no_next_attempt_time() -> None:
+    for code in (200, 404):
+        out, _, _ = await _attempt(_status(code))
+        assert out[0].data.next_attempt_at is None
+    out, _, _ = await _attempt(_status(503), number=5, max_attempts=5)
+    assert out[0].data.next_attempt_at is None
+
+
+async def test_a_retry_after_sets_the_next_attempt_time_exactly() -> None:
+    out, retry, _ = await _attempt(_status(503, **{"retry-after": "120"}))
+    assert retry is not None
+    assert out[0].data.next_attempt_at == NOW + timedelta(seconds=120)
+
+
+async def test_an_endpoints_own_schedule_sets_its_waits_and_its_attempts() -> None:
+    ep = _endpoint(retry_schedule=[1.0, 60.0])
+    _, retry, _ = await _send_to(ep, _status(503), number=2)
+    assert retry is not None
+    assert retry.delay is not None
+    assert 54.0 <= retry.delay <= 66.0
+    out, retry, _ = await _send_to(ep, _status(503), number=3)
+    assert retry is None  # two waits: three attempts
+    assert _types(out) == [ev.DeliveryAttempted, ev.DeliveryDead]
 
 
 async def test_a_connection_failure_is_retried_and_recorded_with_its_error() -> None:

@@ -379,6 +379,8 @@ class DeliveryAttempted(DeliveryOutcome, **_FROZEN):
 
     # The start of the answer's body (4 KB at most, decoded leniently), for diagnosis.
     response_body: str | None = None
+    # When the next attempt is due (absent when this one settled the delivery).
+    next_attempt_at: datetime | None = None
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("delivery", "attempted", token(self.tenant))

@@ -2,36 +2,61 @@
 
 from __future__ import annotations
 
-from hookbus_common.service import main_for, run_consumer
+import asyncio
 
-from . import config
+from hookbus_common.consumer import Handler
+from hookbus_common.service import Runtime, main_for, run_consumer
+
+from . import config, retryafter
 from .config import DispatcherConfig
 from .delivery import make_handler, max_deliver
+from .schedule import Scheduler
 from .ssrf import open_clients
 
 
 async def run(settings: DispatcherConfig) -> None:
     d = settings.dispatcher
+    schedulers: list[Scheduler] = []
+    tasks: list[asyncio.Task[None]] = []
+
     async with open_clients(d.networks(), d.timeout_seconds) as (client, private):
-        await run_consumer(
-            settings,
-            "dispatcher",
-            filter_tokens=[("delivery", "requested")],
-            make_handler=lambda rt: make_handler(
+
+        def handler(rt: Runtime) -> Handler:
+            schedulers.append(Scheduler(rt.pool, rt.bus, clock=retryafter.utcnow))
+            return make_handler(
                 client,
                 rt.pool,
-                d.max_attempts,
+                d.attempts(),
                 endpoints=settings.endpoints,
                 private_client=private,
-            ),
-            health_port=d.health_port,
-            max_in_flight=d.max_in_flight,
-            # Attempts are counted by the handler, from the log; this is only the safety net.
-            max_deliver=max_deliver(d.max_attempts),
-            ack_wait=d.ack_wait_seconds,
-            # Delivered (or given up) before we died unacked: not sent again.
-            terminal_step="outcome",
-        )
+                retry_schedule=d.retry_schedule,
+                scheduler=schedulers[0],
+            )
+
+        async def started(rt: Runtime) -> None:
+            # Publishes deliveries whose next attempt is due; ends when the stop is set.
+            tasks.append(asyncio.create_task(schedulers[0].run(rt.stop), name="schedule"))
+
+        try:
+            await run_consumer(
+                settings,
+                "dispatcher",
+                filter_tokens=[("delivery", "requested")],
+                make_handler=handler,
+                health_port=d.health_port,
+                max_in_flight=d.max_in_flight,
+                # Attempts are counted by the handler, from the log; this is only the
+                # safety net.
+                max_deliver=max_deliver(d.attempts()),
+                ack_wait=d.ack_wait_seconds,
+                # Delivered (or given up) before we died unacked: not sent again.
+                terminal_step="outcome",
+                started=started,
+            )
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def main() -> None:

@@ -18,10 +18,14 @@ from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
 
+from .schedule import DEFAULT_SCHEDULE
 from .signing import Scheme, Signer
 from .ssrf import Network
 from .verify import decode_secret
 
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+# Seconds to wait after attempt 1, 2, …; its length + 1 is how many attempts there are.
+RetrySchedule = Annotated[list[NonNegativeFloat], msgspec.Meta(max_length=100)]
 EndpointName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
 HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
 
@@ -63,6 +67,9 @@ class Endpoint(msgspec.Struct, **STRUCT):
     # Let this endpoint reach private, loopback and other special-purpose addresses
     # (never cloud metadata services: list those in dispatcher.allow_networks).
     allow_private: bool = False
+    # Its own waits between attempts (seconds), instead of dispatcher.retry_schedule;
+    # it then gets len(retry_schedule) + 1 attempts.
+    retry_schedule: RetrySchedule | None = None
 
     def problems(self) -> Iterator[tuple[str, str]]:
         try:
@@ -104,11 +111,18 @@ class DispatcherSettings(msgspec.Struct, **STRUCT):
     health_port: Port = 9103
     max_in_flight: PositiveInt = 32
     ack_wait_seconds: PositiveFloat = 30.0
-    max_attempts: PositiveInt = 5
+    # Attempts at one delivery; unset: one more than retry_schedule has waits.
+    max_attempts: PositiveInt | None = None
+    # Seconds to wait after attempt 1, 2, … (the last repeats), each spread by ±10%.
+    retry_schedule: RetrySchedule = msgspec.field(default_factory=lambda: list(DEFAULT_SCHEDULE))
     timeout_seconds: PositiveFloat = 10.0
     # CIDRs deliveries may reach even though they are private, loopback, … (`url` actions
     # and every endpoint alike).
     allow_networks: list[str] = []
+
+    def attempts(self) -> int:
+        """Attempts at one delivery (``url`` actions, endpoints without their own schedule)."""
+        return self.max_attempts or len(self.retry_schedule) + 1
 
     def networks(self) -> tuple[Network, ...]:
         return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in self.allow_networks)

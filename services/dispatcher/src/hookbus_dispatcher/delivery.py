@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
@@ -13,12 +15,13 @@ import httpx
 import msgspec
 
 from hookbus_common import events as ev
-from hookbus_common.consumer import Handler, Incoming, Yielded, backoff
+from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError, RetryableError
 from hookbus_common.events import DeliveryRequested, Event
 
-from . import retryafter
+from . import retryafter, schedule
 from .config import Endpoint
+from .schedule import retry_delay
 from .ssrf import DestinationRefused
 
 SOURCE = "/hookbus/dispatcher"
@@ -191,11 +194,15 @@ async def attempt(
     clock: retryafter.Clock = retryafter.utcnow,
     endpoints: Mapping[str, Endpoint] | None = None,
     private_client: httpx.AsyncClient | None = None,
+    retry_schedule: Sequence[float] = schedule.DEFAULT_SCHEDULE,
+    rand: Callable[[], float] = random.random,
 ) -> tuple[list[Event[Any]], RetryableError | None]:
     """Send once; return the events to record and, when another attempt is due, why.
 
-    ``clock`` is what an HTTP-date in ``Retry-After`` is measured against, and the
-    signature's timestamp. ``private_client`` sends to endpoints with ``allow_private``
+    ``clock`` is what an HTTP-date in ``Retry-After`` is measured against, the signature's
+    timestamp, and what the next attempt's due time counts from. Without a
+    ``Retry-After``, the wait is ``retry_schedule``'s (an endpoint's own schedule, when it
+    has one, also sets how many attempts it gets), spread by ``rand``. ``private_client`` sends to endpoints with ``allow_private``
     (a client of its own, so that no pooled connection is shared across the two policies).
     """
     req = event.data
@@ -230,12 +237,29 @@ async def attempt(
             response_body = await _read_start(resp)
     fields: dict[str, Any] = {"attempt": number, "status_code": status, "error": error}
     fields["duration_ms"] = (time.perf_counter() - started) * 1000
+    ep = target.config
+    if ep is not None and ep.retry_schedule is not None:
+        retry_schedule, max_attempts = ep.retry_schedule, len(ep.retry_schedule) + 1
+    settled = (
+        (status is not None and 200 <= status < 300)
+        or request is None
+        or final
+        or (status is not None and not retryable_status(status))
+        or number >= max_attempts
+    )
+    # Retry-After 0 (or a date already past) is honoured: the receiver asked for it.
+    delay = 0.0
+    if not settled:
+        delay = (
+            retry_after if retry_after is not None else retry_delay(number, retry_schedule, rand)
+        )
     attempted = _outcome(
         ev.DeliveryAttempted,
         event,
         f"attempt/{number}",
         target,
         response_body=response_body,
+        next_attempt_at=None if settled else clock() + timedelta(seconds=delay),
         **fields,
     )
     if status is not None and 200 <= status < 300:
@@ -247,9 +271,20 @@ async def attempt(
     if number >= max_attempts:
         return [attempted, _outcome(ev.DeliveryDead, event, "outcome", target, **fields)], None
     why = f"attempt {number} failed: {status or error}"
-    # Retry-After 0 (or a date already past) is honoured: the receiver asked for it.
-    delay = retry_after if retry_after is not None else backoff(number, base=1.0)
     return [attempted], RetryableError(why, delay=delay)
+
+
+async def _next_attempt_at(
+    pool: asyncpg.Pool, event: Event[DeliveryRequested], number: int
+) -> datetime | None:
+    """When attempt ``number``'s event says the next one is due (``None``: not recorded,
+    or it gave no time)."""
+    text = await pool.fetchval(
+        "SELECT data::text FROM events WHERE id = $1", ev.derived_id(event.id, f"attempt/{number}")
+    )
+    if text is None:
+        return None
+    return msgspec.json.decode(text, type=ev.DeliveryAttempted).next_attempt_at
 
 
 def make_handler(
@@ -259,26 +294,52 @@ def make_handler(
     *,
     endpoints: Mapping[str, Endpoint] | None = None,
     private_client: httpx.AsyncClient | None = None,
+    retry_schedule: Sequence[float] = schedule.DEFAULT_SCHEDULE,
+    scheduler: schedule.Scheduler | None = None,
+    clock: retryafter.Clock = retryafter.utcnow,
 ) -> Handler:
+    """The dispatcher's handler. A failed attempt that is to be made again is put on the
+    durable schedule and its message acked: waiting holds no consumer capacity, and the
+    ``scheduler`` (which this process runs) publishes the request again when it is due."""
+
     # A delivery whose outcome is already recorded never gets here: the consume loop
     # skips it (terminal step "outcome").
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
         event = incoming.event
         if not isinstance(event.data, DeliveryRequested):
             raise PermanentError(f"dispatcher cannot handle {event.type}")
+        delivery_id = event.data.delivery_id
         # Read before anything is sent: with Postgres away, the consume loop waits and
         # runs this again, and no request has gone out.
-        number = await attempts_made(pool, event.data.delivery_id) + 1
+        made = await attempts_made(pool, delivery_id)
+        if made:
+            due = await _next_attempt_at(pool, event, made)
+            if due is not None and due > clock():
+                # Not yet (a message redelivered while the delivery waits, or whose
+                # schedule row was never written): back on the schedule, nothing sent.
+                await schedule.put(pool, delivery_id, event.id, made + 1, due)
+                if scheduler is not None:
+                    scheduler.wake()
+                return
+        number = made + 1
         events, retry = await attempt(
             client,
             event,
             number,
             max_attempts,
+            clock=clock,
             endpoints=endpoints,
             private_client=private_client,
+            retry_schedule=retry_schedule,
         )
         yield events
         if retry is not None:
-            raise retry
+            # The attempt is recorded (the loop committed it before coming back here); if
+            # this process dies before the row is written, the message comes back and the
+            # check above writes it.
+            next_at = events[0].data.next_attempt_at
+            await schedule.put(pool, delivery_id, event.id, number + 1, next_at)
+            if scheduler is not None:
+                scheduler.wake()
 
     return handle
