@@ -120,8 +120,26 @@ class WebhookReceived(EventData, **_FROZEN):
 
 
 class RuleEvaluation(msgspec.Struct, **_FROZEN):
+    """One rule's decision. A rule that did not match names the first test that failed:
+    where it is in the rule (``branch``, ``when.all[1]``), the path it read, its operator
+    and the value it saw (JSON, at most ~200 characters)."""
+
     rule: str
     matched: bool
+    reason: str
+    failed: str | None = None
+    path: str | None = None
+    operator: str | None = None
+    saw: str | None = None
+
+
+class ActionSkipped(msgspec.Struct, **_FROZEN):
+    """An action of a matched rule that was not requested: a template in it failed for
+    this event (``field`` is the one, ``reason`` why: an undefined name, a null, an error)."""
+
+    rule: str
+    action: int
+    field: str
     reason: str
 
 
@@ -164,6 +182,11 @@ class WebhookRouted(EventData, **_FROZEN):
     evaluations: list[RuleEvaluation] = []
     requested: list[str] = []
     replay_of: str | None = None
+    # A short hash of the rules this decision was made with (None: recorded before rules
+    # had versions).
+    config_version: str | None = None
+    # Actions of matched rules not requested, because a template failed for this event.
+    skipped: list[ActionSkipped] = []
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("webhook", "routed", token(self.source), token(self.event_type))

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-from hookbus_common.service import main_for, run_consumer
+import asyncio
 
-from . import config
+from hookbus_common.service import Runtime, main_for, run_consumer
+
+from . import config, reload
 from .config import RouterConfig
 from .routing import FILTER_TOKENS, make_handler
 
 
 async def run(settings: RouterConfig) -> None:
+    # The rules in use, replaced whole by a reload (SIGHUP, or a change of the file).
+    live = reload.LiveRules(settings, config.load)
+    watching: list[asyncio.Task[None]] = []
+
+    async def started(rt: Runtime) -> None:
+        watching.append(reload.start(live, rt.stop))
+
     await run_consumer(
         settings,
         "router",
         filter_tokens=FILTER_TOKENS,
         make_handler=lambda rt: make_handler(
-            settings.rules, record_unmatched=settings.router.record_unmatched
+            live, record_unmatched=settings.router.record_unmatched
         ),
+        started=started,
         health_port=settings.router.health_port,
         max_in_flight=settings.router.max_in_flight,
         max_deliver=settings.router.max_deliver,

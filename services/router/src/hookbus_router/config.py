@@ -20,6 +20,8 @@ from hookbus_common.errors import ConfigError
 from hookbus_common.events import OnInterrupt
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
 
+from .rules import compile_rule
+
 # Sources that exist without a [sources.*] table: the image-push URL, and partners, whose
 # webhooks are recorded under their partner id (ptn_…).
 IMAGE_PUSH_SOURCE: Final = "image-push"
@@ -66,15 +68,18 @@ Action = ShellAction | WebhookAction | SshAction
 
 
 class Rule(msgspec.Struct, **STRUCT):
-    """Match a recorded webhook by source, event type, repository and branch globs."""
+    """Match a recorded webhook by source, event type, repository and branch globs (each a
+    glob or a list of globs, any of which may match) and an optional ``when`` condition
+    (see conditions.py and docs/rules.md)."""
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
     actions: Annotated[list[Action], msgspec.Meta(min_length=1)]
-    source: str = "*"
-    event: str = "*"
-    repository: str = "*"
-    branch: str = "*"
+    source: str | list[str] = "*"
+    event: str | list[str] = "*"
+    repository: str | list[str] = "*"
+    branch: str | list[str] = "*"
     enabled: bool = True
+    when: dict[str, Any] | None = None
 
 
 class RouterSettings(msgspec.Struct, **STRUCT):
@@ -101,6 +106,9 @@ class RouterConfig(core.Settings, **STRUCT):
     # The names of the [executor.ssh.hosts.*] tables, likewise (their keys are the
     # executor's).
     ssh_host_names: list[str] = []
+    # The file this config was read from (set by the loader; None without one): what a
+    # reload of the rules reads again.
+    config_file: str | None = None
 
 
 def _load_rules_file(data: dict[str, Any]) -> None:
@@ -127,6 +135,7 @@ def _load_rules_file(data: dict[str, Any]) -> None:
 
 def _prepare(data: dict[str, Any], label: str) -> None:
     _load_rules_file(data)
+    data["config_file"] = None if label == "environment" else label
     sources = data.get("sources")
     data["source_names"] = sorted(sources) if isinstance(sources, dict) else []
     data["ssh_host_names"] = _ssh_host_names(data)
@@ -153,8 +162,10 @@ def check(config: RouterConfig) -> None:
     for name in {n for n in names if names.count(n) > 1}:
         raise ConfigError(f"rules: the rule name {name!r} is used more than once")
     for i, rule in enumerate(config.rules):
-        if "*" not in rule.source and not known_source(rule.source, config.source_names):
-            raise ConfigError(f"rules[{i}].source: no source named {rule.source!r} is configured")
+        for source in [rule.source] if isinstance(rule.source, str) else rule.source:
+            if "*" not in source and not known_source(source, config.source_names):
+                raise ConfigError(f"rules[{i}].source: no source named {source!r} is configured")
+        compile_rule(rule, f"rules[{i}]")
         for j, action in enumerate(rule.actions):
             if isinstance(action, WebhookAction):
                 problem = _webhook_problem(action, config.endpoint_names)

@@ -8,3 +8,15 @@ UNMATCHED = Counter(
     "hookbus_router_unmatched_total",
     "Webhooks no rule matched, acknowledged without a routing record",
 )
+
+SKIPPED = Counter(
+    "hookbus_router_actions_skipped_total",
+    "Actions of matched rules not requested because a template failed for the event",
+    ["rule"],
+)
+
+RELOADS = Counter(
+    "hookbus_router_reloads_total",
+    "Reloads of the rules: applied, unchanged, or refused (the old rules stay)",
+    ["result"],
+)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
+
+import msgspec
 
 from hookbus_common import events as ev
 from hookbus_common.consumer import Handler, Incoming, Yielded
@@ -12,7 +14,8 @@ from hookbus_common.events import Event, WebhookReceived, WebhookReplayed
 
 from . import metrics
 from .config import Action, Rule, ShellAction, SshAction, WebhookAction
-from .rules import evaluate
+from .rules import Facts, RuleSet, context
+from .templates import RenderError, render_action
 
 SOURCE = "/hookbus/router"
 # What the router consumes, as subject tokens under the prefix: webhooks as received, and
@@ -102,8 +105,11 @@ def _request(
     )
 
 
+Rules = Sequence[Rule] | RuleSet
+
+
 def _route(
-    rules: Sequence[Rule],
+    rules: Rules,
     event: Event[Any],
     hook: WebhookReceived,
     replay_of: str | None,
@@ -111,14 +117,31 @@ def _route(
 ) -> list[Event[Any]]:
     # Every id derives from the routed event's: a webhook's redelivery derives the same
     # ones (and is refused as a duplicate), while a replay, a new event, makes new ones.
-    evaluations = [evaluate(rule, hook) for rule in rules]
-    requests = [
-        _request(event, hook, replay_of, rule, i, action)
-        for rule, result in zip(rules, evaluations, strict=True)
-        if result.matched
-        for i, action in enumerate(rule.actions)
-    ]
-    if not requests and not record_unmatched:
+    ruleset = RuleSet.of(rules)
+    facts = Facts(hook, event_id=event.id, tenant=event.tenant, time=event.time.isoformat())
+    evaluations = [r.evaluate(hook, facts) for r in ruleset.rules]
+    requests: list[Event[Any]] = []
+    skipped: list[ev.ActionSkipped] = []
+    for compiled, result in zip(ruleset.rules, evaluations, strict=True):
+        if not result.matched:
+            continue
+        rule = compiled.rule
+        for i, action in enumerate(rule.actions):
+            templates = compiled.templates[i] if compiled.templates else {}
+            try:
+                rendered = render_action(
+                    str(type(action).__struct_config__.tag), action, templates, context(facts)
+                )
+            except RenderError as exc:
+                # Never run with a blank: the action is left out, and the record says why.
+                field, _, why = str(exc).partition(": ")
+                skipped.append(ev.ActionSkipped(rule=rule.name, action=i, field=field, reason=why))
+                metrics.SKIPPED.labels(rule=rule.name).inc()
+                continue
+            if rendered:
+                action = msgspec.structs.replace(action, **rendered)
+            requests.append(_request(event, hook, replay_of, rule, i, action))
+    if not requests and not skipped and not record_unmatched:
         # Nothing to do, and nothing recorded: the webhook itself is in the log, and what
         # the rules make of it can be evaluated again at any time.
         return []
@@ -131,6 +154,8 @@ def _route(
             evaluations=evaluations,
             requested=[r.id for r in requests],
             replay_of=replay_of,
+            config_version=ruleset.version,
+            skipped=skipped,
         ),
         source=SOURCE,
         id=ev.derived_id(event.id, "routed"),
@@ -141,7 +166,7 @@ def _route(
 
 
 def route(
-    rules: Sequence[Rule], hook: Event[WebhookReceived], *, record_unmatched: bool = True
+    rules: Rules, hook: Event[WebhookReceived], *, record_unmatched: bool = True
 ) -> list[Event[Any]]:
     """Evaluate every rule; return the routing record followed by the requests it makes
     (nothing at all for a webhook no rule matches, unless ``record_unmatched``)."""
@@ -149,24 +174,37 @@ def route(
 
 
 def route_replay(
-    rules: Sequence[Rule], replay: Event[WebhookReplayed], *, record_unmatched: bool = True
+    rules: Rules, replay: Event[WebhookReplayed], *, record_unmatched: bool = True
 ) -> list[Event[Any]]:
     """Route a replayed webhook exactly as the original, as a new chain of its own."""
     return _route(rules, replay, replay.data.webhook, replay.data.replay_of, record_unmatched)
 
 
-def make_handler(rules: Sequence[Rule], *, record_unmatched: bool = False) -> Handler:
+def make_handler(
+    rules: Rules | Callable[[], RuleSet], *, record_unmatched: bool = False
+) -> Handler:
+    """The router's handler. ``rules`` may be a callable giving the current RuleSet (read
+    once per event, so a reload applies from the next event on)."""
+    if callable(rules):
+        current = rules
+    else:
+        fixed = RuleSet.of(rules)
+
+        def current() -> RuleSet:
+            return fixed
+
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
         event = incoming.event
+        ruleset = current()
         match event.data:
             case WebhookReceived():
-                routed = route(rules, event, record_unmatched=record_unmatched)
+                routed = route(ruleset, event, record_unmatched=record_unmatched)
                 if not routed:
                     metrics.UNMATCHED.inc()
                 yield routed
             case WebhookReplayed():
                 # A replay asked for by a person is always answered with a record.
-                yield route_replay(rules, event)
+                yield route_replay(ruleset, event)
             case _:
                 raise PermanentError(f"router cannot handle {event.type}")
 

@@ -1,35 +1,208 @@
-"""Rule matching: which configured rules a recorded webhook matches, and why or why not."""
+"""Rule matching: which configured rules a recorded webhook matches, and why or why not.
+
+A ``RuleSet`` is the rules compiled once (their conditions and templates) with the short
+hash that names this version of them; the router routes every event with one RuleSet, and
+a reload swaps in a new one whole.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
 
+import msgspec
+
+from hookbus_common.errors import ConfigError
 from hookbus_common.events import RuleEvaluation, WebhookReceived
 
-from .config import Rule
+from . import conditions, templates
+from .conditions import Node, Outcome, shown
+
+if TYPE_CHECKING:
+    from .config import Action, Rule
 
 
-def _check(field: str, pattern: str, value: str | None) -> str | None:
-    """None when ``value`` matches the glob ``pattern``, else the reason it does not."""
-    if pattern == "*":
+def _patterns(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _glob_outcome(name: str, value: str | list[str], seen: str | None) -> Outcome | None:
+    """None when ``seen`` matches the glob (or one of the globs) ``value``, else why not."""
+    patterns = _patterns(value)
+    if "*" in patterns:
         return None
-    if value is None:
-        return f"{field}: the event has none (rule wants {pattern!r})"
-    if not fnmatchcase(value, pattern):
-        return f"{field}: {value!r} does not match {pattern!r}"
-    return None
+    if seen is not None and any(fnmatchcase(seen, p) for p in patterns):
+        return None
+    return Outcome(False, name, f"event.{_EVENT_FACT[name]}", "glob", shown(seen))
 
 
-def evaluate(rule: Rule, hook: WebhookReceived) -> RuleEvaluation:
-    if not rule.enabled:
-        return RuleEvaluation(rule=rule.name, matched=False, reason="rule is disabled")
-    for field, pattern, value in (
-        ("source", rule.source, hook.source),
-        ("event", rule.event, hook.event_type),
-        ("repository", rule.repository, hook.repository),
-        ("branch", rule.branch, hook.branch),
-    ):
-        reason = _check(field, pattern, value)
-        if reason is not None:
-            return RuleEvaluation(rule=rule.name, matched=False, reason=reason)
-    return RuleEvaluation(rule=rule.name, matched=True, reason="matched")
+_EVENT_FACT = {"source": "source", "event": "type", "repository": "repository", "branch": "branch"}
+
+
+def _glob_reason(name: str, value: str | list[str], seen: str | None) -> str:
+    wanted = repr(value) if isinstance(value, str) else f"one of {value!r}"
+    if seen is None:
+        return f"{name}: the event has none (rule wants {wanted})"
+    return f"{name}: {seen!r} does not match {wanted}"
+
+
+def _evaluation(rule: str, outcome: Outcome, reason: str | None = None) -> RuleEvaluation:
+    return RuleEvaluation(
+        rule=rule,
+        matched=False,
+        reason=reason or outcome.reason(),
+        failed=outcome.at,
+        path=outcome.path,
+        operator=outcome.operator,
+        saw=outcome.saw,
+    )
+
+
+# ------------------------------------------------------------------ what rules see
+
+
+def _payload(hook: WebhookReceived) -> Any:
+    raw = bytes(hook.payload)
+    try:
+        return msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return raw.decode("utf-8", "replace")
+
+
+class Facts:
+    """What conditions and templates see of one webhook, built at most once per event:
+    ``payload`` (parsed JSON, or the text when it is not JSON), ``event`` and ``headers``."""
+
+    __slots__ = ("_doc", "_event_id", "_hook", "_tenant", "_time")
+
+    def __init__(
+        self,
+        hook: WebhookReceived,
+        *,
+        event_id: str = "",
+        tenant: str = "default",
+        time: str | None = None,
+    ) -> None:
+        self._hook = hook
+        self._event_id = event_id
+        self._tenant = tenant
+        self._time = time
+        self._doc: dict[str, Any] | None = None
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        if self._doc is None:
+            hook = self._hook
+            self._doc = {
+                "payload": _payload(hook),
+                "event": {
+                    "type": hook.event_type,
+                    "id": self._event_id,
+                    "source": hook.source,
+                    "kind": hook.kind,
+                    "delivery_id": hook.delivery_id,
+                    "repository": hook.repository,
+                    "branch": hook.branch,
+                    "tag": hook.tag,
+                    "commit": hook.commit,
+                    "sender": hook.sender,
+                    "image": msgspec.to_builtins(hook.image) if hook.image else None,
+                    "time": self._time,
+                    "tenant": self._tenant,
+                },
+                "headers": dict(hook.headers),
+            }
+        return self._doc
+
+
+# ------------------------------------------------------------------------ compiling
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    rule: Rule
+    condition: Node | None
+    # Per action (by index): its templates by field path.
+    templates: tuple[dict[str, templates.Template], ...] = field(default=())
+
+    def evaluate(self, hook: WebhookReceived, facts: Facts | None = None) -> RuleEvaluation:
+        rule = self.rule
+        if not rule.enabled:
+            return RuleEvaluation(
+                rule=rule.name, matched=False, reason="rule is disabled", failed="enabled"
+            )
+        for name, value, seen in (
+            ("source", rule.source, hook.source),
+            ("event", rule.event, hook.event_type),
+            ("repository", rule.repository, hook.repository),
+            ("branch", rule.branch, hook.branch),
+        ):
+            missed = _glob_outcome(name, value, seen)
+            if missed is not None:
+                return _evaluation(rule.name, missed, _glob_reason(name, value, seen))
+        if self.condition is not None:
+            outcome = self.condition.test((facts or Facts(hook)).doc)
+            if not outcome.held:
+                return _evaluation(rule.name, outcome)
+        return RuleEvaluation(rule=rule.name, matched=True, reason="matched")
+
+
+def _kind(action: Action) -> str:
+    return str(type(action).__struct_config__.tag)
+
+
+def compile_rule(rule: Rule, at: str) -> CompiledRule:
+    """Compile a rule's condition and templates; ConfigError names ``at``, the rule and
+    the bad part: ``rules[2] "deploy": when.all[1]: unknown operator …``."""
+    where = f'{at} "{rule.name}"'
+    for name in ("source", "event", "repository", "branch"):
+        value = getattr(rule, name)
+        if isinstance(value, list) and not value:
+            raise ConfigError(f"{where}: {name}: an empty list matches nothing; leave it out")
+    try:
+        condition = (
+            conditions.compile_condition(rule.when, "when") if rule.when is not None else None
+        )
+        compiled = tuple(
+            templates.compile_action(_kind(a), a, f"actions[{i}]")
+            for i, a in enumerate(rule.actions)
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return CompiledRule(rule, condition, compiled)
+
+
+def version(rules: Iterable[Rule]) -> str:
+    """A short hash naming this version of the rules (recorded with every decision)."""
+    return hashlib.sha256(msgspec.json.encode(list(rules))).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    rules: tuple[CompiledRule, ...]
+    version: str
+
+    @classmethod
+    def build(cls, rules: Sequence[Rule]) -> RuleSet:
+        return cls(
+            tuple(compile_rule(r, f"rules[{i}]") for i, r in enumerate(rules)), version(rules)
+        )
+
+    @classmethod
+    def of(cls, rules: Sequence[Rule] | RuleSet) -> RuleSet:
+        return rules if isinstance(rules, RuleSet) else cls.build(rules)
+
+
+def evaluate(
+    rule: Rule | CompiledRule, hook: WebhookReceived, facts: Facts | None = None
+) -> RuleEvaluation:
+    compiled = rule if isinstance(rule, CompiledRule) else compile_rule(rule, "rule")
+    return compiled.evaluate(hook, facts)
+
+
+def context(facts: Facts) -> Mapping[str, Any]:
+    """What templates see: the same names as conditions."""
+    return facts.doc
