@@ -412,6 +412,7 @@ async def _attend(
     heartbeat: asyncio.Task[None] | None = None
     stop_task: asyncio.Task[Any] | None = None
     exited = asyncio.ensure_future(session.closed.wait())
+    ended_by_itself = asyncio.ensure_future(session.exited.wait())
     timed_out = stopped = False
     ran_until: float | None = None
     try:
@@ -426,7 +427,6 @@ async def _attend(
         if stop is not None:
             stop_task = asyncio.ensure_future(stop.wait())
             waits.add(stop_task)
-        ended_by_itself = asyncio.ensure_future(session.exited.wait())
         waits.add(ended_by_itself)
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if ended_by_itself.done() and not exited.done():
@@ -450,14 +450,15 @@ async def _attend(
             if not exited.done():
                 await _signal(conn, marker.pid, chan, "KILL", name)
                 await asyncio.wait({exited}, timeout=_KILL_TIMEOUT)
-        ended_by_itself.cancel()
     except BaseException:
         # Cancelled: the remote command must not run on unattended.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(_signal(conn, marker.pid, chan, "KILL", name))
+        if not exited.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(_signal(conn, marker.pid, chan, "KILL", name))
         raise
     finally:
         exited.cancel()
+        ended_by_itself.cancel()
         if stop_task is not None:
             stop_task.cancel()
         if heartbeat is not None:
