@@ -611,3 +611,19 @@ async def test_an_idle_or_broken_connection_is_opened_again_when_needed(
         assert isinstance(out[-1].data, ev.JobSucceeded)
         assert out[-1].data.output == "after\n"
         assert opened() == before + 4
+
+
+async def test_a_command_killed_by_a_signal_records_the_signal(
+    rt: Runtime, server: SshServer, replicas: list[Replica]
+) -> None:
+    replica = Replica(rt, {"web1": _host(server)})
+    replicas.append(replica)
+    # payload = "none": standard input is empty (cat ends at once), not the payload.
+    req = _request(["sh", "-c", "cat; echo read-nothing; kill -s TERM $$"], payload="none")
+    await rt.outbox.commit([req])
+    outcome, out = await replica.outcome(req)
+    assert outcome == Ack()
+    done = out[-1].data
+    assert isinstance(done, ev.JobFailed)
+    assert (done.exit_code, done.signal, done.timed_out) == (None, 15, False)
+    assert done.output == "read-nothing\n"
