@@ -46,6 +46,7 @@ COPY services/receiver/pyproject.toml services/receiver/
 COPY services/router/pyproject.toml services/router/
 COPY services/executor/pyproject.toml services/executor/
 COPY services/dispatcher/pyproject.toml services/dispatcher/
+COPY services/api/pyproject.toml services/api/
 COPY cli/pyproject.toml cli/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen ${UV_SYNC_FLAGS} --no-install-workspace
@@ -87,8 +88,8 @@ ENV PATH="/app/.venv/bin:${PATH}" \
 WORKDIR /var/lib/hookbus
 USER 10001:10001
 
-# receiver HTTP API; health/metrics of router, executor, dispatcher.
-EXPOSE 8080 9101 9102 9103
+# receiver HTTP API; health/metrics of router, executor, dispatcher; the operator API.
+EXPOSE 8080 9101 9102 9103 9180
 
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["hookbus", "--help"]

@@ -33,7 +33,7 @@ def test_serve_accepts_each_service(service):
 
 
 def test_every_service_can_be_served():
-    assert set(SERVICES) == {"receiver", "router", "executor", "dispatcher"}
+    assert set(SERVICES) == {"receiver", "router", "executor", "dispatcher", "api"}
 
 
 def test_serve_refuses_an_unknown_service(capsys):

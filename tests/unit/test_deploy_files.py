@@ -27,6 +27,7 @@ import kubernetes_validate  # type: ignore[import-untyped,unused-ignore]
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
+from hookbus_api.config import ApiSettings
 from hookbus_cli import main as cli
 from hookbus_cli.config import Installation, check_all
 from hookbus_cli.serve import SERVICES
@@ -50,12 +51,15 @@ EXPECTED_PORTS = {
     "router": RouterSettings().health_port,
     "executor": ExecutorSettings().health_port,
     "dispatcher": DispatcherSettings().health_port,
+    "api": ApiSettings().port,
 }
 
 
 def _effective_port(inst: Installation, component: str) -> int:
     if component == "receiver":
         return inst.receiver.receiver.port
+    if component == "api":
+        return inst.api.api.port
     section: RouterSettings | ExecutorSettings | DispatcherSettings = getattr(
         getattr(inst, component), component
     )
@@ -188,11 +192,15 @@ def test_compose_commands_are_entry_points(compose: dict[str, Any]) -> None:
 def test_compose_services_are_scalable(compose: dict[str, Any]) -> None:
     for name, svc in compose["services"].items():
         assert "container_name" not in svc, f"{name}: a container_name prevents --scale"
-        if name != "receiver":
+        if name not in ("receiver", "api"):
             assert not svc.get("ports"), f"{name} publishes {svc['ports']}: only the receiver may"
     (port,) = compose["services"]["receiver"]["ports"]
     assert int(port["target"]) == EXPECTED_PORTS["receiver"]
     assert port.get("published")
+    # The operator API: its own port, published on the host's loopback only.
+    (port,) = compose["services"]["api"]["ports"]
+    assert int(port["target"]) == EXPECTED_PORTS["api"] != EXPECTED_PORTS["receiver"]
+    assert port["host_ip"] == "127.0.0.1"
 
 
 def test_compose_start_order(compose: dict[str, Any]) -> None:
@@ -267,7 +275,7 @@ def _validate(doc: dict[str, Any], where: str) -> None:
 
 def test_manifests_are_found() -> None:
     kinds = sorted(doc["kind"] for _, doc in MANIFESTS)
-    assert kinds.count("Deployment") == 4
+    assert kinds.count("Deployment") == 5
     assert {"Namespace", "Service", "Job", "Secret"} <= set(kinds)
 
 
@@ -390,13 +398,20 @@ def test_probe_ports_match_settings() -> None:
             assert _resolve_port(container, get["port"]) == expected, (component, probe)
         assert template["metadata"]["annotations"]["prometheus.io/port"] == str(expected)
 
-    (service,) = [doc for _, doc in MANIFESTS if doc["kind"] == "Service"]
-    (port,) = service["spec"]["ports"]
-    (receiver,) = deployments["receiver"]["spec"]["template"]["spec"]["containers"]
-    assert _resolve_port(receiver, port["targetPort"]) == EXPECTED_PORTS["receiver"]
-    assert service["spec"]["selector"].items() <= (
-        deployments["receiver"]["spec"]["template"]["metadata"]["labels"].items()
-    )
+    services = {
+        doc["metadata"]["labels"]["app.kubernetes.io/component"]: doc
+        for _, doc in MANIFESTS
+        if doc["kind"] == "Service"
+    }
+    # The receiver's Service for webhooks; the operator API's, apart from it.
+    assert set(services) == {"receiver", "api"}
+    for component, service in services.items():
+        (port,) = service["spec"]["ports"]
+        (container,) = deployments[component]["spec"]["template"]["spec"]["containers"]
+        assert _resolve_port(container, port["targetPort"]) == EXPECTED_PORTS[component]
+        assert service["spec"]["selector"].items() <= (
+            deployments[component]["spec"]["template"]["metadata"]["labels"].items()
+        )
 
 
 def test_k8s_config_file_gives_the_same_ports() -> None:

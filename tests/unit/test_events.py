@@ -192,6 +192,10 @@ SAMPLES: dict[str, EventData] = {
     ev.ReplayFinished.TYPE: ev.ReplayFinished(
         replay_id="rpl_0190aa", mode="redrive", requested_by="alice", selected=12, done=12
     ),
+    ev.ApiTokenCreated.TYPE: ev.ApiTokenCreated(
+        token_id="tok_0190aa", name="alice", scope="operate", by="root"
+    ),
+    ev.ApiTokenRevoked.TYPE: ev.ApiTokenRevoked(token_id="tok_0190aa", name="alice", by="root"),
 }
 
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -554,6 +558,14 @@ SUBJECT_CASES = [
     (
         ev.ReplayFinished(replay_id="rpl_01ab", mode="redrive"),
         "hookbus.replay.finished.rpl_01ab",
+    ),
+    (
+        ev.ApiTokenCreated(token_id="tok_01ab", name="alice", scope="read"),
+        "hookbus.apitoken.created.tok_01ab",
+    ),
+    (
+        ev.ApiTokenRevoked(token_id="tok_01ab", name="alice"),
+        "hookbus.apitoken.revoked.tok_01ab",
     ),
 ]
 

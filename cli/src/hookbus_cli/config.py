@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
 
+from hookbus_api import config as api
 from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT, Settings
@@ -37,6 +38,7 @@ class Installation:
     router: router.RouterConfig
     executor: executor.ExecutorConfig
     dispatcher: dispatcher.DispatcherConfig
+    api: api.ApiConfig = field(default_factory=api.ApiConfig)
 
 
 def running_up(data_dir: str | None) -> dict[str, str]:
@@ -85,6 +87,7 @@ def check_all(path: str | Path | None, env: Mapping[str, str]) -> Installation:
         router=router.load(path, env),
         executor=executor.load(path, env),
         dispatcher=dispatcher.load(path, env),
+        api=api.load(path, env),
     )
 
 
@@ -97,6 +100,7 @@ LOADERS: dict[str, Callable[[str | Path | None, Mapping[str, str]], Settings]] =
     "router": router.load,
     "executor": executor.load,
     "dispatcher": dispatcher.load,
+    "api": api.load,
 }
 
 

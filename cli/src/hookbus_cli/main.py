@@ -9,7 +9,19 @@ from collections.abc import Iterator, Sequence
 
 from hookbus_common.events import allow_deep_payloads
 
-from . import configcheck, events, migrate, partners, replay, serve, tail, up, verify, webhookurl
+from . import (
+    configcheck,
+    events,
+    migrate,
+    partners,
+    replay,
+    serve,
+    tail,
+    tokens,
+    up,
+    verify,
+    webhookurl,
+)
 from .database import DatabaseUnreachable
 
 DEFAULT_DATA_DIR = ".hookbus"
@@ -57,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
         verify,
         partners,
         webhookurl,
+        tokens,
     ):
         module.register(sub)
     # The global options are accepted after the command too (`hookbus up --data-dir d`).

@@ -16,15 +16,15 @@ from typing import Any
 import msgspec
 import nats.errors
 
+from hookbus_api import replayrun, replayselect, replaystore
+from hookbus_api.replayrun import DEFAULT_RATE, Progress
+from hookbus_api.replaystore import ReplayJob
 from hookbus_common.events import ReplayMode, ReplaySelection
 from hookbus_common.service import Runtime, runtime
 from hookbus_common.settings import Settings
 
-from . import replayrun, replayselect, replaystore
 from .config import core_settings
 from .database import connection
-from .replayrun import DEFAULT_RATE, Progress
-from .replaystore import ReplayJob
 from .tail import BusUnreachable, nats_connection
 
 _NOUNS: dict[ReplayMode, tuple[str, str]] = {

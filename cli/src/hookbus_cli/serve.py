@@ -8,7 +8,8 @@ import sys
 
 from .config import environment, service_settings
 
-SERVICES = ("receiver", "router", "executor", "dispatcher")
+# The operator API (`api`) serves on its own port, never the receiver's.
+SERVICES = ("receiver", "router", "executor", "dispatcher", "api")
 
 
 def service_argv(service: str, config: str | None) -> list[str]:

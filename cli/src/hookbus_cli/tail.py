@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from hookbus_api.replayselect import parse_time, type_glob
 from hookbus_common import events as ev
 from hookbus_common.bus import stream_name
 from hookbus_common.consumer import REPLAY_HEADER
@@ -31,7 +32,6 @@ from hookbus_common.settings import NatsSettings, Settings
 from .config import core_settings
 from .database import shown
 from .events import json_line, summary
-from .replayselect import parse_time, type_glob
 
 # Seconds to reach NATS before telling the person at the prompt that it is not there.
 CONNECT_TIMEOUT = 5.0

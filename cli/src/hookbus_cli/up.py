@@ -139,6 +139,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 1
         sources = ", ".join(settings.sources) or "(none configured)"
         print(f"hookbus: send webhooks to {url}/hooks/<source>   sources: {sources}", flush=True)
+        api = inst.api.api
+        api_host = "127.0.0.1" if api.host in ("0.0.0.0", "::") else api.host  # noqa: S104
+        print(
+            f"hookbus: dashboard and operator API at http://{api_host}:{api.port}/"
+            " (sign in with a token from `hookbus tokens create`)",
+            flush=True,
+        )
         print("hookbus: Ctrl-C stops everything", flush=True)
         while not stopping:
             for name, child in children.items():

@@ -588,6 +588,36 @@ class ReplayFinished(ReplayEvent, **_FROZEN):
     done: int = 0
 
 
+class ApiTokenEvent(EventData, **_FROZEN):
+    """Shared by the operator API's token events: which token (``tok_…``, never the token
+    itself nor its hash) and who did it."""
+
+    ACTION: ClassVar[str]
+
+    token_id: str
+    name: str
+    by: str | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("apitoken", self.ACTION, token(self.token_id))
+
+
+class ApiTokenCreated(ApiTokenEvent, **_FROZEN):
+    """An operator API token was made (``hookbus tokens create``) with this scope."""
+
+    TYPE: ClassVar[str] = "io.hookbus.apitoken.created.v1"
+    ACTION: ClassVar[str] = "created"
+
+    scope: str = "read"
+
+
+class ApiTokenRevoked(ApiTokenEvent, **_FROZEN):
+    """An operator API token was revoked; it no longer signs anyone in."""
+
+    TYPE: ClassVar[str] = "io.hookbus.apitoken.revoked.v1"
+    ACTION: ClassVar[str] = "revoked"
+
+
 DATA_TYPES: dict[str, type[EventData]] = {
     cls.TYPE: cls
     for cls in (
@@ -614,6 +644,8 @@ DATA_TYPES: dict[str, type[EventData]] = {
         ReplayStarted,
         ReplayResumed,
         ReplayFinished,
+        ApiTokenCreated,
+        ApiTokenRevoked,
     )
 }
 

@@ -54,6 +54,7 @@ SECTIONS: Final = frozenset(
         "executor",
         "dispatcher",
         "endpoints",
+        "api",
     }
 )
 
