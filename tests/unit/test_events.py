@@ -130,6 +130,14 @@ SAMPLES: dict[str, EventData] = {
         host="runner-1",
         pgid=4242,
     ),
+    ev.DeployRolledBack.TYPE: ev.DeployRolledBack(
+        job_id="job_1",
+        rule="deploy",
+        container="web",
+        reason="not healthy within 30 s: GET http://127.0.0.1:8080/health answered 503",
+        image_before="registry.example.com/web:1.0",
+        image_after="registry.example.com/web:1.1",
+    ),
     DeliveryRequested.TYPE: DeliveryRequested(
         delivery_id="dlv_1",
         rule="notify",
@@ -532,6 +540,10 @@ SUBJECT_CASES = [
             message="m",
         ),
         "hookbus.deadletter.router",
+    ),
+    (
+        ev.DeployRolledBack(job_id="job_1", rule="r", container="Web App", reason="unhealthy"),
+        "hookbus.deploy.rolled_back.web_app",
     ),
     (
         ev.PartnerCreated(partner_id="ptn_01ab", name="Acme", token_id="tok_1"),

@@ -213,10 +213,61 @@ class SshSpec(msgspec.Struct, tag_field="kind", tag="ssh", **_FROZEN):
     payload: str = "stdin"
 
 
-# What a job runs, told apart by the ``kind`` tag in its JSON. Another kind (docker,
-# compose) is a new tagged Struct joining this union; an executor refuses a kind it
-# cannot run (permanently), and an older one cannot decode it at all.
-JobSpec: TypeAlias = ShellSpec | SshSpec
+class HealthProbe(msgspec.Struct, **_FROZEN):
+    """How hookbus itself tells that a (re)deployed container is healthy: an HTTP GET of
+    ``http`` answering 2xx/3xx, or a TCP connection to ``tcp`` (a port on 127.0.0.1, or
+    ``host:port``) being accepted; tried every ``interval`` seconds until ``timeout``."""
+
+    http: str | None = None
+    tcp: str | None = None
+    timeout: float = 60.0
+    interval: float = 1.0
+
+
+# What a docker action does (see DockerSpec).
+DockerOperation: TypeAlias = Literal["pull", "recreate", "restart", "run", "stop"]
+
+
+class DockerSpec(msgspec.Struct, tag_field="kind", tag="docker", **_FROZEN):
+    """One operation on the executor's Docker engine: ``pull`` an image, ``recreate``
+    the container named ``container`` with ``image`` (its own configuration kept,
+    rolled back unless healthy), ``restart`` or ``stop`` it, or ``run`` a one-off
+    container of ``image`` with ``command``, removed after."""
+
+    operation: DockerOperation
+    container: str | None = None
+    image: str | None = None
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    timeout: float = 300.0
+    # recreate and run: "missing" pulls the image only when the engine lacks it.
+    pull: Literal["missing", "always", "never"] = "missing"
+    health: HealthProbe | None = None
+    # stop, restart and recreate: how long the container gets between SIGTERM and SIGKILL.
+    stop_timeout: int = 10
+
+
+class ComposeSpec(msgspec.Struct, tag_field="kind", tag="compose", **_FROZEN):
+    """Run Compose on the executor's engine: ``pull`` or ``up`` (``up -d``) the chosen
+    ``services`` (all when empty) of project ``project`` from the compose ``file``, with
+    ``env`` (an image tag, say) in its environment for the file's variables."""
+
+    file: str
+    project: str
+    operation: Literal["pull", "up"] = "up"
+    services: list[str] = []
+    env: dict[str, str] = {}
+    timeout: float = 600.0
+    # up: --pull (missing, always, never).
+    pull: Literal["missing", "always", "never"] = "missing"
+    # up: --wait, until the services are running (and healthy, where the engine checks).
+    wait: bool = False
+
+
+# What a job runs, told apart by the ``kind`` tag in its JSON. Another kind is a new
+# tagged Struct joining this union; an executor refuses a kind it cannot run
+# (permanently), and an older one cannot decode it at all.
+JobSpec: TypeAlias = ShellSpec | SshSpec | DockerSpec | ComposeSpec
 
 
 # What the executor does with a run whose end is unknown (its executor died mid-way):
@@ -302,6 +353,23 @@ class JobStarted(EventData, **_FROZEN):
         return ("job", "started", token(self.kind))
 
 
+class DeployInfo(msgspec.Struct, **_FROZEN):
+    """What a docker action did to a container: which one, its image before and after
+    (references as configured, with the image ids), and how its health was judged
+    (``healthy``, ``running``, ``unhealthy``, ``timed_out``, ``stopped``, or None when
+    not checked); ``rolled_back`` when the previous container was put back."""
+
+    operation: str
+    container: str | None = None
+    container_id: str | None = None
+    image_before: str | None = None
+    image_before_id: str | None = None
+    image_after: str | None = None
+    image_after_id: str | None = None
+    health: str | None = None
+    rolled_back: bool = False
+
+
 class JobFinished(EventData, **_FROZEN):
     """Shared fields of a job's terminal events."""
 
@@ -317,6 +385,8 @@ class JobFinished(EventData, **_FROZEN):
     output_bytes: int = 0
     truncated: bool = False
     error: str | None = None
+    # Docker actions: the container, images and health involved.
+    deploy: DeployInfo | None = None
 
 
 class JobSucceeded(JobFinished, **_FROZEN):
@@ -361,6 +431,27 @@ class JobInterrupted(JobFinished, **_FROZEN):
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("job", "interrupted", token(self.kind))
+
+
+class DeployRolledBack(EventData, **_FROZEN):
+    """A recreate whose new container was not healthy in time: the previous container
+    (its image and configuration) was put back under the same name. The job itself
+    ends failed, with the same reason."""
+
+    TYPE: ClassVar[str] = "io.hookbus.deploy.rolledback.v1"
+
+    job_id: str
+    rule: str
+    container: str
+    reason: str
+    image_before: str | None = None
+    image_after: str | None = None
+    attempt: int = 1
+    # Whether the container put back was running again (and healthy, when probed).
+    restored: bool = True
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("deploy", "rolled_back", token(self.container))
 
 
 class DeliveryRequested(EventData, **_FROZEN):
@@ -630,6 +721,7 @@ DATA_TYPES: dict[str, type[EventData]] = {
         JobSucceeded,
         JobFailed,
         JobInterrupted,
+        DeployRolledBack,
         DeliveryRequested,
         DeliveryAttempted,
         DeliverySucceeded,

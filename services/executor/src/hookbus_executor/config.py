@@ -16,7 +16,8 @@ from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
 
-from . import sshconfig
+from . import dockerconfig, sshconfig
+from .dockerconfig import DockerSettings
 from .sshconfig import SshSettings
 
 # What a stop needs beyond the shutdown grace and the kill grace to record the ended jobs
@@ -56,6 +57,8 @@ class ExecutorSettings(msgspec.Struct, **STRUCT):
     workdir: str | None = None
     # The hosts SSH actions may name ([executor.ssh.hosts.<name>]): see docs/ssh.md.
     ssh: SshSettings = msgspec.field(default_factory=SshSettings)
+    # The engine docker and compose actions act on ([executor.docker]): see docs/actions.md.
+    docker: DockerSettings = msgspec.field(default_factory=DockerSettings)
 
 
 class ExecutorConfig(core.Settings, **STRUCT):
@@ -85,6 +88,7 @@ def check(config: ExecutorConfig) -> None:
             " another executor"
         )
     sshconfig.check(e.ssh)
+    dockerconfig.check(e.docker)
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ExecutorConfig:

@@ -15,8 +15,11 @@ from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import Deferred, PermanentError
 from hookbus_common.events import Event, JobRequestedV2
 
-from . import leases, outcomes, procs
+from . import docker as dockerops
+from . import dockerrecreate, leases, outcomes, procs
+from .compose import compose_argv
 from .config import ExecutorConfig, ExecutorSettings, progress_interval
+from .docker import DockerFailure, DockerOutcome, Engine, EngineUnreachable
 from .leases import Lease
 from .outcomes import TERMINAL_STEP, job_request
 from .runs import Run, Runs, end_processes, marks
@@ -59,6 +62,8 @@ class Executor:
         ssh = settings.executor.ssh
         self.ssh = SshHosts(ssh, load_keys(ssh, settings.resolve_path, os.environ),
                             settings.resolve_path)  # fmt: skip
+        # The engine docker and compose actions act on (a client opened when first used).
+        self.docker = Engine(settings.executor.docker, os.environ)
 
     @property
     def _e(self) -> ExecutorSettings:
@@ -77,7 +82,7 @@ class Executor:
         event = job_request(incoming.event)
         req = event.data
         match req.spec:
-            case ev.ShellSpec() | ev.SshSpec() as spec:
+            case ev.ShellSpec() | ev.SshSpec() | ev.DockerSpec() | ev.ComposeSpec() as spec:
                 pass
             case _:
                 raise PermanentError(f"executor cannot run jobs of kind {req.kind!r}")
@@ -153,6 +158,7 @@ class Executor:
         # Registered until its end is recorded: a redelivery here waits for that.
         run = runs.begin(req.job_id)
         started = False
+        deploy: ev.DeployInfo | None = None
         try:
             yield outcomes.started(event, attempt)
             # The commit may have waited (Postgres away): are we still to run it? Within
@@ -179,13 +185,24 @@ class Executor:
                     async for out in self._lost_connection(event, attempt, lost):
                         yield out
                     return
+            elif isinstance(spec, ev.DockerSpec):
+                try:
+                    done = await self._docker(incoming, req, spec, attempt, run)
+                except EngineUnreachable:
+                    started = False
+                    raise
+                result, error, deploy = done.result, done.error, done.deploy
+                if done.rolled_back is not None:
+                    yield dockerrecreate.rolled_back_event(event, attempt, done)
+            elif isinstance(spec, ev.ComposeSpec):
+                result, error = await self._compose(incoming, req, spec, attempt, run)
             else:
                 result, error = await self._shell(incoming, req, spec, attempt, run)
             if result is not None and result.stopped:
                 async for out in self._stopped(event, attempt, run, result):
                     yield out
                 return
-            yield outcomes.finished(event, attempt, result, error)
+            yield outcomes.finished(event, attempt, result, error, deploy)
             ok = result is not None and result.ok
             await self._end(req.job_id, "succeeded" if ok else "failed")
         finally:
@@ -276,6 +293,88 @@ class Executor:
             run.acting = False
         ssh_count(spec.host, ssh_outcome(result))
         return result, None
+
+    async def _docker(
+        self, incoming: Incoming, req: JobRequestedV2, spec: ev.DockerSpec, attempt: int, run: Run
+    ) -> DockerOutcome:
+        """Run a docker spec. Raises EngineUnreachable (nothing was done; retry) unless
+        this was the message's last try."""
+        e = self._e
+        engine = self.docker
+        op = spec.operation
+        began = time.monotonic()
+        async with dockerops.heartbeat(incoming.progress, progress_interval(e)):
+            try:
+                try:
+                    await engine.reach()
+                except EngineUnreachable as exc:
+                    dockerops.count("docker", op, "unreachable")
+                    if incoming.tries < e.max_deliver:
+                        raise
+                    # The message's last try: the job ends here, failed.
+                    info = ev.DeployInfo(operation=op, container=spec.container)
+                    return DockerOutcome(None, f"{exc} (tried {incoming.tries} times)", info)
+                run.acting = True
+                self.runs.acted[req.job_id] = attempt
+                out = await self._docker_operation(req, spec, attempt, run)
+            finally:
+                run.acting = False
+                dockerops.RUN_SECONDS.labels("docker", op).observe(time.monotonic() - began)
+        dockerops.count("docker", op, dockerops.outcome_name(out))
+        return out
+
+    async def _docker_operation(
+        self, req: JobRequestedV2, spec: ev.DockerSpec, attempt: int, run: Run
+    ) -> DockerOutcome:
+        engine = self.docker
+        try:
+            match spec.operation:
+                case "pull":
+                    return await dockerops.pull(engine, spec)
+                case "run":
+                    env = {**req.context, **spec.env, **marks(req.job_id, attempt)}
+                    labels = {dockerops.JOB_LABEL: req.job_id}
+                    return await dockerops.run(
+                        engine, spec, name=f"hookbus-{req.job_id}-{attempt}", env=env,
+                        labels=labels, max_output_bytes=self._e.max_output_bytes, stop=run.stop,
+                    )  # fmt: skip
+            assert spec.container is not None
+            async with engine.lock(spec.container):
+                match spec.operation:
+                    case "stop":
+                        return await dockerops.stop(engine, spec)
+                    case "restart":
+                        return await dockerops.restart(engine, spec, run.stop)
+                    case _:
+                        return await dockerrecreate.recreate(engine, spec, run.stop)
+        except Exception as exc:
+            if not isinstance(exc, DockerFailure):
+                log.warning("docker action failed", exc_info=True,
+                            extra={"job_id": req.job_id, "operation": spec.operation})  # fmt: skip
+            info = ev.DeployInfo(operation=spec.operation, container=spec.container,
+                                 image_after=spec.image)  # fmt: skip
+            return DockerOutcome(None, dockerops.describe(exc), info)
+
+    async def _compose(
+        self, incoming: Incoming, req: JobRequestedV2, spec: ev.ComposeSpec, attempt: int, run: Run
+    ) -> tuple[ShellResult | None, str | None]:
+        """Run Compose as a shell action would run it, with the engine's address."""
+        e = self._e
+        file = self.settings.resolve_path(spec.file)
+        argv = compose_argv(e.docker.compose_command, spec, file)
+        env = dict(spec.env)
+        if self.docker.host is not None:
+            # The engine's address wins over a rule's variables.
+            env["DOCKER_HOST"] = self.docker.host
+        shell = ev.ShellSpec(
+            command=argv, env=env, timeout=spec.timeout, payload="none", cwd=str(file.parent)
+        )
+        began = time.monotonic()
+        result, error = await self._shell(incoming, req, shell, attempt, run)
+        dockerops.RUN_SECONDS.labels("compose", spec.operation).observe(time.monotonic() - began)
+        outcome = "failed" if result is None else ssh_outcome(result)
+        dockerops.count("compose", spec.operation, outcome)
+        return result, error
 
     async def _release_unstarted(self, job_id: str) -> None:
         try:

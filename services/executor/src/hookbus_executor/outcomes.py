@@ -68,7 +68,11 @@ def _result_fields(result: ShellResult | None) -> dict[str, Any]:
 
 
 def finished(
-    cause: Event[JobRequestedV2], attempt: int, result: ShellResult | None, error: str | None
+    cause: Event[JobRequestedV2],
+    attempt: int,
+    result: ShellResult | None,
+    error: str | None,
+    deploy: ev.DeployInfo | None = None,
 ) -> Event[Any]:
     req = cause.data
     fields: dict[str, Any] = {"job_id": req.job_id, "kind": req.kind, "rule": req.rule}
@@ -76,6 +80,8 @@ def finished(
     fields.update(_result_fields(result))
     if error is not None:
         fields["error"] = error
+    if deploy is not None:
+        fields["deploy"] = deploy
     ok = result is not None and result.ok
     data = ev.JobSucceeded(**fields) if ok else ev.JobFailed(**fields)
     # One id for every outcome: a job finishes once, whatever redelivery happens.

@@ -64,7 +64,48 @@ class SshAction(msgspec.Struct, tag="ssh", tag_field="kind", **STRUCT):
     on_interrupt: OnInterrupt = "record"
 
 
-Action = ShellAction | WebhookAction | SshAction
+class HealthCheck(msgspec.Struct, **STRUCT):
+    """hookbus's own health probe of a redeployed container: exactly one of ``http`` (a
+    URL answering 2xx/3xx) and ``tcp`` (a port on 127.0.0.1, or host:port)."""
+
+    http: str | None = None
+    tcp: str | int | None = None
+    timeout: PositiveFloat = 60.0
+    interval: PositiveFloat = 1.0
+
+
+class DockerAction(msgspec.Struct, tag="docker", tag_field="kind", **STRUCT):
+    """One operation on the executor's Docker engine (see docs/actions.md): pull an
+    image; recreate, restart or stop a container; run a one-off container."""
+
+    operation: Literal["pull", "recreate", "restart", "run", "stop"]
+    container: str | None = None
+    image: str | None = None
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    timeout: PositiveFloat = 300.0
+    pull: Literal["missing", "always", "never"] = "missing"
+    health: HealthCheck | None = None
+    stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 10
+    on_interrupt: OnInterrupt = "record"
+
+
+class ComposeAction(msgspec.Struct, tag="compose", tag_field="kind", **STRUCT):
+    """``up -d`` (or ``pull``) of chosen services of a compose project on the executor's
+    engine, with ``env`` for the compose file's variables."""
+
+    file: str
+    project: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    operation: Literal["pull", "up"] = "up"
+    services: list[str] = []
+    env: dict[str, str] = {}
+    timeout: PositiveFloat = 600.0
+    pull: Literal["missing", "always", "never"] = "missing"
+    wait: bool = False
+    on_interrupt: OnInterrupt = "record"
+
+
+Action = ShellAction | WebhookAction | SshAction | DockerAction | ComposeAction
 
 
 class Rule(msgspec.Struct, **STRUCT):
@@ -171,11 +212,31 @@ def check(config: RouterConfig) -> None:
                 problem = _webhook_problem(action, config.endpoint_names)
                 if problem is not None:
                     raise ConfigError(f"rules[{i}].actions[{j}] (rule {rule.name!r}): {problem}")
+            if isinstance(action, DockerAction):
+                problem = _docker_problem(action)
+                if problem is not None:
+                    raise ConfigError(f"rules[{i}].actions[{j}] (rule {rule.name!r}): {problem}")
         for k, action in enumerate(rule.actions):
             if isinstance(action, SshAction):
                 problem = _ssh_problem(action, config.ssh_host_names)
                 if problem is not None:
                     raise ConfigError(f"rules[{i}].actions[{k}] (rule {rule.name!r}): {problem}")
+
+
+def _docker_problem(action: DockerAction) -> str | None:
+    """What a docker action lacks for its operation."""
+    op = action.operation
+    if op in ("recreate", "restart", "stop") and not action.container:
+        return f"operation {op!r} needs container (the name of the container)"
+    if op in ("pull", "recreate", "run") and not action.image:
+        return f"operation {op!r} needs image"
+    if action.health is not None:
+        h = action.health
+        if (h.http is None) == (h.tcp is None):
+            return "health: takes exactly one of http and tcp"
+        if h.http is not None and not h.http.startswith(("http://", "https://")):
+            return f"health.http: {h.http!r} is not an http(s) URL"
+    return None
 
 
 def _webhook_problem(action: WebhookAction, endpoint_names: list[str]) -> str | None:

@@ -13,7 +13,16 @@ from hookbus_common.errors import PermanentError
 from hookbus_common.events import Event, WebhookReceived, WebhookReplayed
 
 from . import metrics
-from .config import Action, Rule, ShellAction, SshAction, WebhookAction
+from .config import (
+    Action,
+    ComposeAction,
+    DockerAction,
+    HealthCheck,
+    Rule,
+    ShellAction,
+    SshAction,
+    WebhookAction,
+)
 from .rules import Facts, RuleSet, context
 from .templates import RenderError, render_action
 
@@ -49,7 +58,37 @@ def _headers(configured: dict[str, str]) -> dict[str, str]:
     return {"content-type": "application/json", **configured}
 
 
-def _spec(action: ShellAction | SshAction) -> ev.JobSpec:
+def _health(h: HealthCheck | None) -> ev.HealthProbe | None:
+    if h is None:
+        return None
+    tcp = None if h.tcp is None else str(h.tcp)
+    return ev.HealthProbe(http=h.http, tcp=tcp, timeout=h.timeout, interval=h.interval)
+
+
+def _spec(action: ShellAction | SshAction | DockerAction | ComposeAction) -> ev.JobSpec:
+    if isinstance(action, DockerAction):
+        return ev.DockerSpec(
+            operation=action.operation,
+            container=action.container,
+            image=action.image,
+            command=None if action.command is None else list(action.command),
+            env=dict(action.env),
+            timeout=action.timeout,
+            pull=action.pull,
+            health=_health(action.health),
+            stop_timeout=action.stop_timeout,
+        )
+    if isinstance(action, ComposeAction):
+        return ev.ComposeSpec(
+            file=action.file,
+            project=action.project,
+            operation=action.operation,
+            services=list(action.services),
+            env=dict(action.env),
+            timeout=action.timeout,
+            pull=action.pull,
+            wait=action.wait,
+        )
     if isinstance(action, SshAction):
         return ev.SshSpec(
             host=action.host,
@@ -77,7 +116,7 @@ def _request(
 ) -> Event[Any]:
     step = f"{rule.name}/{index}"
     match action:
-        case ShellAction() | SshAction():
+        case ShellAction() | SshAction() | DockerAction() | ComposeAction():
             data: ev.EventData = ev.JobRequestedV2(
                 job_id=ev.derived_id(event.id, f"job/{step}", prefix="job"),
                 rule=rule.name,
