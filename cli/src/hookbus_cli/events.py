@@ -37,6 +37,8 @@ def summary(e: LoggedEvent) -> str:
             return f"replay of {d.get('replay_of')}{by}{why} ({hook})"
         case "webhook.routed":
             matched = f"matched: {', '.join(d.get('matched', [])) or 'nothing'}"
+            if d.get("config_version"):
+                matched += f" (rules {d['config_version']})"
             return f"{matched} (replay of {d['replay_of']})" if d.get("replay_of") else matched
         case "job.requested":
             # v1 names the kind; v2 has it as the tag of its spec.
@@ -69,6 +71,29 @@ def summary(e: LoggedEvent) -> str:
     return ""
 
 
+def decisions(e: LoggedEvent) -> list[str]:
+    """A routing record's decision for each rule, one line each: matched, or the first
+    test that failed and the value it saw; then the actions a failed template left out."""
+    if not e.event.type.startswith("io.hookbus.webhook.routed."):
+        return []
+    d: dict[str, Any] = msgspec.json.decode(e.event.data) if e.event.data else {}
+    lines = []
+    for r in d.get("evaluations") or []:
+        if r.get("matched"):
+            lines.append(f"+ {r.get('rule')}: matched")
+        elif r.get("failed") and r.get("saw") is not None:
+            test = f"{r.get('path')} {r.get('operator')}" if r.get("path") else r.get("operator")
+            lines.append(f"- {r.get('rule')}: {r['failed']}: {test}; saw {r['saw']}")
+        else:
+            lines.append(f"- {r.get('rule')}: {r.get('reason')}")
+    for s in d.get("skipped") or []:
+        lines.append(
+            f"! {s.get('rule')}: actions[{s.get('action')}] not run: {s.get('field')}:"
+            f" {s.get('reason')}"
+        )
+    return lines
+
+
 def json_line(e: LoggedEvent) -> bytes:
     """The event as one line of CloudEvents JSON: a payload kept as the sender formatted it
     may hold newlines, which a JSON-lines reader must not see."""
@@ -90,6 +115,9 @@ def _print_events(rows: Sequence[LoggedEvent], *, tree: bool, verbose: bool) -> 
         indent = "  " * depth.get(r.event.id, 0)
         ts = r.event.time.strftime("%H:%M:%S.%f")[:-3]
         print(f"{r.seq:>7} {ts} {indent}{short:<28} {r.event.id}  {summary(r)}")
+        if tree:
+            for line in decisions(r):
+                print(f"{'':>20}{indent}  {line}")
         if verbose:
             data = msgspec.json.decode(r.event.data)
             if isinstance(data, dict) and data.get("output"):
