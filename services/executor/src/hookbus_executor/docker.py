@@ -128,10 +128,11 @@ class Engine:
             self._client = self._make()
         return self._client
 
-    async def call(self, fn: Callable[[docker.DockerClient], T]) -> T:
-        """``fn(client)`` in a thread, bounded by the API timeout (and a little more, for
-        a call made of several requests)."""
-        bound = self.settings.api_timeout_seconds * 2 + 5
+    async def call(self, fn: Callable[[docker.DockerClient], T], bound: float | None = None) -> T:
+        """``fn(client)`` in a thread, bounded by ``bound`` seconds (default: the API
+        timeout and a little more, for a call made of several requests)."""
+        if bound is None:
+            bound = self.settings.api_timeout_seconds * 2 + 5
 
         def run() -> T:
             return fn(self._client_now())
@@ -166,9 +167,9 @@ class Engine:
 
     # ---------------------------------------------------------------- images
 
-    async def image(self, ref: str, policy: str) -> Any:
+    async def image(self, ref: str, policy: str, timeout: float = 300.0) -> Any:  # noqa: ASYNC109
         """The image ``ref`` on the engine, pulled as ``policy`` says (missing, always,
-        never)."""
+        never) within ``timeout`` seconds."""
         if policy != "always":
             try:
                 return await self.call(lambda c: c.images.get(ref))
@@ -177,12 +178,15 @@ class Engine:
                     raise DockerFailure(
                         f"image {ref} is not on the engine (and pull is never)"
                     ) from None
-        return await self.pull(ref)
+        return await self.pull(ref, timeout)
 
-    async def pull(self, ref: str) -> Any:
+    async def pull(self, ref: str, timeout: float = 300.0) -> Any:  # noqa: ASYNC109
+        """Pull ``ref``; a pull takes as long as the image's layers do, up to ``timeout``."""
         repository, tag = parse_repository_tag(ref)
         try:
-            return await self.call(lambda c: c.images.pull(repository, tag=tag or "latest"))
+            return await self.call(
+                lambda c: c.images.pull(repository, tag=tag or "latest"), bound=timeout
+            )
         except docker.errors.APIError as exc:
             raise DockerFailure(f"cannot pull {ref}: {describe(exc)}") from None
 
@@ -208,7 +212,7 @@ def _ok() -> ShellResult:
 
 async def pull(engine: Engine, spec: ev.DockerSpec) -> DockerOutcome:
     assert spec.image is not None
-    image = await engine.pull(spec.image)
+    image = await engine.pull(spec.image, spec.timeout)
     info = ev.DeployInfo(operation="pull", image_after=spec.image, image_after_id=image.id)
     return DockerOutcome(_ok(), None, info)
 
@@ -297,7 +301,7 @@ async def run(
     """A one-off container of ``spec.image`` running ``spec.command``, waited for (up to
     ``spec.timeout``, then stopped), its logs kept (bounded) and the container removed."""
     assert spec.image is not None
-    image = await engine.image(spec.image, spec.pull)
+    image = await engine.image(spec.image, spec.pull, spec.timeout)
     # A container of the same name is this job's, left by an earlier try.
     with contextlib.suppress(docker.errors.NotFound):
         await engine.call(lambda cl: cl.containers.get(name).remove(force=True))

@@ -185,7 +185,7 @@ async def recreate(engine: Engine, spec: ev.DockerSpec, stop: asyncio.Event) -> 
         old = await engine.container(name)
     attrs = old.attrs
     before, before_id = image_ref(old), attrs.get("Image")
-    image = await engine.image(spec.image, spec.pull)
+    image = await engine.image(spec.image, spec.pull, spec.timeout)
     try:
         old_image = await engine.call(lambda c: c.images.get(str(before_id)))
         old_image_config = old_image.attrs.get("Config") or {}
