@@ -10,6 +10,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from hookbus_common import events as ev
@@ -354,3 +356,105 @@ def test_the_files_watched_are_the_config_and_its_rules_file(tmp_path, monkeypat
 class _Incoming:
     def __init__(self, event: ev.Event[ev.WebhookReceived]) -> None:
         self.event = event
+
+
+# ------------------------------------------------------------ no payload can raise
+
+ROBUST = RuleSet.build(
+    [
+        router.Rule(
+            name="every-kind-of-test",
+            when={
+                "any": [
+                    {"path": "payload.ref", "glob": "refs/*"},
+                    {"path": "payload.commits[*].message", "contains": "[deploy]"},
+                    {"path": "payload.a.b[0].c", "gt": 3},
+                    {"path": "payload.t", "after": "2026-01-01"},
+                    {"path": "sort(payload.a)", "equals": [1]},
+                    {"not": {"path": "payload.x", "regex": "^x+$"}},
+                ]
+            },
+            actions=[
+                router.ShellAction(
+                    command=["run", "{{ payload.ref }}", "{{ payload | tojson }}"],
+                    env={"A": "{{ payload.a.b | default('x') }}"},
+                ),
+                router.WebhookAction(url="https://x.example/{{ payload.commits[0].id }}"),
+            ],
+        )
+    ]
+)
+
+
+def _route_raw(body: bytes) -> list[ev.Event]:
+    data = ev.WebhookReceived(
+        source="github", kind="github", event_type="push", payload=msgspec.Raw(body)
+    )
+    return route(ROBUST, ev.make_event(data, source="/t"), record_unmatched=True)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["ref", "a", "b", "c", "t", "x", "commits", "message", "id"]),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=json_values)
+def test_no_payload_makes_the_router_raise(payload):
+    routed, *requests = _route_raw(msgspec.json.encode(payload))
+
+    assert isinstance(routed.data, ev.WebhookRouted)
+    assert len(requests) + len(routed.data.skipped) == (2 if routed.data.matched else 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(body=st.binary(max_size=200))
+def test_no_body_makes_the_router_raise_even_one_that_is_not_json(body):
+    routed, *_ = _route_raw(body)
+
+    assert isinstance(routed.data, ev.WebhookRouted)
+
+
+def test_a_deeply_nested_payload_is_routed():
+    deep = b'{"a":' * 3000 + b"1" + b"}" * 3000
+
+    routed, *_ = _route_raw(deep)
+
+    assert routed.data.evaluations[-1].rule == "every-kind-of-test"
+
+
+def test_docker_fields_are_templates_too(tmp_path):
+    image = ev.ImageInfo(
+        registry="docker.io",
+        namespace="acme",
+        repository="api",
+        path="acme/api",
+        canonical="docker.io/acme/api",
+        tag="v1.2.3",
+    )
+    data = ev.WebhookReceived(
+        source="image-push", kind="image-push", event_type="push", image=image
+    )
+    rule = router.Rule(
+        name="recreate",
+        actions=[
+            router.DockerAction(
+                operation="recreate",
+                container="api",
+                image="{{ event.image.canonical }}:{{ event.image.tag }}",
+            )
+        ],
+    )
+
+    _, job = route([rule], ev.make_event(data, source="/t"))
+
+    assert job.data.spec.image == "docker.io/acme/api:v1.2.3"

@@ -168,8 +168,13 @@ def _route(
         for i, action in enumerate(rule.actions):
             templates = compiled.templates[i] if compiled.templates else {}
             try:
-                rendered = render_action(
-                    str(type(action).__struct_config__.tag), action, templates, context(facts)
+                # Without templates the payload is not even parsed.
+                rendered = (
+                    render_action(
+                        str(type(action).__struct_config__.tag), action, templates, context(facts)
+                    )
+                    if templates
+                    else {}
                 )
             except RenderError as exc:
                 # Never run with a blank: the action is left out, and the record says why.

@@ -30,6 +30,8 @@ TEMPLATED: Final[dict[str, tuple[str, ...]]] = {
     "shell": ("command", "env", "cwd"),
     "ssh": ("command", "env"),
     "webhook": ("url", "headers"),
+    "docker": ("image", "container", "command", "env"),
+    "compose": ("env",),
 }
 
 _MARKS: Final = ("{{", "{%", "{#")
