@@ -458,3 +458,18 @@ def test_docker_fields_are_templates_too(tmp_path):
     _, job = route([rule], ev.make_event(data, source="/t"))
 
     assert job.data.spec.image == "docker.io/acme/api:v1.2.3"
+
+
+def test_a_routing_record_from_before_versions_still_decodes():
+    old = (
+        b'{"source":"github","event_type":"push","webhook_id":"evt_1","matched":[],'
+        b'"evaluations":[{"rule":"r","matched":false,"reason":"branch: x"}],"requested":[]}'
+    )
+
+    routed = ev.decode_data(ev.WebhookRouted.TYPE, old)
+
+    assert isinstance(routed, ev.WebhookRouted)
+    assert routed.config_version is None
+    assert routed.skipped == []
+    assert routed.evaluations[0].failed is None
+    assert routed.evaluations[0].saw is None
