@@ -49,7 +49,10 @@ def running_up(data_dir: str | None) -> dict[str, str]:
         os.kill(int(info["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError, msgspec.DecodeError):
         return {}
-    return {"HOOKBUS_NATS__URL": info["nats_url"], "HOOKBUS_DATABASE__URL": info["database_url"]}
+    env = {"HOOKBUS_NATS__URL": info["nats_url"], "HOOKBUS_DATABASE__URL": info["database_url"]}
+    if "stream_replicas" in info:  # `hookbus up --nats-cluster`: keep the stream's replicas
+        env["HOOKBUS_NATS__STREAM_REPLICAS"] = str(info["stream_replicas"])
+    return env
 
 
 def environment(args: argparse.Namespace) -> dict[str, str]:

@@ -5,6 +5,7 @@ Used by ``hookbus up`` on a machine with nothing but Python, and by the test fix
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,28 +60,61 @@ def nats_server_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class ClusterNode:
+    """A nats-server's place in a cluster on loopback."""
+
+    name: str  # the server's name (what stream info reports as a leader)
+    cluster: str
+    route_port: int  # where it listens for its peers
+    routes: tuple[int, ...]  # every node's route port, its own included
+
+
 class NatsServer:
-    """A nats-server with JetStream, storing in ``store_dir``; can be stopped and restarted."""
+    """A nats-server with JetStream, storing in ``store_dir``; can be stopped and restarted.
+    With ``cluster``, one node of a cluster (see :class:`NatsCluster`)."""
 
     def __init__(
-        self, store_dir: Path, *, port: int | None = None, log_file: Path | None = None
+        self,
+        store_dir: Path,
+        *,
+        port: int | None = None,
+        log_file: Path | None = None,
+        cluster: ClusterNode | None = None,
     ) -> None:
         self.store_dir = store_dir
         self.port = port or free_port()
         self.monitor_port = free_port()
         self.log_file = log_file
+        self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> None:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+    def argv(self) -> list[str]:
         argv = [
             nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
             "-m", str(self.monitor_port), "-sd", str(self.store_dir),
         ]  # fmt: skip
+        if self.cluster is not None:
+            c = self.cluster
+            routes = ",".join(f"nats://127.0.0.1:{p}" for p in c.routes)
+            argv += [
+                "--name", c.name, "--cluster_name", c.cluster,
+                "--cluster", f"nats://127.0.0.1:{c.route_port}", "--routes", routes,
+            ]  # fmt: skip
+        return argv
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process; :meth:`wait_ready` waits for it to serve."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        argv = self.argv()
         # Its own session: Ctrl-C in the terminal reaches `hookbus up`, which stops the
         # services first (the executor records what it ends) and NATS last.
         if self.log_file:
@@ -91,6 +126,9 @@ class NatsServer:
             self.proc = subprocess.Popen(
                 argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
             )
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        assert self.proc is not None, "launch() first"
         url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
         proc = self.proc
         if wait_until_ok(url, timeout=timeout, alive=lambda: proc.poll() is None):
@@ -111,6 +149,74 @@ class NatsServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def meta_leader(self) -> str | None:
+        """The name of the JetStream meta leader this server knows of, if any."""
+        url = f"http://127.0.0.1:{self.monitor_port}/jsz"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                info = json.loads(resp.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        leader = (info.get("meta_cluster") or {}).get("leader")
+        return str(leader) if leader else None
+
+
+class NatsCluster:
+    """``size`` nats-servers clustered on loopback, each storing under ``base_dir``/n<i>;
+    ``url`` names them all (comma-separated, as ``nats.url`` takes them)."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        size: int = 3,
+        *,
+        port: int | None = None,
+        log_dir: Path | None = None,
+        name: str = "hookbus",
+    ) -> None:
+        routes = tuple(free_port() for _ in range(size))
+        self.nodes = [
+            NatsServer(
+                base_dir / f"n{i}",
+                port=port if i == 1 else None,
+                log_file=log_dir / f"nats-n{i}.log" if log_dir else None,
+                cluster=ClusterNode(f"n{i}", name, routes[i - 1], routes),
+            )
+            for i in range(1, size + 1)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def node(self, name: str) -> NatsServer:
+        return next(n for n in self.nodes if n.cluster and n.cluster.name == name)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every node; ready when each serves and all agree on a meta leader."""
+        deadline = time.monotonic() + timeout
+        try:
+            for n in self.nodes:
+                n.launch()
+            for n in self.nodes:
+                n.wait_ready(max(1.0, deadline - time.monotonic()))
+            while time.monotonic() < deadline:
+                leaders = {n.meta_leader() for n in self.nodes}
+                if len(leaders) == 1 and None not in leaders:
+                    return
+                time.sleep(0.1)
+            raise EmbeddedError(
+                f"the NATS cluster elected no JetStream leader within {timeout}s"
+                " (are the route ports reachable on 127.0.0.1?)"
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
 
 
 class Postgres:

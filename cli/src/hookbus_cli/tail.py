@@ -57,7 +57,7 @@ async def nats_connection(settings: NatsSettings, name: str) -> AsyncIterator[Cl
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             nc = await nats.connect(
-                settings.url, name=name, connect_timeout=2, reconnect_time_wait=0.5,
+                settings.servers, name=name, connect_timeout=2, reconnect_time_wait=0.5,
                 max_reconnect_attempts=-1, error_cb=on_error,
             )  # fmt: skip
     except (OSError, nats.errors.Error) as exc:  # TimeoutError is an OSError

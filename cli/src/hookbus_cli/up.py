@@ -20,7 +20,7 @@ from hookbus_common.settings import default_config_path
 from hookbus_executor.config import ExecutorSettings
 
 from .config import installation
-from .embedded import EmbeddedError, NatsServer, Postgres, wait_until_ok
+from .embedded import EmbeddedError, NatsCluster, NatsServer, Postgres, wait_until_ok
 from .migrate import migrate
 from .serve import SERVICES, service_argv
 
@@ -97,7 +97,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    nats = NatsServer(data_dir / "nats", port=args.nats_port, log_file=data_dir / "nats.log")
+    nats: NatsServer | NatsCluster = NatsServer(
+        data_dir / "nats", port=args.nats_port, log_file=data_dir / "nats.log"
+    )
+    if args.nats_cluster:  # the first node on --nats-port; the stream replicated on every node
+        nats = NatsCluster(
+            data_dir / "nats-cluster", args.nats_cluster, port=args.nats_port, log_dir=data_dir
+        )
     pg = Postgres(data_dir / "postgres")
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
@@ -123,7 +129,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         }
         if config:
             env["HOOKBUS_CONFIG"] = str(Path(config).resolve())
-        state = {"pid": os.getpid(), "nats_url": nats.url, "database_url": db_url}
+        state: dict[str, object] = {
+            "pid": os.getpid(),
+            "nats_url": nats.url,
+            "database_url": db_url,
+        }
+        if args.nats_cluster:  # commands run beside us use it too (cli/config.py)
+            env["HOOKBUS_NATS__STREAM_REPLICAS"] = state["stream_replicas"] = str(args.nats_cluster)
         (data_dir / "up.json").write_bytes(msgspec.json.encode(state))
         wrote_state = True
         # Migrate once here so the services start against a ready schema.
@@ -179,4 +191,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = sub.add_parser("up", help="run everything on embedded NATS and Postgres")
     up.add_argument("--nats-port", type=int, default=4222)
+    up.add_argument(
+        "--nats-cluster",
+        type=int,
+        choices=(3, 5),
+        metavar="N",
+        help="run N nats-servers clustered on loopback (3 or 5), the stream with N replicas",
+    )
     up.set_defaults(func=cmd_up)

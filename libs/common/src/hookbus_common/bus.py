@@ -21,12 +21,16 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from .errors import ConfigError
 from .retry import until_up
 from .settings import NatsSettings
 
 log = logging.getLogger(__name__)
 
 MSG_ID = "Nats-Msg-Id"
+# JetStream's answers when the stream asks for more replicas than there are servers:
+# 10074 replicas > 1 on a server that is not clustered, 10023 insufficient resources.
+_TOO_FEW_SERVERS = frozenset({10074, 10023})
 
 
 def stream_name(prefix: str) -> str:
@@ -67,12 +71,22 @@ class Bus:
             duplicate_window=self.settings.duplicate_window_seconds,
         )
         try:
-            await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError as exc:
-            # 10058: a stream of this name exists with another configuration.
-            if exc.err_code != 10058:
-                raise
-            await self.js.update_stream(config)
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                # 10058: a stream of this name exists with another configuration (another
+                # replica count too: JetStream changes that in place).
+                if exc.err_code != 10058:
+                    raise
+                await self.js.update_stream(config)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _TOO_FEW_SERVERS:
+                raise ConfigError(
+                    f"nats.stream_replicas = {self.settings.stream_replicas}: NATS refused it"
+                    f" ({exc.description}); a stream with n replicas needs a cluster of at"
+                    " least n servers"
+                ) from None
+            raise
 
     async def ensure_consumer(
         self,
@@ -154,7 +168,7 @@ async def connect(settings: NatsSettings, prefix: str, name: str) -> AsyncIterat
     async for attempt in until_up(settings.connect_timeout, errors):
         with attempt:
             nc = await nats.connect(
-                settings.url,
+                settings.servers,
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -167,7 +181,15 @@ async def connect(settings: NatsSettings, prefix: str, name: str) -> AsyncIterat
     assert nc is not None
     bus = Bus(nc, settings, prefix)
     try:
-        await bus.ensure_stream()
+        # A cluster still electing its leader answers "unavailable", or not at all.
+        electing = (
+            nats.js.errors.ServiceUnavailableError,
+            nats.errors.NoRespondersError,
+            nats.errors.TimeoutError,
+        )
+        async for attempt in until_up(settings.connect_timeout, electing):
+            with attempt:
+                await bus.ensure_stream()
         yield bus
     finally:
         try:

@@ -60,6 +60,8 @@ SECTIONS: Final = frozenset(
 
 
 class NatsSettings(msgspec.Struct, **STRUCT):
+    # One server, or several separated by commas (a cluster's servers: the client fails
+    # over between them).
     url: str = "nats://127.0.0.1:4222"
     # Retention of the bus stream; the event log in Postgres is the long-term record.
     stream_max_age_days: PositiveFloat = 7.0
@@ -67,6 +69,15 @@ class NatsSettings(msgspec.Struct, **STRUCT):
     duplicate_window_seconds: PositiveFloat = 120.0
     publish_timeout: PositiveFloat = 5.0
     connect_timeout: PositiveFloat = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise ValueError("url: no server given (nats://host:4222; several: comma-separated)")
+
+    @property
+    def servers(self) -> list[str]:
+        """The servers ``url`` names, for a client to connect to (and fail over between)."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
 
     def __repr__(self) -> str:  # a URL may carry a password or token
         return f"NatsSettings(url={redact_url(self.url)!r})"
