@@ -52,7 +52,9 @@ async function api(path, options = {}) {
   const res = await fetch(path, { ...options, headers });
   const body = res.headers.get("content-type")?.includes("json") ? await res.json() : null;
   if (!res.ok) {
-    if (res.status === 401) signOut("Your token is not valid any more; sign in again.");
+    // Signed in, a 401 means the token was revoked meanwhile; while signing in, the form
+    // says why itself.
+    if (res.status === 401 && me) signOut("Your token is not valid any more; sign in again.");
     throw new ApiError(res.status, body || {});
   }
   return body;
@@ -273,7 +275,7 @@ async function events() {
 
 function kv(pairs) {
   return h("dl", { class: "kv" }, pairs.filter(([, v]) => v !== null && v !== undefined && v !== "")
-    .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    .flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
 
 async function eventPage(id) {
