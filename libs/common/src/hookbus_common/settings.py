@@ -53,6 +53,7 @@ SECTIONS: Final = frozenset(
         "rules",
         "executor",
         "dispatcher",
+        "projects",
         "endpoints",
         "api",
     }

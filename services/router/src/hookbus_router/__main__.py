@@ -24,7 +24,7 @@ async def run(settings: RouterConfig) -> None:
         "router",
         filter_tokens=FILTER_TOKENS,
         make_handler=lambda rt: make_handler(
-            live, record_unmatched=settings.router.record_unmatched
+            live, record_unmatched=settings.router.record_unmatched, projects=settings.projects
         ),
         started=started,
         health_port=settings.router.health_port,

@@ -20,6 +20,8 @@ from hookbus_common.errors import ConfigError
 from hookbus_common.events import OnInterrupt
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
 
+from . import projects as projects_
+from .projects import Project
 from .rules import compile_rule
 
 # Sources that exist without a [sources.*] table: the image-push URL, and partners, whose
@@ -139,6 +141,8 @@ class RouterSettings(msgspec.Struct, **STRUCT):
 class RouterConfig(core.Settings, **STRUCT):
     router: RouterSettings = RouterSettings()
     rules: list[Rule] = []
+    # Image pushes redeploy these projects' stages ([projects.<name>]; projects.py).
+    projects: dict[str, Project] = {}
     # The names of the [sources.*] tables (set by the loader from the file; never their
     # contents).
     source_names: list[str] = []
@@ -199,6 +203,9 @@ def known_source(name: str, configured: list[str]) -> bool:
 
 def check(config: RouterConfig) -> None:
     """What the types cannot say: names used once, sources that exist."""
+    problem = projects_.check(config.projects)
+    if problem is not None:
+        raise ConfigError(problem)
     names = [r.name for r in config.rules]
     for name in {n for n in names if names.count(n) > 1}:
         raise ConfigError(f"rules: the rule name {name!r} is used more than once")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -23,6 +23,8 @@ from .config import (
     SshAction,
     WebhookAction,
 )
+from .projects import Project
+from .projects import requests as project_requests
 from .rules import Facts, RuleSet, context
 from .templates import RenderError, render_action
 
@@ -153,6 +155,7 @@ def _route(
     hook: WebhookReceived,
     replay_of: str | None,
     record_unmatched: bool,
+    projects: Mapping[str, Project] | None = None,
 ) -> list[Event[Any]]:
     # Every id derives from the routed event's: a webhook's redelivery derives the same
     # ones (and is refused as a duplicate), while a replay, a new event, makes new ones.
@@ -185,6 +188,10 @@ def _route(
             if rendered:
                 action = msgspec.structs.replace(action, **rendered)
             requests.append(_request(event, hook, replay_of, rule, i, action))
+    if projects and hook.image is not None:
+        # An image push also redeploys the stages of the projects of its image.
+        env = _context(event, hook, replay_of)
+        requests.extend(project_requests(projects, event, hook, env))
     if not requests and not skipped and not record_unmatched:
         # Nothing to do, and nothing recorded: the webhook itself is in the log, and what
         # the rules make of it can be evaluated again at any time.
@@ -210,22 +217,35 @@ def _route(
 
 
 def route(
-    rules: Rules, hook: Event[WebhookReceived], *, record_unmatched: bool = True
+    rules: Rules,
+    hook: Event[WebhookReceived],
+    *,
+    record_unmatched: bool = True,
+    projects: Mapping[str, Project] | None = None,
 ) -> list[Event[Any]]:
-    """Evaluate every rule; return the routing record followed by the requests it makes
-    (nothing at all for a webhook no rule matches, unless ``record_unmatched``)."""
-    return _route(rules, hook, hook.data, None, record_unmatched)
+    """Evaluate every rule (and, for an image push, the projects); return the routing
+    record followed by the requests it makes (nothing at all for a webhook no rule
+    matches, unless ``record_unmatched``)."""
+    return _route(rules, hook, hook.data, None, record_unmatched, projects)
 
 
 def route_replay(
-    rules: Rules, replay: Event[WebhookReplayed], *, record_unmatched: bool = True
+    rules: Rules,
+    replay: Event[WebhookReplayed],
+    *,
+    record_unmatched: bool = True,
+    projects: Mapping[str, Project] | None = None,
 ) -> list[Event[Any]]:
     """Route a replayed webhook exactly as the original, as a new chain of its own."""
-    return _route(rules, replay, replay.data.webhook, replay.data.replay_of, record_unmatched)
+    webhook = replay.data.webhook
+    return _route(rules, replay, webhook, replay.data.replay_of, record_unmatched, projects)
 
 
 def make_handler(
-    rules: Rules | Callable[[], RuleSet], *, record_unmatched: bool = False
+    rules: Rules | Callable[[], RuleSet],
+    *,
+    record_unmatched: bool = False,
+    projects: Mapping[str, Project] | None = None,
 ) -> Handler:
     """The router's handler. ``rules`` may be a callable giving the current RuleSet (read
     once per event, so a reload applies from the next event on)."""
@@ -242,13 +262,13 @@ def make_handler(
         ruleset = current()
         match event.data:
             case WebhookReceived():
-                routed = route(ruleset, event, record_unmatched=record_unmatched)
+                routed = route(ruleset, event, record_unmatched=record_unmatched, projects=projects)
                 if not routed:
                     metrics.UNMATCHED.inc()
                 yield routed
             case WebhookReplayed():
                 # A replay asked for by a person is always answered with a record.
-                yield route_replay(ruleset, event)
+                yield route_replay(ruleset, event, projects=projects)
             case _:
                 raise PermanentError(f"router cannot handle {event.type}")
 
