@@ -627,3 +627,22 @@ async def test_a_command_killed_by_a_signal_records_the_signal(
     assert isinstance(done, ev.JobFailed)
     assert (done.exit_code, done.signal, done.timed_out) == (None, 15, False)
     assert done.output == "read-nothing\n"
+
+
+async def test_closing_the_executor_closes_its_kept_connections(
+    rt: Runtime, tmp_path: Path, replicas: list[Replica]
+) -> None:
+    # At shutdown the executor says goodbye to every host rather than dropping them.
+    async with asyncssh_server(tmp_path / "srv") as server:
+        replica = Replica(rt, {"web1": _host(server)})
+        replicas.append(replica)
+        req = _request(["echo", "hi"], job_id="job_close")
+        await rt.outbox.commit([req])
+        _, out = await replica.outcome(req)
+        assert out[-1].data.output == "hi\n"
+        assert server.connections
+        assert not all(c.is_closed() for c in server.connections)  # kept for the next job
+
+        await replica.executor.close()
+
+        await _until(lambda: all(c.is_closed() for c in server.connections), "closed")

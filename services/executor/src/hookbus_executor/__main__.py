@@ -13,7 +13,7 @@ from hookbus_common.service import Runtime, main_for, run_consumer
 
 from . import config
 from .config import ExecutorConfig
-from .jobs import make_handler
+from .jobs import Executor, make_handler
 from .runs import Runs
 
 
@@ -57,11 +57,13 @@ async def run(settings: ExecutorConfig) -> None:
 
 async def _run(settings: ExecutorConfig) -> None:
     runs: Runs | None = None
+    executor: Executor | None = None
 
     def handler(rt: Runtime) -> Handler:
-        nonlocal runs
+        nonlocal runs, executor
         runs = Runs(settings.executor, rt.pool, rt.outbox, rt.stop)
-        return make_handler(settings, runs)
+        executor = Executor(settings, runs)
+        return make_handler(settings, runs, executor)
 
     async def started(rt: Runtime) -> None:
         # Before taking any job: end what a dead executor left running on this host.
@@ -87,6 +89,8 @@ async def _run(settings: ExecutorConfig) -> None:
     finally:
         if runs is not None:
             await runs.close()
+        if executor is not None:
+            await executor.close()
 
 
 def main() -> None:

@@ -65,6 +65,11 @@ class Executor:
         # The engine docker and compose actions act on (a client opened when first used).
         self.docker = Engine(settings.executor.docker, os.environ)
 
+    async def close(self) -> None:
+        """Close what the actions keep open between jobs: SSH connections, the engine's client."""
+        await self.ssh.close()
+        self.docker.close()
+
     @property
     def _e(self) -> ExecutorSettings:
         return self.settings.executor
@@ -442,10 +447,10 @@ class Executor:
         return result, None
 
 
-def make_handler(settings: ExecutorConfig, runs: Runs) -> Handler:
-    """The consume loop's handler. A job already finished never gets here: the loop skips
-    it (terminal_step=TERMINAL_STEP)."""
-    executor = Executor(settings, runs)
+def make_handler(settings: ExecutorConfig, runs: Runs, executor: Executor | None = None) -> Handler:
+    """The consume loop's handler. A job already finished ends at taking its lease
+    (``leases.Finished``): nothing runs again."""
+    executor = executor if executor is not None else Executor(settings, runs)
 
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
         async for out in executor.handle(incoming):
