@@ -160,6 +160,15 @@ SAMPLES: dict[str, EventData] = {
     DeliveryDead.TYPE: DeliveryDead(
         delivery_id="dlv_1", url="https://example.com/hook", error="ConnectError: refused"
     ),
+    ev.DeliveryReplayed.TYPE: ev.DeliveryReplayed(
+        replay_id="dlr_1", delivery_id="dlv_2", replay_of="dlv_1", requested_by="ana"
+    ),
+    ev.EndpointDisabled.TYPE: ev.EndpointDisabled(
+        endpoint="billing", reason="answered 410 Gone", delivery_id="dlv_1"
+    ),
+    ev.EndpointEnabled.TYPE: ev.EndpointEnabled(
+        endpoint="billing", by="ana", recover_since=datetime(2026, 1, 1, tzinfo=UTC)
+    ),
     MessageDeadLettered.TYPE: MessageDeadLettered(
         service="router",
         bus_subject="hookbus.webhook.received.gh.push",
@@ -541,6 +550,12 @@ SUBJECT_CASES = [
         ),
         "hookbus.deadletter.router",
     ),
+    (
+        ev.DeliveryReplayed(replay_id="dlr_1", delivery_id="dlv_2", replay_of="dlv_1"),
+        "hookbus.delivery.replayed.default",
+    ),
+    (ev.EndpointDisabled(endpoint="Billing.EU"), "hookbus.endpoint.disabled.billing_eu"),
+    (ev.EndpointEnabled(endpoint="billing"), "hookbus.endpoint.enabled.billing"),
     (
         ev.DeployRolledBack(job_id="job_1", rule="r", container="Web App", reason="unhealthy"),
         "hookbus.deploy.rolled_back.web_app",

@@ -11,6 +11,9 @@ from hookbus_common.events import allow_deep_payloads
 
 from . import (
     configcheck,
+    deliveries,
+    dlq,
+    endpoints,
     events,
     migrate,
     partners,
@@ -72,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
         partners,
         webhookurl,
         tokens,
+        deliveries,
+        dlq,
+        endpoints,
     ):
         module.register(sub)
     # The global options are accepted after the command too (`hookbus up --data-dir d`).

@@ -472,6 +472,14 @@ class DeliveryRequested(EventData, **_FROZEN):
     # endpoint's subscriptions are matched against.
     endpoint: str | None = None
     event_type: str | None = None
+    # A configured notification channel (by name) instead: the dispatcher renders its
+    # template from `context` (the webhook's facts) and the payload in `body`.
+    notification: str | None = None
+    context: dict[str, str] = {}
+    # Replays of a dead delivery: the delivery replayed, and the message id receivers
+    # dedupe on (Standard Webhooks' webhook-id; unset: the delivery id).
+    replay_of: str | None = None
+    message_id: str | None = None
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("delivery", "requested", token(self.tenant))
@@ -523,6 +531,60 @@ class DeliveryDead(DeliveryOutcome, **_FROZEN):
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("delivery", "dead", token(self.tenant))
+
+
+class DeliveryReplayed(EventData, **_FROZEN):
+    """A delivery that ended without success was requested again (``hookbus dlq replay``):
+    ``delivery_id`` is the new delivery, ``replay_of`` the one replayed."""
+
+    TYPE: ClassVar[str] = "io.hookbus.delivery.replayed.v1"
+
+    replay_id: str
+    delivery_id: str
+    replay_of: str
+    tenant: str = "default"
+    endpoint: str | None = None
+    requested_by: str | None = None
+    reason: str | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("delivery", "replayed", token(self.tenant))
+
+
+class EndpointStateChanged(EventData, **_FROZEN):
+    """Shared by an endpoint's health events: which endpoint, why, and who (``None``: the
+    dispatcher itself)."""
+
+    ACTION: ClassVar[str]
+
+    endpoint: str
+    reason: str = ""
+    by: str | None = None
+    tenant: str = "default"
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("endpoint", self.ACTION, token(self.endpoint))
+
+
+class EndpointDisabled(EndpointStateChanged, **_FROZEN):
+    """No more deliveries are attempted to the endpoint (it answered 410 Gone, failed
+    every attempt for dispatcher.disable_after, or a person disabled it)."""
+
+    TYPE: ClassVar[str] = "io.hookbus.endpoint.disabled.v1"
+    ACTION: ClassVar[str] = "disabled"
+
+    # The delivery whose attempt disabled it, when one did.
+    delivery_id: str | None = None
+
+
+class EndpointEnabled(EndpointStateChanged, **_FROZEN):
+    """Deliveries to the endpoint are attempted again; with ``recover_since``, what died
+    while it was down since then was requested again."""
+
+    TYPE: ClassVar[str] = "io.hookbus.endpoint.enabled.v1"
+    ACTION: ClassVar[str] = "enabled"
+
+    recover_since: datetime | None = None
 
 
 class MessageDeadLettered(EventData, **_FROZEN):
@@ -727,6 +789,9 @@ DATA_TYPES: dict[str, type[EventData]] = {
         DeliverySucceeded,
         DeliveryFailed,
         DeliveryDead,
+        DeliveryReplayed,
+        EndpointDisabled,
+        EndpointEnabled,
         MessageDeadLettered,
         PartnerCreated,
         PartnerUpdated,

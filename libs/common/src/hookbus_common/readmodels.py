@@ -1,4 +1,4 @@
-"""Read models (job and delivery status, partners): a pure projection of the log, kept in step.
+"""Read models (job and delivery status, partners, endpoint state): a pure projection of the log, kept in step.
 
 ``project`` runs in the transaction that appends the events, and ``rebuild`` replays the
 whole log through the same function, so the tables can always be thrown away and rebuilt.
@@ -108,6 +108,16 @@ async def _apply(
                 " WHERE partner_id = $1 AND last_seq < $3",
                 data.partner_id, time, seq,
             )  # fmt: skip
+        case ev.EndpointDisabled() | ev.EndpointEnabled():
+            await conn.execute(
+                "INSERT INTO endpoint_state (endpoint, disabled, reason, changed_by,"
+                " changed_at, last_seq) VALUES ($1, $2, $3, $4, $5, $6)"
+                " ON CONFLICT (endpoint) DO UPDATE SET disabled = $2, reason = $3,"
+                " changed_by = $4, changed_at = $5, last_seq = $6"
+                " WHERE endpoint_state.last_seq < $6",
+                data.endpoint, isinstance(data, ev.EndpointDisabled), data.reason, data.by,
+                time, seq,
+            )  # fmt: skip
         case _:
             pass
 
@@ -128,6 +138,8 @@ PROJECTED: tuple[type[ev.EventData], ...] = (
     ev.PartnerTokenRotated,
     ev.PartnerStatusChanged,
     ev.PartnerDeleted,
+    ev.EndpointDisabled,
+    ev.EndpointEnabled,
 )
 
 
@@ -262,13 +274,14 @@ async def rebuild(conn: asyncpg.Connection, *, batch: int = 1000) -> int:
     count = 0
     async with conn.transaction():
         # partner_tokens is not a read model (token hashes are never in events): kept.
-        await conn.execute("TRUNCATE jobs, deliveries, partners")
+        await conn.execute("TRUNCATE jobs, deliveries, partners, endpoint_state")
         last = 0
         while True:
             rows = await conn.fetch(
                 "SELECT seq, type, data::text AS data, correlation_id, time FROM events"
                 " WHERE seq > $1 AND (type LIKE 'io.hookbus.job.%'"
-                " OR type LIKE 'io.hookbus.delivery.%' OR type LIKE 'io.hookbus.partner.%')"
+                " OR type LIKE 'io.hookbus.delivery.%' OR type LIKE 'io.hookbus.partner.%'"
+                " OR type LIKE 'io.hookbus.endpoint.%')"
                 " ORDER BY seq LIMIT $2",
                 last,
                 batch,

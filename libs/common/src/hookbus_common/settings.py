@@ -55,6 +55,7 @@ SECTIONS: Final = frozenset(
         "dispatcher",
         "projects",
         "endpoints",
+        "notifications",
         "api",
     }
 )

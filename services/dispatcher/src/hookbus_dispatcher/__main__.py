@@ -31,6 +31,8 @@ async def run(settings: DispatcherConfig) -> None:
                 private_client=private,
                 retry_schedule=d.retry_schedule,
                 scheduler=schedulers[0],
+                notifications=settings.notifications,
+                disable_after=d.disable_after,
             )
 
         async def started(rt: Runtime) -> None:

@@ -1,6 +1,6 @@
-"""The dispatcher's config: the shared core, its ``[dispatcher]`` section and the
-``[endpoints.*]`` it delivers to, with their signing secrets (only the dispatcher reads
-them; the router knows endpoints by name only)."""
+"""The dispatcher's config: the shared core, its ``[dispatcher]`` section, the
+``[endpoints.*]`` it delivers to and the ``[notifications.*]`` it notifies, with their
+secrets (only the dispatcher reads them; the router knows both by name only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final, Literal
 
 import httpx
 import msgspec
@@ -18,6 +18,7 @@ from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
 
+from . import templates
 from .schedule import DEFAULT_SCHEDULE
 from .signing import Scheme, Signer
 from .ssrf import Network
@@ -102,6 +103,78 @@ class Endpoint(msgspec.Struct, **STRUCT):
         return Signer(keys=tuple(decode_secret(t) for t in texts))
 
 
+NotificationType = Literal["slack", "discord", "email", "json"]
+
+DEFAULT_TEMPLATE: Final = (
+    "{{ source }} {{ event_type }}"
+    "{% if repository is defined %} {{ repository }}{% endif %}"
+    "{% if branch is defined %}@{{ branch }}{% elif tag is defined %}@{{ tag }}{% endif %}"
+    " (rule {{ rule }})"
+)
+DEFAULT_SUBJECT: Final = "[hookbus] {{ source }} {{ event_type }} (rule {{ rule }})"
+
+
+class Smtp(msgspec.Struct, **STRUCT):
+    """Where an email notification is sent from: an SMTP server and how to talk to it."""
+
+    host: str
+    # Unset: 587 with STARTTLS, 465 with implicit TLS, 25 without TLS.
+    port: Port | None = None
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    username: str | None = None
+    password: Secret | None = None
+    # A CA bundle (PEM) to trust for this server instead of the system's.
+    ca_file: str | None = None
+
+    def port_or_default(self) -> int:
+        return self.port or {"starttls": 587, "implicit": 465, "none": 25}[self.tls]
+
+
+class Notification(msgspec.Struct, **STRUCT):
+    """A channel rules notify by name (``{ kind = "notify", channel = "…" }``): a Slack or
+    Discord incoming webhook, an email, or a JSON POST, its message rendered from the
+    event by ``template``. Webhook URLs are secrets: by env/file like endpoint secrets."""
+
+    type: NotificationType
+    url: Secret | None = None
+    template: str = DEFAULT_TEMPLATE
+    description: str = ""
+    tenant: str = "default"
+    # email
+    smtp: Smtp | None = None
+    sender: str | None = msgspec.field(default=None, name="from")
+    to: list[str] = []
+    subject: str = DEFAULT_SUBJECT
+    # json
+    headers: dict[HeaderName, str] = {}
+    timeout: PositiveFloat = 15.0
+    allow_private: bool = False
+    retry_schedule: RetrySchedule | None = None
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.type == "email":
+            if self.smtp is None:
+                yield "smtp", 'type = "email" needs smtp = { host = … }'
+            if not self.sender:
+                yield "from", 'type = "email" needs from (the sender address)'
+            if not self.to:
+                yield "to", 'type = "email" needs to (a list of addresses)'
+            if self.url is not None:
+                yield "url", 'does not apply to type = "email" (give smtp instead)'
+        else:
+            if self.url is None:
+                yield "url", f'type = "{self.type}" needs url (by env or file: it is a secret)'
+            for key in ("smtp", "sender", "to"):
+                if getattr(self, key):
+                    yield ("from" if key == "sender" else key), 'applies to type = "email" only'
+        if self.headers and self.type != "json":
+            yield "headers", 'applies to type = "json" only'
+        for key in ("template", "subject"):
+            problem = templates.check(getattr(self, key))
+            if problem is not None:
+                yield key, problem
+
+
 def endpoint_id(name: str) -> str:
     """An endpoint's stable id (``ep_…``), derived from its name."""
     return ev.derived_id("endpoint", name, prefix="ep")
@@ -119,6 +192,8 @@ class DispatcherSettings(msgspec.Struct, **STRUCT):
     # CIDRs deliveries may reach even though they are private, loopback, … (`url` actions
     # and every endpoint alike).
     allow_networks: list[str] = []
+    # An endpoint whose every attempt failed for this many seconds is disabled (0: never).
+    disable_after: NonNegativeFloat = 86400.0
 
     def attempts(self) -> int:
         """Attempts at one delivery (``url`` actions, endpoints without their own schedule)."""
@@ -131,6 +206,7 @@ class DispatcherSettings(msgspec.Struct, **STRUCT):
 class DispatcherConfig(core.Settings, **STRUCT):
     dispatcher: DispatcherSettings = DispatcherSettings()
     endpoints: dict[EndpointName, Endpoint] = {}
+    notifications: dict[EndpointName, Notification] = {}
 
 
 # ----------------------------------------------------------------------- loading
@@ -179,12 +255,48 @@ def resolve_endpoint(name: str, ep: Endpoint, base: Path, env: Mapping[str, str]
     return msgspec.structs.replace(ep, secrets=secrets)
 
 
+def resolve_notification(
+    name: str, n: Notification, base: Path, env: Mapping[str, str]
+) -> Notification:
+    """``n`` checked, with its URL and SMTP password read from their variable or file."""
+    where = f"notifications.{name}"
+    for key, message in n.problems():
+        raise ConfigError(f"{where}.{key}: {message}")
+    url = n.url
+    if url is not None:
+        url = _resolve_secret(url, f"{where}.url", base, env)
+        try:
+            parsed = httpx.URL(url.value or "")
+        except httpx.InvalidURL:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            # Never echo the URL: it is the secret.
+            raise ConfigError(f"{where}.url: must be an absolute http:// or https:// URL")
+    smtp = n.smtp
+    if smtp is not None and smtp.password is not None:
+        password = _resolve_secret(smtp.password, f"{where}.smtp.password", base, env)
+        smtp = msgspec.structs.replace(smtp, password=password)
+    if smtp is not None and smtp.ca_file is not None:
+        ca = Path(smtp.ca_file).expanduser()
+        smtp = msgspec.structs.replace(smtp, ca_file=str(ca if ca.is_absolute() else base / ca))
+    return msgspec.structs.replace(n, url=url, smtp=smtp)
+
+
 def _check_each_endpoint(data: dict[str, Any], label: str) -> None:
     # msgspec writes a dict key as `[...]`; check each endpoint alone so the error names it.
-    endpoints = data.get("endpoints")
-    if isinstance(endpoints, dict):
-        for name, ep in endpoints.items():
-            core.convert(ep, Endpoint, label, f"endpoints.{name}")
+    for section, cls in (("endpoints", Endpoint), ("notifications", Notification)):
+        tables = data.get(section)
+        if isinstance(tables, dict):
+            for name, table in tables.items():
+                core.convert(table, cls, label, f"{section}.{name}")
+
+
+def load_unresolved(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> DispatcherConfig:
+    """The config with no secret read: for tools that need names and URLs only."""
+    env = os.environ if env is None else env
+    return core.load(DispatcherConfig, path, env, prepare=_check_each_endpoint)
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> DispatcherConfig:
@@ -202,4 +314,7 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
     endpoints = {
         name: resolve_endpoint(name, ep, base, env) for name, ep in config.endpoints.items()
     }
-    return msgspec.structs.replace(config, endpoints=endpoints)
+    notifications = {
+        name: resolve_notification(name, n, base, env) for name, n in config.notifications.items()
+    }
+    return msgspec.structs.replace(config, endpoints=endpoints, notifications=notifications)

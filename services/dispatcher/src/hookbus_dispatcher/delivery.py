@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from email.message import EmailMessage
 from typing import Any, Final
 
 import asyncpg
@@ -19,10 +20,11 @@ from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError, RetryableError
 from hookbus_common.events import DeliveryRequested, Event
 
-from . import retryafter, schedule
-from .config import Endpoint
+from . import endpointstate, health, notify, retryafter, schedule, smtp
+from .config import Endpoint, Notification
 from .schedule import retry_delay
 from .ssrf import DestinationRefused
+from .templates import TemplateFailed
 
 SOURCE = "/hookbus/dispatcher"
 USER_AGENT = "hookbus-dispatcher/0.1"
@@ -79,6 +81,17 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     url: str
     endpoint: str | None = None
     config: Endpoint | None = None
+    # A notification channel instead (its name and config): `url` is then its label.
+    channel: str | None = None
+    notification: Notification | None = None
+
+    def allow_private(self) -> bool:
+        cfg = self.config or self.notification
+        return cfg is not None and cfg.allow_private
+
+    def own_schedule(self) -> Sequence[float] | None:
+        cfg = self.config or self.notification
+        return cfg.retry_schedule if cfg is not None else None
 
 
 ABORT_ERROR: Final = "the receiver asked for no more attempts (webhook-delivery: abort-message)"
@@ -111,9 +124,23 @@ def _outcome(
     )
 
 
-def resolve(req: DeliveryRequested, endpoints: Mapping[str, Endpoint]) -> Target:
+def resolve(
+    req: DeliveryRequested,
+    endpoints: Mapping[str, Endpoint],
+    notifications: Mapping[str, Notification] | None = None,
+) -> Target:
     """The request's destination; ``ValueError`` (final) when its endpoint cannot take it:
     not configured (any more), another tenant's, or not subscribed to its event type."""
+    if req.notification is not None:
+        n = (notifications or {}).get(req.notification)
+        if n is None:
+            raise ValueError(f"no notification channel named {req.notification!r} is configured")
+        if n.tenant != req.tenant:
+            raise ValueError(
+                f"notification channel {req.notification!r} belongs to tenant {n.tenant!r},"
+                f" not {req.tenant!r}"
+            )
+        return Target(url=notify.label(req.notification), channel=req.notification, notification=n)
     if req.endpoint is None:
         return Target(url=req.url)
     ep = endpoints.get(req.endpoint)
@@ -148,9 +175,9 @@ def _build(
     body = bytes(req.body)
     signer = ep.signer() if ep is not None else None
     if signer is not None:
-        # The delivery id is the message id: the same on every attempt (and replay of this
-        # delivery), so a receiver can drop repeats.
-        headers.update(signer.headers(req.delivery_id, int(now), body))
+        # The message id: the delivery id, the same on every attempt; a replay of a dead
+        # delivery keeps the id of the delivery replayed, so a receiver can drop repeats.
+        headers.update(signer.headers(req.message_id or req.delivery_id, int(now), body))
     extra: dict[str, Any] = {} if ep is None else {"timeout": httpx.Timeout(ep.timeout)}
     request = client.build_request(req.method, target.url, content=body, headers=headers, **extra)
     url = request.url
@@ -196,6 +223,7 @@ async def attempt(
     private_client: httpx.AsyncClient | None = None,
     retry_schedule: Sequence[float] = schedule.DEFAULT_SCHEDULE,
     rand: Callable[[], float] = random.random,
+    notifications: Mapping[str, Notification] | None = None,
 ) -> tuple[list[Event[Any]], RetryableError | None]:
     """Send once; return the events to record and, when another attempt is due, why.
 
@@ -212,16 +240,38 @@ async def attempt(
     retry_after: float | None = None
     response_body: str | None = None
     request: httpx.Request | None = None
+    email: EmailMessage | None = None
     final = False
     target = Target(url=req.url, endpoint=req.endpoint)
     try:
-        target = resolve(req, endpoints or {})
-        request = _build(client, req, target, clock().timestamp())
+        target = resolve(req, endpoints or {}, notifications)
+        if target.notification is not None and target.channel is not None:
+            n = target.notification
+            text, subject = notify.render(req, target.channel, n)
+            if n.type == "email":
+                email = smtp.message(
+                    sender=n.sender or "",
+                    to=n.to,
+                    subject=subject,
+                    body=text,
+                    message_id=req.message_id or req.delivery_id,
+                )
+            else:
+                request = notify.request(client, req, target.channel, n, text)
+        else:
+            request = _build(client, req, target, clock().timestamp())
+    except TemplateFailed as exc:
+        # The same event renders the same way next time: final.
+        error = f"notification cannot be rendered: {exc}"[:500]
     except (httpx.InvalidURL, ValueError) as exc:
         error = f"request cannot be sent: {type(exc).__name__}: {exc}"[:500]
+    if email is not None and target.notification is not None:
+        assert target.notification.smtp is not None  # checked at load
+        sent = await smtp.send(target.notification.smtp, email, target.notification.timeout)
+        error, final, response_body = sent.error, sent.final, sent.reply
     if request is not None:
         sender = client
-        if target.config is not None and target.config.allow_private and private_client:
+        if target.allow_private() and private_client:
             sender = private_client
         try:
             resp = await sender.send(request, follow_redirects=False, stream=True)
@@ -235,14 +285,19 @@ async def attempt(
             if not 200 <= status < 300 and aborts(resp.headers):
                 error, final = ABORT_ERROR, True
             response_body = await _read_start(resp)
+    if target.notification is not None and target.channel is not None:
+        error = notify.clean(error, target.notification, target.channel)
+        response_body = notify.clean(response_body, target.notification, target.channel)
     fields: dict[str, Any] = {"attempt": number, "status_code": status, "error": error}
     fields["duration_ms"] = (time.perf_counter() - started) * 1000
-    ep = target.config
-    if ep is not None and ep.retry_schedule is not None:
-        retry_schedule, max_attempts = ep.retry_schedule, len(ep.retry_schedule) + 1
+    own = target.own_schedule()
+    if own is not None:
+        retry_schedule, max_attempts = own, len(own) + 1
+    ok = (status is not None and 200 <= status < 300) or (email is not None and error is None)
+    unsendable = request is None and email is None
     settled = (
-        (status is not None and 200 <= status < 300)
-        or request is None
+        ok
+        or unsendable
         or final
         or (status is not None and not retryable_status(status))
         or number >= max_attempts
@@ -262,16 +317,26 @@ async def attempt(
         next_attempt_at=None if settled else clock() + timedelta(seconds=delay),
         **fields,
     )
-    if status is not None and 200 <= status < 300:
+    kind = target.notification.type if target.notification is not None else None
+    if ok:
+        _count(kind, "succeeded")
         return [attempted, _outcome(ev.DeliverySucceeded, event, "outcome", target, **fields)], None
     # A request that cannot be built will not build next time either, and a destination
     # refused now is refused next time.
-    if request is None or final or (status is not None and not retryable_status(status)):
+    if unsendable or final or (status is not None and not retryable_status(status)):
+        _count(kind, "failed")
         return [attempted, _outcome(ev.DeliveryFailed, event, "outcome", target, **fields)], None
     if number >= max_attempts:
+        _count(kind, "dead")
         return [attempted, _outcome(ev.DeliveryDead, event, "outcome", target, **fields)], None
+    _count(kind, "retrying")
     why = f"attempt {number} failed: {status or error}"
     return [attempted], RetryableError(why, delay=delay)
+
+
+def _count(kind: str | None, outcome: str) -> None:
+    if kind is not None:
+        notify.SENT.labels(kind, outcome).inc()
 
 
 async def _next_attempt_at(
@@ -287,6 +352,55 @@ async def _next_attempt_at(
     return msgspec.json.decode(text, type=ev.DeliveryAttempted).next_attempt_at
 
 
+def _failed(attempted: ev.DeliveryAttempted) -> bool | None:
+    """Whether the attempt failed at the endpoint's end (``None``: it says nothing about
+    the endpoint, as a request that could not even be built)."""
+    status = attempted.status_code
+    if status is not None:
+        return not 200 <= status < 300
+    if attempted.error and attempted.error.startswith("request cannot be sent"):
+        return None
+    return attempted.error is not None
+
+
+async def _health(
+    pool: asyncpg.Pool,
+    event: Event[DeliveryRequested],
+    name: str,
+    state: endpointstate.Health,
+    attempted: ev.DeliveryAttempted,
+    now: datetime,
+    disable_after: float,
+) -> list[Event[Any]]:
+    """Keep the endpoint's failure streak; the endpoint.disabled event when this attempt
+    ends its life (a 410, or failing for ``disable_after``)."""
+    failed = _failed(attempted)
+    if failed is None:
+        return []
+    since = None
+    if failed:
+        since = await endpointstate.failed(pool, name, now)
+    elif state.failing_since is not None:
+        await endpointstate.recovered(pool, name)
+    decided = health.disable_reason(attempted.status_code, since, now, disable_after)
+    if decided is None:
+        return []
+    metric, reason = decided
+    health.DISABLED.labels(metric).inc()
+    await endpointstate.recovered(pool, name)
+    data = ev.EndpointDisabled(
+        endpoint=name, reason=reason, tenant=event.data.tenant, delivery_id=event.data.delivery_id
+    )
+    disabled = ev.make_event(
+        data,
+        source=SOURCE,
+        id=ev.derived_id(event.id, f"endpoint-disabled/{attempted.attempt}"),
+        cause=event,
+        subject=name,
+    )
+    return [disabled]
+
+
 def make_handler(
     client: httpx.AsyncClient,
     pool: asyncpg.Pool,
@@ -297,6 +411,8 @@ def make_handler(
     retry_schedule: Sequence[float] = schedule.DEFAULT_SCHEDULE,
     scheduler: schedule.Scheduler | None = None,
     clock: retryafter.Clock = retryafter.utcnow,
+    notifications: Mapping[str, Notification] | None = None,
+    disable_after: float = 0.0,
 ) -> Handler:
     """The dispatcher's handler. A failed attempt that is to be made again is put on the
     durable schedule and its message acked: waiting holds no consumer capacity, and the
@@ -322,6 +438,15 @@ def make_handler(
                     scheduler.wake()
                 return
         number = made + 1
+        name = event.data.endpoint if event.data.notification is None else None
+        state = await endpointstate.look(pool, name) if name else None
+        if name and state is not None and state.disabled:
+            # Not attempted: dead at once (`hookbus endpoints enable --recover-since`
+            # requests these again).
+            error = f"endpoint {name!r} is disabled: {state.reason}"[:500]
+            target = Target(url=event.data.url, endpoint=name)
+            yield [_outcome(ev.DeliveryDead, event, "outcome", target, attempt=made, error=error)]
+            return
         events, retry = await attempt(
             client,
             event,
@@ -331,7 +456,12 @@ def make_handler(
             endpoints=endpoints,
             private_client=private_client,
             retry_schedule=retry_schedule,
+            notifications=notifications,
         )
+        if name and state is not None and endpoints and name in endpoints:
+            events += await _health(
+                pool, event, name, state, events[0].data, clock(), disable_after
+            )
         yield events
         if retry is not None:
             # The attempt is recorded (the loop committed it before coming back here); if

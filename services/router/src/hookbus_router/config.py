@@ -107,7 +107,14 @@ class ComposeAction(msgspec.Struct, tag="compose", tag_field="kind", **STRUCT):
     on_interrupt: OnInterrupt = "record"
 
 
-Action = ShellAction | WebhookAction | SshAction | DockerAction | ComposeAction
+class NotifyAction(msgspec.Struct, tag="notify", tag_field="kind", **STRUCT):
+    """Tell a channel of the dispatcher's [notifications.*] (Slack, Discord, email, JSON)
+    about the event; the router knows the channel's name only."""
+
+    channel: str
+
+
+Action = ShellAction | WebhookAction | SshAction | DockerAction | ComposeAction | NotifyAction
 
 
 class Rule(msgspec.Struct, **STRUCT):
@@ -148,6 +155,8 @@ class RouterConfig(core.Settings, **STRUCT):
     source_names: list[str] = []
     # The names of the [endpoints.*] tables, likewise (their secrets are the dispatcher's).
     endpoint_names: list[str] = []
+    # The names of the [notifications.*] tables, likewise (their URLs are the dispatcher's).
+    notification_names: list[str] = []
     # The names of the [executor.ssh.hosts.*] tables, likewise (their keys are the
     # executor's).
     ssh_host_names: list[str] = []
@@ -186,6 +195,8 @@ def _prepare(data: dict[str, Any], label: str) -> None:
     data["ssh_host_names"] = _ssh_host_names(data)
     endpoints = data.get("endpoints")
     data["endpoint_names"] = sorted(endpoints) if isinstance(endpoints, dict) else []
+    channels = data.get("notifications")
+    data["notification_names"] = sorted(channels) if isinstance(channels, dict) else []
 
 
 def _ssh_host_names(data: dict[str, Any]) -> list[str]:
@@ -219,6 +230,11 @@ def check(config: RouterConfig) -> None:
                 problem = _webhook_problem(action, config.endpoint_names)
                 if problem is not None:
                     raise ConfigError(f"rules[{i}].actions[{j}] (rule {rule.name!r}): {problem}")
+            if isinstance(action, NotifyAction) and action.channel not in config.notification_names:
+                raise ConfigError(
+                    f"rules[{i}].actions[{j}] (rule {rule.name!r}): channel: no notification"
+                    f" channel named {action.channel!r} is configured in [notifications]"
+                )
             if isinstance(action, DockerAction):
                 problem = _docker_problem(action)
                 if problem is not None:
