@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from hookbus_api import tokens
 from hookbus_api.config import ApiConfig
 from hookbus_api.routes import OPS
+from hookbus_cli.up import port_free
 from hookbus_common import events as ev
 from hookbus_common.eventlog import Pending
 from hookbus_common.service import Runtime
@@ -511,3 +513,13 @@ async def test_tokens_cli_creates_lists_and_revokes(api: Api, tmp_path: Path) ->
     assert (created.by, created.scope) == ("root", "operate")
     assert all(key not in r["data"] and key[4:20] not in r["data"] for r in rows)
     assert stored == 1
+
+
+def test_up_leaves_the_api_out_when_its_port_is_taken() -> None:
+    """`hookbus up` checks the API's port first: a busy one means no API, not no system."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        assert not port_free("127.0.0.1", busy)
+    assert port_free("127.0.0.1", busy)

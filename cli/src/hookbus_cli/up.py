@@ -7,6 +7,7 @@ import asyncio
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +54,17 @@ def stop_wait(executor: ExecutorSettings) -> float:
     to give running jobs their shutdown grace, end them and record them interrupted (a
     killed executor would leave them running, their end unknown)."""
     return executor.shutdown_grace_seconds + executor.kill_grace_seconds + _STOP_MARGIN
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether ``host``:``port`` can be listened on now (a quick look; not a reservation)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError:
+        return False
+    return True
 
 
 class AlreadyRunning(Exception):
@@ -141,7 +153,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         # Migrate once here so the services start against a ready schema.
         asyncio.run(migrate(msgspec.structs.replace(
             settings.database, url=db_url)))  # fmt: skip
-        for service in SERVICES:
+        services = list(SERVICES)
+        api = inst.api.api
+        if not port_free(api.host, api.port):
+            # Another `hookbus up` (or anything else) has it: run the rest without the
+            # operator API rather than stop everything when it cannot listen.
+            services.remove("api")
+            print(
+                f"hookbus: port {api.port} is in use; the operator API is not started"
+                " (set api.port)",
+                flush=True,
+            )
+        for service in services:
             children[service] = subprocess.Popen(service_argv(service, None), env=env)
         host = settings.receiver.host
         if host in ("0.0.0.0", "::"):  # noqa: S104 (comparing, not binding)
@@ -151,13 +174,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 1
         sources = ", ".join(settings.sources) or "(none configured)"
         print(f"hookbus: send webhooks to {url}/hooks/<source>   sources: {sources}", flush=True)
-        api = inst.api.api
-        api_host = "127.0.0.1" if api.host in ("0.0.0.0", "::") else api.host  # noqa: S104
-        print(
-            f"hookbus: dashboard and operator API at http://{api_host}:{api.port}/"
-            " (sign in with a token from `hookbus tokens create`)",
-            flush=True,
-        )
+        if "api" in children:
+            api_host = "127.0.0.1" if api.host in ("0.0.0.0", "::") else api.host  # noqa: S104
+            print(
+                f"hookbus: dashboard and operator API at http://{api_host}:{api.port}/"
+                " (sign in with a token from `hookbus tokens create`)",
+                flush=True,
+            )
         print("hookbus: Ctrl-C stops everything", flush=True)
         while not stopping:
             for name, child in children.items():

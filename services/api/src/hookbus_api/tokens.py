@@ -137,18 +137,21 @@ async def list_tokens(conn: asyncpg.Connection, *, include_revoked: bool = False
 
 
 async def authenticate(conn: asyncpg.Connection, token: str) -> ApiToken | None:
-    """The live token ``token`` is, or None (unknown, revoked or malformed: all alike)."""
+    """The live token ``token`` is, or None (unknown, revoked or malformed: all alike).
+
+    One read per request; ``last_used_at`` is written at most once a minute per token."""
+    digest = token_hash(token)
     row = await conn.fetchrow(
-        "UPDATE api_tokens SET last_used_at = now()"
-        " WHERE token_sha256 = $1 AND revoked_at IS NULL"
-        # At most one write a minute per token: reading must not cost a write per request.
-        " AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')"
-        f" RETURNING {_COLUMNS}",
-        token_hash(token),
+        f"SELECT {_COLUMNS}, last_used_at IS NULL OR last_used_at < now() - interval '1 minute'"
+        " AS stale FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
+        digest,
     )
     if row is None:
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
-            token_hash(token),
+        return None
+    if row["stale"]:
+        await conn.execute(
+            "UPDATE api_tokens SET last_used_at = now() WHERE token_sha256 = $1", digest
         )
-    return _token(row) if row is not None else None
+    fields = dict(row)
+    del fields["stale"]
+    return msgspec.convert(fields, ApiToken)
