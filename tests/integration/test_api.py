@@ -5,8 +5,11 @@ stream, and the OpenAPI document (which every answer here is checked against).""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -523,3 +526,49 @@ def test_up_leaves_the_api_out_when_its_port_is_taken() -> None:
         busy = s.getsockname()[1]
         assert not port_free("127.0.0.1", busy)
     assert port_free("127.0.0.1", busy)
+
+
+async def test_hookbus_api_runs_as_its_own_process(settings: Settings, tmp_path: Path) -> None:
+    """`hookbus-api --config FILE`: a bad setting exits 2 naming it; a good file serves the
+    API, the dashboard and the health endpoints on the API's port."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[api]\nport = -1\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hookbus_api", "--config", str(bad),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"config error" in err
+    assert b"api.port" in err
+
+    config = api_config(settings, tmp_path)
+    base = f"http://127.0.0.1:{config.api.port}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hookbus_api", "--config", str(tmp_path / "hookbus.toml"),
+        env={**os.environ, "HOOKBUS_LOG__FORMAT": "text"},
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as c:
+
+            async def ready() -> bool:
+                try:
+                    return (await c.get("/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await until(ready, timeout=30)
+            page = await c.get("/")
+            assert page.headers["content-type"].startswith("text/html")
+            assert "default-src 'self'" in page.headers["content-security-policy"]
+            assert '<script type="module" src="/static/app.js">' in page.text
+            js = await c.get("/static/app.js")
+            assert js.headers["content-type"].startswith("text/javascript")
+            assert (await c.get("/static/../app.py")).status_code == 404
+            assert "hookbus_api_requests_total" in (await c.get("/metrics")).text
+            health = await c.get("/api/health")
+            assert health.json() == {"status": "ok", "checks": {"nats": True, "postgres": True}}
+    finally:
+        proc.terminate()
+        # uvicorn stops cleanly, then ends with the signal it was sent.
+        assert await asyncio.wait_for(proc.wait(), 20) in (0, -signal.SIGTERM)
