@@ -225,10 +225,6 @@ const EVENT_FILTERS = [
   ["Correlation id", "correlation", "evt_…"],
 ];
 
-function eventRow(e) {
-  return e;
-}
-
 async function events() {
   const q = query();
   const params = new URLSearchParams();
@@ -257,7 +253,7 @@ async function events() {
     ["Tenant", (e) => e.tenant],
     ["Chain", (e) => link(`#/chains/${e.id}`, "timeline")],
   ];
-  const list = table("Newest first", columns, result.items.map(eventRow), "No events match.");
+  const list = table("Newest first", columns, result.items, "No events match.");
   const more = result.next_before
     ? h("p", {}, link(`#/events?${new URLSearchParams({ ...Object.fromEntries(params), before: result.next_before })}`, "Older events"))
     : null;
@@ -331,17 +327,31 @@ async function chainPage(id) {
         describe(e)))));
 }
 
+function older(base, params, next) {
+  if (!next) return null;
+  const p = new URLSearchParams(params);
+  p.delete("limit");
+  p.set("before", next);
+  return h("p", {}, link(`${base}?${p}`, "Older"));
+}
+
+function listParams(q) {
+  const params = new URLSearchParams({ limit: "100" });
+  for (const name of ["status", "before"]) if (q.get(name)) params.set(name, q.get(name));
+  return params;
+}
+
 async function jobs() {
   const q = query();
-  const params = new URLSearchParams({ limit: "100" });
-  if (q.get("status")) params.set("status", q.get("status"));
+  const params = listParams(q);
   const r = await api(`/api/jobs?${params}`);
   page("Jobs", statusFilter("#/jobs", q.get("status"), ["requested", "running", "succeeded", "failed", "interrupted"]),
     table("Most recently changed first", [
       ["Job", (j) => link(`#/jobs/${j.job_id}`, j.job_id)], ["Rule", (j) => j.rule], ["Kind", (j) => j.kind],
       ["Status", (j) => badge(j.status)], ["Attempts", (j) => j.attempts, "num"], ["Exit", (j) => j.exit_code ?? "", "num"],
       ["Updated", (j) => when(j.updated_at)],
-    ], r.items, "No jobs."));
+    ], r.items, "No jobs."),
+    older("#/jobs", params, r.next_before));
 }
 
 function statusFilter(base, current, choices) {
@@ -369,11 +379,10 @@ async function jobPage(id) {
 
 async function deliveries() {
   const q = query();
-  const params = new URLSearchParams({ limit: "100" });
-  if (q.get("status")) params.set("status", q.get("status"));
+  const params = listParams(q);
   const r = await api(`/api/deliveries?${params}`);
   page("Deliveries", statusFilter("#/deliveries", q.get("status"), ["requested", "retrying", "succeeded", "failed", "dead"]),
-    deliveryTable(r.items));
+    deliveryTable(r.items), older("#/deliveries", params, r.next_before));
 }
 
 function deliveryTable(items) {
