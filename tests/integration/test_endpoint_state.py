@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hookbus_common import events as ev
+from hookbus_common import readmodels
 from hookbus_common.service import Runtime
 from hookbus_dispatcher.health import DISABLED
 
@@ -123,3 +124,16 @@ async def test_a_success_ends_the_failure_streak(rt: Runtime, sink: Sink, tmp_pa
     out, _ = await _deliver(rt, config, _req("dlv_3"), T0 + timedelta(seconds=90))
     assert _types(out) == ["DeliveryAttempted"]  # failing since 90 s only: not disabled
     assert await _state(rt) is None
+
+
+async def test_the_endpoint_state_is_rebuilt_from_the_log(
+    rt: Runtime, sink: Sink, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, _endpoint(sink))
+    sink.answer(410)
+    await _deliver(rt, config, _req("dlv_1"))
+    assert await _state(rt) == (True, "answered 410 Gone")
+    async with rt.pool.acquire() as conn:
+        await conn.execute("DELETE FROM endpoint_state")
+        await readmodels.rebuild(conn)
+    assert await _state(rt) == (True, "answered 410 Gone")

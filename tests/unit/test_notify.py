@@ -9,11 +9,12 @@ import msgspec
 import pytest
 
 from hookbus_common.errors import ConfigError
-from hookbus_common.events import DeliveryRequested
+from hookbus_common.events import DeliveryRequested, WebhookReceived, make_event
 from hookbus_dispatcher import config as dispatcher
 from hookbus_dispatcher import notify, templates
 from hookbus_dispatcher.templates import TemplateFailed
 from hookbus_router import config as router
+from hookbus_router.routing import route
 
 CONTEXT = {"HOOKBUS_SOURCE": "github", "HOOKBUS_BRANCH": "main", "HOOKBUS_SENDER": "ana"}
 PAYLOAD = b'{"ref": "refs/heads/main", "commits": [{"id": "a1"}, {"id": "b2"}]}'
@@ -172,3 +173,32 @@ actions = [{ kind = "notify", channel = "%s" }]
     path.write_text(text % "ops-slack")
     with pytest.raises(ConfigError, match=r"rules\[0\]\.actions\[0\].*channel: no notification"):
         router.load(path, {})
+
+
+def test_the_router_requests_a_notification_that_renders_in_the_dispatcher() -> None:
+    hook = make_event(
+        WebhookReceived(
+            source="github", kind="github", event_type="push", delivery_id="gh-1",
+            payload=msgspec.Raw(PAYLOAD), repository="acme/app", branch="main", sender="ana",
+        ),
+        source="/hookbus/receiver",
+        tenant="acme",
+    )  # fmt: skip
+    actions = [
+        router.ShellAction(command=["./deploy.sh"]),
+        router.NotifyAction(channel="ops-discord"),
+    ]
+    _, _job, request = route([router.Rule(name="deploy", actions=actions)], hook)
+    data = request.data
+    assert isinstance(data, DeliveryRequested)
+    assert data.notification == "ops-discord"
+    assert (data.url, data.endpoint, data.tenant) == ("", None, "acme")
+    assert data.delivery_id.startswith("dlv_")
+    assert bytes(data.body) == PAYLOAD
+    n = dispatcher.Notification(
+        type="discord",
+        url=dispatcher.Secret(value="https://discord.example.com/x"),
+        template="{{ sender }} pushed {{ branch }} of {{ repository }}: {{ rule }} ran",
+    )
+    text, _ = notify.render(data, "ops-discord", n)
+    assert text == "ana pushed main of acme/app: deploy ran"
