@@ -365,6 +365,7 @@ async def test_an_email_goes_through_a_real_smtp_server_over_tls(
     msg = message_from_bytes(content)
     assert msg["Subject"] == "acme/app: push to main"
     assert msg["X-Hookbus-Delivery"] == "dlv_n"
+    assert msg["Message-ID"] == "<dlv_n@hookbus>"
     body = msg.get_payload(decode=True)
     assert isinstance(body, bytes)
     assert (

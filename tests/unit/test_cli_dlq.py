@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from hookbus_cli import deliveries
+from hookbus_cli.events import summary
 from hookbus_cli.main import parser
+from hookbus_common import events as ev
+from hookbus_common.eventlog import LoggedEvent
+from hookbus_common.events import RawEvent
 
 T = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -56,3 +61,27 @@ def test_the_table_is_aligned_and_says_what_was_replayed() -> None:
     assert first.index("dead") == second.index("dead (replayed)")
     assert "notification:ops" in second
     assert first.endswith("busy very busy")  # one line per delivery
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (
+            ev.DeliveryReplayed(
+                replay_id="dlr_1", delivery_id="dlv_2", replay_of="dlv_1", requested_by="ana"
+            ),
+            "dlv_1 replayed as dlv_2 by ana",
+        ),
+        (
+            ev.EndpointDisabled(endpoint="billing", reason="answered 410 Gone"),
+            "billing: answered 410 Gone",
+        ),
+        (ev.EndpointEnabled(endpoint="billing", by="ana"), "billing by ana"),
+    ],
+)
+def test_hookbus_events_summarises_replays_and_endpoint_changes(
+    data: ev.EventData, line: str
+) -> None:
+    event = ev.make_event(data, source="/hookbus/test")
+    raw = msgspec.json.decode(ev.encode(event), type=RawEvent)
+    assert summary(LoggedEvent(seq=1, bus_subject="x", event=raw)) == line

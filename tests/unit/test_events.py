@@ -86,6 +86,7 @@ SAMPLES: dict[str, EventData] = {
             RuleEvaluation(rule="other", matched=False, reason="branch: nope"),
         ],
         requested=["evt_2"],
+        joined=[ev.JoinedEvents(rule="deploy", key="abc", events=["evt_0", "evt_1"])],
     ),
     JobRequested.TYPE: JobRequested(
         job_id="job_1",
@@ -103,6 +104,7 @@ SAMPLES: dict[str, EventData] = {
         spec=ShellSpec(command=["./deploy.sh", "a b"], env={"X": "1"}, timeout=5.0, cwd="/srv"),
         context={"HOOKBUS_BRANCH": "main"},
         payload=msgspec.Raw(PAYLOAD),
+        sequence=ev.SequenceStep(rule="deploy", index=1, of=3, config_version="abc", events=["e"]),
     ),
     JobStarted.TYPE: JobStarted(job_id="job_1", kind="shell", rule="deploy", attempt=2),
     JobSucceeded.TYPE: JobSucceeded(
@@ -168,6 +170,23 @@ SAMPLES: dict[str, EventData] = {
     ),
     ev.EndpointEnabled.TYPE: ev.EndpointEnabled(
         endpoint="billing", by="ana", recover_since=datetime(2026, 1, 1, tzinfo=UTC)
+    ),
+    ev.RuleWaitExpired.TYPE: ev.RuleWaitExpired(
+        rule="deploy-when-green",
+        key="abc123",
+        arrived={"0": "evt_1"},
+        missing=[1],
+        first_seen=datetime(2026, 1, 1, tzinfo=UTC),
+        expires_at=datetime(2026, 1, 1, 1, tzinfo=UTC),
+    ),
+    ev.RuleSequenceEnded.TYPE: ev.RuleSequenceEnded(
+        rule="deploy",
+        webhook_id="evt_1",
+        outcome="stopped",
+        index=1,
+        of=3,
+        job_id="job_2",
+        reason="exit code 1",
     ),
     MessageDeadLettered.TYPE: MessageDeadLettered(
         service="router",
@@ -574,6 +593,11 @@ SUBJECT_CASES = [
         "hookbus.partner.status_changed.ptn_01ab",
     ),
     (ev.PartnerDeleted(partner_id="ptn_01ab"), "hookbus.partner.deleted.ptn_01ab"),
+    (ev.RuleWaitExpired(rule="Deploy Green", key="k"), "hookbus.rule.wait.expired.deploy_green"),
+    (
+        ev.RuleSequenceEnded(rule="deploy", webhook_id="e", outcome="completed", index=2, of=3),
+        "hookbus.rule.sequence.ended.deploy",
+    ),
     (
         ev.ReplayStarted(replay_id="rpl_01ab", mode="redrive"),
         "hookbus.replay.started.rpl_01ab",

@@ -61,9 +61,16 @@ def summary(e: LoggedEvent) -> str:
             else:
                 how = f"exit {d.get('exit_code')}"
             return f"{d.get('job_id')} {how} in {d.get('duration_ms', 0):.0f} ms"
+        case "delivery.replayed":
+            by = f" by {d['requested_by']}" if d.get("requested_by") else ""
+            return f"{d.get('replay_of')} replayed as {d.get('delivery_id')}{by}"
         case s if s.startswith("delivery."):
             status = d.get("status_code") or d.get("error") or ""
             return f"{d.get('delivery_id')} {d.get('url')} {status}".rstrip()
+        case "endpoint.disabled" | "endpoint.enabled":
+            by = f" by {d['by']}" if d.get("by") else ""
+            why = f": {d['reason']}" if d.get("reason") else ""
+            return f"{d.get('endpoint')}{by}{why}"
         case "message.deadlettered":
             return f"{d.get('service')}: {d.get('error')}"
         case s if s.startswith("partner."):

@@ -166,6 +166,15 @@ class WebhookReplayed(EventData, **_FROZEN):
         return ("webhook", "replayed", token(hook.source), token(hook.event_type))
 
 
+class JoinedEvents(msgspec.Struct, **_FROZEN):
+    """A multi-event rule's firing: the events that shared ``key`` within its window, in
+    the order of the rule's parts (the last to arrive is the event routed)."""
+
+    rule: str
+    key: str
+    events: list[str]
+
+
 class WebhookRouted(EventData, **_FROZEN):
     """Why each rule matched a webhook or not, and what was requested.
 
@@ -187,6 +196,8 @@ class WebhookRouted(EventData, **_FROZEN):
     config_version: str | None = None
     # Actions of matched rules not requested, because a template failed for this event.
     skipped: list[ActionSkipped] = []
+    # Multi-event rules this event completed (each fired with all the events it joined).
+    joined: list[JoinedEvents] = []
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("webhook", "routed", token(self.source), token(self.event_type))
@@ -316,6 +327,17 @@ class JobRequested(EventData, **_FROZEN):
         )
 
 
+class SequenceStep(msgspec.Struct, **_FROZEN):
+    """Where a job stands in its rule's sequence: action ``index`` of ``of``, requested
+    with the rules of ``config_version``; ``events`` are a multi-event firing's events."""
+
+    rule: str
+    index: int
+    of: int
+    config_version: str | None = None
+    events: list[str] = []
+
+
 class JobRequestedV2(EventData, **_FROZEN):
     """Run an action; self-contained, so the executor needs nothing but this.
 
@@ -332,6 +354,9 @@ class JobRequestedV2(EventData, **_FROZEN):
     context: dict[str, str] = {}
     payload: msgspec.Raw = msgspec.Raw(b"null")
     on_interrupt: OnInterrupt = "record"
+    # Set when the rule runs its actions in sequence: the router requests the next
+    # action when this one succeeds (None: not part of a sequence).
+    sequence: SequenceStep | None = None
 
     @property
     def kind(self) -> str:
@@ -587,6 +612,42 @@ class EndpointEnabled(EndpointStateChanged, **_FROZEN):
     recover_since: datetime | None = None
 
 
+class RuleWaitExpired(EventData, **_FROZEN):
+    """A multi-event rule waited ``window`` for the events sharing ``key`` and not all came:
+    ``arrived`` are the events that did (by part), ``missing`` the parts that did not."""
+
+    TYPE: ClassVar[str] = "io.hookbus.rule.wait.expired.v1"
+
+    rule: str
+    key: str
+    arrived: dict[str, str] = {}
+    missing: list[int] = []
+    first_seen: datetime | None = None
+    expires_at: datetime | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("rule", "wait", "expired", token(self.rule))
+
+
+class RuleSequenceEnded(EventData, **_FROZEN):
+    """A rule's actions in sequence ended: ``completed`` (every action succeeded) or
+    ``stopped`` at action ``index`` (it failed or was interrupted; ``job_id`` says which
+    job, ``reason`` why), so the actions after it were not requested."""
+
+    TYPE: ClassVar[str] = "io.hookbus.rule.sequence.ended.v1"
+
+    rule: str
+    webhook_id: str
+    outcome: Literal["completed", "stopped"]
+    index: int
+    of: int
+    job_id: str | None = None
+    reason: str | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("rule", "sequence", "ended", token(self.rule))
+
+
 class MessageDeadLettered(EventData, **_FROZEN):
     """A bus message that can never be handled, terminated and kept here instead."""
 
@@ -792,6 +853,8 @@ DATA_TYPES: dict[str, type[EventData]] = {
         DeliveryReplayed,
         EndpointDisabled,
         EndpointEnabled,
+        RuleWaitExpired,
+        RuleSequenceEnded,
         MessageDeadLettered,
         PartnerCreated,
         PartnerUpdated,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate
 
 import aiosmtplib
 import msgspec
@@ -29,15 +29,15 @@ class Sent(msgspec.Struct, frozen=True, kw_only=True):
 def message(
     *, sender: str, to: list[str], subject: str, body: str, message_id: str
 ) -> EmailMessage:
-    """The email; its Message-ID derives from the delivery's message id, so a receiver's
-    mail system can drop a repeat."""
+    """The email; its Message-ID is the delivery's message id (the same on every attempt
+    and replay), so a receiver's mail system can recognise a repeat."""
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = ", ".join(to)
     # A header cannot hold a line break: a subject rendered over several lines is joined.
     msg["Subject"] = " ".join(subject.split())[:900]
     msg["Date"] = formatdate(usegmt=True)
-    msg["Message-ID"] = make_msgid(idstring=message_id, domain="hookbus")
+    msg["Message-ID"] = f"<{message_id}@hookbus>"
     msg["X-Hookbus-Delivery"] = message_id
     msg.set_content(body)
     return msg

@@ -6,7 +6,7 @@ import asyncio
 
 from hookbus_common.service import Runtime, main_for, run_consumer
 
-from . import config, reload
+from . import config, reload, waits
 from .config import RouterConfig
 from .routing import FILTER_TOKENS, make_handler
 
@@ -18,13 +18,20 @@ async def run(settings: RouterConfig) -> None:
 
     async def started(rt: Runtime) -> None:
         watching.append(reload.start(live, rt.stop))
+        # Multi-event rules: close and record waits whose window passed (every replica).
+        store = waits.PgStore(rt.pool, rt.outbox)
+        interval = settings.router.wait_sweep_seconds
+        watching.append(asyncio.create_task(waits.run_sweeper(store, rt.stop, interval=interval)))
 
     await run_consumer(
         settings,
         "router",
         filter_tokens=FILTER_TOKENS,
         make_handler=lambda rt: make_handler(
-            live, record_unmatched=settings.router.record_unmatched, projects=settings.projects
+            live,
+            record_unmatched=settings.router.record_unmatched,
+            projects=settings.projects,
+            store=waits.PgStore(rt.pool, rt.outbox),
         ),
         started=started,
         health_port=settings.router.health_port,

@@ -117,6 +117,17 @@ class NotifyAction(msgspec.Struct, tag="notify", tag_field="kind", **STRUCT):
 Action = ShellAction | WebhookAction | SshAction | DockerAction | ComposeAction | NotifyAction
 
 
+class RuleEvent(msgspec.Struct, **STRUCT):
+    """One of the events a multi-event rule waits for ([[rules.events]]): the same
+    one-line filters and ``when`` as a rule's (see waits.py)."""
+
+    source: str | list[str] = "*"
+    event: str | list[str] = "*"
+    repository: str | list[str] = "*"
+    branch: str | list[str] = "*"
+    when: dict[str, Any] | None = None
+
+
 class Rule(msgspec.Struct, **STRUCT):
     """Match a recorded webhook by source, event type, repository and branch globs (each a
     glob or a list of globs, any of which may match) and an optional ``when`` condition
@@ -130,6 +141,13 @@ class Rule(msgspec.Struct, **STRUCT):
     branch: str | list[str] = "*"
     enabled: bool = True
     when: dict[str, Any] | None = None
+    # A multi-event rule: it fires when one event of each of ``events`` arrived with the
+    # same ``key`` (a template) within ``window`` ("90s", "30m", "1h", "2d" or seconds).
+    events: list[RuleEvent] = []
+    key: str | None = None
+    window: str | float | None = None
+    # Run the actions one after another, each only when the one before succeeded.
+    sequence: bool = False
 
 
 class RouterSettings(msgspec.Struct, **STRUCT):
@@ -143,6 +161,8 @@ class RouterSettings(msgspec.Struct, **STRUCT):
     # Record a webhook.routed event for webhooks no rule matches (the rules each missed
     # on). Off: such a webhook costs the router no write at all.
     record_unmatched: bool = False
+    # How often each router looks for multi-event waits whose window passed.
+    wait_sweep_seconds: PositiveFloat = 5.0
 
 
 class RouterConfig(core.Settings, **STRUCT):
@@ -224,6 +244,12 @@ def check(config: RouterConfig) -> None:
         for source in [rule.source] if isinstance(rule.source, str) else rule.source:
             if "*" not in source and not known_source(source, config.source_names):
                 raise ConfigError(f"rules[{i}].source: no source named {source!r} is configured")
+        for k, part in enumerate(rule.events):
+            for source in [part.source] if isinstance(part.source, str) else part.source:
+                if "*" not in source and not known_source(source, config.source_names):
+                    raise ConfigError(
+                        f"rules[{i}].events[{k}].source: no source named {source!r} is configured"
+                    )
         compile_rule(rule, f"rules[{i}]")
         for j, action in enumerate(rule.actions):
             if isinstance(action, WebhookAction):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -10,9 +11,16 @@ import msgspec
 from hookbus_common import events as ev
 from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError
-from hookbus_common.events import Event, WebhookReceived, WebhookReplayed
+from hookbus_common.events import (
+    Event,
+    JobFailed,
+    JobInterrupted,
+    JobSucceeded,
+    WebhookReceived,
+    WebhookReplayed,
+)
 
-from . import metrics
+from . import metrics, sequence, waits
 from .config import (
     Action,
     ComposeAction,
@@ -30,8 +38,15 @@ from .templates import RenderError, render_action
 
 SOURCE = "/hookbus/router"
 # What the router consumes, as subject tokens under the prefix: webhooks as received, and
-# replays of them (two filters on one durable need NATS 2.10 or later).
-FILTER_TOKENS: tuple[tuple[str, ...], ...] = (("webhook", "received"), ("webhook", "replayed"))
+# replays of them (two filters on one durable need NATS 2.10 or later); and how jobs
+# ended, for rules whose actions run in sequence (sequence.py).
+FILTER_TOKENS: tuple[tuple[str, ...], ...] = (
+    ("webhook", "received"),
+    ("webhook", "replayed"),
+    ("job", "succeeded"),
+    ("job", "failed"),
+    ("job", "interrupted"),
+)
 
 
 def _context(event: Event[Any], hook: WebhookReceived, replay_of: str | None) -> dict[str, str]:
@@ -115,6 +130,7 @@ def _request(
     rule: Rule,
     index: int,
     action: Action,
+    step_of: ev.SequenceStep | None = None,
 ) -> Event[Any]:
     step = f"{rule.name}/{index}"
     match action:
@@ -127,6 +143,7 @@ def _request(
                 context=_context(event, hook, replay_of),
                 payload=hook.payload,
                 on_interrupt=action.on_interrupt,
+                sequence=step_of,
             )
         case WebhookAction():
             data = ev.DeliveryRequested(
@@ -146,6 +163,9 @@ def _request(
     )
 
 
+# The request for one action (sequence.py requests a sequence's later actions with it).
+request_for = _request
+
 Rules = Sequence[Rule] | RuleSet
 
 
@@ -156,25 +176,43 @@ def _route(
     replay_of: str | None,
     record_unmatched: bool,
     projects: Mapping[str, Project] | None = None,
+    joined: Mapping[str, waits.Joined] | None = None,
+    facts: Facts | None = None,
 ) -> list[Event[Any]]:
     # Every id derives from the routed event's: a webhook's redelivery derives the same
     # ones (and is refused as a duplicate), while a replay, a new event, makes new ones.
     ruleset = RuleSet.of(rules)
-    facts = Facts(hook, event_id=event.id, tenant=event.tenant, time=event.time.isoformat())
+    if facts is None:
+        facts = Facts(hook, event_id=event.id, tenant=event.tenant, time=event.time.isoformat())
     evaluations = [r.evaluate(hook, facts) for r in ruleset.rules]
+    joined = joined or {}
+    if joined:
+        # Multi-event rules: what this event did to their waits (waits.arrive_all).
+        evaluations = [joined[e.rule].evaluation if e.rule in joined else e for e in evaluations]
     requests: list[Event[Any]] = []
     skipped: list[ev.ActionSkipped] = []
     for compiled, result in zip(ruleset.rules, evaluations, strict=True):
         if not result.matched:
             continue
         rule = compiled.rule
-        for i, action in enumerate(rule.actions):
+        firing = joined.get(rule.name)
+        ctx = firing.context if firing is not None and firing.context is not None else None
+        # A sequence requests its first action only; each success requests the next.
+        step_of = (
+            sequence.first_step(rule, ruleset.version, firing.events if firing else None)
+            if rule.sequence
+            else None
+        )
+        for i, action in enumerate(rule.actions[:1] if rule.sequence else rule.actions):
             templates = compiled.templates[i] if compiled.templates else {}
             try:
                 # Without templates the payload is not even parsed.
                 rendered = (
                     render_action(
-                        str(type(action).__struct_config__.tag), action, templates, context(facts)
+                        str(type(action).__struct_config__.tag),
+                        action,
+                        templates,
+                        context(facts) if ctx is None else ctx,
                     )
                     if templates
                     else {}
@@ -187,12 +225,12 @@ def _route(
                 continue
             if rendered:
                 action = msgspec.structs.replace(action, **rendered)
-            requests.append(_request(event, hook, replay_of, rule, i, action))
+            requests.append(_request(event, hook, replay_of, rule, i, action, step_of))
     if projects and hook.image is not None:
         # An image push also redeploys the stages of the projects of its image.
         env = _context(event, hook, replay_of)
         requests.extend(project_requests(projects, event, hook, env))
-    if not requests and not skipped and not record_unmatched:
+    if not requests and not skipped and not record_unmatched and not joined:
         # Nothing to do, and nothing recorded: the webhook itself is in the log, and what
         # the rules make of it can be evaluated again at any time.
         return []
@@ -207,6 +245,11 @@ def _route(
             replay_of=replay_of,
             config_version=ruleset.version,
             skipped=skipped,
+            joined=[
+                ev.JoinedEvents(rule=name, key=j.key or "", events=j.events)
+                for name, j in joined.items()
+                if j.fired
+            ],
         ),
         source=SOURCE,
         id=ev.derived_id(event.id, "routed"),
@@ -246,9 +289,13 @@ def make_handler(
     *,
     record_unmatched: bool = False,
     projects: Mapping[str, Project] | None = None,
+    store: waits.Store | None = None,
+    clock: Callable[[], datetime] = waits.now,
 ) -> Handler:
     """The router's handler. ``rules`` may be a callable giving the current RuleSet (read
-    once per event, so a reload applies from the next event on)."""
+    once per event, so a reload applies from the next event on). ``store`` holds the
+    waits of multi-event rules and reads the log for sequences; without one, multi-event
+    rules never fire and sequences never go past their first action."""
     if callable(rules):
         current = rules
     else:
@@ -261,14 +308,28 @@ def make_handler(
         event = incoming.event
         ruleset = current()
         match event.data:
-            case WebhookReceived():
-                routed = route(ruleset, event, record_unmatched=record_unmatched, projects=projects)
+            case WebhookReceived() | WebhookReplayed():
+                data = event.data
+                replay = isinstance(data, WebhookReplayed)
+                hook = data.webhook if isinstance(data, WebhookReplayed) else data
+                replay_of = data.replay_of if isinstance(data, WebhookReplayed) else None
+                t = event.time.isoformat()
+                facts = Facts(hook, event_id=event.id, tenant=event.tenant, time=t)
+                joined = (
+                    await waits.arrive_all(ruleset.rules, event, hook, facts, store, clock)
+                    if store is not None and ruleset.multi
+                    else None
+                )
+                # A replay asked for by a person is always answered with a record.
+                routed = _route(
+                    ruleset, event, hook, replay_of, record_unmatched or replay, projects,
+                    joined, facts,
+                )  # fmt: skip
                 if not routed:
                     metrics.UNMATCHED.inc()
                 yield routed
-            case WebhookReplayed():
-                # A replay asked for by a person is always answered with a record.
-                yield route_replay(ruleset, event, projects=projects)
+            case JobSucceeded() | JobFailed() | JobInterrupted():
+                yield [] if store is None else await sequence.advance(ruleset, event, store)
             case _:
                 raise PermanentError(f"router cannot handle {event.type}")
 

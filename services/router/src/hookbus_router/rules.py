@@ -23,6 +23,7 @@ from .conditions import Node, Outcome, shown
 
 if TYPE_CHECKING:
     from .config import Action, Rule
+    from .waits import MultiEvent
 
 
 def _patterns(value: str | list[str]) -> list[str]:
@@ -127,6 +128,8 @@ class CompiledRule:
     condition: Node | None
     # Per action (by index): its templates by field path.
     templates: tuple[dict[str, templates.Template], ...] = field(default=())
+    # A rule over several events: its parts, key and window (waits.py).
+    multi: MultiEvent | None = None
 
     def evaluate(self, hook: WebhookReceived, facts: Facts | None = None) -> RuleEvaluation:
         rule = self.rule
@@ -134,6 +137,9 @@ class CompiledRule:
             return RuleEvaluation(
                 rule=rule.name, matched=False, reason="rule is disabled", failed="enabled"
             )
+        if self.multi is not None:
+            # Alone, an event never fires it: the router's waits do (see waits.py).
+            return self.multi.match(hook, facts or Facts(hook))[1]
         for name, value, seen in (
             ("source", rule.source, hook.source),
             ("event", rule.event, hook.event_type),
@@ -157,11 +163,10 @@ def _kind(action: Action) -> str:
 def compile_rule(rule: Rule, at: str) -> CompiledRule:
     """Compile a rule's condition and templates; ConfigError names ``at``, the rule and
     the bad part: ``rules[2] "deploy": when.all[1]: unknown operator …``."""
+    from . import sequence, waits
+
     where = f'{at} "{rule.name}"'
-    for name in ("source", "event", "repository", "branch"):
-        value = getattr(rule, name)
-        if isinstance(value, list) and not value:
-            raise ConfigError(f"{where}: {name}: an empty list matches nothing; leave it out")
+    check_globs(rule, where)
     try:
         condition = (
             conditions.compile_condition(rule.when, "when") if rule.when is not None else None
@@ -172,7 +177,16 @@ def compile_rule(rule: Rule, at: str) -> CompiledRule:
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return CompiledRule(rule, condition, compiled)
+    multi = waits.compile_multi(rule, where)
+    sequence.check(rule, where)
+    return CompiledRule(rule, condition, compiled, multi)
+
+
+def check_globs(rule: Rule, where: str) -> None:
+    for name in ("source", "event", "repository", "branch"):
+        value = getattr(rule, name)
+        if isinstance(value, list) and not value:
+            raise ConfigError(f"{where}: {name}: an empty list matches nothing; leave it out")
 
 
 def version(rules: Iterable[Rule]) -> str:
@@ -184,6 +198,14 @@ def version(rules: Iterable[Rule]) -> str:
 class RuleSet:
     rules: tuple[CompiledRule, ...]
     version: str
+
+    @property
+    def multi(self) -> bool:
+        """Whether any rule waits for several events."""
+        return any(r.multi is not None for r in self.rules)
+
+    def named(self, name: str) -> CompiledRule | None:
+        return next((r for r in self.rules if r.rule.name == name), None)
 
     @classmethod
     def build(cls, rules: Sequence[Rule]) -> RuleSet:
