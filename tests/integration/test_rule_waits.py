@@ -6,6 +6,7 @@ whose window passed is recorded."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,10 +18,13 @@ import pytest
 from hookbus_common import events as ev
 from hookbus_common.consumer import Consumer
 from hookbus_common.service import Runtime
+from hookbus_common.settings import Settings
 from hookbus_router import config as router
 from hookbus_router import waits
 from hookbus_router.routing import FILTER_TOKENS, make_handler
 
+from .test_cli import hookbus
+from .test_cli_rules import env_for
 from .test_consumer import until
 
 pytestmark = pytest.mark.integration
@@ -303,3 +307,33 @@ async def test_an_event_after_the_window_records_the_expiry_even_before_a_sweep(
     [expired] = await of_type(rt, ev.RuleWaitExpired)
     assert expired.arrived == {"0": ci.id}
     assert await of_type(rt, ev.JobRequestedV2) == []
+
+
+async def test_hookbus_rules_waits_lists_the_open_waits(
+    rt: Runtime, settings: Settings, tmp_path: Path
+) -> None:
+    store = waits.PgStore(rt.pool, rt.outbox)
+    now = datetime.now(UTC)
+    for n, (key, part) in enumerate([("abc", 0), ("def", 1), ("ghi", 0), ("ghi", 1)]):
+        await store.arrive(
+            waits.Arrival(
+                rule="deploy-green", key=key, part=part, of=2, event_id=f"evt_{n}", now=now,
+                window=3600.0 + n,
+            )
+        )  # fmt: skip
+    (tmp_path / "hookbus.toml").write_text("")
+
+    out = hookbus("rules", "waits", env=env_for(settings), cwd=tmp_path)
+    as_json = hookbus("rules", "waits", "--json", env=env_for(settings), cwd=tmp_path)
+
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("deploy-green  key 'abc'  1 of 2 events  expires in ")
+    assert lines[1:3] == ["  events[0]  evt_0", "  events[1]  (waiting)"]
+    assert lines[3].startswith("deploy-green  key 'def'")
+    assert "ghi" not in out.stdout  # it fired: no longer open
+    listed = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [(w["key"], w["arrived"], w["missing"]) for w in listed] == [
+        ("abc", {"0": "evt_0"}, [1]),
+        ("def", {"1": "evt_1"}, [0]),
+    ]

@@ -24,6 +24,7 @@ from hookbus_router import config as router
 from hookbus_router.routing import route, route_replay
 from hookbus_router.rules import RuleSet
 
+from . import ruleswaits
 from .config import core_settings, environment, fail
 from .database import connection
 
@@ -336,3 +337,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     test.add_argument("--json", action="store_true", help="one JSON object per webhook")
     test.set_defaults(func=cmd_rules_test)
+    ruleswaits.register(rules_sub)
