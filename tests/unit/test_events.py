@@ -132,6 +132,15 @@ SAMPLES: dict[str, EventData] = {
         host="runner-1",
         pgid=4242,
     ),
+    ev.JobSkipped.TYPE: ev.JobSkipped(
+        job_id="job_2",
+        kind="docker",
+        rule="deploy",
+        attempt=0,
+        superseded_by="job_6",
+        concurrency_key="deploy-acme/web-production",
+        error="superseded by job_6",
+    ),
     ev.DeployRolledBack.TYPE: ev.DeployRolledBack(
         job_id="job_1",
         rule="deploy",
@@ -547,6 +556,7 @@ SUBJECT_CASES = [
     (JobSucceeded(job_id="j", kind="shell", rule="r"), "hookbus.job.succeeded.shell"),
     (JobFailed(job_id="j", kind="Docker Run", rule="r"), "hookbus.job.failed.docker_run"),
     (JobInterrupted(job_id="j", kind="shell", rule="r"), "hookbus.job.interrupted.shell"),
+    (ev.JobSkipped(job_id="j", kind="docker", rule="r"), "hookbus.job.skipped.docker"),
     (
         DeliveryRequested(delivery_id="d", rule="r", webhook_id="w", url="u", tenant="acme"),
         "hookbus.delivery.requested.acme",

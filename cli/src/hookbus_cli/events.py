@@ -51,6 +51,8 @@ def summary(e: LoggedEvent) -> str:
             return (
                 f"{d.get('job_id')} attempt {d.get('attempt')} interrupted: {d.get('reason')}{then}"
             )
+        case "job.skipped":
+            return f"{d.get('job_id')} skipped: {d.get('reason')} by {d.get('superseded_by')}"
         case "job.succeeded" | "job.failed":
             if d.get("timed_out"):
                 how = "timed out"
@@ -60,7 +62,12 @@ def summary(e: LoggedEvent) -> str:
                 how = f"killed by signal {d['signal']}"
             else:
                 how = f"exit {d.get('exit_code')}"
-            return f"{d.get('job_id')} {how} in {d.get('duration_ms', 0):.0f} ms"
+            then = (
+                f"; attempt {d.get('attempt', 1) + 1} at {d['retry_at']}"
+                if d.get("retrying")
+                else ""
+            )
+            return f"{d.get('job_id')} {how} in {d.get('duration_ms', 0):.0f} ms{then}"
         case "delivery.replayed":
             by = f" by {d['requested_by']}" if d.get("requested_by") else ""
             return f"{d.get('replay_of')} replayed as {d.get('delivery_id')}{by}"

@@ -287,6 +287,28 @@ JobSpec: TypeAlias = ShellSpec | SshSpec | DockerSpec | ComposeSpec
 OnInterrupt: TypeAlias = Literal["record", "retry"]
 
 
+# How jobs that share a concurrency key run: ``parallel`` (no limit), ``queue`` (one at a
+# time, in the order requested), ``latest`` (while one runs, only the newest waiting runs
+# next; the others are skipped as superseded), ``cancel-running`` (a new job stops the
+# running one, recorded interrupted with reason ``cancelled``, and runs).
+ConcurrencyStrategy: TypeAlias = Literal["parallel", "queue", "latest", "cancel-running"]
+
+
+class Concurrency(msgspec.Struct, **_FROZEN):
+    """The rendered concurrency key of a job and the strategy of the jobs sharing it."""
+
+    key: str
+    strategy: ConcurrencyStrategy = "parallel"
+
+
+class Backoff(msgspec.Struct, **_FROZEN):
+    """How long a failed run waits before the next attempt: ``base`` seconds, doubled
+    each attempt, at most ``max``."""
+
+    base: float = 1.0
+    max: float = 60.0
+
+
 def spec_kind(spec: JobSpec) -> str:
     """The ``kind`` tag of a job spec: ``shell`` for a ShellSpec, ``ssh`` for an SshSpec."""
     return str(type(spec).__struct_config__.tag)
@@ -357,6 +379,12 @@ class JobRequestedV2(EventData, **_FROZEN):
     # Set when the rule runs its actions in sequence: the router requests the next
     # action when this one succeeds (None: not part of a sequence).
     sequence: SequenceStep | None = None
+    # Jobs sharing a rendered key run by its strategy (None: no limit).
+    concurrency: Concurrency | None = None
+    # A failed run (non-zero exit, a failed docker operation) is run again up to
+    # ``retries`` times, ``backoff`` apart.
+    retries: int = 0
+    backoff: Backoff | None = None
 
     @property
     def kind(self) -> str:
@@ -424,6 +452,11 @@ class JobSucceeded(JobFinished, **_FROZEN):
 class JobFailed(JobFinished, **_FROZEN):
     TYPE: ClassVar[str] = "io.hookbus.job.failed.v1"
 
+    # Another attempt follows after ``retry_at`` (the action's ``retries``): this is then
+    # the attempt's event, not the job's end.
+    retrying: bool = False
+    retry_at: datetime | None = None
+
     def subject_tokens(self) -> tuple[str, ...]:
         return ("job", "failed", token(self.kind))
 
@@ -434,7 +467,10 @@ class JobFailed(JobFinished, **_FROZEN):
 # executor on its host and ended them (``orphaned``); the executor was stopped and ended
 # the action after its shutdown grace (``shutdown``); the connection to an SSH action's
 # host ended while its command ran (``connection_lost``).
-INTERRUPT_REASONS: tuple[str, ...] = ("executor_lost", "orphaned", "shutdown", "connection_lost")
+# A job of a ``cancel-running`` concurrency key was stopped by a newer one (``cancelled``).
+INTERRUPT_REASONS: tuple[str, ...] = (
+    "executor_lost", "orphaned", "shutdown", "connection_lost", "cancelled",
+)  # fmt: skip
 
 
 class JobInterrupted(JobFinished, **_FROZEN):
@@ -456,6 +492,20 @@ class JobInterrupted(JobFinished, **_FROZEN):
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("job", "interrupted", token(self.kind))
+
+
+class JobSkipped(JobFinished, **_FROZEN):
+    """A job that never ran and never will: its end. ``reason`` ``superseded``: a newer job
+    of its ``latest`` concurrency key (``superseded_by``) runs instead."""
+
+    TYPE: ClassVar[str] = "io.hookbus.job.skipped.v1"
+
+    reason: str = "superseded"
+    superseded_by: str | None = None
+    concurrency_key: str | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("job", "skipped", token(self.kind))
 
 
 class DeployRolledBack(EventData, **_FROZEN):
@@ -844,6 +894,7 @@ DATA_TYPES: dict[str, type[EventData]] = {
         JobSucceeded,
         JobFailed,
         JobInterrupted,
+        JobSkipped,
         DeployRolledBack,
         DeliveryRequested,
         DeliveryAttempted,

@@ -21,6 +21,8 @@ _JOB_STATUS: dict[type[ev.EventData], str] = {
     ev.JobFailed: "failed",
     # A retrying interruption is followed by the next attempt's job.started (running).
     ev.JobInterrupted: "interrupted",
+    # Never ran: a newer job of its concurrency key ran instead.
+    ev.JobSkipped: "skipped",
 }
 _DELIVERY_STATUS: dict[type[ev.EventData], str] = {
     ev.DeliveryAttempted: "retrying",
@@ -42,7 +44,10 @@ async def _apply(
                 " ON CONFLICT (job_id) DO NOTHING",
                 data.job_id, data.kind, data.rule, correlation, time, seq,
             )  # fmt: skip
-        case ev.JobStarted() | ev.JobSucceeded() | ev.JobFailed() | ev.JobInterrupted():
+        case (
+            ev.JobStarted() | ev.JobSucceeded() | ev.JobFailed() | ev.JobInterrupted()
+            | ev.JobSkipped()
+        ):  # fmt: skip
             finished = isinstance(data, ev.JobFinished)
             await conn.execute(
                 "UPDATE jobs SET status = $2, attempts = greatest(attempts, $3),"
@@ -50,7 +55,7 @@ async def _apply(
                 " duration_ms = CASE WHEN $6 THEN $5 ELSE duration_ms END,"
                 " updated_at = $7, last_seq = $8 WHERE job_id = $1 AND last_seq < $8",
                 data.job_id,
-                _JOB_STATUS[type(data)],
+                _job_status(data),
                 data.attempt,
                 data.exit_code if isinstance(data, ev.JobFinished) else None,
                 data.duration_ms if isinstance(data, ev.JobFinished) else None,
@@ -131,6 +136,7 @@ PROJECTED: tuple[type[ev.EventData], ...] = (
     ev.JobSucceeded,
     ev.JobFailed,
     ev.JobInterrupted,
+    ev.JobSkipped,
     ev.DeliveryRequested,
     ev.DeliveryOutcome,
     ev.PartnerCreated,
@@ -141,6 +147,13 @@ PROJECTED: tuple[type[ev.EventData], ...] = (
     ev.EndpointDisabled,
     ev.EndpointEnabled,
 )
+
+
+def _job_status(data: ev.EventData) -> str:
+    # A failed attempt that another follows (the action's retries) is no end.
+    if isinstance(data, ev.JobFailed) and data.retrying:
+        return "retrying"
+    return _JOB_STATUS[type(data)]
 
 
 def changes_read_models(data: ev.EventData) -> bool:
@@ -233,7 +246,7 @@ def fragments(events: Sequence[ev.Event[Any]]) -> Fragments | None:
             case ev.JobStarted() | ev.JobFinished() as d:
                 fin = isinstance(d, ev.JobFinished)
                 jobs_changed.append((
-                    e.id, d.job_id, _JOB_STATUS[type(d)], d.attempt,
+                    e.id, d.job_id, _job_status(d), d.attempt,
                     d.exit_code if isinstance(d, ev.JobFinished) else None,
                     d.duration_ms if isinstance(d, ev.JobFinished) else None, fin, e.time,
                 ))  # fmt: skip

@@ -15,8 +15,8 @@ from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import Deferred, PermanentError
 from hookbus_common.events import Event, JobRequestedV2
 
+from . import concurrency, dockerrecreate, leases, outcomes, procs, retries
 from . import docker as dockerops
-from . import dockerrecreate, leases, outcomes, procs
 from .compose import compose_argv
 from .config import ExecutorConfig, ExecutorSettings, progress_interval
 from .docker import DockerFailure, DockerOutcome, Engine, EngineUnreachable
@@ -64,6 +64,8 @@ class Executor:
                             settings.resolve_path)  # fmt: skip
         # The engine docker and compose actions act on (a client opened when first used).
         self.docker = Engine(settings.executor.docker, os.environ)
+        # Runs a newer job of their cancel-running concurrency key stopped: by which job.
+        self._cancelled: dict[str, str] = {}
 
     async def close(self) -> None:
         """Close what the actions keep open between jobs: SSH connections, the engine's client."""
@@ -93,6 +95,24 @@ class Executor:
                 raise PermanentError(f"executor cannot run jobs of kind {req.kind!r}")
         runs = self.runs
         terminal_id = ev.derived_id(event.id, TERMINAL_STEP)
+        limit = concurrency.limited(req)
+        if limit is not None:
+            self._refuse_if_stopping()
+            async with runs.pool.acquire() as conn:
+                admission = await concurrency.admit(conn, event, limit, terminal_id)
+            match admission:
+                case concurrency.Superseded(by):
+                    yield outcomes.skipped(event, by)
+                    return
+                case concurrency.Wait(reason):
+                    # Given back to NATS: a waiting job holds no place in flight.
+                    raise Deferred(self._held_delay(), f"job {req.job_id} waits: {reason}")
+        if req.retries:
+            async with runs.pool.acquire() as conn:
+                left = await retries.wait_left(conn, req)
+            if left > 0:
+                # Back before its backoff ended (a restart, a redelivery): not yet.
+                raise Deferred(left, f"job {req.job_id}: its next attempt is due in {left:.1f}s")
         while True:
             self._refuse_if_stopping()
             asked = time.monotonic()
@@ -178,43 +198,69 @@ class Executor:
                         self._held_delay(), f"job {req.job_id}: lease taken by another executor"
                     )
             started = True
-            if isinstance(spec, ev.SshSpec):
-                try:
-                    result, error = await self._ssh(incoming, req, spec, attempt, run)
-                except SshUnreachable:
-                    # Nothing ran: the attempt is handed back, and the message retried.
-                    started = False
-                    raise
-                except SshConnectionLost as lost:
-                    # The remote command's end is unknown, like a run lost with its executor.
-                    async for out in self._lost_connection(event, attempt, lost):
-                        yield out
-                    return
-            elif isinstance(spec, ev.DockerSpec):
-                try:
-                    done = await self._docker(incoming, req, spec, attempt, run)
-                except EngineUnreachable:
-                    started = False
-                    raise
-                result, error, deploy = done.result, done.error, done.deploy
-                if done.rolled_back is not None:
-                    yield dockerrecreate.rolled_back_event(event, attempt, done)
-            elif isinstance(spec, ev.ComposeSpec):
-                result, error = await self._compose(incoming, req, spec, attempt, run)
-            else:
-                result, error = await self._shell(incoming, req, spec, attempt, run)
+            async with self._cancellable(req, run):
+                if isinstance(spec, ev.SshSpec):
+                    try:
+                        result, error = await self._ssh(incoming, req, spec, attempt, run)
+                    except SshUnreachable:
+                        # Nothing ran: the attempt is handed back, and the message retried.
+                        started = False
+                        raise
+                    except SshConnectionLost as lost:
+                        # The remote command's end is unknown, like a run lost with its executor.
+                        async for out in self._lost_connection(event, attempt, lost):
+                            yield out
+                        return
+                elif isinstance(spec, ev.DockerSpec):
+                    try:
+                        done = await self._docker(incoming, req, spec, attempt, run)
+                    except EngineUnreachable:
+                        started = False
+                        raise
+                    result, error, deploy = done.result, done.error, done.deploy
+                    if done.rolled_back is not None:
+                        yield dockerrecreate.rolled_back_event(event, attempt, done)
+                elif isinstance(spec, ev.ComposeSpec):
+                    result, error = await self._compose(incoming, req, spec, attempt, run)
+                else:
+                    result, error = await self._shell(incoming, req, spec, attempt, run)
             if result is not None and result.stopped:
                 async for out in self._stopped(event, attempt, run, result):
                     yield out
                 return
-            yield outcomes.finished(event, attempt, result, error, deploy)
             ok = result is not None and result.ok
+            ran = result is not None or isinstance(spec, ev.DockerSpec)
+            if not ok and retries.again(req, attempt, ran=ran):
+                wait = retries.delay(req, attempt)
+                yield outcomes.finished(event, attempt, result, error, deploy, retry_in=wait)
+                await self._end(req.job_id, "failed")
+                # The wait holds no place in flight: the message comes back after it.
+                raise Deferred(wait, f"job {req.job_id} attempt {attempt} failed; it runs again")
+            yield outcomes.finished(event, attempt, result, error, deploy)
             await self._end(req.job_id, "succeeded" if ok else "failed")
         finally:
             runs.finish(run)
             self._taken_at.pop(req.job_id, None)
+            self._cancelled.pop(req.job_id, None)
             if not started:
                 await self._release_unstarted(req.job_id)
+
+    def _cancellable(
+        self, req: JobRequestedV2, run: Run
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """While a cancel-running job runs, a newer job of its key may stop it."""
+        limit = concurrency.limited(req)
+        if limit is None or limit.strategy != "cancel-running":
+            return contextlib.nullcontext()
+
+        def cancel(by: str) -> None:
+            log.warning("job cancelled by a newer job of its concurrency key",
+                        extra={"job_id": req.job_id, "by": by})  # fmt: skip
+            self._cancelled[req.job_id] = by
+            run.interrupt("cancelled")
+
+        every = min(max(self.runs.renew_every, 0.2), 2.0)
+        return concurrency.watch_cancel(self.runs.pool, req.job_id, cancel, every)
 
     async def _stopped(
         self, event: Event[JobRequestedV2], attempt: int, run: Run, result: ShellResult
@@ -224,10 +270,13 @@ class Executor:
         if run.reason == "lease_lost":
             # The executor that took the lease records this run; we record nothing.
             raise Deferred(self._held_delay(), f"job {req.job_id}: lease taken by another executor")
-        retrying = outcomes.retries(req, attempt, self._e.max_attempts)
+        by = self._cancelled.get(req.job_id) if run.reason == "cancelled" else None
+        # A cancelled run is over for good: the newer job of its key runs instead.
+        retrying = by is None and outcomes.retries(req, attempt, self._e.max_attempts)
         done = outcomes.interrupted(
-            event, attempt, "shutdown", retrying=retrying, result=result,
-            host=self.runs.owner.host.name, pgid=result.pgid,
+            event, attempt, "shutdown" if by is None else "cancelled", retrying=retrying,
+            result=result, host=self.runs.owner.host.name, pgid=result.pgid,
+            error=None if by is None else f"cancelled by {by}, a newer job of its concurrency key",
         )  # fmt: skip
         yield done
         outcomes.count_interrupted(done)

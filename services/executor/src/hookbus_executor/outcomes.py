@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -73,7 +74,10 @@ def finished(
     result: ShellResult | None,
     error: str | None,
     deploy: ev.DeployInfo | None = None,
+    retry_in: float | None = None,
 ) -> Event[Any]:
+    """The run's end: the job's (succeeded or failed), or, with ``retry_in``, a failed
+    attempt's, the next following after that many seconds."""
     req = cause.data
     fields: dict[str, Any] = {"job_id": req.job_id, "kind": req.kind, "rule": req.rule}
     fields["attempt"] = attempt
@@ -83,6 +87,12 @@ def finished(
     if deploy is not None:
         fields["deploy"] = deploy
     ok = result is not None and result.ok
+    if retry_in is not None and not ok:
+        at = datetime.now(UTC) + timedelta(seconds=retry_in)
+        return ev.make_event(
+            ev.JobFailed(**fields, retrying=True, retry_at=at), source=SOURCE,
+            id=ev.derived_id(cause.id, f"failed/{attempt}"), cause=cause, subject=req.job_id,
+        )  # fmt: skip
     data = ev.JobSucceeded(**fields) if ok else ev.JobFailed(**fields)
     # One id for every outcome: a job finishes once, whatever redelivery happens.
     return ev.make_event(
@@ -103,6 +113,7 @@ def interrupted(
     result: ShellResult | None = None,
     host: str | None = None,
     pgid: int | None = None,
+    error: str | None = None,
 ) -> Event[ev.JobInterrupted]:
     """Run ``attempt`` did not finish by itself. Unless ``retrying``, this is the job's
     terminal event (the id a succeeded or failed one would have had); otherwise its id is
@@ -117,6 +128,7 @@ def interrupted(
         retrying=retrying,
         host=host,
         pgid=pgid,
+        error=error,
         **_result_fields(result),
     )
     step = f"interrupted/{attempt}" if retrying else TERMINAL_STEP
@@ -128,3 +140,18 @@ def interrupted(
 def count_interrupted(event: Event[ev.JobInterrupted]) -> None:
     d = event.data
     INTERRUPTED.labels(d.kind, d.reason, "true" if d.retrying else "false").inc()
+
+
+def skipped(cause: Event[JobRequestedV2], by: str) -> Event[ev.JobSkipped]:
+    """The job's end without a run: a newer job of its concurrency key runs instead."""
+    req = cause.data
+    key = req.concurrency.key if req.concurrency is not None else None
+    data = ev.JobSkipped(
+        job_id=req.job_id, kind=req.kind, rule=req.rule, attempt=0, reason="superseded",
+        superseded_by=by, concurrency_key=key,
+        error=f"superseded by {by} (concurrency key {key!r})",
+    )  # fmt: skip
+    return ev.make_event(
+        data, source=SOURCE, id=ev.derived_id(cause.id, TERMINAL_STEP), cause=cause,
+        subject=req.job_id,
+    )  # fmt: skip

@@ -17,7 +17,7 @@ import msgspec
 
 from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
-from hookbus_common.events import OnInterrupt
+from hookbus_common.events import ConcurrencyStrategy, OnInterrupt
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
 
 from . import projects as projects_
@@ -28,6 +28,40 @@ from .rules import compile_rule
 # webhooks are recorded under their partner id (ptn_…).
 IMAGE_PUSH_SOURCE: Final = "image-push"
 PARTNER_SOURCE_PREFIX: Final = "ptn_"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def seconds(value: str | float, field: str) -> float:
+    """A duration ("500ms", "1s", "1m", "2h", "1d", or a number of seconds) in seconds;
+    ConfigError naming ``field`` otherwise."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{field}: {value!r} is negative")
+        return float(value)
+    m = _DURATION.match(str(value))
+    if m is None:
+        raise ConfigError(f'{field}: {value!r} is not a duration (like "1s", "5m", "1h")')
+    return float(m.group(1)) * _UNIT[m.group(2) or "s"]
+
+
+class ActionConcurrency(msgspec.Struct, **STRUCT):
+    """Jobs whose rendered ``key`` (a template) is the same run by ``strategy``: one at a
+    time in order (``queue``), only the newest waiting one next (``latest``), the new one
+    stopping the running one (``cancel-running``), or with no limit (``parallel``)."""
+
+    key: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    strategy: ConcurrencyStrategy = "parallel"
+
+
+class ActionBackoff(msgspec.Struct, **STRUCT):
+    """The wait before a failed run's next attempt: ``base``, doubled each attempt, at
+    most ``max`` (durations: "1s", "1m", or seconds)."""
+
+    base: str | float = "1s"
+    max: str | float = "1m"
 
 
 class ShellAction(msgspec.Struct, tag="shell", tag_field="kind", **STRUCT):
@@ -42,6 +76,11 @@ class ShellAction(msgspec.Struct, tag="shell", tag_field="kind", **STRUCT):
     # and not run again ("record"), or run again as the next attempt ("retry": only for
     # actions that are safe to repeat).
     on_interrupt: OnInterrupt = "record"
+    # Jobs whose rendered concurrency key is the same run by its strategy (docs/jobs.md).
+    concurrency: ActionConcurrency | None = None
+    # A failed run is run again up to ``retries`` times, ``backoff`` apart.
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    backoff: ActionBackoff | None = None
 
 
 class WebhookAction(msgspec.Struct, tag="webhook", tag_field="kind", **STRUCT):
@@ -64,6 +103,11 @@ class SshAction(msgspec.Struct, tag="ssh", tag_field="kind", **STRUCT):
     timeout: PositiveFloat = 300.0
     payload: Literal["stdin", "none"] = "stdin"
     on_interrupt: OnInterrupt = "record"
+    # Jobs whose rendered concurrency key is the same run by its strategy (docs/jobs.md).
+    concurrency: ActionConcurrency | None = None
+    # A failed run is run again up to ``retries`` times, ``backoff`` apart.
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    backoff: ActionBackoff | None = None
 
 
 class HealthCheck(msgspec.Struct, **STRUCT):
@@ -90,6 +134,11 @@ class DockerAction(msgspec.Struct, tag="docker", tag_field="kind", **STRUCT):
     health: HealthCheck | None = None
     stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 10
     on_interrupt: OnInterrupt = "record"
+    # Jobs whose rendered concurrency key is the same run by its strategy (docs/jobs.md).
+    concurrency: ActionConcurrency | None = None
+    # A failed run is run again up to ``retries`` times, ``backoff`` apart.
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    backoff: ActionBackoff | None = None
 
 
 class ComposeAction(msgspec.Struct, tag="compose", tag_field="kind", **STRUCT):
@@ -105,6 +154,11 @@ class ComposeAction(msgspec.Struct, tag="compose", tag_field="kind", **STRUCT):
     pull: Literal["missing", "always", "never"] = "missing"
     wait: bool = False
     on_interrupt: OnInterrupt = "record"
+    # Jobs whose rendered concurrency key is the same run by its strategy (docs/jobs.md).
+    concurrency: ActionConcurrency | None = None
+    # A failed run is run again up to ``retries`` times, ``backoff`` apart.
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    backoff: ActionBackoff | None = None
 
 
 class NotifyAction(msgspec.Struct, tag="notify", tag_field="kind", **STRUCT):
@@ -266,10 +320,25 @@ def check(config: RouterConfig) -> None:
                 if problem is not None:
                     raise ConfigError(f"rules[{i}].actions[{j}] (rule {rule.name!r}): {problem}")
         for k, action in enumerate(rule.actions):
+            if isinstance(action, ShellAction | SshAction | DockerAction | ComposeAction):
+                job_backoff(action, f"rules[{i}].actions[{k}] (rule {rule.name!r})")
             if isinstance(action, SshAction):
                 problem = _ssh_problem(action, config.ssh_host_names)
                 if problem is not None:
                     raise ConfigError(f"rules[{i}].actions[{k}] (rule {rule.name!r}): {problem}")
+
+
+def job_backoff(
+    action: ShellAction | SshAction | DockerAction | ComposeAction, at: str
+) -> tuple[float, float] | None:
+    """A job action's backoff (base, max) in seconds; ConfigError naming ``at``."""
+    if action.backoff is None:
+        return None
+    base = seconds(action.backoff.base, f"{at}: backoff.base")
+    most = seconds(action.backoff.max, f"{at}: backoff.max")
+    if most < base:
+        raise ConfigError(f"{at}: backoff.max ({most:g} s) is less than backoff.base ({base:g} s)")
+    return base, most
 
 
 def _docker_problem(action: DockerAction) -> str | None:

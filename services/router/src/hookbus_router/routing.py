@@ -26,10 +26,12 @@ from .config import (
     ComposeAction,
     DockerAction,
     HealthCheck,
+    NotifyAction,
     Rule,
     ShellAction,
     SshAction,
     WebhookAction,
+    job_backoff,
 )
 from .projects import Project
 from .projects import requests as project_requests
@@ -80,6 +82,20 @@ def _health(h: HealthCheck | None) -> ev.HealthProbe | None:
         return None
     tcp = None if h.tcp is None else str(h.tcp)
     return ev.HealthProbe(http=h.http, tcp=tcp, timeout=h.timeout, interval=h.interval)
+
+
+def _limits(action: ShellAction | SshAction | DockerAction | ComposeAction) -> dict[str, Any]:
+    """The job's concurrency (its key rendered already) and retries, as the request's."""
+    out: dict[str, Any] = {}
+    if action.concurrency is not None:
+        c = action.concurrency
+        out["concurrency"] = ev.Concurrency(key=c.key, strategy=c.strategy)
+    if action.retries:
+        out["retries"] = action.retries
+        backoff = job_backoff(action, "backoff")
+        if backoff is not None:
+            out["backoff"] = ev.Backoff(base=backoff[0], max=backoff[1])
+    return out
 
 
 def _spec(action: ShellAction | SshAction | DockerAction | ComposeAction) -> ev.JobSpec:
@@ -142,6 +158,7 @@ def _request(
                 spec=_spec(action),
                 context=_context(event, hook, replay_of),
                 payload=hook.payload,
+                **_limits(action),
                 on_interrupt=action.on_interrupt,
                 sequence=step_of,
             )
@@ -157,6 +174,19 @@ def _request(
                 tenant=event.tenant,
                 endpoint=action.endpoint,
                 event_type=hook.event_type,
+            )
+        case NotifyAction():
+            # The same kind of request as a webhook: the same retries and dead letters.
+            data = ev.DeliveryRequested(
+                delivery_id=ev.derived_id(event.id, f"delivery/{step}", prefix="dlv"),
+                rule=rule.name,
+                webhook_id=event.id,
+                url="",
+                body=hook.payload,
+                tenant=event.tenant,
+                event_type=hook.event_type,
+                notification=action.channel,
+                context=_context(event, hook, replay_of),
             )
     return ev.make_event(
         data, source=SOURCE, id=ev.derived_id(event.id, f"request/{step}"), cause=event

@@ -104,8 +104,8 @@ async def advance(ruleset: RuleSet, outcome: Event[Any], store: Store) -> list[E
     data = outcome.data
     if not isinstance(data, JobSucceeded | JobFailed | JobInterrupted):
         return []
-    if isinstance(data, JobInterrupted) and data.retrying:
-        return []  # the next attempt follows; its outcome decides
+    if isinstance(data, JobInterrupted | JobFailed) and data.retrying:
+        return []  # the next attempt follows (an interruption or failure retried)
     compiled = ruleset.named(data.rule)
     if compiled is None or not compiled.rule.sequence or outcome.causationid is None:
         return []  # no sequence: nothing read from the log at all

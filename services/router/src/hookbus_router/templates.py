@@ -35,6 +35,8 @@ TEMPLATED: Final[dict[str, tuple[str, ...]]] = {
 }
 
 _MARKS: Final = ("{{", "{%", "{#")
+# A job action's ``concurrency.key`` is a template too (rendered to the request's key).
+CONCURRENCY_KEY: Final = "concurrency.key"
 
 
 class TemplateError(ConfigError):
@@ -142,6 +144,11 @@ def compile_action(kind: str, action: Any, at: str) -> dict[str, Template]:
                 template = compile_text(text, f"{at}.{field}")
                 if template is not None:
                     found[field] = template
+    limit = getattr(action, "concurrency", None)
+    if limit is not None:
+        template = compile_text(limit.key, f"{at}.concurrency.key")
+        if template is not None:
+            found[CONCURRENCY_KEY] = template
     return found
 
 
@@ -153,6 +160,10 @@ def render_action(
     if not templates:
         return {}
     out: dict[str, Any] = {}
+    if CONCURRENCY_KEY in templates:
+        limit = action.concurrency
+        key = templates[CONCURRENCY_KEY].render(context)
+        out["concurrency"] = msgspec.structs.replace(limit, key=key)
     for name in TEMPLATED.get(kind, ()):
         value = getattr(action, name, None)
         if isinstance(value, str):
