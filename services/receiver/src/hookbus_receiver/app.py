@@ -23,8 +23,10 @@ from .groupcommit import GroupCommitter
 from .imagepush import ImagePushHooks
 from .inbound import NOT_FOUND, Inbound, Problem
 from .partners import PartnerHooks
+from .respond import Responder
 from .schemachecks import SchemaChecks
 from .sourcehooks import SourceHooks, prepare_sources
+from .waiters import Waiters
 
 __all__ = ["State", "create_app"]
 
@@ -134,9 +136,19 @@ def _starlette(settings: ReceiverConfig) -> Starlette:
                 workers=settings.receiver.validation_workers,
                 budget=settings.receiver.validation_timeout,
             )
+            # Only when some source waits for its jobs: a subscription to every job end.
+            waiters = None
+            if any(a.respond_wait is not None for a in admitted.values()):
+                waiters = Waiters(rt.bus, rt.pool, settings.receiver.respond_max_waiting)
+                await waiters.start()
+            responder = (
+                None
+                if waiters is None
+                else Responder(waiters, settings.receiver.respond_max_output_bytes)
+            )
             state = State(
                 runtime=rt,
-                sources=SourceHooks(pipeline, admitted),
+                sources=SourceHooks(pipeline, admitted, responder),
                 partners=PartnerHooks(rt.pool, pipeline, schemas),
                 image_push=ImagePushHooks(rt.pool, pipeline),
             )
@@ -146,6 +158,8 @@ def _starlette(settings: ReceiverConfig) -> Starlette:
             try:
                 yield state
             finally:
+                if waiters is not None:
+                    await waiters.close()
                 await committer.close()
                 await schemas.close()
 

@@ -21,6 +21,7 @@ from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT as _STRUCT
 from hookbus_common.settings import Port, PositiveFloat, PositiveInt
 
+from .respond import wait_seconds
 from .signatures import (
     HMAC_PRESETS,
     HmacAlgorithm,
@@ -105,6 +106,9 @@ class _Source(msgspec.Struct, **_STRUCT):
     # Where the event type comes from (generic kinds); the sender's own kinds know it.
     event_type: EventTypeFrom | None = None
     fields: Fields = Fields()
+    # Hold the answer until the first job the webhook caused ends, at most this long
+    # ("10s", or seconds), and answer with its outcome (docs/sync.md).
+    respond_wait: str | float | None = None
 
     @property
     def kind(self) -> str:
@@ -119,6 +123,8 @@ class _Source(msgspec.Struct, **_STRUCT):
 
     def problems(self) -> Iterator[tuple[str, str]]:
         """(key, message) for each thing wrong with this source beyond its types."""
+        if self.respond_wait is not None and isinstance(wait_seconds(self.respond_wait), str):
+            yield "respond_wait", str(wait_seconds(self.respond_wait))
         for key in ("allow_ips", "trusted_proxies"):
             for i, cidr in enumerate(getattr(self, key)):
                 try:
@@ -432,6 +438,11 @@ class ReceiverSettings(msgspec.Struct, **_STRUCT):
     commit_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     public_url: str | None = None
     workers: PositiveInt = 1
+    # Sources with respond_wait: how many requests may wait for their jobs at once (per
+    # process; past it a request is answered 202 at once), and how much of a job's output
+    # an answer carries.
+    respond_max_waiting: PositiveInt = 1000
+    respond_max_output_bytes: PositiveInt = 64 * 1024
 
     def base_url(self) -> str:
         """Where senders reach the receiver: ``public_url``, else its host and port."""

@@ -21,6 +21,7 @@ from . import inbound, policy, sources
 from .config import ReceiverConfig, SourceConfig
 from .inbound import FORM, NOT_FOUND, Inbound, Meter
 from .refusals import BadBody, RateLimited, Unknown, UnverifiedRateLimited
+from .respond import Responder, wait_seconds
 from .signatures import VerificationError
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class Admitted:
             self.bucket = policy.TokenBucket(limit.per_second, limit.capacity)
             self.unverified = policy.PerAddress(limit.per_second, limit.capacity)
         self.meter = Meter(REQUESTS, name, latency=LATENCY, rejected=REJECTED)
+        wait = None if config.respond_wait is None else wait_seconds(config.respond_wait)
+        self.respond_wait = wait if isinstance(wait, float) else None
         if config.kind == "none" and not self.allow:
             log.warning(
                 "source accepts unsigned deliveries from anywhere; consider allow_ips",
@@ -91,16 +94,24 @@ def _form_payload(body: bytes) -> bytes:
 class SourceHooks:
     """Every configured source, opened in the app's lifespan."""
 
-    def __init__(self, pipeline: Inbound, admitted: dict[str, Admitted]) -> None:
+    def __init__(
+        self, pipeline: Inbound, admitted: dict[str, Admitted], responder: Responder | None = None
+    ) -> None:
         self.inbound = pipeline
         self.sources = admitted
+        # Answers for sources with respond_wait (None: no source waits).
+        self.responder = responder
 
     async def hook(self, request: Request, name: str) -> Response:
         admitted = self.sources.get(name)
         if admitted is None:
             # The same answer as any unknown path, and no metric series for made-up names.
             return NOT_FOUND.response()
-        return await admitted.meter.measured(self._accept(admitted, request))
+        response = await admitted.meter.measured(self._accept(admitted, request))
+        if admitted.respond_wait is not None and self.responder is not None:
+            # Committed (and counted) already: only what the answer says changes.
+            return await self.responder.answer(name, response, admitted.respond_wait)
+        return response
 
     async def _accept(self, admitted: Admitted, request: Request) -> Response:
         source = admitted.source
