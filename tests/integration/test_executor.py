@@ -22,7 +22,7 @@ from hookbus_common import events as ev
 from hookbus_common.consumer import Ack, Consumer, Defer, Incoming, Outcome, Term, Yielded
 from hookbus_common.service import Runtime
 from hookbus_common.settings import extend
-from hookbus_executor import outcomes, procs
+from hookbus_executor import leases, outcomes, procs
 from hookbus_executor.config import ExecutorConfig, ExecutorSettings
 from hookbus_executor.jobs import TERMINAL_STEP, make_handler
 from hookbus_executor.leases import Owner
@@ -552,6 +552,61 @@ async def test_an_executor_starting_ends_what_a_dead_executor_left_on_its_host(
     assert await _job(rt, "job_recorded") == ("interrupted", 1)
     # Their messages come back later: nothing is run or recorded again.
     assert await replica.outcome(recorded_req, deliveries=2) == (Ack(), [])
+
+
+async def test_an_adoption_cut_short_leaves_a_lost_run_to_record_not_a_job_to_run_again(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    # A sweep took a dead executor's lease, then stopped before it recorded the run (its
+    # process died, or Postgres went away). The lease is this live executor's now, but the
+    # job's action did run: when its message comes back, the run is recorded as lost and
+    # the action is not started a second time.
+    replica = Replica(rt, kill_grace_seconds=1.0)
+    here = replica.runs.owner.host.id
+    stubborn = subprocess.Popen(
+        ["/bin/sh", "-c", "trap '' TERM; sleep 60 & wait"], start_new_session=True
+    )
+    marker = tmp_path / "ran-again"
+    req = _request(["/bin/sh", "-c", f"echo x >> {marker}"], job_id="job_cut")
+    await _left_by_a_dead_executor(
+        rt, req, host=here, expires_in=60.0,
+        pgid=stubborn.pid, pgid_started=procs.start_time(stubborn.pid),
+    )  # fmt: skip
+    async with rt.pool.acquire() as conn:
+        [lease] = await leases.open_on_host(conn, replica.runs.owner)
+    try:
+        adopting = asyncio.create_task(replica.runs._adopt(lease))
+        owner = replica.runs.owner.id
+        # Taken, and now ending the stubborn group (it ignores SIGTERM: the grace runs).
+        deadline = time.monotonic() + 20
+        while (await _lease(rt, "job_cut"))["owner"] != owner:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        adopting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await adopting
+        assert not await _chain_types_of(rt, "job_cut", "job.interrupted")
+
+        outcome, out = await replica.outcome(req, deliveries=2)
+
+        assert outcome == Ack()
+        assert [type(e.data) for e in out] == [ev.JobInterrupted]
+        assert out[0].data.attempt == 1
+        assert not marker.exists()
+        stubborn.wait(timeout=20)  # what was left of the run is ended too
+    finally:
+        if stubborn.poll() is None:
+            os.killpg(stubborn.pid, signal.SIGKILL)
+            stubborn.wait()
+
+
+async def _chain_types_of(rt: Runtime, job_id: str, kind: str) -> bool:
+    async with rt.pool.acquire() as conn:
+        n = await conn.fetchval(
+            "SELECT count(*) FROM events WHERE data->>'job_id' = $1 AND type = $2",
+            job_id, f"io.hookbus.{kind}.v1",
+        )  # fmt: skip
+    return bool(n)
 
 
 async def test_an_executor_leaves_alone_the_jobs_of_a_live_executor_on_its_host(

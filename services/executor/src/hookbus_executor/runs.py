@@ -200,7 +200,9 @@ class Runs:
             if procs.alive(lease.owner_pid, lease.owner_started):
                 continue  # another executor of this host, alive: its runs are its own
             try:
-                count += await self._adopt(lease)
+                # Shielded: a sweep round that runs out of time must not cut an adoption
+                # short between taking the lease and recording the run.
+                count += await asyncio.shield(self._adopt(lease))
             except Exception:
                 log.exception("could not end an orphaned job", extra={"job_id": lease.job_id})
         return count
@@ -221,6 +223,10 @@ class Runs:
             if not await leases.started_recorded(conn, lease):
                 await leases.release_unstarted(conn, lease.job_id, self.owner)
                 return 0
+        # Its action ran (under the dead executor). Should this adoption stop before the
+        # run is recorded, the lease is ours but the job must not read as never started
+        # here: its message, coming back, finds the run lost and records it.
+        self.acted[lease.job_id] = lease.attempt
         log.warning(
             "found a job left running by a stopped executor on this host",
             extra={"job_id": lease.job_id, "pgid": lease.pgid, "executor_pid": lease.owner_pid},
@@ -239,6 +245,7 @@ class Runs:
             inserted, known = await self.outbox.commit([event], conn=conn)
             await leases.end(conn, lease.job_id, self.owner, "interrupted")
         self.outbox.publish_later([*inserted, *known])
+        self.acted.pop(lease.job_id, None)
         if inserted:
             outcomes.count_interrupted(event)
         return 1
