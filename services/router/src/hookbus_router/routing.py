@@ -214,7 +214,7 @@ def _route(
     ruleset = RuleSet.of(rules)
     if facts is None:
         facts = Facts(hook, event_id=event.id, tenant=event.tenant, time=event.time.isoformat())
-    evaluations = [r.evaluate(hook, facts) for r in ruleset.rules]
+    evaluations = ruleset.evaluate(hook, facts)
     joined = joined or {}
     if joined:
         # Multi-event rules: what this event did to their waits (waits.arrive_all).

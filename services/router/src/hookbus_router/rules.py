@@ -23,6 +23,7 @@ from .conditions import Node, Outcome, shown
 
 if TYPE_CHECKING:
     from .config import Action, Rule
+    from .index import RuleIndex
     from .waits import MultiEvent
 
 
@@ -41,6 +42,12 @@ def _glob_outcome(name: str, value: str | list[str], seen: str | None) -> Outcom
 
 
 _EVENT_FACT = {"source": "source", "event": "type", "repository": "repository", "branch": "branch"}
+
+
+def glob_passes(value: str | list[str], seen: str | None) -> bool:
+    """Whether ``seen`` passes a rule's glob (or list of globs) ``value``."""
+    patterns = _patterns(value)
+    return "*" in patterns or (seen is not None and any(fnmatchcase(seen, p) for p in patterns))
 
 
 def _glob_reason(name: str, value: str | list[str], seen: str | None) -> str:
@@ -198,6 +205,15 @@ def version(rules: Iterable[Rule]) -> str:
 class RuleSet:
     rules: tuple[CompiledRule, ...]
     version: str
+    # The rules by source and event type (index.py); None: every rule is evaluated.
+    index: RuleIndex | None = None
+
+    def evaluate(self, hook: WebhookReceived, facts: Facts) -> list[RuleEvaluation]:
+        """Every rule's evaluation of ``hook``, in order (the same with or without the
+        index; with it, only the rules that can match are evaluated)."""
+        if self.index is not None:
+            return self.index.evaluate(hook, facts)
+        return [r.evaluate(hook, facts) for r in self.rules]
 
     @property
     def multi(self) -> bool:
@@ -208,10 +224,11 @@ class RuleSet:
         return next((r for r in self.rules if r.rule.name == name), None)
 
     @classmethod
-    def build(cls, rules: Sequence[Rule]) -> RuleSet:
-        return cls(
-            tuple(compile_rule(r, f"rules[{i}]") for i, r in enumerate(rules)), version(rules)
-        )
+    def build(cls, rules: Sequence[Rule], *, indexed: bool = True) -> RuleSet:
+        from .index import RuleIndex
+
+        compiled = tuple(compile_rule(r, f"rules[{i}]") for i, r in enumerate(rules))
+        return cls(compiled, version(rules), RuleIndex.build(compiled) if indexed else None)
 
     @classmethod
     def of(cls, rules: Sequence[Rule] | RuleSet) -> RuleSet:

@@ -1,0 +1,104 @@
+"""Rules indexed by source, event type and repository, so that routing an event
+evaluates only the rules that can match it, with the same decisions as evaluating every
+rule.
+
+A rule's first tests are ``enabled`` and its ``source``, ``event`` and ``repository``
+globs (each part's, for a rule over several events). Whether they pass depends on the
+event's (source, event type, repository) alone, so they are run once per such triple:
+the rules that pass are its candidates, and the others' evaluation (they fail at one of
+those tests, and read nothing else of the event) is kept. Routing an event then
+evaluates its triple's candidates only and takes the others' kept evaluations: exactly
+the list the plain evaluation of every rule gives (tests/unit/test_rule_index.py
+compares them). The triples kept are bounded (the least recently used go first).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from hookbus_common.events import RuleEvaluation, WebhookReceived
+
+if TYPE_CHECKING:
+    from .config import Rule
+    from .rules import CompiledRule, Facts
+
+# (source, event type, repository) triples whose candidates and evaluations are kept.
+TRIPLES_KEPT: Final = 4096
+
+Triple = tuple[str, str, str | None]
+
+
+def _passes(rule: Rule, triple: Triple) -> bool:
+    from .rules import glob_passes
+
+    source, event, repository = triple
+    return (
+        glob_passes(rule.source, source)
+        and glob_passes(rule.event, event)
+        and glob_passes(rule.repository, repository)
+    )
+
+
+def _candidate(compiled: CompiledRule, triple: Triple) -> bool:
+    if not compiled.rule.enabled:
+        return False
+    if compiled.multi is not None:
+        return any(_passes(p.compiled.rule, triple) for p in compiled.multi.parts)
+    return _passes(compiled.rule, triple)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    candidates: tuple[int, ...]
+    # Every rule's evaluation by position: the others' (kept from the first event of the
+    # pair; they depend on nothing else), None for the candidates.
+    kept: tuple[RuleEvaluation | None, ...]
+
+
+@dataclass(slots=True)
+class RuleIndex:
+    rules: tuple[CompiledRule, ...]
+    _triples: OrderedDict[Triple, _Pair] = field(default_factory=OrderedDict)
+
+    @classmethod
+    def build(cls, rules: Sequence[CompiledRule]) -> RuleIndex:
+        return cls(tuple(rules))
+
+    def _pair(self, hook: WebhookReceived, facts: Facts) -> _Pair:
+        key = (hook.source, hook.event_type, hook.repository)
+        pair = self._triples.get(key)
+        if pair is not None:
+            self._triples.move_to_end(key)
+            return pair
+        candidates: list[int] = []
+        kept: list[RuleEvaluation | None] = []
+        for i, compiled in enumerate(self.rules):
+            if _candidate(compiled, key):
+                candidates.append(i)
+                kept.append(None)
+            else:
+                # It fails at enabled, source, event or repository: nothing else of the
+                # event is read.
+                kept.append(compiled.evaluate(hook, facts))
+        pair = _Pair(tuple(candidates), tuple(kept))
+        self._triples[key] = pair
+        while len(self._triples) > TRIPLES_KEPT:
+            self._triples.popitem(last=False)
+        return pair
+
+    def evaluate(self, hook: WebhookReceived, facts: Facts) -> list[RuleEvaluation]:
+        """Every rule's evaluation, in order, evaluating only the candidates."""
+        pair = self._pair(hook, facts)
+        out = list(pair.kept)
+        rules = self.rules
+        for i in pair.candidates:
+            out[i] = rules[i].evaluate(hook, facts)
+        return out  # type: ignore[return-value]  # every None was a candidate's
+
+    def candidates_seen(self) -> float:
+        """The mean number of candidates of the triples kept (for the bench)."""
+        pairs = list(self._triples.values())
+        return sum(len(p.candidates) for p in pairs) / len(pairs) if pairs else 0.0
