@@ -180,6 +180,7 @@ async def test_the_router_durable_takes_received_and_replayed_webhooks(
     assert sorted(info.config.filter_subjects or []) == [
         f"{rt.bus.prefix}.job.failed.>",
         f"{rt.bus.prefix}.job.interrupted.>",
+        f"{rt.bus.prefix}.job.skipped.>",
         f"{rt.bus.prefix}.job.succeeded.>",
         f"{rt.bus.prefix}.webhook.received.>",
         f"{rt.bus.prefix}.webhook.replayed.>",

@@ -143,6 +143,25 @@ def test_an_interruption_that_is_retried_waits_for_the_next_attempt(tmp_path):
     assert "interrupted (executor_lost)" in (end.data.reason or "")
 
 
+def test_a_skipped_job_stops_the_sequence(tmp_path):
+    run = Harness(tmp_path)
+    [first] = requests(run(webhook()))
+
+    [end] = run(outcome(first, ev.JobSkipped, superseded_by="job_newer"))
+
+    assert (end.data.outcome, end.data.index) == ("stopped", 0)
+    assert end.data.reason == "action shell was skipped (superseded)"
+
+
+def test_a_failure_that_is_retried_waits_for_the_last_attempt(tmp_path):
+    run = Harness(tmp_path)
+    [first] = requests(run(webhook()))
+
+    assert run(outcome(first, ev.JobFailed, exit_code=1, retrying=True)) == []
+    [second] = requests(run(outcome(first)))
+    assert second.data.sequence.index == 1
+
+
 def test_outcomes_of_jobs_in_no_sequence_cause_nothing(tmp_path):
     run = Harness(tmp_path, RULES.replace("sequence = true\n", ""))
     reqs = requests(run(webhook()))

@@ -15,6 +15,7 @@ from hookbus_common.events import (
     Event,
     JobFailed,
     JobInterrupted,
+    JobSkipped,
     JobSucceeded,
     WebhookReceived,
     WebhookReplayed,
@@ -48,6 +49,7 @@ FILTER_TOKENS: tuple[tuple[str, ...], ...] = (
     ("job", "succeeded"),
     ("job", "failed"),
     ("job", "interrupted"),
+    ("job", "skipped"),
 )
 
 
@@ -358,7 +360,7 @@ def make_handler(
                 if not routed:
                     metrics.UNMATCHED.inc()
                 yield routed
-            case JobSucceeded() | JobFailed() | JobInterrupted():
+            case JobSucceeded() | JobFailed() | JobInterrupted() | JobSkipped():
                 yield [] if store is None else await sequence.advance(ruleset, event, store)
             case _:
                 raise PermanentError(f"router cannot handle {event.type}")

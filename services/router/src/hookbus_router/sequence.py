@@ -4,7 +4,8 @@ when the one before succeeded (see docs/rules.md, "Actions in sequence").
 The router requests the first action only, with ``sequence = {rule, index, of}`` on its
 job request. When the job's ``job.succeeded`` comes by, the router requests the next
 action; a ``job.failed`` (or a ``job.interrupted`` that is not retried) ends the
-sequence, recorded as ``rule.sequence.ended`` with outcome ``stopped``; after the last
+sequence (so does a ``job.skipped``: a newer job of its ``latest`` concurrency key ran
+instead), recorded as ``rule.sequence.ended`` with outcome ``stopped``; after the last
 action it ends ``completed``. Nothing is kept in memory: what the next step needs is on
 the job request (found in the log by the outcome's causation id) and in the rules. The
 next request's ids derive from the routed webhook and the step exactly as for a rule run
@@ -22,7 +23,14 @@ import msgspec
 
 from hookbus_common import events as ev
 from hookbus_common.errors import ConfigError
-from hookbus_common.events import Event, JobFailed, JobInterrupted, JobRequestedV2, JobSucceeded
+from hookbus_common.events import (
+    Event,
+    JobFailed,
+    JobInterrupted,
+    JobRequestedV2,
+    JobSkipped,
+    JobSucceeded,
+)
 
 from .templates import RenderError, render_action
 
@@ -83,7 +91,9 @@ def ended(
     )
 
 
-def _why(data: JobFailed | JobInterrupted) -> str:
+def _why(data: JobFailed | JobInterrupted | JobSkipped) -> str:
+    if isinstance(data, JobSkipped):
+        return f"action {data.kind} was skipped ({data.reason})"
     if isinstance(data, JobInterrupted):
         return f"action {data.kind} was interrupted ({data.reason})"
     if data.error:
@@ -102,7 +112,7 @@ async def advance(ruleset: RuleSet, outcome: Event[Any], store: Store) -> list[E
     from .rules import Facts
 
     data = outcome.data
-    if not isinstance(data, JobSucceeded | JobFailed | JobInterrupted):
+    if not isinstance(data, JobSucceeded | JobFailed | JobInterrupted | JobSkipped):
         return []
     if isinstance(data, JobInterrupted | JobFailed) and data.retrying:
         return []  # the next attempt follows (an interruption or failure retried)
@@ -117,7 +127,7 @@ async def advance(ruleset: RuleSet, outcome: Event[Any], store: Store) -> list[E
     step = req.sequence
     if step is None:
         return []
-    if isinstance(data, JobFailed | JobInterrupted):
+    if isinstance(data, JobFailed | JobInterrupted | JobSkipped):
         return [ended(outcome, req, step, "stopped", step.index, _why(data))]
     nxt = step.index + 1
     if nxt >= step.of:
