@@ -397,6 +397,25 @@ class NoneSource(_Source, tag="none", tag_field="kind", **_STRUCT):
             yield "secrets", "a none source checks no secret; choose a kind that does"
 
 
+class DockerhubSource(_Source, tag="dockerhub", tag_field="kind", **_STRUCT):
+    """Docker Hub pushes. Docker Hub signs nothing and can send no header of ours, so the
+    credential is in the URL it posts to: ``/hooks/<source>?token=<secret>``
+    (docs/registries.md)."""
+
+    @property
+    def kind(self) -> str:
+        return "dockerhub"
+
+
+class HarborSource(_Source, tag="harbor", tag_field="kind", **_STRUCT):
+    """Harbor: the webhook's "Auth Header" arrives as ``Authorization`` and must be one of
+    the secrets (given alone, or after a scheme: ``Bearer <secret>``)."""
+
+    @property
+    def kind(self) -> str:
+        return "harbor"
+
+
 SourceConfig = (
     GithubSource
     | GitlabSource
@@ -406,6 +425,8 @@ SourceConfig = (
     | JwtSource
     | TokenSource
     | NoneSource
+    | DockerhubSource
+    | HarborSource
 )
 
 

@@ -38,8 +38,10 @@ __all__ = [
     "sign_github",
     "sign_hookdeck",
     "sign_standard_webhooks",
+    "url_token_matches",
     "verify_github",
     "verify_gitlab_token",
+    "verify_harbor",
     "verify_hmac",
     "verify_hookdeck",
     "verify_jwt",
@@ -188,6 +190,23 @@ def verify_gitlab_token(headers: Mapping[str, str], secrets: Sequence[bytes]) ->
     token = _header(headers, "x-gitlab-token")
     if not _any_match([_to_bytes(token)], keys):
         raise VerificationError("bad_token")
+
+
+def verify_harbor(headers: Mapping[str, str], secrets: Sequence[bytes]) -> None:
+    """Harbor's "Auth Header", sent verbatim as ``Authorization``: the whole value, or
+    the part after its scheme (``Bearer <secret>``), must be one of the secrets."""
+    keys = _usable(secrets)
+    value = _header(headers, "authorization")
+    _scheme, _, credentials = value.partition(" ")
+    candidates = [_to_bytes(value)] + ([_to_bytes(credentials.strip())] if credentials else [])
+    if not _any_match(candidates, keys):
+        raise VerificationError("bad_token")
+
+
+def url_token_matches(given: str | None, secrets: Sequence[bytes]) -> bool:
+    """Whether a token given in the URL is one of ``secrets`` (constant time)."""
+    keys = [bytes(s) for s in secrets if s]
+    return bool(given) and bool(keys) and _any_match([_to_bytes(given or "")], keys)
 
 
 # --------------------------------------------------------------------------- Standard Webhooks

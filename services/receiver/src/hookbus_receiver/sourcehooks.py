@@ -129,7 +129,9 @@ class SourceHooks:
         try:
             body = await self.inbound.body(request, headers)
             ctype = inbound.json_content_type(headers, forms=True)
-            source.verify(headers, body, time.time())
+            # Only a source that takes its secret in the URL reads the query string.
+            url_token = request.query_params.get("token") if source.takes_url_token else None
+            source.verify(headers, body, time.time(), url_token)
         except HookbusError as exc:
             if unverified is not None:
                 unverified.charge(client, time.monotonic())
@@ -141,7 +143,8 @@ class SourceHooks:
             if wait:
                 raise RateLimited(wait)
         payload = _form_payload(body) if ctype == FORM else body
-        facts = source.facts(headers, inbound.json_object(payload))
+        doc = inbound.json_object(payload)
+        facts = source.facts(headers, doc)
         return await self.inbound.record(
             source=source.name,
             kind=source.kind,
@@ -154,4 +157,5 @@ class SourceHooks:
             payload=payload,
             remote_addr=str(client) if client is not None else peer,
             subject=facts.repository,
+            image=source.image(headers, doc),
         )

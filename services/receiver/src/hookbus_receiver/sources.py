@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hookbus_common import events as ev
 from hookbus_common.errors import ConfigError
 from hookbus_common.events import token
 
+from . import registries
 from .config import (
+    DockerhubSource,
     FromRequest,
     GithubSource,
     GitlabSource,
+    HarborSource,
     HmacSource,
     HookdeckSource,
     JwtSource,
@@ -20,6 +24,7 @@ from .config import (
     StandardWebhooksSource,
     TokenSource,
 )
+from .imagepush import image_info
 from .inbound import Facts
 from .refusals import BadBody
 from .signatures import (
@@ -27,8 +32,10 @@ from .signatures import (
     VerificationError,
     decode_standard_secret,
     load_jwt_keys,
+    url_token_matches,
     verify_github,
     verify_gitlab_token,
+    verify_harbor,
     verify_hmac,
     verify_hookdeck,
     verify_jwt,
@@ -144,6 +151,12 @@ def _verifier(where: str, src: SourceConfig) -> Verifier:
             return lambda h, b, now: verify_token(h, keys, mode=mode, header_name=header)
         case NoneSource():
             return lambda h, b, now: None
+        case DockerhubSource():
+            # The secret is the URL's `token`, checked by Source.verify before this.
+            return lambda h, b, now: None
+        case HarborSource():
+            keys = _secrets(src)
+            return lambda h, b, now: verify_harbor(h, keys)
 
 
 def _jwt_verifier(where: str, src: JwtSource) -> Verifier:
@@ -247,13 +260,43 @@ class Source:
         )
         self._kept = tuple(dict.fromkeys(h for h in kept if h not in secret_headers))
         self._delivery_headers = _DELIVERY_HEADERS.get(self.kind, _DEFAULT_DELIVERY_HEADERS)
+        # Sources whose credential is in the URL, `/hooks/<source>?token=<secret>`: those
+        # whose sender can set no header (Docker Hub).
+        self._url_secrets = _secrets(config) if isinstance(config, DockerhubSource) else None
 
-    def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> None:
-        """Raise VerificationError unless the delivery proves it comes from this source."""
+    @property
+    def takes_url_token(self) -> bool:
+        return self._url_secrets is not None
+
+    def verify(
+        self, headers: Mapping[str, str], body: bytes, now: float, url_token: str | None = None
+    ) -> None:
+        """Raise VerificationError unless the delivery proves it comes from this source.
+        ``url_token`` is the URL's ``token`` parameter, the proof of a source that takes
+        its secret there (and ignored by the others)."""
+        if self._url_secrets is not None and not url_token_matches(url_token, self._url_secrets):
+            raise VerificationError("bad_token")
         self._verify(headers, body, now)
 
     def kept_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         return {h: headers[h] for h in self._kept if h in headers}
+
+    def pushed(self, headers: Mapping[str, str], body: Any) -> registries.Pushed | None:
+        """The image push a registry's delivery announces, if it is one."""
+        match self.config:
+            case DockerhubSource():
+                return registries.dockerhub(body)
+            case HarborSource():
+                return registries.harbor(body)
+            case GithubSource():
+                return registries.github_package(headers.get("x-github-event"), body)
+            case _:
+                return None
+
+    def image(self, headers: Mapping[str, str], body: Any) -> ev.ImageInfo | None:
+        """The pushed image a delivery names (projects redeploy on it), if any."""
+        pushed = self.pushed(headers, body)
+        return None if pushed is None else image_info(pushed.image)
 
     def facts(self, headers: Mapping[str, str], body: Any) -> Facts:
         """The facts of a verified delivery whose JSON body (an object) is ``body``."""
@@ -281,8 +324,23 @@ class Source:
             case StandardWebhooksSource():
                 # The spec's payload shape is {"type": …, "timestamp": …, "data": …}.
                 event_type = _scalar(body.get("type")) or event_type
+            case DockerhubSource() | HarborSource():
+                # Rules match a registry push like the image-push URL's: event "push",
+                # repository the image's path, tag its tag.
+                pushed = self.pushed(headers, body)
+                other = "unknown" if isinstance(c, DockerhubSource) else _scalar(body.get("type"))
+                event_type = registries.PUSH if pushed else token(other or "unknown")
+                if pushed is not None:
+                    repository, tag = pushed.image.path, pushed.image.tag
+                    sender = pushed.pusher
+                    if c.idempotency is None:
+                        delivery = delivery or pushed.delivery_id
             case _:
                 pass
+        if isinstance(c, GithubSource) and event_type in registries.GITHUB_PACKAGE_EVENTS:
+            # A container version published to ghcr.io: rules see its tag.
+            pushed = self.pushed(headers, body)
+            tag = tag or (pushed.image.tag if pushed is not None else None)
         if c.event_type is not None:
             event_type = _from(c.event_type, headers, body) or c.event_type.default
         f = c.fields
