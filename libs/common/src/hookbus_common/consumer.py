@@ -20,7 +20,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from . import eventlog, looplag, metrics
+from . import eventlog, looplag, metrics, tracing
 from . import events as ev
 from .bus import Bus
 from .errors import Deferred, HookbusError, OutageError, RetryableError
@@ -342,10 +342,26 @@ class Consumer:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return Term(f"undecodable message: {exc}")
         with correlated(event.correlationid):
+            if tracing.enabled():
+                return await self._traced(msg, event, deliveries, tries)
             incoming = Incoming(
                 event=event, subject=msg.subject, deliveries=deliveries, _msg=msg, counted=tries
             )
             return await self.process(incoming)
+
+    async def _traced(self, msg: Msg, event: Event[Any], deliveries: int, tries: int) -> Outcome:
+        """``process`` inside a span continuing the event's trace; the handler sees the
+        event carrying the span's context, so what it derives belongs under this span."""
+        with tracing.consuming(self.service, event, msg.subject, self.durable, deliveries) as (
+            span,
+            traced,
+        ):
+            incoming = Incoming(
+                event=traced, subject=msg.subject, deliveries=deliveries, _msg=msg, counted=tries
+            )
+            outcome = await self.process(incoming)
+            tracing.settled(span, type(outcome).__name__.lower(), getattr(outcome, "reason", None))
+            return outcome
 
     async def process(self, incoming: Incoming) -> Outcome:
         """Handle one decoded message and commit what the handler yields; the outcome says

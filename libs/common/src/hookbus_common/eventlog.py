@@ -18,10 +18,11 @@ from .events import Event, RawEvent
 _INSERT_HEAD = """
 WITH ins AS (
     INSERT INTO events (id, type, source, subject, bus_subject, tenant, correlation_id,
-                        causation_id, time, dedupe_key, data, raw_body)
+                        causation_id, time, dedupe_key, data, raw_body, traceparent,
+                        tracestate)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::text[],
-                         $11::json[], $12::bytea[])
+                         $11::json[], $12::bytea[], $13::text[], $14::text[])
     ON CONFLICT DO NOTHING
     RETURNING seq, id
 ), queued AS (
@@ -29,11 +30,11 @@ WITH ins AS (
 )"""
 _INSERT_TAIL = "\nSELECT seq, id FROM ins"
 _INSERT = _INSERT_HEAD + _INSERT_TAIL
-_FIRST_EXTRA_PARAM = 13
+_FIRST_EXTRA_PARAM = 15
 
 
 def _statement(ctes: Sequence[str]) -> str:
-    """The insert statement with ``ctes`` joined, their ``{}`` numbered from $13 on."""
+    """The insert statement with ``ctes`` joined, their ``{}`` numbered from $15 on."""
     if not ctes:
         return _INSERT
     parts = ",\n".join(ctes)
@@ -45,7 +46,8 @@ def _statement(ctes: Sequence[str]) -> str:
 
 
 _COLUMNS = (
-    "seq, id, type, source, subject, bus_subject, tenant, correlation_id, causation_id, time, data"
+    "seq, id, type, source, subject, bus_subject, tenant, correlation_id, causation_id, time,"
+    " data, traceparent, tracestate"
 )
 
 
@@ -76,7 +78,7 @@ async def insert(
 
     ``ctes`` and ``args`` are further parts of the statement and their parameters
     (``readmodels.fragments``), run only for the events inserted."""
-    cols: list[list[Any]] = [[] for _ in range(12)]
+    cols: list[list[Any]] = [[] for _ in range(14)]
     encoded: dict[str, Appended] = {}
     for p in batch:
         e = p.event
@@ -84,7 +86,8 @@ async def insert(
         data = ev.encode_data(e.data)
         values = (
             e.id, e.type, e.source, e.subject, subject, e.tenant, e.correlationid,
-            e.causationid, e.time, p.dedupe_key, data.decode(), p.raw_body,
+            e.causationid, e.time, p.dedupe_key, data.decode(), p.raw_body, e.traceparent,
+            e.tracestate,
         )  # fmt: skip
         for col, value in zip(cols, values, strict=True):
             col.append(value)
@@ -110,6 +113,8 @@ def _raw(row: asyncpg.Record) -> RawEvent:
         tenant=row["tenant"],
         subject=row["subject"],
         data=msgspec.Raw(row["data"].encode()),
+        traceparent=row["traceparent"],
+        tracestate=row["tracestate"],
     )
 
 

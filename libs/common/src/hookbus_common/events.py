@@ -939,6 +939,10 @@ class Event(msgspec.Struct, Generic[D], **_FROZEN):
     subject: str | None = None
     specversion: str = "1.0"
     datacontenttype: str = "application/json"
+    # CloudEvents distributed-tracing extension: the W3C trace context of the span that
+    # made this event (see ``tracing``); a derived event carries its cause's on.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def bus_subject(self, prefix: str) -> str:
         return ".".join((prefix, *self.data.subject_tokens()))
@@ -965,6 +969,8 @@ def make_event(
         causationid=cause.id if cause else None,
         tenant=tenant or (cause.tenant if cause else "default"),
         subject=subject,
+        traceparent=cause.traceparent if cause else None,
+        tracestate=cause.tracestate if cause else None,
     )
 
 
@@ -982,6 +988,8 @@ class RawEvent(msgspec.Struct, **_FROZEN):
     subject: str | None = None
     specversion: str = "1.0"
     datacontenttype: str = "application/json"
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class UnknownEventType(msgspec.ValidationError):
@@ -1018,6 +1026,8 @@ def encode_around(event: Event[Any], data: bytes) -> bytes:
             subject=event.subject,
             specversion=event.specversion,
             datacontenttype=event.datacontenttype,
+            traceparent=event.traceparent,
+            tracestate=event.tracestate,
         )
     )
 
@@ -1045,4 +1055,6 @@ def decode(raw: bytes) -> Event[Any]:
         subject=env.subject,
         specversion=env.specversion,
         datacontenttype=env.datacontenttype,
+        traceparent=env.traceparent,
+        tracestate=env.tracestate,
     )

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from . import events, logs, looplag
+from . import events, logs, looplag, tracing
 from .bus import Bus, connect
 from .consumer import Consumer, Handler
 from .db import open_pool
@@ -51,6 +51,7 @@ class Runtime:
 async def runtime(settings: Settings, service: str) -> AsyncIterator[Runtime]:
     """Open Postgres (migrating first) and NATS, and run the outbox relay and cleaner."""
     stop = asyncio.Event()
+    traced = tracing.configure(settings.tracing, service)
     async with (
         open_pool(settings.database) as pool,
         connect(settings.nats, settings.prefix, f"hookbus-{service}") as bus,
@@ -74,6 +75,8 @@ async def runtime(settings: Settings, service: str) -> AsyncIterator[Runtime]:
             for t in background:
                 t.cancel()
             looplag.unwatch_gc()
+            if traced:  # sends what is buffered: blocking I/O, off the loop
+                await asyncio.to_thread(tracing.shutdown)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "LogSettings",
     "NatsSettings",
     "Settings",
+    "TracingSettings",
     "load",
 ]
 
@@ -57,6 +58,7 @@ SECTIONS: Final = frozenset(
         "endpoints",
         "notifications",
         "api",
+        "tracing",
     }
 )
 
@@ -106,6 +108,29 @@ class LogSettings(msgspec.Struct, **STRUCT):
     format: Literal["json", "text"] = "json"
 
 
+class TracingSettings(msgspec.Struct, **STRUCT):
+    """OpenTelemetry traces, exported over OTLP/HTTP; off (nothing made, nothing sent)
+    unless ``endpoint`` is set."""
+
+    # The collector's OTLP/HTTP base URL (http://otel-collector:4318); spans go to
+    # <endpoint>/v1/traces.
+    endpoint: str | None = None
+    # The share of webhooks whose traces are recorded (0 to 1); a trace that came in with
+    # a sampled ``traceparent`` is recorded whatever the ratio, like its parent.
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    # Extra HTTP headers sent to the collector (an API key of a hosted backend).
+    headers: dict[str, str] = {}
+    export_timeout: PositiveFloat = 10.0
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None and not re.match(r"^https?://[^/\s]+", self.endpoint):
+            raise ValueError("endpoint: not an http(s) URL (http://otel-collector:4318)")
+
+    def __repr__(self) -> str:  # headers may carry an API key
+        endpoint = None if self.endpoint is None else redact_url(self.endpoint)
+        return f"TracingSettings(endpoint={endpoint!r}, sample_ratio={self.sample_ratio!r})"
+
+
 class Settings(msgspec.Struct, **STRUCT):
     """The core every process shares; a service's config subclasses it with its sections."""
 
@@ -116,6 +141,7 @@ class Settings(msgspec.Struct, **STRUCT):
     nats: NatsSettings = NatsSettings()
     database: DatabaseSettings = DatabaseSettings()
     log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path).expanduser()

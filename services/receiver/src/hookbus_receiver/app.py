@@ -12,9 +12,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hookbus_common import logs
+from hookbus_common import logs, tracing
 from hookbus_common.service import Runtime, runtime
 
 from . import config, webhookurl
@@ -107,13 +107,55 @@ class _HooksFirst:
         await self.app(scope, receive, send)
 
 
+# The routes a POST can take, for a span's name: never the path itself, which holds a
+# partner's token or the image-push secret.
+_ROUTES = (("/hooks/", "/hooks/{source}"), ("/webhook/v1/", "/webhook/v1/{token}"),
+           ("/api/webhook/", "/api/webhook/{secret}"))  # fmt: skip
+
+
+class _Traced:
+    """A server span per POST while tracing is on, continuing the sender's
+    ``traceparent``; the event a request records carries it on (``Inbound.record``).
+    Off, it costs one check per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not tracing.enabled() or scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        route = next((r for start, r in _ROUTES if path.startswith(start)), "other")
+        attributes = {"http.request.method": "POST", "http.route": route}
+        if route == "/hooks/{source}":
+            attributes["hookbus.source"] = path[7:]
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1")
+            for k, v in scope["headers"]
+            if k.lower() in (b"traceparent", b"tracestate")
+        }
+        with tracing.serving(f"POST {route}", headers, attributes) as span:
+
+            async def sending(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    span.set_attribute("http.response.status_code", message["status"])
+                    if message["status"] >= 500:
+                        from opentelemetry.trace import Status, StatusCode
+
+                        span.set_status(Status(StatusCode.ERROR))
+                await send(message)
+
+            await self.app(scope, receive, sending)
+
+
 def create_app(settings: ReceiverConfig | None = None) -> ASGIApp:
     """The ASGI app. Everything it serves with is opened in its lifespan and handed to
     requests through the lifespan state, never made at import or kept in a holder."""
     if settings is None:  # started by uvicorn (one call per worker process)
         settings = config.load()
         logs.setup("receiver", settings.log.level, settings.log.format)
-    return _HooksFirst(_starlette(settings))
+    return _Traced(_HooksFirst(_starlette(settings)))
 
 
 def _starlette(settings: ReceiverConfig) -> Starlette:

@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from hookbus_common import events as ev
-from hookbus_common import looplag
+from hookbus_common import looplag, tracing
 from hookbus_common.errors import Code, ConfigError, HookbusError
 from hookbus_common.eventlog import Pending
 from hookbus_common.logs import correlated
@@ -393,6 +393,9 @@ class Inbound:
             image=image,
         )
         event = ev.make_event(data, source=origin, subject=subject, tenant=tenant)
+        if tracing.enabled():  # the request's span (app._Traced) starts the event's trace
+            event = tracing.with_current(event)
+            tracing.tag("hookbus.event.id", event.id)
         pending = Pending(event, dedupe_key(source, facts.delivery_id), body)
         with correlated(event.id):
             try:
