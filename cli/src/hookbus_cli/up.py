@@ -20,6 +20,7 @@ import msgspec
 from hookbus_common.settings import default_config_path
 from hookbus_executor.config import ExecutorSettings
 
+from . import quickstart
 from .config import installation
 from .embedded import EmbeddedError, NatsCluster, NatsServer, Postgres, wait_until_ok
 from .migrate import migrate
@@ -93,6 +94,17 @@ def hold_data_dir(data_dir: Path) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     config = args.config or (str(p) if (p := default_config_path(os.environ)) else None)
+    quick = None
+    if config is None:  # WEBHOOK_SECRET and ACTION_SCRIPT (or flags) build one
+        try:
+            quick = quickstart.plan(args, os.environ)
+        except quickstart.QuickstartError as exc:
+            print(f"hookbus: {exc}", file=sys.stderr)
+            return 2
+        if quick is not None:
+            config = str(quickstart.write(quick, Path(args.data_dir)))
+    elif args.github_secret_env or args.run:
+        print(f"hookbus: --github-secret-env and --run are ignored: {config} is used", flush=True)
     inst = installation(argparse.Namespace(config=config, data_dir=None))
     settings = inst.receiver
     data_dir = Path(args.data_dir).resolve()
@@ -174,6 +186,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 1
         sources = ", ".join(settings.sources) or "(none configured)"
         print(f"hookbus: send webhooks to {url}/hooks/<source>   sources: {sources}", flush=True)
+        if quick is not None and config is not None:
+            for line in quickstart.announce(quick, url, Path(config)):
+                print(line, flush=True)
         if "api" in children:
             api_host = "127.0.0.1" if api.host in ("0.0.0.0", "::") else api.host  # noqa: S104
             print(
@@ -220,5 +235,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=(3, 5),
         metavar="N",
         help="run N nats-servers clustered on loopback (3 or 5), the stream with N replicas",
+    )
+    # Without a config file: serve GitHub pushes running a script (cli/quickstart.py).
+    up.add_argument(
+        "--github-secret-env",
+        metavar="NAME",
+        help="with no config file: the variable holding the GitHub webhook secret"
+        f" (default: {quickstart.SECRET_ENV} when set)",
+    )
+    up.add_argument(
+        "--run",
+        metavar="PATH",
+        help="with no config file: the script each GitHub push runs"
+        f" (default: ${quickstart.SCRIPT_ENV})",
     )
     up.set_defaults(func=cmd_up)
