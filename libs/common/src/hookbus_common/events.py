@@ -112,7 +112,9 @@ class WebhookReceived(EventData, **_FROZEN):
     tag: str | None = None
     commit: str | None = None
     sender: str | None = None
-    # Set for image-push webhooks (source ``image-push``).
+    # Set when the webhook names a pushed image: the image-push URL (source
+    # ``image-push``), and registries' pushes (kinds dockerhub and harbor, GitHub's
+    # container package events); projects redeploy on it, whatever the source.
     image: ImageInfo | None = None
 
     def subject_tokens(self) -> tuple[str, ...]:

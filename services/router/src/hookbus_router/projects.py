@@ -1,5 +1,6 @@
-"""Projects and stages: an image push to the image-push URL redeploys the containers of the
-project whose image it is, in the stage whose tag globs the pushed tag matches.
+"""Projects and stages: an image push (any webhook that names a pushed image: the image-push
+URL's, a registry's) redeploys the containers of the project whose image it is, in the
+stage whose tag globs the pushed tag matches.
 
 ``[projects.<name>]`` names an image repository and how its containers are recreated;
 ``[projects.<name>.stages.<stage>]`` says which tags go to that stage, whether a push
