@@ -10,9 +10,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from hookbus_cli.events import decisions, summary
 from hookbus_common import events as ev
 from hookbus_common.consumer import Incoming
 from hookbus_common.errors import ConfigError
+from hookbus_common.eventlog import LoggedEvent
+from hookbus_common.events import RawEvent
 from hookbus_router import config as router
 from hookbus_router import waits
 from hookbus_router.routing import make_handler, route
@@ -304,3 +307,30 @@ def test_without_a_store_a_rules_test_shows_which_part_an_event_is(tmp_path):
     [result] = routed_of(route(config.rules, check_suite(conclusion="failure"))).evaluations
     assert result.reason.startswith("no event of the rule matched: events[0]: ")
     assert result.failed == "events[0].when"
+
+
+# --------------------------------------------------------------- hookbus events lines
+
+
+def logged(data: ev.EventData) -> LoggedEvent:
+    event = ev.make_event(data, source="/hookbus/test")
+    raw = msgspec.json.decode(ev.encode(event), type=RawEvent)
+    return LoggedEvent(seq=1, bus_subject=event.bus_subject("hookbus"), event=raw)
+
+
+def test_hookbus_events_says_what_expired_and_what_a_firing_joined():
+    expired = ev.RuleWaitExpired(rule="deploy-green", key="abc", arrived={"0": "e0"}, missing=[1])
+    routed = ev.WebhookRouted(
+        source="image-push",
+        event_type="push",
+        webhook_id="e1",
+        matched=["deploy-green"],
+        joined=[ev.JoinedEvents(rule="deploy-green", key="abc", events=["e0", "e1"])],
+    )
+
+    assert summary(logged(expired)) == "deploy-green key 'abc': window passed; missing events[1]"
+    assert decisions(logged(routed)) == ["= deploy-green: key 'abc' joined e0, e1"]
+    ended = ev.RuleSequenceEnded(
+        rule="release", webhook_id="e", outcome="stopped", index=1, of=3, reason="exit 3"
+    )
+    assert summary(logged(ended)) == "release stopped at action 2 of 3: exit 3"

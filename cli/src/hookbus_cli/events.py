@@ -78,6 +78,13 @@ def summary(e: LoggedEvent) -> str:
             by = f" by {d['by']}" if d.get("by") else ""
             why = f": {d['reason']}" if d.get("reason") else ""
             return f"{d.get('endpoint')}{by}{why}"
+        case "rule.wait.expired":
+            missing = ", ".join(f"events[{i}]" for i in d.get("missing") or [])
+            return f"{d.get('rule')} key {d.get('key')!r}: window passed; missing {missing}"
+        case "rule.sequence.ended":
+            at = f"action {d.get('index', 0) + 1} of {d.get('of')}"
+            why = f": {d['reason']}" if d.get("reason") else ""
+            return f"{d.get('rule')} {d.get('outcome')} at {at}{why}"
         case "message.deadlettered":
             return f"{d.get('service')}: {d.get('error')}"
         case s if s.startswith("partner."):
@@ -100,6 +107,10 @@ def decisions(e: LoggedEvent) -> list[str]:
             lines.append(f"- {r.get('rule')}: {r['failed']}: {test}; saw {r['saw']}")
         else:
             lines.append(f"- {r.get('rule')}: {r.get('reason')}")
+    for j in d.get("joined") or []:
+        lines.append(
+            f"= {j.get('rule')}: key {j.get('key')!r} joined {', '.join(j.get('events') or [])}"
+        )
     for s in d.get("skipped") or []:
         lines.append(
             f"! {s.get('rule')}: actions[{s.get('action')}] not run: {s.get('field')}:"

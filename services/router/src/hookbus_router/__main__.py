@@ -6,7 +6,7 @@ import asyncio
 
 from hookbus_common.service import Runtime, main_for, run_consumer
 
-from . import config, reload, waits
+from . import config, dryrun, projects, reload, waits
 from .config import RouterConfig
 from .routing import FILTER_TOKENS, make_handler
 
@@ -18,10 +18,15 @@ async def run(settings: RouterConfig) -> None:
 
     async def started(rt: Runtime) -> None:
         watching.append(reload.start(live, rt.stop))
+        # Dry runs asked over the bus (the operator API's), with the rules in use.
+        await dryrun.serve(rt.bus, live)
         # Multi-event rules: close and record waits whose window passed (every replica).
         store = waits.PgStore(rt.pool, rt.outbox)
         interval = settings.router.wait_sweep_seconds
-        watching.append(asyncio.create_task(waits.run_sweeper(store, rt.stop, interval=interval)))
+        sweeper = waits.run_sweeper(
+            store, rt.stop, interval=interval, active=lambda: live.current.multi
+        )
+        watching.append(asyncio.create_task(sweeper))
 
     await run_consumer(
         settings,
@@ -32,6 +37,7 @@ async def run(settings: RouterConfig) -> None:
             record_unmatched=settings.router.record_unmatched,
             projects=settings.projects,
             store=waits.PgStore(rt.pool, rt.outbox),
+            created=projects.Created(rt.pool, settings.auto_projects),
         ),
         started=started,
         health_port=settings.router.health_port,

@@ -348,7 +348,7 @@ def make_handler(
                 t = event.time.isoformat()
                 facts = Facts(hook, event_id=event.id, tenant=event.tenant, time=t)
                 joined = (
-                    await waits.arrive_all(ruleset.rules, event, hook, facts, store, clock)
+                    await waits.arrive_all(ruleset.waiting, event, hook, facts, store, clock)
                     if store is not None and ruleset.multi
                     else None
                 )

@@ -207,6 +207,14 @@ class RuleSet:
     version: str
     # The rules by source and event type (index.py); None: every rule is evaluated.
     index: RuleIndex | None = None
+    # Derived from ``rules`` once: the rules over several events, and the rules by name.
+    _extra: tuple[tuple[CompiledRule, ...], dict[str, CompiledRule]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        waiting = tuple(r for r in self.rules if r.multi is not None)
+        object.__setattr__(self, "_extra", (waiting, {r.rule.name: r for r in self.rules}))
 
     def evaluate(self, hook: WebhookReceived, facts: Facts) -> list[RuleEvaluation]:
         """Every rule's evaluation of ``hook``, in order (the same with or without the
@@ -218,10 +226,15 @@ class RuleSet:
     @property
     def multi(self) -> bool:
         """Whether any rule waits for several events."""
-        return any(r.multi is not None for r in self.rules)
+        return bool(self.waiting)
+
+    @property
+    def waiting(self) -> tuple[CompiledRule, ...]:
+        """The rules over several events (waits.py), in order."""
+        return self._extra[0]
 
     def named(self, name: str) -> CompiledRule | None:
-        return next((r for r in self.rules if r.rule.name == name), None)
+        return self._extra[1].get(name)
 
     @classmethod
     def build(cls, rules: Sequence[Rule], *, indexed: bool = True) -> RuleSet:

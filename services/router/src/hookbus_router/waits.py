@@ -509,23 +509,37 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+# Closed rows older than CLOSED_KEPT are deleted at most this often (seconds).
+FORGET_EVERY: Final = 3600.0
+# With no rule over several events configured, waits left by earlier rules are still
+# closed and recorded, this often (seconds).
+IDLE_SWEEP: Final = 60.0
+
+
 async def run_sweeper(
     store: PgStore,
     stop: asyncio.Event,
     *,
     interval: float,
     clock: Callable[[], datetime] = now,
+    active: Callable[[], bool] = lambda: True,
 ) -> None:
-    """Every ``interval`` seconds, close and record the waits whose window passed."""
+    """Every ``interval`` seconds (``IDLE_SWEEP`` while ``active()`` says no rule waits for
+    several events), close and record the waits whose window passed."""
+    forgot_at: float | None = None
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
             while await store.expire(clock()) > 0:
                 pass
-            await store.forget_closed(clock())
+            if forgot_at is None or loop.time() - forgot_at >= FORGET_EVERY:
+                await store.forget_closed(clock())
+                forgot_at = loop.time()
         except Exception as exc:  # an outage: the next round tries again
             log.warning("rule wait sweep failed", extra={"error": repr(exc)})
+        wait = interval if active() else max(interval, IDLE_SWEEP)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+            await asyncio.wait_for(stop.wait(), timeout=wait)
 
 
 # ------------------------------------------------------------------------ routing
