@@ -132,6 +132,18 @@ SAMPLES: dict[str, EventData] = {
         host="runner-1",
         pgid=4242,
     ),
+    ev.ProjectCreated.TYPE: ev.ProjectCreated(
+        project="app",
+        repository="localhost/acme/app",
+        image="localhost/acme/app:v1",
+        stages=[ev.ProjectStage(name="dev", container="app-dev")],
+        port=8080,
+        host_port=41234,
+        health=ev.HealthProbe(http="http://127.0.0.1:41234/health", timeout=30),
+        labels={"io.hookbus.health.path": "/health"},
+        image_healthcheck=["CMD-SHELL", "wget -q -O- localhost:8080"],
+        job_id="job_1",
+    ),
     ev.JobSkipped.TYPE: ev.JobSkipped(
         job_id="job_2",
         kind="docker",
@@ -557,6 +569,7 @@ SUBJECT_CASES = [
     (JobFailed(job_id="j", kind="Docker Run", rule="r"), "hookbus.job.failed.docker_run"),
     (JobInterrupted(job_id="j", kind="shell", rule="r"), "hookbus.job.interrupted.shell"),
     (ev.JobSkipped(job_id="j", kind="docker", rule="r"), "hookbus.job.skipped.docker"),
+    (ev.ProjectCreated(project="Web", repository="r", image="r:1"), "hookbus.project.created.web"),
     (
         DeliveryRequested(delivery_id="d", rule="r", webhook_id="w", url="u", tenant="acme"),
         "hookbus.delivery.requested.acme",

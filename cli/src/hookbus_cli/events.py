@@ -78,6 +78,16 @@ def summary(e: LoggedEvent) -> str:
             by = f" by {d['by']}" if d.get("by") else ""
             why = f": {d['reason']}" if d.get("reason") else ""
             return f"{d.get('endpoint')}{by}{why}"
+        case "project.created":
+            stage = ", ".join(
+                f"{st.get('name')} -> {st.get('container')}" for st in d.get("stages") or []
+            )
+            port = (
+                f"port {d.get('port')} on 127.0.0.1:{d.get('host_port')}"
+                if d.get("port")
+                else "no port"
+            )
+            return f"{d.get('project')} from {d.get('image')}: {port}; {stage}"
         case "rule.wait.expired":
             missing = ", ".join(f"events[{i}]" for i in d.get("missing") or [])
             return f"{d.get('rule')} key {d.get('key')!r}: window passed; missing {missing}"

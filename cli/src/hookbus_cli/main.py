@@ -17,6 +17,7 @@ from . import (
     events,
     migrate,
     partners,
+    projects,
     replay,
     rules,
     serve,
@@ -78,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
         deliveries,
         dlq,
         endpoints,
+        projects,
     ):
         module.register(sub)
     # The global options are accepted after the command too (`hookbus up --data-dir d`).

@@ -277,10 +277,26 @@ class ComposeSpec(msgspec.Struct, tag_field="kind", tag="compose", **_FROZEN):
     wait: bool = False
 
 
+class ProjectSpec(msgspec.Struct, tag_field="kind", tag="project", **_FROZEN):
+    """Create project ``project`` from the pushed ``image`` (a reference with its tag or
+    digest) by inspecting it on the executor's engine (exposed port, labels, health
+    check), record it (project.created), and deploy it to its first stage: a new
+    container ``container`` publishing the port on 127.0.0.1. When the project exists
+    already (two pushes raced), the stage's container is recreated instead."""
+
+    project: str
+    image: str
+    repository: str
+    stage: str = "dev"
+    container: str | None = None
+    health_timeout: float = 30.0
+    timeout: float = 300.0
+
+
 # What a job runs, told apart by the ``kind`` tag in its JSON. Another kind is a new
 # tagged Struct joining this union; an executor refuses a kind it cannot run
 # (permanently), and an older one cannot decode it at all.
-JobSpec: TypeAlias = ShellSpec | SshSpec | DockerSpec | ComposeSpec
+JobSpec: TypeAlias = ShellSpec | SshSpec | DockerSpec | ComposeSpec | ProjectSpec
 
 
 # What the executor does with a run whose end is unknown (its executor died mid-way):
@@ -884,6 +900,42 @@ class ApiTokenRevoked(ApiTokenEvent, **_FROZEN):
     ACTION: ClassVar[str] = "revoked"
 
 
+class ProjectStage(msgspec.Struct, **_FROZEN):
+    """A stage of a project made from an image: which tags go there, whether a push
+    deploys by itself, how many containers (``container``, or ``container-1`` … ``-N``)."""
+
+    name: str = "dev"
+    tags: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    auto_deploy: bool = True
+    max_instances: int = 1
+    container: str | None = None
+
+
+class ProjectCreated(EventData, **_FROZEN):
+    """A project made from an image no project named, by inspecting it on the engine:
+    ``port`` is the first TCP port it exposes (0: none, or the image could not be
+    inspected: ``inspected`` false, ``reason`` why), published on 127.0.0.1:``host_port``;
+    ``health`` is how its deploys are checked (None: only that the container runs)."""
+
+    TYPE: ClassVar[str] = "io.hookbus.project.created.v1"
+
+    project: str
+    repository: str
+    image: str
+    stages: list[ProjectStage] = []
+    port: int = 0
+    host_port: int = 0
+    health: HealthProbe | None = None
+    labels: dict[str, str] = {}
+    image_healthcheck: list[str] = []
+    inspected: bool = True
+    reason: str | None = None
+    job_id: str | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("project", "created", token(self.project))
+
+
 DATA_TYPES: dict[str, type[EventData]] = {
     cls.TYPE: cls
     for cls in (
@@ -919,6 +971,7 @@ DATA_TYPES: dict[str, type[EventData]] = {
         ReplayFinished,
         ApiTokenCreated,
         ApiTokenRevoked,
+        ProjectCreated,
     )
 }
 

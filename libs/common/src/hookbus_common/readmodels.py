@@ -123,6 +123,18 @@ async def _apply(
                 data.endpoint, isinstance(data, ev.EndpointDisabled), data.reason, data.by,
                 time, seq,
             )  # fmt: skip
+        case ev.ProjectCreated():
+            await conn.execute(
+                "INSERT INTO projects (project, repository, image, port, host_port, health,"
+                " stages, labels, inspected, reason, created_at, last_seq)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                " ON CONFLICT DO NOTHING",
+                data.project, data.repository, data.image, data.port, data.host_port,
+                None if data.health is None else msgspec.json.encode(data.health).decode(),
+                msgspec.json.encode(data.stages).decode(),
+                msgspec.json.encode(data.labels).decode(), data.inspected, data.reason,
+                time, seq,
+            )  # fmt: skip
         case _:
             pass
 
@@ -146,6 +158,7 @@ PROJECTED: tuple[type[ev.EventData], ...] = (
     ev.PartnerDeleted,
     ev.EndpointDisabled,
     ev.EndpointEnabled,
+    ev.ProjectCreated,
 )
 
 
@@ -287,14 +300,14 @@ async def rebuild(conn: asyncpg.Connection, *, batch: int = 1000) -> int:
     count = 0
     async with conn.transaction():
         # partner_tokens is not a read model (token hashes are never in events): kept.
-        await conn.execute("TRUNCATE jobs, deliveries, partners, endpoint_state")
+        await conn.execute("TRUNCATE jobs, deliveries, partners, endpoint_state, projects")
         last = 0
         while True:
             rows = await conn.fetch(
                 "SELECT seq, type, data::text AS data, correlation_id, time FROM events"
                 " WHERE seq > $1 AND (type LIKE 'io.hookbus.job.%'"
                 " OR type LIKE 'io.hookbus.delivery.%' OR type LIKE 'io.hookbus.partner.%'"
-                " OR type LIKE 'io.hookbus.endpoint.%')"
+                " OR type LIKE 'io.hookbus.endpoint.%' OR type LIKE 'io.hookbus.project.%')"
                 " ORDER BY seq LIMIT $2",
                 last,
                 batch,

@@ -15,7 +15,7 @@ from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import Deferred, PermanentError
 from hookbus_common.events import Event, JobRequestedV2
 
-from . import concurrency, dockerrecreate, leases, outcomes, procs, retries
+from . import concurrency, dockerrecreate, inspect, leases, outcomes, procs, retries
 from . import docker as dockerops
 from .compose import compose_argv
 from .config import ExecutorConfig, ExecutorSettings, progress_interval
@@ -89,7 +89,10 @@ class Executor:
         event = job_request(incoming.event)
         req = event.data
         match req.spec:
-            case ev.ShellSpec() | ev.SshSpec() | ev.DockerSpec() | ev.ComposeSpec() as spec:
+            case (
+                ev.ShellSpec() | ev.SshSpec() | ev.DockerSpec() | ev.ComposeSpec()
+                | ev.ProjectSpec() as spec
+            ):  # fmt: skip
                 pass
             case _:
                 raise PermanentError(f"executor cannot run jobs of kind {req.kind!r}")
@@ -220,6 +223,15 @@ class Executor:
                     result, error, deploy = done.result, done.error, done.deploy
                     if done.rolled_back is not None:
                         yield dockerrecreate.rolled_back_event(event, attempt, done)
+                elif isinstance(spec, ev.ProjectSpec):
+                    try:
+                        done, created = await self._project(incoming, req, spec, attempt, run)
+                    except EngineUnreachable:
+                        started = False
+                        raise
+                    if created is not None:
+                        yield outcomes.project_created(event, created)
+                    result, error, deploy = done.result, done.error, done.deploy
                 elif isinstance(spec, ev.ComposeSpec):
                     result, error = await self._compose(incoming, req, spec, attempt, run)
                 else:
@@ -408,6 +420,74 @@ class Executor:
             info = ev.DeployInfo(operation=spec.operation, container=spec.container,
                                  image_after=spec.image)  # fmt: skip
             return DockerOutcome(None, dockerops.describe(exc), info)
+
+    async def _project(
+        self, incoming: Incoming, req: JobRequestedV2, spec: ev.ProjectSpec, attempt: int, run: Run
+    ) -> tuple[DockerOutcome, ev.ProjectCreated | None]:
+        """Make a project of an image and deploy its first stage (inspect.py); the project
+        made (None: it existed already, and its container was recreated instead)."""
+        e = self._e
+        engine = self.docker
+        began = time.monotonic()
+        async with dockerops.heartbeat(incoming.progress, progress_interval(e)):
+            try:
+                try:
+                    await engine.reach()
+                except EngineUnreachable as exc:
+                    dockerops.count("docker", "project", "unreachable")
+                    if incoming.tries < e.max_deliver:
+                        raise
+                    info = ev.DeployInfo(operation="create", container=spec.container)
+                    return DockerOutcome(None, f"{exc} (tried {incoming.tries} times)", info), None
+                run.acting = True
+                self.runs.acted[req.job_id] = attempt
+                out, created = await self._project_steps(req, spec, run)
+            finally:
+                run.acting = False
+                dockerops.RUN_SECONDS.labels("docker", "project").observe(time.monotonic() - began)
+        dockerops.count("docker", "project", dockerops.outcome_name(out))
+        return out, created
+
+    async def _project_steps(
+        self, req: JobRequestedV2, spec: ev.ProjectSpec, run: Run
+    ) -> tuple[DockerOutcome, ev.ProjectCreated | None]:
+        engine = self.docker
+        async with self.runs.pool.acquire() as conn:
+            known = await inspect.existing(conn, spec.repository)
+        created = None
+        try:
+            if known is not None:
+                # A push that raced ours made the project: deploy to its stage as usual.
+                stage = known.stages[0] if known.stages else ev.ProjectStage()
+                container = stage.container or f"{known.project}-{stage.name}"
+                redeploy = ev.DockerSpec(operation="recreate", container=container,
+                                         image=spec.image, health=known.health)  # fmt: skip
+                async with engine.lock(container):
+                    try:
+                        await engine.container(container)
+                    except DockerFailure:
+                        # Its first deploy failed (and left nothing): this is its first.
+                        out = await inspect.deploy_new(
+                            engine, known, spec.image, container, run.stop, spec.timeout
+                        )
+                        return out, None
+                    return await dockerrecreate.recreate(engine, redeploy, run.stop), None
+            facts = await inspect.inspect_image(engine, spec.image, spec.timeout)
+            # Made whatever its first deploy does: the next push finds it.
+            created = inspect.project_of(spec, facts, req.job_id)
+            container = created.stages[0].container or f"{spec.project}-{spec.stage}"
+            async with engine.lock(container):
+                out = await inspect.deploy_new(
+                    engine, created, spec.image, container, run.stop, spec.timeout
+                )
+            return out, created
+        except Exception as exc:
+            if not isinstance(exc, DockerFailure):
+                log.warning("project deploy failed", exc_info=True, extra={"job_id": req.job_id})
+            info = ev.DeployInfo(
+                operation="create", container=spec.container, image_after=spec.image
+            )
+            return DockerOutcome(None, dockerops.describe(exc), info), created
 
     async def _compose(
         self, incoming: Incoming, req: JobRequestedV2, spec: ev.ComposeSpec, attempt: int, run: Run

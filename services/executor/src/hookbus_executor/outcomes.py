@@ -155,3 +155,11 @@ def skipped(cause: Event[JobRequestedV2], by: str) -> Event[ev.JobSkipped]:
         data, source=SOURCE, id=ev.derived_id(cause.id, TERMINAL_STEP), cause=cause,
         subject=req.job_id,
     )  # fmt: skip
+
+
+def project_created(cause: Event[JobRequestedV2], created: ev.ProjectCreated) -> Event[Any]:
+    """The project a project job made; recorded before its first deploy's end."""
+    return ev.make_event(
+        created, source=SOURCE, id=ev.derived_id(cause.id, "project"), cause=cause,
+        subject=created.project,
+    )  # fmt: skip

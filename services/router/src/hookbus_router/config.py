@@ -224,6 +224,9 @@ class RouterConfig(core.Settings, **STRUCT):
     rules: list[Rule] = []
     # Image pushes redeploy these projects' stages ([projects.<name>]; projects.py).
     projects: dict[str, Project] = {}
+    # [projects] auto_create (and auto_stage, auto_health_timeout): projects made from
+    # images no project names (set by the loader from the [projects] table's plain keys).
+    auto_projects: projects_.AutoCreate = projects_.AutoCreate()
     # The names of the [sources.*] tables (set by the loader from the file; never their
     # contents).
     source_names: list[str] = []
@@ -261,8 +264,23 @@ def _load_rules_file(data: dict[str, Any]) -> None:
     data["rules"] = [*data.get("rules", []), *extra.get("rules", [])]
 
 
+def _auto_projects(data: dict[str, Any]) -> None:
+    """Move ``[projects]``'s own keys (``auto_create``, ``auto_*``), which are not projects,
+    to ``auto_projects``."""
+    projects = data.get("projects")
+    if not isinstance(projects, dict):
+        return
+    auto = {
+        key.removeprefix("auto_").replace("create", "enabled"): projects.pop(key)
+        for key in [k for k in projects if k.startswith("auto_")]
+    }
+    if auto:
+        data["auto_projects"] = auto
+
+
 def _prepare(data: dict[str, Any], label: str) -> None:
     _load_rules_file(data)
+    _auto_projects(data)
     data["config_file"] = None if label == "environment" else label
     sources = data.get("sources")
     data["source_names"] = sorted(sources) if isinstance(sources, dict) else []

@@ -12,15 +12,17 @@ is redeployed by a docker ``recreate`` job, health-checked and rolled back like 
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import Annotated, Any, Literal
 
+import asyncpg
 import msgspec
 
 from hookbus_common import events as ev
-from hookbus_common.events import Event, OnInterrupt, WebhookReceived
+from hookbus_common.events import ConcurrencyStrategy, Event, OnInterrupt, WebhookReceived
 from hookbus_common.settings import STRUCT, PositiveFloat
 
 SOURCE = "/hookbus/router"
@@ -56,6 +58,10 @@ class Project(msgspec.Struct, **STRUCT):
     pull: Literal["missing", "always", "never"] = "always"
     stop_timeout: Annotated[int, msgspec.Meta(ge=0)] = 10
     on_interrupt: OnInterrupt = "record"
+    # How the deploys of one stage share it (docs/jobs.md): "parallel" (no limit),
+    # "queue", "latest" (a push during a deploy waits; only the newest deploys next) or
+    # "cancel-running"; the key is "project-<name>-<stage>".
+    concurrency: ConcurrencyStrategy = "parallel"
 
 
 def _repository(name: str) -> str:
@@ -123,10 +129,16 @@ def requests(
     event: Event[Any],
     hook: WebhookReceived,
     context: dict[str, str],
+    creation: Creation | None = None,
 ) -> list[Event[Any]]:
     """The recreate jobs an image push makes: one per container of each matched stage
-    that deploys by itself. Ids derive from the routed event's, like a rule's."""
-    if hook.image is None or not projects:
+    that deploys by itself (and, with ``creation``, the job that makes a project of the
+    image). Ids derive from the routed event's, like a rule's."""
+    if hook.image is None:
+        return []
+    if creation is not None:
+        return [creation_request(event, hook, context, creation)]
+    if not projects:
         return []
     image = pushed_reference(hook.image)
     out: list[Event[Any]] = []
@@ -142,10 +154,14 @@ def requests(
                 operation="recreate", container=container, image=image, pull=project.pull,
                 health=_health(stage.health or project.health), stop_timeout=project.stop_timeout,
             )  # fmt: skip
+            limit = None
+            if project.concurrency != "parallel":
+                key = f"project-{name}-{stage_name}"
+                limit = ev.Concurrency(key=key, strategy=project.concurrency)
             data = ev.JobRequestedV2(
                 job_id=ev.derived_id(event.id, f"job/{step}", prefix="job"), rule=rule,
                 webhook_id=event.id, spec=spec, context=context, payload=hook.payload,
-                on_interrupt=project.on_interrupt,
+                on_interrupt=project.on_interrupt, concurrency=limit,
             )  # fmt: skip
             out.append(
                 ev.make_event(
@@ -170,3 +186,125 @@ def check(projects: Mapping[str, Project]) -> str | None:
                 if h is not None and (h.http is None) == (h.tcp is None):
                     return f"projects.{name}.{at}: takes exactly one of http and tcp"
     return None
+
+
+# ------------------------------------------------------------ projects made from images
+
+
+class AutoCreate(msgspec.Struct, **STRUCT):
+    """``[projects] auto_create`` (and ``auto_*`` defaults): an image push for an image no
+    project names makes a project of it (the executor inspects the image and deploys it
+    to ``stage``; docs/actions.md)."""
+
+    enabled: bool = True
+    stage: Annotated[str, msgspec.Meta(pattern=_NAME)] = "dev"
+    health_timeout: PositiveFloat = 30.0
+
+
+class Creation(msgspec.Struct, frozen=True):
+    """The project an image push makes: its name, and the settings it is made with."""
+
+    name: str
+    settings: AutoCreate
+
+
+def names_repository(projects: Mapping[str, Project], image: ev.ImageInfo) -> bool:
+    """Whether some project is of the pushed image's repository, whatever its tag."""
+    full, short = pushed_repository(image)
+    for project in projects.values():
+        want = _repository(project.image)
+        if want == (full if _names_registry(want) else short):
+            return True
+    return False
+
+
+def project_name(image: ev.ImageInfo, taken: Iterable[str]) -> str:
+    """A project's name for the pushed repository: its last path part, made a valid name,
+    with a short hash of the repository when another project has that name."""
+    full, _ = pushed_repository(image)
+    last = re.sub(r"[^A-Za-z0-9_.-]", "-", full.rsplit("/", 1)[-1]).strip("-._") or "app"
+    if last not in set(taken):
+        return last
+    return f"{last}-{hashlib.sha256(full.encode()).hexdigest()[:6]}"
+
+
+def creation_request(
+    event: Event[Any], hook: WebhookReceived, context: dict[str, str], creation: Creation
+) -> Event[Any]:
+    """The job that makes a project of the pushed image and deploys it to its stage."""
+    assert hook.image is not None
+    name, auto = creation.name, creation.settings
+    full, _ = pushed_repository(hook.image)
+    rule = f"project.{name}.{auto.stage}"
+    step = f"project/{name}/create"
+    spec = ev.ProjectSpec(
+        project=name, image=pushed_reference(hook.image), repository=full, stage=auto.stage,
+        container=f"{name}-{auto.stage}", health_timeout=auto.health_timeout,
+    )  # fmt: skip
+    data = ev.JobRequestedV2(
+        job_id=ev.derived_id(event.id, f"job/{step}", prefix="job"), rule=rule,
+        webhook_id=event.id, spec=spec, context=context, payload=hook.payload,
+        # A push that comes while the project is made waits for it (then redeploys).
+        concurrency=ev.Concurrency(key=f"project-{name}-{auto.stage}", strategy="queue"),
+    )  # fmt: skip
+    return ev.make_event(
+        data, source=SOURCE, id=ev.derived_id(event.id, f"request/{step}"), cause=event
+    )
+
+
+def _pull_for(repository: str) -> Literal["missing", "always"]:
+    # A registry on this machine (a local build, a test) has nothing to pull from.
+    first = repository.split("/", 1)[0]
+    return "missing" if first in ("localhost", "127.0.0.1") or "/" not in repository else "always"
+
+
+def from_created(row: Mapping[str, Any]) -> Project:
+    """A project made from an image (a row of the ``projects`` read model) as the router
+    deploys it: like one written in the config."""
+    health = None
+    if row["health"] is not None:
+        h = msgspec.json.decode(row["health"], type=ev.HealthProbe)
+        health = ProjectHealth(http=h.http, tcp=h.tcp, timeout=h.timeout, interval=h.interval)
+    stages = {
+        s.name: Stage(
+            tags=list(s.tags),
+            auto_deploy=s.auto_deploy,
+            container=s.container,
+            max_instances=s.max_instances,
+        )
+        for s in msgspec.json.decode(row["stages"], type=list[ev.ProjectStage])
+    }
+    return Project(
+        image=row["repository"], stages=stages, health=health,
+        pull=_pull_for(row["repository"]), concurrency="queue",
+    )  # fmt: skip
+
+
+class Created:
+    """The projects made from images, read from Postgres (the ``projects`` read model)
+    for each image push; and whether a push makes a new one."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: AutoCreate) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    async def resolve(
+        self, configured: Mapping[str, Project], image: ev.ImageInfo
+    ) -> tuple[dict[str, Project], Creation | None]:
+        """The projects the push is routed to (the configured ones, and the one made of
+        its repository, if any), and the project to make when no project names it."""
+        projects = dict(configured)
+        if image.tag is None and image.digest is None:
+            return projects, None
+        full, _ = pushed_repository(image)
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT * FROM projects WHERE repository = $1", full)
+            if row is not None:
+                projects.setdefault(row["project"], from_created(row))
+                return projects, None
+            if not self.settings.enabled or names_repository(configured, image):
+                return projects, None
+            candidate = project_name(image, configured)
+            clash = await conn.fetchval("SELECT 1 FROM projects WHERE project = $1", candidate)
+        name = project_name(image, [*configured, candidate]) if clash else candidate
+        return projects, Creation(name, self.settings)

@@ -22,6 +22,7 @@ from hookbus_common.events import (
 )
 
 from . import metrics, sequence, waits
+from . import projects as projects_
 from .config import (
     Action,
     ComposeAction,
@@ -210,6 +211,7 @@ def _route(
     projects: Mapping[str, Project] | None = None,
     joined: Mapping[str, waits.Joined] | None = None,
     facts: Facts | None = None,
+    creation: projects_.Creation | None = None,
 ) -> list[Event[Any]]:
     # Every id derives from the routed event's: a webhook's redelivery derives the same
     # ones (and is refused as a duplicate), while a replay, a new event, makes new ones.
@@ -258,10 +260,11 @@ def _route(
             if rendered:
                 action = msgspec.structs.replace(action, **rendered)
             requests.append(_request(event, hook, replay_of, rule, i, action, step_of))
-    if projects and hook.image is not None:
-        # An image push also redeploys the stages of the projects of its image.
+    if (projects or creation) and hook.image is not None:
+        # An image push also redeploys the stages of the projects of its image (or makes
+        # a project of an image no project names).
         env = _context(event, hook, replay_of)
-        requests.extend(project_requests(projects, event, hook, env))
+        requests.extend(project_requests(projects or {}, event, hook, env, creation))
     if not requests and not skipped and not record_unmatched and not joined:
         # Nothing to do, and nothing recorded: the webhook itself is in the log, and what
         # the rules make of it can be evaluated again at any time.
@@ -323,6 +326,7 @@ def make_handler(
     projects: Mapping[str, Project] | None = None,
     store: waits.Store | None = None,
     clock: Callable[[], datetime] = waits.now,
+    created: projects_.Created | None = None,
 ) -> Handler:
     """The router's handler. ``rules`` may be a callable giving the current RuleSet (read
     once per event, so a reload applies from the next event on). ``store`` holds the
@@ -352,10 +356,15 @@ def make_handler(
                     if store is not None and ruleset.multi
                     else None
                 )
+                known, creation = projects, None
+                if created is not None and hook.image is not None:
+                    # Projects made from images live in Postgres; an image no project names
+                    # may make one.
+                    known, creation = await created.resolve(projects or {}, hook.image)
                 # A replay asked for by a person is always answered with a record.
                 routed = _route(
-                    ruleset, event, hook, replay_of, record_unmatched or replay, projects,
-                    joined, facts,
+                    ruleset, event, hook, replay_of, record_unmatched or replay, known,
+                    joined, facts, creation,
                 )  # fmt: skip
                 if not routed:
                     metrics.UNMATCHED.inc()
