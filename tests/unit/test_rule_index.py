@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from hookbus_common import events as ev
 from hookbus_router.config import Rule, RuleEvent, ShellAction
-from hookbus_router.index import TRIPLES_KEPT
+from hookbus_router.index import EVALUATIONS_KEPT, TRIPLES_KEPT
 from hookbus_router.routing import route
 from hookbus_router.rules import Facts, RuleSet
 
@@ -145,3 +145,19 @@ def test_the_triples_kept_are_bounded() -> None:
         ruleset.evaluate(hook, Facts(hook))
 
     assert len(ruleset.index._triples) == TRIPLES_KEPT
+
+
+def test_the_evaluations_kept_are_bounded_and_shared_between_triples() -> None:
+    many = [Rule(name=f"r{i}", actions=[ACTION], source="gitlab-main") for i in range(100)]
+    ruleset = RuleSet.build(many)
+    assert ruleset.index is not None
+    for n in range(20):
+        hook = webhook("github", "push", f"acme/r{n}", "main", 0).data
+        ruleset.evaluate(hook, Facts(hook))
+
+    # Every rule fails at its source the same way for every repository: kept once.
+    assert len(ruleset.index._kept) == 100
+    for n in range(EVALUATIONS_KEPT // 100 + 1):
+        hook = webhook(f"src-{n}", "push", "acme/app", "main", 0).data
+        ruleset.evaluate(hook, Facts(hook))
+    assert len(ruleset.index._kept) <= EVALUATIONS_KEPT
