@@ -218,6 +218,9 @@ class Consumer:
         self.ack_wait = ack_wait
         self.terminal_step = terminal_step
         self.drain_timeout = ack_wait if drain_timeout is None else drain_timeout
+        # Messages delivered and not yet acked that JetStream allows this durable (across
+        # its replicas); a subclass that reads ahead of its handlers asks for more.
+        self.max_ack_pending = max(1000, max_in_flight * 4)
         self._ledger = _Ledger()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()  # run() hands in the service's
@@ -231,7 +234,7 @@ class Consumer:
             self.durable,
             self.filter_subjects,
             ack_wait=self.ack_wait,
-            max_ack_pending=max(1000, self.max_in_flight * 4),
+            max_ack_pending=self.max_ack_pending,
         )
         log.info(
             "consuming", extra={"consumer": self.durable, "filter": ", ".join(self.filter_subjects)}

@@ -98,6 +98,7 @@ async def run_consumer(
     terminal_step: str | None = None,
     drain_timeout: float | None = None,
     started: Callable[[Runtime], Awaitable[None]] | None = None,
+    make_consumer: Callable[..., Consumer] = Consumer,
 ) -> None:
     """Run one consuming service until SIGINT/SIGTERM.
 
@@ -105,11 +106,12 @@ async def run_consumer(
     "requested")`` takes ``<prefix>.job.requested.>``); ``terminal_step`` is the step
     whose derived event marks a message's work as finished (see ``Consumer``);
     ``drain_timeout`` is how long work in hand may take to finish once stopped (default:
-    ``ack_wait``).
+    ``ack_wait``); ``make_consumer`` builds the consume loop (a ``Consumer`` subclass that
+    orders messages its own way takes the same arguments).
     """
     async with runtime(settings, service) as rt:
         install_signal_handlers(rt.stop)
-        consumer = Consumer(
+        consumer = make_consumer(
             service=service,
             bus=rt.bus,
             outbox=rt.outbox,

@@ -10,6 +10,8 @@ from hookbus_common.service import Runtime, main_for, run_consumer
 from . import config, retryafter
 from .config import DispatcherConfig
 from .delivery import make_handler, max_deliver
+from .fairness_loop import consumer_for
+from .limits_guard import guarded
 from .schedule import Scheduler
 from .ssrf import open_clients
 
@@ -44,7 +46,8 @@ async def run(settings: DispatcherConfig) -> None:
                 settings,
                 "dispatcher",
                 filter_tokens=[("delivery", "requested")],
-                make_handler=handler,
+                # Over a rate or in-flight limit, a delivery waits on the schedule.
+                make_handler=guarded(handler, settings, lambda: schedulers[0].wake()),
                 health_port=d.health_port,
                 max_in_flight=d.max_in_flight,
                 # Attempts are counted by the handler, from the log; this is only the
@@ -54,6 +57,8 @@ async def run(settings: DispatcherConfig) -> None:
                 # Delivered (or given up) before we died unacked: not sent again.
                 terminal_step="outcome",
                 started=started,
+                # Reads ahead, and sends fairly by tenant and destination.
+                make_consumer=consumer_for(settings),
             )
         finally:
             for task in tasks:

@@ -19,6 +19,7 @@ from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
 
 from . import templates
+from .limits import Rate, TenantLimits, parse_rate
 from .schedule import DEFAULT_SCHEDULE
 from .signing import Scheme, Signer
 from .ssrf import Network
@@ -71,8 +72,17 @@ class Endpoint(msgspec.Struct, **STRUCT):
     # Its own waits between attempts (seconds), instead of dispatcher.retry_schedule;
     # it then gets len(retry_schedule) + 1 attempts.
     retry_schedule: RetrySchedule | None = None
+    # Limits across every dispatcher replica: requests per second ("50/s", "300/min")
+    # with `burst` on top, and requests in flight at once. Over a limit, a delivery waits.
+    rate: str | None = None
+    burst: PositiveInt | None = None
+    max_in_flight: PositiveInt | None = None
+
+    def limit(self) -> Rate | None:
+        return Rate.of(self.rate, self.burst)
 
     def problems(self) -> Iterator[tuple[str, str]]:
+        yield from _rate_problems(self.rate, self.burst)
         try:
             url = httpx.URL(self.url)
         except httpx.InvalidURL:
@@ -101,6 +111,16 @@ class Endpoint(msgspec.Struct, **STRUCT):
                 timestamp_header=(self.timestamp_header or "x-webhook-timestamp").lower(),
             )
         return Signer(keys=tuple(decode_secret(t) for t in texts))
+
+
+def _rate_problems(rate: str | None, burst: int | None) -> Iterator[tuple[str, str]]:
+    if rate is not None:
+        try:
+            parse_rate(rate)
+        except ValueError as exc:
+            yield "rate", str(exc)
+    elif burst is not None:
+        yield "burst", "applies only with a rate"
 
 
 NotificationType = Literal["slack", "discord", "email", "json"]
@@ -194,10 +214,22 @@ class DispatcherSettings(msgspec.Struct, **STRUCT):
     allow_networks: list[str] = []
     # An endpoint whose every attempt failed for this many seconds is disabled (0: never).
     disable_after: NonNegativeFloat = 86400.0
+    # Deliveries read ahead of the sending slots and served fairly by tenant and
+    # destination (fairness.py); at most this many per process.
+    read_ahead: PositiveInt = 10_000
+    # Deliveries to one destination (endpoint, channel, URL host) in flight at once in
+    # this process, unless its endpoint says max_in_flight (unset: a quarter of
+    # max_in_flight, at least 1), so a slow one cannot take every slot.
+    destination_max_in_flight: PositiveInt | None = None
+    # Per tenant: its weight in the fair share, a rate limit, its overflow policy.
+    tenants: dict[str, TenantLimits] = {}
 
     def attempts(self) -> int:
         """Attempts at one delivery (``url`` actions, endpoints without their own schedule)."""
         return self.max_attempts or len(self.retry_schedule) + 1
+
+    def destination_cap(self) -> int:
+        return self.destination_max_in_flight or max(1, self.max_in_flight // 4)
 
     def networks(self) -> tuple[Network, ...]:
         return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in self.allow_networks)
@@ -310,6 +342,9 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
             raise ConfigError(
                 f"dispatcher.allow_networks[{i}]: {net!r} is not a network (CIDR, like 10.0.0.0/8)"
             ) from None
+    for name, tenant in config.dispatcher.tenants.items():
+        for key, message in _rate_problems(tenant.rate, tenant.burst):
+            raise ConfigError(f"dispatcher.tenants.{name}.{key}: {message}")
     base = Path(config.base_dir)
     endpoints = {
         name: resolve_endpoint(name, ep, base, env) for name, ep in config.endpoints.items()

@@ -59,19 +59,31 @@ async def put(
     request_id: str,
     attempt: int,
     due: datetime,
+    *,
+    waited: bool = False,
 ) -> None:
     """Schedule ``attempt`` of a delivery at ``due`` (idempotent: the same call again, as
-    a redelivered message makes it, changes nothing)."""
+    a redelivered message makes it, changes nothing). ``waited``: a limit made it wait
+    (``limits``), no attempt failed."""
     await conn.execute(
-        "INSERT INTO delivery_schedule (delivery_id, request_id, attempt, due_at)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (delivery_id) DO UPDATE"
+        "INSERT INTO delivery_schedule (delivery_id, request_id, attempt, due_at, waited)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (delivery_id) DO UPDATE"
         " SET request_id = EXCLUDED.request_id, attempt = EXCLUDED.attempt,"
-        " due_at = EXCLUDED.due_at",
+        " due_at = EXCLUDED.due_at, waited = EXCLUDED.waited",
         delivery_id,
         request_id,
         attempt,
         due,
+        waited,
     )
+
+
+def message_id(request_id: str, attempt: int, due: datetime, waited: bool) -> str:
+    """The bus message id a due row is published under: one per attempt, and for a wait
+    one per due time (a delivery may wait several times before one attempt)."""
+    if waited:
+        return f"{request_id}/wait/{attempt}/{int(due.timestamp() * 1000)}"
+    return f"{request_id}/retry/{attempt}"
 
 
 async def next_due(conn: asyncpg.Pool | asyncpg.Connection, delivery_id: str) -> datetime | None:
@@ -82,8 +94,8 @@ async def next_due(conn: asyncpg.Pool | asyncpg.Connection, delivery_id: str) ->
 
 
 _DUE = """
-SELECT s.delivery_id, s.attempt, e.id, e.type, e.source, e.subject, e.bus_subject, e.tenant,
-       e.correlation_id, e.causation_id, e.time, e.data::text AS data
+SELECT s.delivery_id, s.attempt, s.due_at, s.waited, e.id, e.type, e.source, e.subject,
+       e.bus_subject, e.tenant, e.correlation_id, e.causation_id, e.time, e.data::text AS data
 FROM delivery_schedule s JOIN events e ON e.id = s.request_id
 WHERE s.due_at <= $1
 ORDER BY s.due_at
@@ -144,7 +156,14 @@ class Scheduler:
             if not rows:
                 return 0
             await self.bus.publish_many(
-                [(r["bus_subject"], f"{r['id']}/retry/{r['attempt']}", _payload(r)) for r in rows]
+                [
+                    (
+                        r["bus_subject"],
+                        message_id(r["id"], r["attempt"], r["due_at"], r["waited"]),
+                        _payload(r),
+                    )
+                    for r in rows
+                ]
             )
             await conn.execute(
                 "DELETE FROM delivery_schedule WHERE delivery_id = ANY($1::text[])",

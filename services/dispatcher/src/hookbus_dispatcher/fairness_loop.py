@@ -1,0 +1,256 @@
+"""The dispatcher's consume loop: the kernel's ``Consumer``, reading ahead of its sending
+slots into a :class:`~hookbus_dispatcher.fairness.FairQueue` and handing each free slot
+to the next tenant and destination in turn.
+
+Everything else is the kernel's: each message is still handled, committed and then acked
+by ``Consumer._handle``; a message read ahead is only not handled yet. It stays unacked
+(JetStream's at-least-once holds), and is told to JetStream as in progress while it
+waits, so it is not handed to another replica meanwhile. At a stop, what waits is given
+back at once (nak without delay) for another replica to take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from prometheus_client import Gauge
+
+from hookbus_common.consumer import Consumer
+from hookbus_common.events import token
+
+from .config import DispatcherConfig
+from .fairness import FairQueue
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH: Final = 256
+"""Most messages one fetch asks for."""
+
+BACKLOG = Gauge(
+    "hookbus_dispatcher_backlog",
+    "Deliveries read by this dispatcher and waiting for a sending slot, by tenant and destination",
+    ["tenant", "endpoint"],
+)
+
+
+class _RouteData(msgspec.Struct):
+    tenant: str = "default"
+    endpoint: str | None = None
+    notification: str | None = None
+    url: str = ""
+
+
+class _Route(msgspec.Struct):
+    data: _RouteData = msgspec.field(default_factory=_RouteData)
+
+
+_ROUTE = msgspec.json.Decoder(_Route)
+
+
+def destination(data: _RouteData) -> str:
+    """What a delivery's in-flight cap and turn are counted by: its endpoint, its
+    notification channel, or (a ``url`` action) the URL's host."""
+    if data.notification:
+        return f"notification:{data.notification}"
+    if data.endpoint:
+        return data.endpoint
+    rest = data.url.partition("://")[2]
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"url:{host.lower()}"
+
+
+def route(msg: Msg) -> tuple[str, str]:
+    """(tenant, destination) of a message, read from its data without the full decode
+    (an undecodable message gets a place of its own; its handler terminates it)."""
+    try:
+        data = _ROUTE.decode(msg.data).data
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "_", "_"
+    return token(data.tenant), destination(data)
+
+
+@dataclass
+class _Held:
+    msg: Msg
+    touched: float
+
+
+Spill = Callable[[Msg], Awaitable[bool]]
+"""Moves a message out of the read-ahead buffer (onto the durable schedule, acked);
+False when it could not (it stays)."""
+
+
+class FairConsumer(Consumer):
+    """``Consumer`` with a fair read-ahead: up to ``buffer`` messages are fetched ahead of
+    the ``max_in_flight`` sending slots and served by tenant and destination
+    (:class:`FairQueue`), at most ``cap_for(destination)`` at once per destination.
+
+    With the buffer full and one destination holding more than half of it, ``spill`` (if
+    given) moves that destination's newest message out, so a slow destination's backlog
+    cannot stop the loop from reading what other tenants sent.
+    """
+
+    def __init__(
+        self,
+        *,
+        buffer: int,
+        cap_for: Callable[[str], int],
+        weight_for: Callable[[str], float] = lambda _t: 1.0,
+        spill: Spill | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.buffer = max(1, buffer)
+        self.queue: FairQueue[_Held] = FairQueue(cap_for=cap_for, weight_for=weight_for)
+        self.spill = spill
+        self.clock = clock
+        self.max_ack_pending = max(self.max_ack_pending, self.buffer + self.max_in_flight * 2)
+        self._changed = asyncio.Event()
+        self._seen: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _fetch_loop(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        stop: asyncio.Event,
+        stopped: asyncio.Future[Any],
+    ) -> None:
+        feeder = asyncio.create_task(self._feed(stop), name="fair-feed")
+        try:
+            while not stop.is_set():
+                room = self.buffer - len(self.queue)
+                if room <= 0 and not await self._spill_one():
+                    await self._wait_change(1.0)
+                    continue
+                if self._recovery.waiting:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
+                    continue
+                try:
+                    msgs = await self._fetch(sub, max(1, min(room, FETCH_BATCH)), stopped)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except (nats.errors.Error, OSError) as exc:
+                    log.warning("fetch failed; retrying", extra={"error": repr(exc)})
+                    await asyncio.sleep(0.5)
+                    continue
+                now = self.clock()
+                for msg in msgs or ():
+                    tenant, dest = route(msg)
+                    self.queue.put(tenant, dest, _Held(msg, now))
+                self._changed.set()
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            await self._give_back()
+
+    async def _wait_change(self, seconds: float) -> None:
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout=seconds)
+
+    async def _feed(self, stop: asyncio.Event) -> None:
+        """Hand free slots to messages in fair order; keep waiting messages alive."""
+        keepalive = max(0.1, self.ack_wait / 3)
+        last_beat = self.clock()
+        while not stop.is_set():
+            self._start_what_fits()
+            self._report()
+            now = self.clock()
+            if now - last_beat >= keepalive / 2:
+                await self._heartbeat(now, keepalive)
+                last_beat = now
+            await self._wait_change(keepalive / 2)
+
+    def _start_what_fits(self) -> int:
+        """Start handling as many waiting messages as there are free slots (and room at
+        their destinations); how many were started."""
+        started = 0
+        while len(self._tasks) < self.max_in_flight:
+            taken = self.queue.take()
+            if taken is None:
+                break
+            _tenant, dest, held = taken
+            task = asyncio.create_task(self._handle(held.msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._finished_one, dest))
+            started += 1
+        return started
+
+    def _finished_one(self, dest: str, _task: object = None) -> None:
+        self.queue.done(dest)
+        self._changed.set()
+
+    async def _heartbeat(self, now: float, every: float) -> None:
+        for held in list(self.queue):
+            if now - held.touched >= every:
+                held.touched = now
+                with contextlib.suppress(Exception):
+                    await held.msg.in_progress()
+
+    async def _spill_one(self) -> bool:
+        if self.spill is None:
+            return False
+        longest = self.queue.longest()
+        if longest is None:
+            return False
+        backlog = self.queue.backlog()
+        if backlog[longest] * 2 <= self.buffer:
+            return False
+        held = self.queue.pop_newest(*longest)
+        try:
+            moved = await self.spill(held.msg)
+        except Exception as exc:
+            log.warning("could not spill a delivery", extra={"error": repr(exc)})
+            moved = False
+        if not moved:
+            self.queue.put(*longest, held)
+        return moved
+
+    def _report(self) -> None:
+        backlog = self.queue.backlog()
+        for key in self._seen - backlog.keys():
+            BACKLOG.labels(*key).set(0)
+        for key, n in backlog.items():
+            BACKLOG.labels(*key).set(n)
+        self._seen = set(backlog)
+
+    async def _give_back(self) -> None:
+        """At a stop: what was read and not started goes back to JetStream at once."""
+        for held in self.queue.drain():
+            with contextlib.suppress(Exception):
+                await held.msg.nak()
+        self._report()
+
+
+def consumer_for(settings: DispatcherConfig) -> Callable[..., Consumer]:
+    """The dispatcher's consume loop for ``settings`` (``run_consumer``'s ``make_consumer``)."""
+    d = settings.dispatcher
+
+    def cap_for(dest: str) -> int:
+        ep = settings.endpoints.get(dest)
+        if ep is not None and ep.max_in_flight is not None:
+            return min(ep.max_in_flight, d.max_in_flight)
+        return d.destination_cap()
+
+    def weight_for(tenant: str) -> float:
+        limits = d.tenants.get(tenant)
+        return limits.weight if limits is not None else 1.0
+
+    return functools.partial(
+        FairConsumer, buffer=d.read_ahead, cap_for=cap_for, weight_for=weight_for
+    )

@@ -1,0 +1,221 @@
+"""Fair sending through the dispatcher's own consume loop, on real NATS and Postgres, to
+HTTP sinks on loopback: a tenant's flood does not put another tenant's deliveries behind
+it, and a slow endpoint holds at most its cap of the sending slots. Bounds are orders and
+counts, never wall-clock times."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from hookbus_common import events as ev
+from hookbus_common.consumer import Handler
+from hookbus_common.service import Runtime
+from hookbus_dispatcher import retryafter
+from hookbus_dispatcher.config import DispatcherConfig, DispatcherSettings, Endpoint
+from hookbus_dispatcher.delivery import make_handler, max_deliver
+from hookbus_dispatcher.fairness_loop import FairConsumer, consumer_for
+from hookbus_dispatcher.limits_guard import guard
+from hookbus_dispatcher.schedule import Scheduler
+from hookbus_dispatcher.ssrf import guarded_client
+
+pytestmark = pytest.mark.integration
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+class Sink:
+    """An HTTP server on 127.0.0.1 (its own thread) that answers 200 and keeps, for every
+    request, its delivery id, tenant header, arrival time and how many were open at
+    once. ``hold`` (a threading.Event) makes it answer only once set."""
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.arrivals: list[tuple[str, str, float]] = []  # (delivery id, tenant, when)
+        self.open = 0
+        self.most_open = 0
+        self.hold = hold
+        lock = threading.Lock()
+        sink = self
+
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                with lock:
+                    sink.open += 1
+                    sink.most_open = max(sink.most_open, sink.open)
+                    sink.arrivals.append(
+                        (
+                            self.headers.get("x-hookbus-delivery", ""),
+                            self.headers.get("x-tenant", ""),
+                            time.monotonic(),
+                        )
+                    )
+                if sink.hold is not None:
+                    sink.hold.wait(30)
+                with lock:
+                    sink.open -= 1
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Sink:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.hold is not None:
+            self.hold.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink() as s:
+        yield s
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with guarded_client(allow_networks=LOOPBACK, timeout=30.0) as c:
+        yield c
+
+
+def request(
+    tenant: str, n: int, *, url: str = "", endpoint: str | None = None
+) -> ev.Event[ev.DeliveryRequested]:
+    return ev.make_event(
+        ev.DeliveryRequested(
+            delivery_id=f"dlv_{tenant}_{n}", rule="r", webhook_id=f"evt_{tenant}_{n}", url=url,
+            headers={"x-tenant": tenant}, body=msgspec.Raw(b"{}"), tenant=tenant,
+            endpoint=endpoint,
+        ),
+        source="/test",
+    )  # fmt: skip
+
+
+async def until(check: Callable[[], Awaitable[bool] | bool], timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = check()
+        if not isinstance(got, bool):
+            got = await got
+        if got:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+class Loop:
+    """The dispatcher's consume loop as its main() builds it: the fair read-ahead, the
+    limits in front of the handler, and the schedule beside it."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        client: httpx.AsyncClient,
+        settings: DispatcherConfig,
+        *,
+        max_in_flight: int = 4,
+    ) -> None:
+        self.rt = rt
+        self.stop = asyncio.Event()
+        self.scheduler = Scheduler(rt.pool, rt.bus, clock=retryafter.utcnow, idle_interval=0.5)
+        inner = make_handler(
+            client, rt.pool, 5, endpoints=settings.endpoints, scheduler=self.scheduler
+        )
+        handler: Handler = guard(
+            inner,
+            rt.pool,
+            endpoints=settings.endpoints,
+            tenants=settings.dispatcher.tenants,
+            wake=self.scheduler.wake,
+        )
+        make = consumer_for(settings)
+        self.consumer = make(
+            service="dispatcher", bus=rt.bus, outbox=rt.outbox,
+            durable=f"{rt.bus.prefix}-dispatcher",
+            filter_subjects=[f"{rt.bus.prefix}.delivery.requested.>"], handler=handler,
+            max_in_flight=max_in_flight, max_deliver=max_deliver(5), terminal_step="outcome",
+        )  # fmt: skip
+        assert isinstance(self.consumer, FairConsumer)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Loop:
+        self.tasks.append(asyncio.create_task(self.consumer.run(self.stop)))
+        self.tasks.append(asyncio.create_task(self.scheduler.run(self.stop)))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 40)
+
+
+def dispatcher_config(**kw: Any) -> DispatcherConfig:
+    endpoints = kw.pop("endpoints", {})
+    return DispatcherConfig(dispatcher=DispatcherSettings(**kw), endpoints=endpoints)
+
+
+async def test_a_flood_of_one_tenant_does_not_put_another_tenant_behind_it(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    # Tenant a's 300 deliveries are in the stream before tenant b's 10: a plain loop would
+    # send all of a's first. The fair loop reads ahead and sends b's in turn with a's.
+    flood = [request("a", i, url=sink.url) for i in range(300)]
+    quiet = [request("b", i, url=sink.url) for i in range(10)]
+    await rt.outbox.commit_and_publish(flood)
+    await rt.outbox.commit_and_publish(quiet)
+    async with Loop(rt, client, dispatcher_config(max_in_flight=4)):
+        await until(lambda: len(sink.arrivals) >= 310)
+    order = [tenant for _id, tenant, _t in sink.arrivals]
+    last_b = max(i for i, t in enumerate(order) if t == "b")
+    # Every one of b's went out while most of a's flood was still waiting.
+    assert last_b < 100, order[:120]
+    assert sorted(d for d, _t, _w in sink.arrivals) == sorted(
+        r.data.delivery_id for r in flood + quiet
+    )
+
+
+async def test_a_slow_endpoint_holds_only_its_cap_of_the_slots(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    # "slow" does not answer until released (as one answering in 10 s); with a cap of 2 it
+    # holds two of the eight slots, and every delivery to "fast" goes through meanwhile.
+    hold = threading.Event()
+    with Sink(hold) as slow:
+        endpoints = {
+            "slow": Endpoint(url=slow.url, tenant="a", allow_private=True, max_in_flight=2),
+            "fast": Endpoint(url=sink.url, tenant="a", allow_private=True),
+        }
+        settings = dispatcher_config(max_in_flight=8, endpoints=endpoints)
+        await rt.outbox.commit_and_publish([request("a", i, endpoint="slow") for i in range(20)])
+        await rt.outbox.commit_and_publish(
+            [request("a", 100 + i, endpoint="fast") for i in range(40)]
+        )
+        async with Loop(rt, client, settings, max_in_flight=8):
+            await until(lambda: len(sink.arrivals) >= 40)
+            assert len(slow.arrivals) == 2
+            assert slow.most_open == 2
+            hold.set()
+            await until(lambda: len(slow.arrivals) >= 20)
+        assert slow.most_open <= 2
