@@ -566,6 +566,21 @@ SUBJECT_CASES = [
     ),
     (JobStarted(job_id="j", kind="shell", rule="r"), "hookbus.job.started.shell"),
     (JobSucceeded(job_id="j", kind="shell", rule="r"), "hookbus.job.succeeded.shell"),
+    (
+        JobSucceeded(
+            job_id="j",
+            kind="shell",
+            rule="r",
+            sequence=ev.SequenceStep(rule="Ship It", index=0, of=2),
+        ),
+        "hookbus.job.succeeded.shell.seq.ship_it",
+    ),
+    (
+        ev.JobSkipped(
+            job_id="j", kind="ssh", rule="r", sequence=ev.SequenceStep(rule="deploy", index=1, of=2)
+        ),
+        "hookbus.job.skipped.ssh.seq.deploy",
+    ),
     (JobFailed(job_id="j", kind="Docker Run", rule="r"), "hookbus.job.failed.docker_run"),
     (JobInterrupted(job_id="j", kind="shell", rule="r"), "hookbus.job.interrupted.shell"),
     (ev.JobSkipped(job_id="j", kind="docker", rule="r"), "hookbus.job.skipped.docker"),

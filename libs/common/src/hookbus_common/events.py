@@ -458,13 +458,23 @@ class JobFinished(EventData, **_FROZEN):
     error: str | None = None
     # Docker actions: the container, images and health involved.
     deploy: DeployInfo | None = None
+    # The job's place in its rule's sequence (its request's), so that only the ends of
+    # jobs in a sequence are published where the router looks for them.
+    sequence: SequenceStep | None = None
+
+    def _ended(self, how: str) -> tuple[str, ...]:
+        """``job.<how>.<kind>``, with ``.seq.<rule>`` after it for a job in a sequence."""
+        tokens = ("job", how, token(self.kind))
+        if self.sequence is None:
+            return tokens
+        return (*tokens, "seq", token(self.sequence.rule))
 
 
 class JobSucceeded(JobFinished, **_FROZEN):
     TYPE: ClassVar[str] = "io.hookbus.job.succeeded.v1"
 
     def subject_tokens(self) -> tuple[str, ...]:
-        return ("job", "succeeded", token(self.kind))
+        return self._ended("succeeded")
 
 
 class JobFailed(JobFinished, **_FROZEN):
@@ -476,7 +486,7 @@ class JobFailed(JobFinished, **_FROZEN):
     retry_at: datetime | None = None
 
     def subject_tokens(self) -> tuple[str, ...]:
-        return ("job", "failed", token(self.kind))
+        return self._ended("failed")
 
 
 # Why a run was interrupted (a plain string in the contract, so a reason can be added
@@ -509,7 +519,7 @@ class JobInterrupted(JobFinished, **_FROZEN):
     pgid: int | None = None
 
     def subject_tokens(self) -> tuple[str, ...]:
-        return ("job", "interrupted", token(self.kind))
+        return self._ended("interrupted")
 
 
 class JobSkipped(JobFinished, **_FROZEN):
@@ -523,7 +533,7 @@ class JobSkipped(JobFinished, **_FROZEN):
     concurrency_key: str | None = None
 
     def subject_tokens(self) -> tuple[str, ...]:
-        return ("job", "skipped", token(self.kind))
+        return self._ended("skipped")
 
 
 class DeployRolledBack(EventData, **_FROZEN):

@@ -81,6 +81,7 @@ def finished(
     req = cause.data
     fields: dict[str, Any] = {"job_id": req.job_id, "kind": req.kind, "rule": req.rule}
     fields["attempt"] = attempt
+    fields["sequence"] = req.sequence
     fields.update(_result_fields(result))
     if error is not None:
         fields["error"] = error
@@ -129,6 +130,7 @@ def interrupted(
         host=host,
         pgid=pgid,
         error=error,
+        sequence=req.sequence,
         **_result_fields(result),
     )
     step = f"interrupted/{attempt}" if retrying else TERMINAL_STEP
@@ -148,7 +150,7 @@ def skipped(cause: Event[JobRequestedV2], by: str) -> Event[ev.JobSkipped]:
     key = req.concurrency.key if req.concurrency is not None else None
     data = ev.JobSkipped(
         job_id=req.job_id, kind=req.kind, rule=req.rule, attempt=0, reason="superseded",
-        superseded_by=by, concurrency_key=key,
+        superseded_by=by, concurrency_key=key, sequence=req.sequence,
         error=f"superseded by {by} (concurrency key {key!r})",
     )  # fmt: skip
     return ev.make_event(
