@@ -17,7 +17,7 @@ from hookbus_common import events as ev
 from hookbus_common.consumer import Ack
 from hookbus_common.service import Runtime
 from hookbus_router import projects
-from hookbus_router.routing import route
+from hookbus_router.routing import _route
 
 from . import podman
 from .podman import PodmanEngine
@@ -108,19 +108,22 @@ async def test_the_next_push_is_deployed_to_the_project_and_rolled_back_when_unh
     image = ev.ImageInfo(registry=registry, namespace=namespace, repository=short, path=path,
                          canonical=f"{repo}:broken", tag="broken")  # fmt: skip
     known, creation = await projects.Created(rt.pool, projects.AutoCreate()).resolve({}, image)
-    assert creation is None
-    assert list(known) == [spec.project]
+    assert known == {}
+    assert creation == projects.Creation(spec.project, projects.AutoCreate())
     hook = ev.WebhookReceived(source="image-push", kind="image-push", event_type="push",
                               repository=path, tag="broken", image=image)  # fmt: skip
-    (_, request) = route([], ev.make_event(hook, source="/test"), projects=known)
+    (_, request) = _route([], ev.make_event(hook, source="/test"), hook, None, False,
+                          known, creation=creation)  # fmt: skip
     redeploy = request.data.spec
-    assert (redeploy.operation, redeploy.container) == ("recreate", spec.container)
+    assert isinstance(redeploy, ev.ProjectSpec)
+    assert (redeploy.project, redeploy.image) == (spec.project, f"{repo}:broken")
     outcome, out = await replica.outcome(request)
     assert outcome == Ack()
     failed = out[-1].data
     assert isinstance(failed, ev.JobFailed)
-    assert failed.deploy.rolled_back is True
+    assert (failed.deploy.operation, failed.deploy.rolled_back) == ("recreate", True)
     assert ev.DeployRolledBack.TYPE in [e.type for e in out]
+    assert ev.ProjectCreated.TYPE not in [e.type for e in out]  # found, not made again
     assert await _answer(url) == "v1"  # the first image is back
 
 
@@ -128,7 +131,8 @@ async def test_an_image_the_engine_cannot_have_makes_a_project_without_port_or_h
     rt: Runtime, podman_engine: PodmanEngine
 ) -> None:
     repo = f"localhost/hookbus-test/nowhere-{secrets.token_hex(3)}"
-    outcome, out = await Replica(rt, podman_engine.url).outcome(_request(_spec(repo, "v1")))  # type: ignore[arg-type]
+    replica = Replica(rt, podman_engine.url)
+    outcome, out = await replica.outcome(_request(_spec(repo, "v1")))  # type: ignore[arg-type]
     assert outcome == Ack()
     created = next(e.data for e in out if isinstance(e.data, ev.ProjectCreated))
     assert (created.port, created.host_port, created.health) == (0, 0, None)
@@ -137,3 +141,10 @@ async def test_an_image_the_engine_cannot_have_makes_a_project_without_port_or_h
     # Nothing to deploy: the job fails, saying why; the project stays for the next push.
     assert isinstance(out[-1].data, ev.JobFailed)
     assert (await _row(rt, repo))["inspected"] is False
+    # The image arrives; the next push deploys the project's first container anew.
+    podman._import(podman_engine.base, podman_engine.base / "rootfs.tar", f"{repo}:v2",
+                   'CMD ["sleep", "3600"]')  # fmt: skip
+    outcome, out = await replica.outcome(_request(_spec(repo, "v2")))  # type: ignore[arg-type]
+    assert outcome == Ack()
+    assert [e.type for e in out] == [ev.JobStarted.TYPE, ev.JobSucceeded.TYPE]
+    assert out[-1].data.deploy.operation == "create"

@@ -95,24 +95,12 @@ def test_an_image_no_project_names_makes_one_creation_job_in_the_routing_record(
     assert request.bus_subject("hookbus") == "hookbus.job.requested.project"
 
 
-def test_a_project_made_from_an_image_deploys_like_a_configured_one():
-    row = {
-        "repository": "localhost/acme/web",
-        "health": msgspec.json.encode(ev.HealthProbe(http="http://127.0.0.1:4000/")).decode(),
-        "stages": msgspec.json.encode([ev.ProjectStage(container="web-dev")]).decode(),
-    }
-    project = projects.from_created(row)
-    ev_push = push()
-    (request,) = projects.requests({"web": project}, ev_push, ev_push.data, {})
-    spec = request.data.spec
-    assert (spec.operation, spec.container, spec.image) == (
-        "recreate",
-        "web-dev",
-        "localhost/acme/web:v1",
-    )
-    assert spec.pull == "missing"  # a registry on this machine: nothing to pull from
-    assert spec.health.http == "http://127.0.0.1:4000/"
-    assert request.data.concurrency == ev.Concurrency(key="project-web-dev", strategy="queue")
+@pytest.mark.parametrize(
+    ("repository", "pull"),
+    [("localhost/acme/web", "missing"), ("web", "missing"), ("ghcr.io/acme/web", "always")],
+)
+def test_a_made_projects_redeploy_pulls_unless_its_registry_is_this_machine(repository, pull):
+    assert inspect.pull_for(repository) == pull
 
 
 def load(tmp_path: Path, text: str) -> router.RouterConfig:

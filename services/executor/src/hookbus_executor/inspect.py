@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import docker.errors
@@ -115,6 +115,15 @@ async def existing(conn: asyncpg.Connection, repository: str) -> ev.ProjectCreat
         labels=msgspec.json.decode(row["labels"], type=dict[str, str]),
         inspected=row["inspected"], reason=row["reason"],
     )  # fmt: skip
+
+
+def pull_for(repository: str) -> Literal["missing", "always"]:
+    """How a made project's redeploy gets its image: a registry on the engine's machine
+    (a local build) has nothing to pull from; any other may hold a new image under an old
+    tag."""
+    first = repository.split("/", 1)[0]
+    local = first in ("localhost", "127.0.0.1") or "/" not in repository
+    return "missing" if local else "always"
 
 
 def _ok() -> ShellResult:

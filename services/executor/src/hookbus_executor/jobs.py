@@ -232,6 +232,8 @@ class Executor:
                     if created is not None:
                         yield outcomes.project_created(event, created)
                     result, error, deploy = done.result, done.error, done.deploy
+                    if done.rolled_back is not None:
+                        yield dockerrecreate.rolled_back_event(event, attempt, done)
                 elif isinstance(spec, ev.ComposeSpec):
                     result, error = await self._compose(incoming, req, spec, attempt, run)
                 else:
@@ -460,8 +462,10 @@ class Executor:
                 # A push that raced ours made the project: deploy to its stage as usual.
                 stage = known.stages[0] if known.stages else ev.ProjectStage()
                 container = stage.container or f"{known.project}-{stage.name}"
-                redeploy = ev.DockerSpec(operation="recreate", container=container,
-                                         image=spec.image, health=known.health)  # fmt: skip
+                redeploy = ev.DockerSpec(
+                    operation="recreate", container=container, image=spec.image,
+                    health=known.health, pull=inspect.pull_for(spec.repository),
+                )  # fmt: skip
                 async with engine.lock(container):
                     try:
                         await engine.container(container)

@@ -252,34 +252,6 @@ def creation_request(
     )
 
 
-def _pull_for(repository: str) -> Literal["missing", "always"]:
-    # A registry on this machine (a local build, a test) has nothing to pull from.
-    first = repository.split("/", 1)[0]
-    return "missing" if first in ("localhost", "127.0.0.1") or "/" not in repository else "always"
-
-
-def from_created(row: Mapping[str, Any]) -> Project:
-    """A project made from an image (a row of the ``projects`` read model) as the router
-    deploys it: like one written in the config."""
-    health = None
-    if row["health"] is not None:
-        h = msgspec.json.decode(row["health"], type=ev.HealthProbe)
-        health = ProjectHealth(http=h.http, tcp=h.tcp, timeout=h.timeout, interval=h.interval)
-    stages = {
-        s.name: Stage(
-            tags=list(s.tags),
-            auto_deploy=s.auto_deploy,
-            container=s.container,
-            max_instances=s.max_instances,
-        )
-        for s in msgspec.json.decode(row["stages"], type=list[ev.ProjectStage])
-    }
-    return Project(
-        image=row["repository"], stages=stages, health=health,
-        pull=_pull_for(row["repository"]), concurrency="queue",
-    )  # fmt: skip
-
-
 class Created:
     """The projects made from images, read from Postgres (the ``projects`` read model)
     for each image push; and whether a push makes a new one."""
@@ -291,17 +263,23 @@ class Created:
     async def resolve(
         self, configured: Mapping[str, Project], image: ev.ImageInfo
     ) -> tuple[dict[str, Project], Creation | None]:
-        """The projects the push is routed to (the configured ones, and the one made of
-        its repository, if any), and the project to make when no project names it."""
+        """The projects the push is routed to, and the project job it makes: of the
+        project made of its repository before, or of a new one when no project names it."""
         projects = dict(configured)
         if image.tag is None and image.digest is None:
             return projects, None
         full, _ = pushed_repository(image)
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow("SELECT * FROM projects WHERE repository = $1", full)
+            row = await conn.fetchrow(
+                "SELECT project, stages FROM projects WHERE repository = $1", full
+            )
             if row is not None:
-                projects.setdefault(row["project"], from_created(row))
-                return projects, None
+                # A project made from an image is deployed by the executor, which knows
+                # it (and makes its container anew when its first deploy left none).
+                stages = msgspec.json.decode(row["stages"], type=list[ev.ProjectStage])
+                stage = stages[0].name if stages else self.settings.stage
+                settings = msgspec.structs.replace(self.settings, stage=stage)
+                return projects, Creation(row["project"], settings)
             if not self.settings.enabled or names_repository(configured, image):
                 return projects, None
             candidate = project_name(image, configured)
