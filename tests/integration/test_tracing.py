@@ -27,6 +27,7 @@ from hookbus_executor.jobs import TERMINAL_STEP
 from hookbus_executor.jobs import make_handler as executor_handler
 from hookbus_executor.runs import Runs
 from hookbus_receiver.config import EventTypeFrom, NoneSource, ReceiverConfig, ReceiverSettings
+from hookbus_router import waits
 from hookbus_router.config import Rule, ShellAction
 from hookbus_router.routing import FILTER_TOKENS
 from hookbus_router.routing import make_handler as router_handler
@@ -36,12 +37,17 @@ from .test_consumer import until
 
 pytestmark = pytest.mark.integration
 
+# Two actions in sequence: the router hears the first job's end and requests the second.
 RULES = [
     Rule(
         name="deploy",
         source="traced",
         event="push",
-        actions=[ShellAction(command=["/bin/sh", "-c", "echo deployed"], payload="none")],
+        sequence=True,
+        actions=[
+            ShellAction(command=["/bin/sh", "-c", "echo built"], payload="none"),
+            ShellAction(command=["/bin/sh", "-c", "echo deployed"], payload="none"),
+        ],
     )
 ]
 
@@ -75,7 +81,8 @@ class Pipeline:
             Consumer(
                 service="router", bus=rt.bus, outbox=rt.outbox, durable=f"{prefix}-router",
                 filter_subjects=[".".join((prefix, *t, ">")) for t in FILTER_TOKENS],
-                handler=router_handler(RULES), max_in_flight=4, max_deliver=5,
+                handler=router_handler(RULES, store=waits.PgStore(rt.pool, rt.outbox)),
+                max_in_flight=4, max_deliver=5,
             ),
             Consumer(
                 service="executor", bus=rt.bus, outbox=rt.outbox, durable=f"{prefix}-executor",
@@ -131,20 +138,23 @@ async def test_a_webhooks_chain_is_one_trace_each_span_the_child_of_its_cause(
         assert answer.status_code == 202, answer.text
         webhook_id = answer.json()["id"]
 
-        async def job_end_handled() -> bool:
-            return bool(_named(spans, f"router {ev.JobSucceeded.TYPE}"))
+        async def second_job_ran() -> bool:
+            return len(_named(spans, f"executor {ev.JobRequestedV2.TYPE}")) == 2
 
-        await until(job_end_handled, timeout=30)
+        await until(second_job_ran, timeout=30)
 
     received = _only(spans, "POST /hooks/{source}")
     routed = _only(spans, f"router {ev.WebhookReceived.TYPE}")
-    [job] = [s for s in _named(spans, f"executor {ev.JobRequestedV2.TYPE}")] or _named(
-        spans, f"executor {ev.JobRequested.TYPE}"
-    )
-    ended = _only(spans, f"router {ev.JobSucceeded.TYPE}")
+    jobs = _named(spans, f"executor {ev.JobRequestedV2.TYPE}")
+    [job] = [j for j in jobs if _parent_of(j) == routed.context.span_id]
+    [second] = [j for j in jobs if j is not job]
+    # The router hears each job's end: the first's requests the second action.
+    ends = _named(spans, f"router {ev.JobSucceeded.TYPE}")
+    [ended] = [e for e in ends if _parent_of(e) == job.context.span_id]
+    [last] = [e for e in ends if e is not ended]
 
     # One trace, the sender's: the receiver continued it.
-    trace_ids = {s.context.trace_id for s in (received, routed, job, ended)}
+    trace_ids = {s.context.trace_id for s in (received, routed, job, ended, second, last)}
     assert trace_ids == {int(SENDER_TRACE, 16)}
     assert _parent_of(received) == int(SENDER_SPAN, 16)
     assert received.kind == SpanKind.SERVER
@@ -155,7 +165,10 @@ async def test_a_webhooks_chain_is_one_trace_each_span_the_child_of_its_cause(
     assert _parent_of(routed) == received.context.span_id
     assert _parent_of(job) == routed.context.span_id
     assert _parent_of(ended) == job.context.span_id
-    for span, service in ((routed, "router"), (job, "executor"), (ended, "router")):
+    assert _parent_of(second) == ended.context.span_id
+    assert _parent_of(last) == second.context.span_id
+    for span, service in ((routed, "router"), (job, "executor"), (ended, "router"),
+                          (second, "executor")):  # fmt: skip
         assert span.kind == SpanKind.CONSUMER
         assert span.attributes is not None
         assert span.attributes["hookbus.service"] == service

@@ -160,5 +160,13 @@ async def advance(ruleset: RuleSet, outcome: Event[Any], store: Store) -> list[E
         action = msgspec.structs.replace(action, **rendered)
     following = msgspec.structs.replace(step, index=nxt, config_version=ruleset.version)
     event = routing.request_for(routed, hook, replay_of, rule, nxt, action, following)
-    # The same ids as for a rule run at once; the chain goes on from this outcome.
-    return [msgspec.structs.replace(event, causationid=outcome.id)]
+    # The same ids as for a rule run at once; the chain (and its trace) goes on from this
+    # outcome.
+    return [
+        msgspec.structs.replace(
+            event,
+            causationid=outcome.id,
+            traceparent=outcome.traceparent,
+            tracestate=outcome.tracestate,
+        )
+    ]
