@@ -200,6 +200,12 @@ SAMPLES: dict[str, EventData] = {
         first_seen=datetime(2026, 1, 1, tzinfo=UTC),
         expires_at=datetime(2026, 1, 1, 1, tzinfo=UTC),
     ),
+    ev.RuleTriggered.TYPE: ev.RuleTriggered(
+        rule="deploy",
+        by="api:ana",
+        webhook=WebhookReceived(source="manual", kind="manual", event_type="release"),
+        reason="hotfix",
+    ),
     ev.RuleSequenceEnded.TYPE: ev.RuleSequenceEnded(
         rule="deploy",
         webhook_id="evt_1",
@@ -635,6 +641,14 @@ SUBJECT_CASES = [
     (
         ev.RuleSequenceEnded(rule="deploy", webhook_id="e", outcome="completed", index=2, of=3),
         "hookbus.rule.sequence.ended.deploy",
+    ),
+    (
+        ev.RuleTriggered(
+            rule="Deploy Green",
+            by="api:ana",
+            webhook=WebhookReceived(source="manual", kind="manual", event_type="release"),
+        ),
+        "hookbus.rule.triggered.deploy_green",
     ),
     (
         ev.ReplayStarted(replay_id="rpl_01ab", mode="redrive"),

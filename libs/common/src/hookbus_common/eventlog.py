@@ -113,8 +113,9 @@ def _raw(row: asyncpg.Record) -> RawEvent:
         tenant=row["tenant"],
         subject=row["subject"],
         data=msgspec.Raw(row["data"].encode()),
-        traceparent=row["traceparent"],
-        tracestate=row["tracestate"],
+        # Absent from rows of queries that select their own columns (the API's).
+        traceparent=row.get("traceparent"),
+        tracestate=row.get("tracestate"),
     )
 
 

@@ -726,6 +726,22 @@ class RuleSequenceEnded(EventData, **_FROZEN):
         return ("rule", "sequence", "ended", token(self.rule))
 
 
+class RuleTriggered(EventData, **_FROZEN):
+    """A person ran rule ``rule``'s actions by hand (the operator API's trigger): the router
+    requests them as for a matched webhook, ``webhook`` (source ``manual``, the payload
+    given) standing in for one, whatever the rule's conditions say. ``by`` names who."""
+
+    TYPE: ClassVar[str] = "io.hookbus.rule.triggered.v1"
+
+    rule: str
+    by: str
+    webhook: WebhookReceived
+    reason: str | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("rule", "triggered", token(self.rule))
+
+
 class MessageDeadLettered(EventData, **_FROZEN):
     """A bus message that can never be handled, terminated and kept here instead."""
 
@@ -970,6 +986,7 @@ DATA_TYPES: dict[str, type[EventData]] = {
         EndpointEnabled,
         RuleWaitExpired,
         RuleSequenceEnded,
+        RuleTriggered,
         MessageDeadLettered,
         PartnerCreated,
         PartnerUpdated,
@@ -984,6 +1001,44 @@ DATA_TYPES: dict[str, type[EventData]] = {
         ProjectCreated,
     )
 }
+
+# ------------------------------------------------------ requests over the bus (no events)
+
+
+def dry_run_subject(prefix: str) -> str:
+    """Where routers answer what their rules make of a recorded webhook (core NATS
+    request/reply, one replica of the queue group answers). Outside ``<prefix>.>``: the
+    stream would take (and acknowledge) a request sent there. Upper case, which no prefix
+    has, so no installation's stream takes another's."""
+    return f"_HOOKBUS.{prefix}.router.dry_run"
+
+
+class DryRunRequest(msgspec.Struct, **_FROZEN):
+    """A recorded ``webhook.received`` or ``webhook.replayed`` envelope, to evaluate."""
+
+    event: msgspec.Raw
+
+
+class PlannedRequest(msgspec.Struct, **_FROZEN):
+    """What a dry run would have requested: the request's type and a one-line summary."""
+
+    rule: str
+    type: str
+    summary: str
+
+
+class DryRunAnswer(msgspec.Struct, **_FROZEN):
+    """A router's rules on one webhook: each rule's decision (the first failed test of a
+    rule that did not match), the actions a template left out, and what would be asked."""
+
+    config_version: str = ""
+    matched: list[str] = []
+    evaluations: list[RuleEvaluation] = []
+    skipped: list[ActionSkipped] = []
+    requests: list[PlannedRequest] = []
+    # Set when the router could not evaluate the event (not a webhook, undecodable).
+    error: str | None = None
+
 
 # -------------------------------------------------------------------- envelope
 

@@ -18,6 +18,7 @@ from hookbus_common.service import Runtime
 
 from . import live, queries, replays, replayselect, tokens
 from .config import ApiConfig
+from .dryrun import RulesDryRun, dry_run
 from .replays import Replays
 from .replaystore import ReplayJob
 from .schemas import (
@@ -44,6 +45,7 @@ from .schemas import (
     Replays as ReplayList,
 )
 from .tokens import ApiToken, Scope
+from .trigger import RuleTriggerAccepted, TriggerRule, parse_trigger, record_trigger
 
 
 class State(TypedDict):
@@ -238,6 +240,29 @@ async def _list_rules(ctx: Ctx) -> Rules:
     return Rules(items=ctx.state["settings"].rule_views)
 
 
+async def _trigger_rule(ctx: Ctx) -> Response:
+    assert ctx.who is not None
+    req = parse_trigger(await ctx.request.body())
+    accepted, appended = await record_trigger(
+        ctx.rt, [r.name for r in ctx.state["settings"].rule_views], _path(ctx, "rule"), req,
+        by=f"api:{ctx.who.name}", key=ctx.request.headers.get("idempotency-key") or None,
+    )  # fmt: skip
+    # Committed: on the bus now, or by the outbox relay if this process dies first.
+    ctx.rt.outbox.publish_later(appended)
+    return Response(
+        msgspec.json.encode(accepted),
+        200 if accepted.duplicate else 202,
+        media_type="application/json",
+    )
+
+
+async def _dry_run_rules(ctx: Ctx) -> RulesDryRun:
+    event_id = _str(ctx, "event")
+    if event_id is None:
+        raise InvalidError("event: give the id of a recorded webhook")
+    return await dry_run(ctx.rt, event_id)
+
+
 async def _list_partners(ctx: Ctx) -> list[PartnerItem]:
     everyone = ctx.request.query_params.get("all") in ("1", "true")
     async with ctx.rt.pool.acquire() as conn:
@@ -335,6 +360,14 @@ OPS: tuple[Op, ...] = (
        Endpoints, tag="config"),
     Op("GET", "/api/rules", _list_rules, "The router's rules: names, matches, action kinds",
        "read", Rules, tag="config"),
+    Op("GET", "/api/rules/dry-run", _dry_run_rules,
+       "What the router's rules in use make of a recorded webhook (nothing runs)", "read",
+       RulesDryRun, params=(Param("event", "A recorded webhook's id (evt_…)"),), tag="config"),
+    Op("POST", "/api/rules/{rule}/trigger", _trigger_rule,
+       "Run a rule's actions now with a payload; recorded as rule.triggered naming the token"
+       " (Idempotency-Key: sent again, nothing new)", "operate", RuleTriggerAccepted,
+       body=TriggerRule, params=(path_param("rule", "A rule's name"),), status=202,
+       tag="operate"),
     Op("GET", "/api/partners", _list_partners, "Partners (never their tokens)", "read",
        list[PartnerItem], params=(Param("all", "true: deleted ones too"),), tag="config"),
     Op("GET", "/api/replays", _list_replays, "Replay jobs, oldest first", "read", ReplayList,

@@ -53,6 +53,8 @@ FILTER_TOKENS: tuple[tuple[str, ...], ...] = (
     ("job", "failed", "*", "seq"),
     ("job", "interrupted", "*", "seq"),
     ("job", "skipped", "*", "seq"),
+    # A rule run by hand (the operator API's trigger).
+    ("rule", "triggered"),
 )
 
 
@@ -214,13 +216,14 @@ def _route(
     joined: Mapping[str, waits.Joined] | None = None,
     facts: Facts | None = None,
     creation: projects_.Creation | None = None,
+    forced: ev.RuleTriggered | None = None,
 ) -> list[Event[Any]]:
     # Every id derives from the routed event's: a webhook's redelivery derives the same
     # ones (and is refused as a duplicate), while a replay, a new event, makes new ones.
     ruleset = RuleSet.of(rules)
     if facts is None:
         facts = Facts(hook, event_id=event.id, tenant=event.tenant, time=event.time.isoformat())
-    evaluations = ruleset.evaluate(hook, facts)
+    evaluations = ruleset.evaluate(hook, facts) if forced is None else _triggered(ruleset, forced)
     joined = joined or {}
     if joined:
         # Multi-event rules: what this event did to their waits (waits.arrive_all).
@@ -294,6 +297,23 @@ def _route(
         subject=event.subject,
     )
     return [routed, *requests]
+
+
+def _triggered(ruleset: RuleSet, by_hand: ev.RuleTriggered) -> list[ev.RuleEvaluation]:
+    """A rule run by hand matches whatever its conditions say; the others are not run."""
+    return [
+        ev.RuleEvaluation(rule=c.rule.name, matched=True, reason=f"triggered by {by_hand.by}")
+        if c.rule.name == by_hand.rule
+        else ev.RuleEvaluation(rule=c.rule.name, matched=False, reason="not triggered")
+        for c in ruleset.rules
+    ]
+
+
+def route_triggered(rules: Rules, event: Event[ev.RuleTriggered]) -> list[Event[Any]]:
+    """Request a rule's actions by hand: the record (the rule matched, or none did when
+    the router has no such rule now) and the requests, ids derived from the trigger's."""
+    hook = event.data.webhook
+    return _route(rules, event, hook, None, True, forced=event.data)
 
 
 def route(
@@ -373,6 +393,8 @@ def make_handler(
                 yield routed
             case JobSucceeded() | JobFailed() | JobInterrupted() | JobSkipped():
                 yield [] if store is None else await sequence.advance(ruleset, event, store)
+            case ev.RuleTriggered():
+                yield route_triggered(ruleset, event)
             case _:
                 raise PermanentError(f"router cannot handle {event.type}")
 
