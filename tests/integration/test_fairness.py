@@ -24,6 +24,7 @@ from hookbus_dispatcher.config import DispatcherConfig, DispatcherSettings, Endp
 from hookbus_dispatcher.delivery import make_handler, max_deliver
 from hookbus_dispatcher.fairness_loop import FairConsumer, consumer_for
 from hookbus_dispatcher.limits_guard import guard
+from hookbus_dispatcher.ordering import in_order
 from hookbus_dispatcher.schedule import Scheduler
 from hookbus_dispatcher.ssrf import guarded_client
 
@@ -37,8 +38,13 @@ class Sink:
     request, its delivery id, tenant header, arrival time and how many were open at
     once. ``hold`` (a threading.Event) makes it answer only once set."""
 
-    def __init__(self, hold: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        hold: threading.Event | None = None,
+        answer: Callable[[str], int] = lambda _delivery: 200,
+    ) -> None:
         self.arrivals: list[tuple[str, str, float]] = []  # (delivery id, tenant, when)
+        self.answers: list[tuple[str, int]] = []  # (delivery id, status) in order
         self.open = 0
         self.most_open = 0
         self.hold = hold
@@ -62,9 +68,12 @@ class Sink:
                     )
                 if sink.hold is not None:
                     sink.hold.wait(30)
+                delivery = self.headers.get("x-hookbus-delivery", "")
                 with lock:
                     sink.open -= 1
-                self.send_response(200)
+                    status = answer(delivery)
+                    sink.answers.append((delivery, status))
+                self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
@@ -101,13 +110,18 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def request(
-    tenant: str, n: int, *, url: str = "", endpoint: str | None = None
+    tenant: str,
+    n: int | str,
+    *,
+    url: str = "",
+    endpoint: str | None = None,
+    ordering_key: str | None = None,
 ) -> ev.Event[ev.DeliveryRequested]:
     return ev.make_event(
         ev.DeliveryRequested(
             delivery_id=f"dlv_{tenant}_{n}", rule="r", webhook_id=f"evt_{tenant}_{n}", url=url,
             headers={"x-tenant": tenant}, body=msgspec.Raw(b"{}"), tenant=tenant,
-            endpoint=endpoint,
+            endpoint=endpoint, ordering_key=ordering_key,
         ),
         source="/test",
     )  # fmt: skip
@@ -144,13 +158,14 @@ class Loop:
         inner = make_handler(
             client, rt.pool, 5, endpoints=settings.endpoints, scheduler=self.scheduler
         )
-        handler: Handler = guard(
+        limited = guard(
             inner,
             rt.pool,
             endpoints=settings.endpoints,
             tenants=settings.dispatcher.tenants,
             wake=self.scheduler.wake,
         )
+        handler: Handler = in_order(limited, rt.pool, wake=self.scheduler.wake)
         make = consumer_for(settings)
         self.consumer = make(
             service="dispatcher", bus=rt.bus, outbox=rt.outbox,

@@ -170,6 +170,7 @@ SAMPLES: dict[str, EventData] = {
         headers={"content-type": "application/json"},
         body=msgspec.Raw(PAYLOAD),
         tenant="acme",
+        ordering_key="order-42",
     ),
     DeliveryAttempted.TYPE: DeliveryAttempted(
         delivery_id="dlv_1", url="https://example.com/hook", attempt=3, status_code=503

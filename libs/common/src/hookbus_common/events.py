@@ -583,6 +583,9 @@ class DeliveryRequested(EventData, **_FROZEN):
     # dedupe on (Standard Webhooks' webhook-id; unset: the delivery id).
     replay_of: str | None = None
     message_id: str | None = None
+    # Deliveries to one endpoint (or URL) of one tenant with the same key go one at a
+    # time, in the order they were requested; a failing one holds back only its key.
+    ordering_key: str | None = None
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("delivery", "requested", token(self.tenant))

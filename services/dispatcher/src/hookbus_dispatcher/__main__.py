@@ -12,6 +12,7 @@ from .config import DispatcherConfig
 from .delivery import make_handler, max_deliver
 from .fairness_loop import consumer_for
 from .limits_guard import guarded
+from .ordering import ordered
 from .schedule import Scheduler
 from .ssrf import open_clients
 
@@ -46,8 +47,12 @@ async def run(settings: DispatcherConfig) -> None:
                 settings,
                 "dispatcher",
                 filter_tokens=[("delivery", "requested")],
-                # Over a rate or in-flight limit, a delivery waits on the schedule.
-                make_handler=guarded(handler, settings, lambda: schedulers[0].wake()),
+                # Over a rate or in-flight limit, or behind an earlier delivery of its
+                # ordering key, a delivery waits on the schedule.
+                make_handler=ordered(
+                    guarded(handler, settings, lambda: schedulers[0].wake()),
+                    lambda: schedulers[0].wake(),
+                ),
                 health_port=d.health_port,
                 max_in_flight=d.max_in_flight,
                 # Attempts are counted by the handler, from the log; this is only the
