@@ -193,6 +193,43 @@ SAMPLES: dict[str, EventData] = {
     ev.EndpointEnabled.TYPE: ev.EndpointEnabled(
         endpoint="billing", by="ana", recover_since=datetime(2026, 1, 1, tzinfo=UTC)
     ),
+    ev.EndpointCreated.TYPE: ev.EndpointCreated(
+        endpoint="billing",
+        endpoint_id="ep_1",
+        tenant="acme",
+        url="https://x.example/h",
+        events=["invoice.*"],
+        secret_id="sec_1",
+        by="ana",
+    ),
+    ev.EndpointUpdated.TYPE: ev.EndpointUpdated(
+        endpoint="billing", endpoint_id="ep_1", url="https://y.example/h", description="d"
+    ),
+    ev.EndpointSecretRotated.TYPE: ev.EndpointSecretRotated(
+        endpoint="billing",
+        endpoint_id="ep_1",
+        secret_id="sec_2",
+        previous_valid_until=datetime(2026, 1, 2, tzinfo=UTC),
+    ),
+    ev.EndpointPaused.TYPE: ev.EndpointPaused(endpoint="billing", endpoint_id="ep_1", reason="r"),
+    ev.EndpointResumed.TYPE: ev.EndpointResumed(endpoint="billing", endpoint_id="ep_1"),
+    ev.EndpointDeleted.TYPE: ev.EndpointDeleted(endpoint="billing", endpoint_id="ep_1"),
+    ev.MessageSubmitted.TYPE: ev.MessageSubmitted(
+        message_id="msg_1",
+        event_type="invoice.paid",
+        payload=msgspec.Raw(b'{"id":1}'),
+        tenant="acme",
+        idempotency_key="k1",
+        ordering_key="cust_1",
+        submitted_by="api:app",
+    ),
+    ev.MessageDispatched.TYPE: ev.MessageDispatched(
+        message_id="msg_1",
+        event_type="invoice.paid",
+        tenant="acme",
+        endpoints=["billing"],
+        delivery_ids=["dlv_1"],
+    ),
     ev.RuleWaitExpired.TYPE: ev.RuleWaitExpired(
         rule="deploy-when-green",
         key="abc123",
@@ -620,6 +657,26 @@ SUBJECT_CASES = [
     ),
     (ev.EndpointDisabled(endpoint="Billing.EU"), "hookbus.endpoint.disabled.billing_eu"),
     (ev.EndpointEnabled(endpoint="billing"), "hookbus.endpoint.enabled.billing"),
+    (
+        ev.EndpointCreated(endpoint="Billing.EU", endpoint_id="ep_1", url="https://x"),
+        "hookbus.endpoint.created.billing_eu",
+    ),
+    (
+        ev.EndpointSecretRotated(endpoint="billing", endpoint_id="ep_1", secret_id="s"),
+        "hookbus.endpoint.secret_rotated.billing",
+    ),
+    (ev.EndpointUpdated(endpoint="b", endpoint_id="ep_1"), "hookbus.endpoint.updated.b"),
+    (ev.EndpointPaused(endpoint="b", endpoint_id="ep_1"), "hookbus.endpoint.paused.b"),
+    (ev.EndpointResumed(endpoint="b", endpoint_id="ep_1"), "hookbus.endpoint.resumed.b"),
+    (ev.EndpointDeleted(endpoint="b", endpoint_id="ep_1"), "hookbus.endpoint.deleted.b"),
+    (
+        ev.MessageSubmitted(message_id="msg_1", event_type="invoice.paid", tenant="Acme Co"),
+        "hookbus.message.submitted.acme_co",
+    ),
+    (
+        ev.MessageDispatched(message_id="msg_1", event_type="x", tenant="acme"),
+        "hookbus.message.dispatched.acme",
+    ),
     (
         ev.DeployRolledBack(job_id="job_1", rule="r", container="Web App", reason="unhealthy"),
         "hookbus.deploy.rolled_back.web_app",

@@ -1,10 +1,13 @@
-"""``hookbus endpoints list | show | disable | enable``: the configured endpoints and their
-health; enabling with ``--recover-since`` requests again what died while one was down."""
+"""``hookbus endpoints …``: the endpoints of the config file and those managed at run time
+(``add | update | rotate-secret | pause | resume | delete``), and their health
+(``list | show | disable | enable``); enabling with ``--recover-since`` requests again
+what died while one was down."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +20,8 @@ from hookbus_common import events as ev
 from hookbus_common.errors import ConfigError
 from hookbus_common.eventlog import Pending
 from hookbus_dispatcher import config as dispatcher
+from hookbus_dispatcher import endpointstore as store
+from hookbus_dispatcher.endpointstore import EndpointError, RuntimeEndpoint
 
 from . import deliveries, dlq
 from .config import core_settings, environment, fail
@@ -30,6 +35,9 @@ class EndpointView(msgspec.Struct, kw_only=True):
 
     name: str
     configured: bool = True
+    # "config" ([endpoints.<name>] in the file) or "runtime" (hookbus endpoints add).
+    kind: str = "config"
+    endpoint_id: str | None = None
     url: str | None = None
     tenant: str = "default"
     events: list[str] = []
@@ -39,6 +47,8 @@ class EndpointView(msgspec.Struct, kw_only=True):
     changed_by: str | None = None
     changed_at: datetime | None = None
     failing_since: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 def _configured(args: argparse.Namespace) -> dict[str, dispatcher.Endpoint]:
@@ -57,15 +67,24 @@ async def _views(
         " FROM endpoint_state s FULL JOIN endpoint_failing f ON f.endpoint = s.endpoint"
     )
     known = {r["endpoint"]: r for r in rows}
+    runtime = {e.name: e for e in await store.list_all(conn)}
     out = []
-    for name in sorted(set(configured) | set(known)):
+    for name in sorted(set(configured) | set(known) | set(runtime)):
         ep = configured.get(name)
+        rt = runtime.get(name) if ep is None else None
         r: Any = known.get(name)
-        view = EndpointView(name=name, configured=ep is not None)
+        view = EndpointView(name=name, configured=ep is not None or rt is not None)
         if ep is not None:
             view.url, view.tenant, view.events = ep.url, ep.tenant, list(ep.events)
             view.description = ep.description
-        if r is not None:
+        if rt is not None:
+            view.kind, view.endpoint_id = "runtime", rt.endpoint_id
+            view.url, view.tenant, view.events = rt.url, rt.tenant, list(rt.events)
+            view.description, view.state = rt.description, "paused" if rt.paused else "enabled"
+            view.changed_by, view.created_at, view.updated_at = (
+                rt.created_by, rt.created_at, rt.updated_at,
+            )  # fmt: skip
+        if r is not None and (r["disabled"] or view.state != "paused"):
             view.state = "disabled" if r["disabled"] else "enabled"
             view.reason = r["reason"] or ""
             view.changed_by, view.changed_at = r["changed_by"], r["changed_at"]
@@ -75,7 +94,7 @@ async def _views(
 
 
 def _table(views: list[EndpointView]) -> str:
-    head = ("NAME", "STATE", "TENANT", "URL", "NOTE")
+    head = ("NAME", "STATE", "TENANT", "KIND", "EVENTS", "URL", "NOTE")
     lines = [head]
     for v in views:
         if v.state == "disabled":
@@ -86,7 +105,8 @@ def _table(views: list[EndpointView]) -> str:
             note = ""
         if not v.configured:
             note = ("not configured; " + note).rstrip("; ")
-        lines.append((v.name, v.state, v.tenant, v.url or "-", note))
+        events = ",".join(v.events) if v.configured else "-"
+        lines.append((v.name, v.state, v.tenant, v.kind, events, v.url or "-", note))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
     return "\n".join(
         (
@@ -97,10 +117,13 @@ def _table(views: list[EndpointView]) -> str:
 
 
 def _show(v: EndpointView) -> str:
+    where = " (added at run time)" if v.kind == "runtime" else ""
     lines = [
-        f"endpoint:    {v.name}{'' if v.configured else ' (not configured)'}",
+        f"endpoint:    {v.name}{where if v.configured else ' (not configured)'}",
         f"state:       {v.state}",
     ]
+    if v.endpoint_id:
+        lines.append(f"id:          {v.endpoint_id}")
     if v.reason:
         lines.append(f"reason:      {v.reason}")
     if v.changed_at is not None:
@@ -116,6 +139,10 @@ def _show(v: EndpointView) -> str:
         ]
         if v.description:
             lines.append(f"description: {v.description}")
+    if v.kind == "runtime":
+        lines.append(
+            "secret:      shown only when added or rotated (hookbus endpoints rotate-secret)"
+        )
     return "\n".join(lines)
 
 
@@ -128,6 +155,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             return await _views(conn, configured)
 
     views = asyncio.run(run())
+    if args.tenant:
+        views = [v for v in views if v.tenant == args.tenant]
     if args.json:
         for v in views:
             print(msgspec.json.encode(v).decode())
@@ -210,10 +239,179 @@ def _change(enable: bool) -> Any:
     return cmd
 
 
+# ------------------------------------------------------ endpoints at run time
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str, option: str) -> float:
+    """Seconds in ``text`` ("90s", "30m", "24h", "7d", or seconds); exits naming ``option``."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise SystemExit(f"hookbus: {option}: {text!r} is not a duration (like 30m, 24h, 0)")
+    return float(m.group(1)) * _UNIT[m.group(2) or "s"]
+
+
+def _runtime_view(e: RuntimeEndpoint) -> EndpointView:
+    return EndpointView(
+        name=e.name, kind="runtime", endpoint_id=e.endpoint_id, url=e.url, tenant=e.tenant,
+        events=list(e.events), description=e.description,
+        state="paused" if e.paused else "enabled", changed_by=e.created_by,
+        created_at=e.created_at, updated_at=e.updated_at,
+    )  # fmt: skip
+
+
+def _secret_text(name: str, secret: str) -> str:
+    return (
+        "signing secret (shown only now; `hookbus endpoints rotate-secret "
+        f"{name}` makes a new one):\n\n  {secret}\n\n"
+        "Receivers check each request's webhook-signature with it (Standard Webhooks)."
+    )
+
+
+def _managed(args: argparse.Namespace, work: Any) -> int:
+    """Run one change to a run-time endpoint; print its text or JSON, or its error."""
+    settings = core_settings(args)
+    by = dlq.requester(args)
+
+    async def run() -> tuple[str, Any]:
+        async with connection(settings.database, migrate=True) as conn:
+            result: tuple[str, Any] = await work(conn, settings.prefix, by)
+            return result
+
+    try:
+        text, obj = asyncio.run(run())
+    except EndpointError as exc:
+        print(f"hookbus: {exc}", file=sys.stderr)
+        return 1
+    print(msgspec.json.encode(obj).decode() if args.json else text)
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    configured = _configured(args)
+
+    async def work(conn: asyncpg.Connection, prefix: str, by: str | None) -> tuple[str, Any]:
+        e, secret = await store.add(
+            conn, prefix, name=args.name, url=args.url, tenant=args.tenant,
+            events=args.events or ["*"], description=args.description or "", by=by,
+            configured=list(configured),
+        )  # fmt: skip
+        text = f"endpoint {e.name} added ({e.endpoint_id})\n\n{_show(_runtime_view(e))}\n\n"
+        return text + _secret_text(e.name, secret), {"endpoint": _runtime_view(e), "secret": secret}
+
+    return _managed(args, work)
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection, prefix: str, by: str | None) -> tuple[str, Any]:
+        e = await store.update(
+            conn, prefix, args.name, url=args.url, events=args.events,
+            description=args.description, by=by,
+        )  # fmt: skip
+        return f"endpoint {e.name} updated\n\n{_show(_runtime_view(e))}", _runtime_view(e)
+
+    return _managed(args, work)
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    window = duration(args.keep_old, "--keep-old")
+
+    async def work(conn: asyncpg.Connection, prefix: str, by: str | None) -> tuple[str, Any]:
+        e, secret, until = await store.rotate(conn, prefix, args.name, window=window, by=by)
+        old = (
+            "the previous secret no longer signs"
+            if window == 0
+            else f"the previous secret also signs until {until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        )
+        text = f"endpoint {e.name}: new secret; {old}\n\n" + _secret_text(e.name, secret)
+        return text, {"endpoint": _runtime_view(e), "secret": secret, "previous_valid_until": until}
+
+    return _managed(args, work)
+
+
+def _pause(paused: bool) -> Any:
+    def cmd(args: argparse.Namespace) -> int:
+        async def work(conn: asyncpg.Connection, prefix: str, by: str | None) -> tuple[str, Any]:
+            e, released = await store.set_paused(
+                conn, prefix, args.name, paused, reason=getattr(args, "reason", None) or "", by=by
+            )
+            if paused:
+                text = f"endpoint {e.name} paused: its deliveries wait until it is resumed"
+            else:
+                text = (
+                    f"endpoint {e.name} resumed; {released} waiting"
+                    f" deliver{'y' if released == 1 else 'ies'} go out now"
+                )
+            return text, _runtime_view(e)
+
+        return _managed(args, work)
+
+    return cmd
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection, prefix: str, by: str | None) -> tuple[str, Any]:
+        e = await store.delete(conn, prefix, args.name, by=by)
+        text = f"endpoint {e.name} deleted; its secrets are gone and nothing more is sent to it"
+        return text, _runtime_view(e)
+
+    return _managed(args, work)
+
+
+def _register_managed(cmds: Any) -> None:
+    def common(c: argparse.ArgumentParser) -> None:
+        c.add_argument("name")
+        c.add_argument("--by", metavar="NAME", help="who, for the log (default: $USER)")
+        c.add_argument("--json", action="store_true", help="as one JSON object")
+
+    add = cmds.add_parser("add", help="add an endpoint at run time; prints its signing secret")
+    common(add)
+    add.add_argument("url", help="where its deliveries are POSTed (http:// or https://)")
+    add.add_argument("--tenant", default="default", help="whose endpoint it is (default: default)")
+    add.add_argument(
+        "--events", "-e", action="append", metavar="GLOB",
+        help="event types it takes (invoice.*); repeat for more (default: every type)",
+    )  # fmt: skip
+    add.add_argument("--description", help="for people")
+    add.set_defaults(func=cmd_add)
+    upd = cmds.add_parser("update", help="change a run-time endpoint's URL, events, description")
+    common(upd)
+    upd.add_argument("--url")
+    upd.add_argument(
+        "--events", "-e", action="append", metavar="GLOB", help="replaces its event types"
+    )
+    upd.add_argument("--description")
+    upd.set_defaults(func=cmd_update)
+    rot = cmds.add_parser(
+        "rotate-secret", help="give a run-time endpoint a new signing secret; prints it"
+    )
+    common(rot)
+    rot.add_argument(
+        "--keep-old", default="24h", metavar="DURATION",
+        help="how long the previous secret also signs (default 24h; 0: stop at once)",
+    )  # fmt: skip
+    rot.set_defaults(func=cmd_rotate)
+    pause = cmds.add_parser("pause", help="hold its deliveries (not lost) until resumed")
+    common(pause)
+    pause.add_argument("--reason", help="why, for the log")
+    pause.set_defaults(func=_pause(True))
+    resume = cmds.add_parser("resume", help="send to it again, what waited first")
+    common(resume)
+    resume.set_defaults(func=_pause(False))
+    delete = cmds.add_parser("delete", help="delete a run-time endpoint and its secrets")
+    common(delete)
+    delete.set_defaults(func=cmd_delete)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("endpoints", help="configured endpoints and their health")
+    p = sub.add_parser(
+        "endpoints", help="endpoints (config file and run time), managed, and their health"
+    )
     cmds = p.add_subparsers(dest="endpoints_command", required=True)
     ls = cmds.add_parser("list", help="every endpoint and whether it is enabled")
+    ls.add_argument("--tenant", help="only this tenant's endpoints")
     ls.add_argument("--json", action="store_true", help="JSON, one endpoint a line")
     ls.set_defaults(func=cmd_list)
     sh = cmds.add_parser("show", help="one endpoint")
@@ -235,3 +433,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 help="also request again what died to it since TIME (ISO 8601, or 2h)",
             )
         c.set_defaults(func=_change(enable))
+    _register_managed(cmds)

@@ -20,6 +20,7 @@ from . import (
     projects,
     replay,
     rules,
+    send,
     serve,
     tail,
     tokens,
@@ -80,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
         dlq,
         endpoints,
         projects,
+        send,
     ):
         module.register(sub)
     # The global options are accepted after the command too (`hookbus up --data-dir d`).

@@ -693,6 +693,123 @@ class EndpointEnabled(EndpointStateChanged, **_FROZEN):
     recover_since: datetime | None = None
 
 
+class EndpointChanged(EventData, **_FROZEN):
+    """Shared by the events of an endpoint managed at run time (``hookbus endpoints add``
+    …): its name, its id (``ep_…``), its tenant and who did it. Its signing secrets are
+    never part of one (they live in ``endpoint_secrets``; events name them by id)."""
+
+    ACTION: ClassVar[str]
+
+    endpoint: str
+    endpoint_id: str
+    tenant: str = "default"
+    by: str | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("endpoint", self.ACTION, token(self.endpoint))
+
+
+class EndpointCreated(EndpointChanged, **_FROZEN):
+    """An endpoint was added at run time: where it is, which event types it takes (globs),
+    and the id of its first signing secret."""
+
+    TYPE: ClassVar[str] = "io.hookbus.endpoint.created.v1"
+    ACTION: ClassVar[str] = "created"
+
+    url: str = ""
+    description: str = ""
+    events: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    secret_id: str | None = None
+
+
+class EndpointUpdated(EndpointChanged, **_FROZEN):
+    """A run-time endpoint's URL, description and event types, as they are after the change."""
+
+    TYPE: ClassVar[str] = "io.hookbus.endpoint.updated.v1"
+    ACTION: ClassVar[str] = "updated"
+
+    url: str = ""
+    description: str = ""
+    events: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class EndpointSecretRotated(EndpointChanged, **_FROZEN):
+    """A run-time endpoint got a new signing secret (``secret_id``); the ones before it
+    still sign every request until ``previous_valid_until``."""
+
+    TYPE: ClassVar[str] = "io.hookbus.endpoint.secret.rotated.v1"
+    ACTION: ClassVar[str] = "secret_rotated"
+
+    secret_id: str = ""
+    previous_valid_until: datetime | None = None
+
+
+class EndpointPaused(EndpointChanged, **_FROZEN):
+    """Deliveries to the run-time endpoint wait (they are not attempted, nor lost) until
+    it is resumed."""
+
+    TYPE: ClassVar[str] = "io.hookbus.endpoint.paused.v1"
+    ACTION: ClassVar[str] = "paused"
+
+    reason: str = ""
+
+
+class EndpointResumed(EndpointChanged, **_FROZEN):
+    """Deliveries to the run-time endpoint go out again, the waiting ones first."""
+
+    TYPE: ClassVar[str] = "io.hookbus.endpoint.resumed.v1"
+    ACTION: ClassVar[str] = "resumed"
+
+
+class EndpointDeleted(EndpointChanged, **_FROZEN):
+    """The run-time endpoint is gone: its secrets are deleted, and deliveries still
+    addressed to it fail (final)."""
+
+    TYPE: ClassVar[str] = "io.hookbus.endpoint.deleted.v1"
+    ACTION: ClassVar[str] = "deleted"
+
+
+class MessageSubmitted(EventData, **_FROZEN):
+    """A message to deliver to every endpoint of ``tenant`` subscribed to ``event_type``
+    (``POST /api/v1/messages``, ``hookbus send``, or a rule's webhook action with
+    ``endpoints = "subscribed"``); the dispatcher turns it into one delivery.requested
+    per endpoint. ``message_id`` (``msg_…``) is the ``webhook-id`` receivers see."""
+
+    TYPE: ClassVar[str] = "io.hookbus.message.submitted.v1"
+
+    message_id: str
+    event_type: str
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+    tenant: str = "default"
+    # Same key (per tenant), same message: a repeat is not recorded again.
+    idempotency_key: str | None = None
+    # Copied to each delivery: those with one key go to an endpoint one at a time, in order.
+    ordering_key: str | None = None
+    submitted_by: str | None = None
+    # Set when a rule submitted it: the rule and the webhook it routed.
+    rule: str | None = None
+    webhook_id: str | None = None
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("message", "submitted", token(self.tenant))
+
+
+class MessageDispatched(EventData, **_FROZEN):
+    """A submitted message was turned into deliveries: one per endpoint named here (none:
+    no endpoint of the tenant takes its event type)."""
+
+    TYPE: ClassVar[str] = "io.hookbus.message.dispatched.v1"
+
+    message_id: str
+    event_type: str
+    tenant: str = "default"
+    endpoints: list[str] = []
+    delivery_ids: list[str] = []
+
+    def subject_tokens(self) -> tuple[str, ...]:
+        return ("message", "dispatched", token(self.tenant))
+
+
 class RuleWaitExpired(EventData, **_FROZEN):
     """A multi-event rule waited ``window`` for the events sharing ``key`` and not all came:
     ``arrived`` are the events that did (by part), ``missing`` the parts that did not."""
@@ -987,6 +1104,14 @@ DATA_TYPES: dict[str, type[EventData]] = {
         DeliveryReplayed,
         EndpointDisabled,
         EndpointEnabled,
+        EndpointCreated,
+        EndpointUpdated,
+        EndpointSecretRotated,
+        EndpointPaused,
+        EndpointResumed,
+        EndpointDeleted,
+        MessageSubmitted,
+        MessageDispatched,
         RuleWaitExpired,
         RuleSequenceEnded,
         RuleTriggered,

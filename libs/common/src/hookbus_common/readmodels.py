@@ -79,6 +79,31 @@ async def _apply(
                 data.delivery_id, _DELIVERY_STATUS[type(data)], data.attempt,
                 data.status_code, data.error, time, seq,
             )  # fmt: skip
+        case ev.EndpointCreated():
+            await conn.execute(
+                "INSERT INTO endpoints (endpoint, endpoint_id, tenant, url, description, events,"
+                " created_by, created_at, updated_at, last_seq)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) ON CONFLICT DO NOTHING",
+                data.endpoint, data.endpoint_id, data.tenant, data.url, data.description,
+                list(data.events), data.by, time, seq,
+            )  # fmt: skip
+        case ev.EndpointUpdated():
+            await conn.execute(
+                "UPDATE endpoints SET url = $2, description = $3, events = $4, updated_at = $5,"
+                " last_seq = $6 WHERE endpoint_id = $1 AND last_seq < $6",
+                data.endpoint_id, data.url, data.description, list(data.events), time, seq,
+            )  # fmt: skip
+        case ev.EndpointPaused() | ev.EndpointResumed() | ev.EndpointSecretRotated():
+            await conn.execute(
+                "UPDATE endpoints SET paused = CASE WHEN $2::bool IS NULL THEN paused ELSE $2"
+                " END, updated_at = $3, last_seq = $4 WHERE endpoint_id = $1 AND last_seq < $4",
+                data.endpoint_id,
+                None if isinstance(data, ev.EndpointSecretRotated)
+                else isinstance(data, ev.EndpointPaused),
+                time, seq,
+            )  # fmt: skip
+        case ev.EndpointDeleted():
+            await conn.execute("DELETE FROM endpoints WHERE endpoint_id = $1", data.endpoint_id)
         case ev.PartnerCreated():
             await conn.execute(
                 "INSERT INTO partners (partner_id, name, description, tenant, status, validation,"
@@ -151,6 +176,7 @@ PROJECTED: tuple[type[ev.EventData], ...] = (
     ev.JobSkipped,
     ev.DeliveryRequested,
     ev.DeliveryOutcome,
+    ev.EndpointChanged,
     ev.PartnerCreated,
     ev.PartnerUpdated,
     ev.PartnerTokenRotated,
@@ -301,6 +327,8 @@ async def rebuild(conn: asyncpg.Connection, *, batch: int = 1000) -> int:
     async with conn.transaction():
         # partner_tokens is not a read model (token hashes are never in events): kept.
         await conn.execute("TRUNCATE jobs, deliveries, partners, endpoint_state, projects")
+        # endpoint_secrets is not one either (secrets are never in events): kept.
+        await conn.execute("TRUNCATE endpoints")
         last = 0
         while True:
             rows = await conn.fetch(

@@ -68,6 +68,8 @@ def _operation(op: Op, by_type: dict[Any, Any]) -> dict[str, Any]:
     else:
         content = {op.media_type: {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {str(op.status): {"description": op.summary, "content": content}}
+    for status, why in op.also:
+        responses[str(status)] = {"description": why, "content": content}
     if op.body is not None:
         out["requestBody"] = {
             "required": True,

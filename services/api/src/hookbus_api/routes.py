@@ -16,9 +16,10 @@ from hookbus_common.errors import InvalidError, NotFoundError
 from hookbus_common.events import ReplaySelection
 from hookbus_common.service import Runtime
 
-from . import live, queries, replays, replayselect, tokens
+from . import live, messages, queries, replays, replayselect, tokens
 from .config import ApiConfig
 from .dryrun import RulesDryRun, dry_run
+from .messages import MessageAccepted, SendMessage
 from .replays import Replays
 from .replaystore import ReplayJob
 from .schemas import (
@@ -91,6 +92,8 @@ class Op:
     status: int = 200
     media_type: str = "application/json"
     tag: str = "read"
+    # Other success statuses answered with the same schema (and why).
+    also: tuple[tuple[int, str], ...] = ()
 
     @property
     def operation_id(self) -> str:
@@ -294,6 +297,23 @@ async def _start_replay(ctx: Ctx) -> ReplayStarted:
         raise InvalidError(str(exc).replace("--", "")) from None
 
 
+async def _send_message(ctx: Ctx) -> Response:
+    assert ctx.who is not None
+    messages.check_length(ctx.request.headers.get("content-length"))
+    msg = messages.parse(await ctx.request.body())
+    async with ctx.rt.pool.acquire() as conn:
+        accepted, appended = await messages.submit(
+            conn, ctx.rt.settings.prefix, msg, by=f"api:{ctx.who.name}"
+        )
+    # Committed: on the bus now, or by the outbox relay if this process dies first.
+    ctx.rt.outbox.publish_later(appended)
+    return Response(
+        msgspec.json.encode(accepted),
+        200 if accepted.duplicate else 202,
+        media_type="application/json",
+    )
+
+
 async def _list_tokens(ctx: Ctx) -> Tokens:
     async with ctx.rt.pool.acquire() as conn:
         return Tokens(items=await tokens.list_tokens(conn, include_revoked=True))
@@ -377,6 +397,12 @@ OPS: tuple[Op, ...] = (
     Op("POST", "/api/replays", _start_replay,
        "Start a replay (redrive or republish); recorded as replay.started naming the token",
        "operate", ReplayStarted, body=StartReplay, status=202, tag="replay"),
+    Op("POST", "/api/v1/messages", _send_message,
+       "Send a message to the tenant's subscribed endpoints: recorded (message.submitted)"
+       " before any attempt; 202 with its id, 200 with the original's for a repeated"
+       " idempotency_key", "send", MessageAccepted, body=SendMessage, status=202,
+       tag="messages",
+       also=((200, "Recorded before under this idempotency_key: the original message"),)),
     Op("GET", "/api/tokens", _list_tokens, "API tokens (never the tokens themselves)", "admin",
        Tokens, tag="meta"),
     Op("GET", "/api/live", _live, "Every event published from now on, as server-sent events",

@@ -1,8 +1,9 @@
 """Operator API tokens: made and revoked as events, shown once, kept only as a SHA-256.
 
 A token is ``hbk_`` and 32 random bytes (URL-safe base64). Its scope is one of ``read``
-(see everything), ``operate`` (also start replays) and ``admin`` (also list tokens); each
-includes the ones before it. Creating and revoking are ``io.hookbus.apitoken.*`` events
+(see everything), ``operate`` (also start replays and send messages) and ``admin`` (also
+list tokens); each includes the ones before it. ``send`` is apart, for applications: it
+sends messages (``POST /api/v1/messages``) and sees nothing. Creating and revoking are ``io.hookbus.apitoken.*`` events
 naming the token's id and who did it; the hash lives only in ``api_tokens``.
 """
 
@@ -22,8 +23,10 @@ from hookbus_common import events as ev
 from hookbus_common.errors import ConflictError, HookbusError, InvalidError, NotFoundError
 from hookbus_common.eventlog import Pending
 
-Scope: TypeAlias = Literal["read", "operate", "admin"]
-SCOPES: Final[tuple[Scope, ...]] = ("read", "operate", "admin")
+Scope: TypeAlias = Literal["read", "operate", "admin", "send"]
+SCOPES: Final[tuple[Scope, ...]] = ("read", "operate", "admin", "send")
+# Each includes the ones before it; `send` is in none of them but operate and admin.
+_RANKED: Final[tuple[Scope, ...]] = ("read", "operate", "admin")
 EVENT_SOURCE: Final = "/hookbus/api/tokens"
 TOKEN_PREFIX: Final = "hbk_"  # noqa: S105 (a prefix, not a secret)
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -47,7 +50,9 @@ class BadToken(TokenError, InvalidError):
 
 def allows(have: str, need: Scope) -> bool:
     """Whether a token of scope ``have`` may do what needs ``need``."""
-    return have in SCOPES and SCOPES.index(have) >= SCOPES.index(need)
+    if need == "send":
+        return have in ("send", "operate", "admin")
+    return have in _RANKED and _RANKED.index(have) >= _RANKED.index(need)
 
 
 class ApiToken(msgspec.Struct, frozen=True, kw_only=True):

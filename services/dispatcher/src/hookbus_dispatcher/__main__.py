@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from hookbus_common.consumer import Handler
+from hookbus_common.errors import ConfigError
 from hookbus_common.service import Runtime, main_for, run_consumer
 
-from . import config, retryafter
+from . import config, endpointstore, retryafter
 from .config import DispatcherConfig
 from .delivery import make_handler, max_deliver
 from .fairness_loop import consumer_for
+from .fanout import with_fanout
 from .limits_guard import guarded
 from .ordering import ordered
 from .schedule import Scheduler
@@ -26,7 +29,8 @@ async def run(settings: DispatcherConfig) -> None:
 
         def handler(rt: Runtime) -> Handler:
             schedulers.append(Scheduler(rt.pool, rt.bus, clock=retryafter.utcnow))
-            return make_handler(
+            store = endpointstore.Store(rt.pool, ttl=d.endpoint_cache_seconds)
+            deliver = make_handler(
                 client,
                 rt.pool,
                 d.attempts(),
@@ -36,9 +40,18 @@ async def run(settings: DispatcherConfig) -> None:
                 scheduler=schedulers[0],
                 notifications=settings.notifications,
                 disable_after=d.disable_after,
+                runtime=store,
             )
+            # Submitted messages become deliveries here, where every endpoint is known.
+            return with_fanout(deliver, rt.pool, settings.endpoints)
 
         async def started(rt: Runtime) -> None:
+            both = await endpointstore.clashes(rt.pool, list(settings.endpoints))
+            if both:
+                raise ConfigError(
+                    f"endpoints.{both[0]}: also added at run time (hookbus endpoints add);"
+                    " delete one of the two"
+                )
             # Publishes deliveries whose next attempt is due; ends when the stop is set.
             tasks.append(asyncio.create_task(schedulers[0].run(rt.stop), name="schedule"))
 
@@ -46,7 +59,7 @@ async def run(settings: DispatcherConfig) -> None:
             await run_consumer(
                 settings,
                 "dispatcher",
-                filter_tokens=[("delivery", "requested")],
+                filter_tokens=[("delivery", "requested"), ("message", "submitted")],
                 # Over a rate or in-flight limit, or behind an earlier delivery of its
                 # ordering key, a delivery waits on the schedule.
                 make_handler=ordered(
@@ -65,6 +78,9 @@ async def run(settings: DispatcherConfig) -> None:
                 # Reads ahead, and sends fairly by tenant and destination.
                 make_consumer=consumer_for(settings),
             )
+        except ConfigError as exc:
+            print(f"hookbus-dispatcher: config error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         finally:
             for task in tasks:
                 task.cancel()

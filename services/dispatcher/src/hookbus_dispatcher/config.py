@@ -209,6 +209,9 @@ class DispatcherSettings(msgspec.Struct, **STRUCT):
     # Seconds to wait after attempt 1, 2, … (the last repeats), each spread by ±10%.
     retry_schedule: RetrySchedule = msgspec.field(default_factory=lambda: list(DEFAULT_SCHEDULE))
     timeout_seconds: PositiveFloat = 10.0
+    # How long a dispatcher keeps what it read of a run-time endpoint (`hookbus endpoints
+    # add`) before reading it again (0: read it for every delivery).
+    endpoint_cache_seconds: NonNegativeFloat = 5.0
     # CIDRs deliveries may reach even though they are private, loopback, … (`url` actions
     # and every endpoint alike).
     allow_networks: list[str] = []

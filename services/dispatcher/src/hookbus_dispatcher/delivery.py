@@ -6,6 +6,7 @@ import asyncio
 import fnmatch
 import random
 import time
+from collections import ChainMap
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -20,7 +21,7 @@ from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError, RetryableError
 from hookbus_common.events import DeliveryRequested, Event
 
-from . import endpointstate, health, notify, retryafter, schedule, smtp
+from . import endpointstate, endpointstore, health, notify, retryafter, schedule, smtp
 from .config import Endpoint, Notification
 from .schedule import retry_delay
 from .ssrf import DestinationRefused
@@ -413,6 +414,8 @@ def make_handler(
     clock: retryafter.Clock = retryafter.utcnow,
     notifications: Mapping[str, Notification] | None = None,
     disable_after: float = 0.0,
+    runtime: endpointstore.Store | None = None,
+    paused_recheck: float = 300.0,
 ) -> Handler:
     """The dispatcher's handler. A failed attempt that is to be made again is put on the
     durable schedule and its message acked: waiting holds no consumer capacity, and the
@@ -447,18 +450,31 @@ def make_handler(
             target = Target(url=event.data.url, endpoint=name)
             yield [_outcome(ev.DeliveryDead, event, "outcome", target, attempt=made, error=error)]
             return
+        eps = endpoints or {}
+        if name and runtime is not None and name not in eps:
+            # A run-time endpoint (`hookbus endpoints add`): resolved now, not at start.
+            found = await runtime.get(name)
+            if found is not None and found.paused:
+                found = await runtime.get(name, fresh=True)  # never hold on a stale pause
+            if found is not None and found.paused:
+                # Held, not attempted: `hookbus endpoints resume` makes it due at once.
+                due = clock() + timedelta(seconds=paused_recheck)
+                await schedule.put(pool, delivery_id, event.id, number, due, waited=True)
+                return
+            if found is not None:
+                eps = ChainMap({name: found.endpoint}, dict(eps))
         events, retry = await attempt(
             client,
             event,
             number,
             max_attempts,
             clock=clock,
-            endpoints=endpoints,
+            endpoints=eps,
             private_client=private_client,
             retry_schedule=retry_schedule,
             notifications=notifications,
         )
-        if name and state is not None and endpoints and name in endpoints:
+        if name and state is not None and name in eps:
             events += await _health(
                 pool, event, name, state, events[0].data, clock(), disable_after
             )

@@ -84,11 +84,13 @@ class ShellAction(msgspec.Struct, tag="shell", tag_field="kind", **STRUCT):
 
 
 class WebhookAction(msgspec.Struct, tag="webhook", tag_field="kind", **STRUCT):
-    """Send the event's payload through the dispatcher to a URL, or to a configured
-    endpoint by name (exactly one of the two)."""
+    """Send the event's payload through the dispatcher to a URL, to a configured endpoint
+    by name, or (``endpoints = "subscribed"``) to every endpoint of the event's tenant
+    subscribed to its event type (exactly one of the three)."""
 
     url: str | None = None
     endpoint: str | None = None
+    endpoints: Literal["subscribed"] | None = None
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, str] = {}
 
@@ -376,8 +378,14 @@ def _docker_problem(action: DockerAction) -> str | None:
 
 
 def _webhook_problem(action: WebhookAction, endpoint_names: list[str]) -> str | None:
-    if (action.url is None) == (action.endpoint is None):
-        return "a webhook action takes exactly one of url and endpoint"
+    given = [k for k in ("url", "endpoint", "endpoints") if getattr(action, k) is not None]
+    if len(given) != 1:
+        return (
+            'a webhook action takes exactly one of url and endpoint (or endpoints = "subscribed")'
+        )
+    if action.endpoints is not None and (action.headers or action.method != "POST"):
+        return 'endpoints = "subscribed" sends a POST as each endpoint says: no method or headers'
+
     if action.endpoint is not None and action.endpoint not in endpoint_names:
         return f"endpoint: no endpoint named {action.endpoint!r} is configured"
     return None

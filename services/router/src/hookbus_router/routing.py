@@ -169,6 +169,17 @@ def _request(
                 on_interrupt=action.on_interrupt,
                 sequence=step_of,
             )
+        case WebhookAction(endpoints="subscribed"):
+            # The dispatcher knows the tenant's endpoints (run-time ones too): it fans out.
+            data = ev.MessageSubmitted(
+                message_id=ev.derived_id(event.id, f"message/{step}", prefix="msg"),
+                event_type=hook.event_type,
+                payload=hook.payload,
+                tenant=event.tenant,
+                submitted_by=f"rule:{rule.name}",
+                rule=rule.name,
+                webhook_id=event.id,
+            )
         case WebhookAction():
             data = ev.DeliveryRequested(
                 delivery_id=ev.derived_id(event.id, f"delivery/{step}", prefix="dlv"),
