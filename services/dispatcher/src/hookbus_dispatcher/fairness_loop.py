@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 FETCH_BATCH: Final = 256
 """Most messages one fetch asks for."""
 
+BULK_WAIT: Final = 0.05
+"""Seconds a bulk fetch lingers when nothing is waiting (then the long poll takes over)."""
+
 BACKLOG = Gauge(
     "hookbus_dispatcher_backlog",
     "Deliveries read by this dispatcher and waiting for a sending slot, by tenant and destination",
@@ -129,6 +132,7 @@ class FairConsumer(Consumer):
         stopped: asyncio.Future[Any],
     ) -> None:
         feeder = asyncio.create_task(self._feed(stop), name="fair-feed")
+        drained = False
         try:
             while not stop.is_set():
                 room = self.buffer - len(self.queue)
@@ -139,14 +143,24 @@ class FairConsumer(Consumer):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
                     continue
+                # A fetch that finds nothing waiting lingers for its whole batch (or its
+                # long poll's end), which would hold back messages that trickle in. So
+                # with the stream drained, the long poll asks for one; then what else
+                # waits is taken in bulk by a fetch that lingers only briefly.
+                batch = max(1, min(room, FETCH_BATCH)) if drained is False else 1
                 try:
-                    msgs = await self._fetch(sub, max(1, min(room, FETCH_BATCH)), stopped)
+                    if batch == 1:
+                        msgs = await self._fetch(sub, 1, stopped)
+                    else:
+                        msgs = await sub.fetch(batch, timeout=BULK_WAIT)
                 except (nats.errors.TimeoutError, TimeoutError):
+                    drained = True
                     continue
                 except (nats.errors.Error, OSError) as exc:
                     log.warning("fetch failed; retrying", extra={"error": repr(exc)})
                     await asyncio.sleep(0.5)
                     continue
+                drained = len(msgs or ()) < batch
                 now = self.clock()
                 for msg in msgs or ():
                     tenant, dest = route(msg)
