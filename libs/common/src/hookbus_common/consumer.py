@@ -43,6 +43,9 @@ FETCH_WAIT = 15.0
 # hookbus (``hookbus replay --republish``; the value names the replay). hookbus's own
 # consumers handled the original: they ack such a copy without acting on it.
 REPLAY_HEADER = "Hookbus-Replay"
+# How often a consume loop reports its durable's backlog (``metrics.CONSUMER_PENDING``):
+# one JetStream API request per interval per process, only while it consumes.
+LAG_SAMPLE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ class Consumer:
         # Messages delivered and not yet acked that JetStream allows this durable (across
         # its replicas); a subclass that reads ahead of its handlers asks for more.
         self.max_ack_pending = max(1000, max_in_flight * 4)
+        self.lag_interval = LAG_SAMPLE_SECONDS
         self._ledger = _Ledger()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()  # run() hands in the service's
@@ -262,10 +266,31 @@ class Consumer:
     async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         stopped = asyncio.ensure_future(stop.wait())
         self.bus.on_reconnect(self._refetch)
+        sampling = asyncio.create_task(self._sample_lag(sub, stop), name=f"lag-{self.durable}")
         try:
             await self._fetch_loop(sub, stop, stopped)
         finally:
             stopped.cancel()
+            sampling.cancel()
+
+    async def _sample_lag(
+        self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event
+    ) -> None:
+        """Report the durable's backlog every ``LAG_SAMPLE_SECONDS`` while consuming:
+        messages not yet delivered and delivered but not acked. Every replica reports the
+        same durable's numbers (dashboards take the max by consumer)."""
+        pending = metrics.CONSUMER_PENDING.labels(self.durable)
+        unacked = metrics.CONSUMER_ACK_PENDING.labels(self.durable)
+        while not stop.is_set():
+            try:
+                info = await sub.consumer_info()
+            except Exception as exc:  # NATS away: the gauges keep their last values
+                log.debug("could not read the consumer's backlog", extra={"error": repr(exc)})
+            else:
+                pending.set(info.num_pending or 0)
+                unacked.set(info.num_ack_pending or 0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.lag_interval)
 
     def _refetch(self) -> None:
         """NATS reconnected: a long fetch may wait on a pull the server no longer has."""

@@ -23,3 +23,15 @@ HANDLE_SECONDS = Histogram(
     "hookbus_message_handle_seconds", "Time to handle one bus message", ["consumer"]
 )
 IN_FLIGHT = Gauge("hookbus_messages_in_flight", "Bus messages being handled", ["consumer"])
+CONSUMER_PENDING = Gauge(
+    "hookbus_consumer_pending",
+    "Messages of the stream a service's durable consumer has yet to be delivered (JetStream"
+    " num_pending), sampled every 15 s by each process while it consumes",
+    ["consumer"],
+)
+CONSUMER_ACK_PENDING = Gauge(
+    "hookbus_consumer_ack_pending",
+    "Messages delivered to a service's durable consumer and not yet acked (JetStream"
+    " num_ack_pending), sampled with hookbus_consumer_pending",
+    ["consumer"],
+)
