@@ -73,6 +73,8 @@ class ApiConfig(core.Settings, **STRUCT):
     # Set by the loader from the [endpoints.*] and [[rules]] tables (see _prepare).
     endpoint_views: list[EndpointView] = []
     rule_views: list[RuleView] = []
+    # Tenants with [dispatcher.tenants.<name>] overflow = "block": their max_backlog.
+    backlog_bounds: dict[str, int] = {}
 
 
 shown_url = redact.url
@@ -161,6 +163,20 @@ def _prepare(data: dict[str, Any], label: str) -> None:
     rules = data.get("rules")
     all_rules = [*(rules if isinstance(rules, list) else []), *_rules_file(data)]
     data["rule_views"] = msgspec.to_builtins([_rule_view(r) for r in all_rules])
+    data["backlog_bounds"] = _backlog_bounds(data)
+
+
+def _backlog_bounds(data: dict[str, Any]) -> dict[str, int]:
+    """Read leniently (the dispatcher checks these tables): tenants whose new messages
+    are refused once their backlog passes ``max_backlog``."""
+    dispatcher = data.get("dispatcher")
+    tenants = dispatcher.get("tenants") if isinstance(dispatcher, dict) else None
+    out = {}
+    for name, t in (tenants or {}).items() if isinstance(tenants, dict) else ():
+        if isinstance(t, dict) and t.get("overflow") == "block":
+            bound = t.get("max_backlog", 10_000)
+            out[name] = bound if isinstance(bound, int) and bound > 0 else 10_000
+    return out
 
 
 _HOST = re.compile(r"^[A-Za-z0-9.:\[\]_-]+$")

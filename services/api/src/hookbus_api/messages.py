@@ -138,3 +138,12 @@ async def submit(
         duplicate=not inserted,
     )
     return accepted, inserted
+
+
+async def backlog(conn: asyncpg.Connection, tenant: str) -> int:
+    """Deliveries of ``tenant`` not yet ended (pending or waiting for a retry)."""
+    value = await conn.fetchval(
+        "SELECT count(*) FROM deliveries WHERE tenant = $1 AND status IN ('pending', 'retrying')",
+        tenant,
+    )
+    return int(value or 0)

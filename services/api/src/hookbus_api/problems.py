@@ -23,6 +23,7 @@ _STATUS: Final[dict[str, int]] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "conflict": 409,
+    "too_many": 429,
     "unavailable": 503,
 }
 _TITLES: Final[dict[str, str]] = {
@@ -32,6 +33,7 @@ _TITLES: Final[dict[str, str]] = {
     "not_found": "Not found",
     "method_not_allowed": "Method not allowed",
     "conflict": "Conflict",
+    "too_many": "Too much waiting already; send again later",
     "unavailable": "Unavailable; try again shortly",
 }
 
@@ -58,7 +60,7 @@ def problem(code: str, detail: str | None = None, *, instance: str | None = None
         instance=instance,
     )
     headers = {"www-authenticate": 'Bearer realm="hookbus"'} if status == 401 else {}
-    if status == 503:
+    if status in (429, 503):
         headers["retry-after"] = "5"
     return Response(msgspec.json.encode(body), status, headers=headers, media_type=MEDIA_TYPE)
 

@@ -20,6 +20,7 @@ from . import live, messages, queries, replays, replayselect, tokens
 from .config import ApiConfig
 from .dryrun import RulesDryRun, dry_run
 from .messages import MessageAccepted, SendMessage
+from .problems import ApiError
 from .replays import Replays
 from .replaystore import ReplayJob
 from .schemas import (
@@ -301,7 +302,17 @@ async def _send_message(ctx: Ctx) -> Response:
     assert ctx.who is not None
     messages.check_length(ctx.request.headers.get("content-length"))
     msg = messages.parse(await ctx.request.body())
+    bound = ctx.state["settings"].backlog_bounds.get(msg.tenant)
     async with ctx.rt.pool.acquire() as conn:
+        if bound is not None:
+            # overflow = "block": back-pressure once the tenant's backlog passes its bound.
+            waiting = await messages.backlog(conn, msg.tenant)
+            if waiting >= bound:
+                raise ApiError(
+                    "too_many",
+                    f"tenant {msg.tenant!r} has {waiting} deliveries waiting (max_backlog"
+                    f" {bound}); send again later",
+                )
         accepted, appended = await messages.submit(
             conn, ctx.rt.settings.prefix, msg, by=f"api:{ctx.who.name}"
         )

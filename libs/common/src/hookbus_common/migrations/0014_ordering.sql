@@ -16,3 +16,6 @@ CREATE TABLE ordering_waits (
 );
 
 CREATE INDEX ordering_waits_key ON ordering_waits (tenant, destination, ordering_key, seq);
+
+-- A tenant's backlog (deliveries not yet ended), which overflow = "block" bounds.
+CREATE INDEX deliveries_open ON deliveries (tenant) WHERE status IN ('pending', 'retrying');
