@@ -20,6 +20,7 @@ from . import live, messages, queries, replays, replayselect, tokens
 from .config import ApiConfig
 from .dryrun import RulesDryRun, dry_run
 from .messages import MessageAccepted, SendMessage
+from .projectsview import Projects, projects
 from .problems import ApiError
 from .replays import Replays
 from .replaystore import ReplayJob
@@ -267,6 +268,11 @@ async def _dry_run_rules(ctx: Ctx) -> RulesDryRun:
     return await dry_run(ctx.rt, event_id)
 
 
+async def _list_projects(ctx: Ctx) -> Projects:
+    async with ctx.rt.pool.acquire() as conn:
+        return await projects(conn)
+
+
 async def _list_partners(ctx: Ctx) -> list[PartnerItem]:
     everyone = ctx.request.query_params.get("all") in ("1", "true")
     async with ctx.rt.pool.acquire() as conn:
@@ -399,6 +405,9 @@ OPS: tuple[Op, ...] = (
        " (Idempotency-Key: sent again, nothing new)", "operate", RuleTriggerAccepted,
        body=TriggerRule, params=(path_param("rule", "A rule's name"),), status=202,
        tag="operate"),
+    Op("GET", "/api/projects", _list_projects,
+       "Projects and their stages: what each stage runs (its last successful deploy) and its"
+       " newest deploy job", "read", Projects, tag="config"),
     Op("GET", "/api/partners", _list_partners, "Partners (never their tokens)", "read",
        list[PartnerItem], params=(Param("all", "true: deleted ones too"),), tag="config"),
     Op("GET", "/api/replays", _list_replays, "Replay jobs, oldest first", "read", ReplayList,

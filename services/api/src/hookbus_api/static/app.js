@@ -467,6 +467,29 @@ async function endpointsPage() {
     ], r.items, "No rules configured."));
 }
 
+async function projectsPage() {
+  const r = await api("/api/projects");
+  if (!r.items.length) {
+    page("Projects", h("p", { class: "muted" },
+      "No projects yet: a project shows once a stage of it deployed, or once an image push made it."));
+    return;
+  }
+  const deployed = (s) => (s.deployed ? [h("code", {}, s.deployed.image || "?"),
+    s.deployed.rolled_back ? " (rolled back)" : ""] : h("span", { class: "muted" }, "nothing yet"));
+  page("Projects", ...r.items.map((p) => h("section", { "aria-labelledby": `project-${p.project}` },
+    h("h2", { id: `project-${p.project}` }, p.project),
+    p.made_from_image ? h("p", { class: "muted" },
+      `Made from ${p.image}`, p.host_port ? ` · port ${p.port} on 127.0.0.1:${p.host_port}` : "") : null,
+    table(`Stages of ${p.project}: what each runs`, [
+      ["Stage", (s) => s.stage],
+      ["Running", deployed],
+      ["Container", (s) => s.deployed?.container || ""],
+      ["Health", (s) => s.deployed?.health || ""],
+      ["Deployed", (s) => (s.deployed ? link(`#/jobs/${s.deployed.job_id}`, when(s.deployed.at)) : "")],
+      ["Last job", (s) => (s.last_job ? [badge(s.last_job.status), " ", link(`#/jobs/${s.last_job.job_id}`, when(s.last_job.at))] : "")],
+    ], p.stages, "No stage has deployed yet."))));
+}
+
 async function partnersPage() {
   const r = await api("/api/partners");
   page("Partners", table("Senders with their own URL", [
@@ -489,6 +512,7 @@ const ROUTES = [
   [/^#\/dead-letters$/, deadLetters, "#/dead-letters"],
   [/^#\/replays$/, replaysPage, "#/replays"],
   [/^#\/endpoints$/, endpointsPage, "#/endpoints"],
+  [/^#\/projects$/, projectsPage, "#/projects"],
   [/^#\/partners$/, partnersPage, "#/partners"],
 ];
 
