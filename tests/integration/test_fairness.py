@@ -234,3 +234,28 @@ async def test_a_slow_endpoint_holds_only_its_cap_of_the_slots(
             hold.set()
             await until(lambda: len(slow.arrivals) >= 20)
         assert slow.most_open <= 2
+
+
+async def test_a_full_read_ahead_spills_the_destination_that_fills_it(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    # A read-ahead of 10 filled by a held endpoint's 30 deliveries would read nothing
+    # more; the destination holding most of it has its newest moved to the schedule
+    # (acked), so the deliveries behind them in the stream are read and sent.
+    hold = threading.Event()
+    with Sink(hold) as slow:
+        endpoints = {
+            "slow": Endpoint(
+                url=slow.url, tenant="a", allow_private=True, max_in_flight=1, timeout=120
+            ),
+            "fast": Endpoint(url=sink.url, tenant="b", allow_private=True),
+        }
+        settings = dispatcher_config(max_in_flight=4, read_ahead=10, endpoints=endpoints)
+        await rt.outbox.commit_and_publish([request("a", i, endpoint="slow") for i in range(30)])
+        await rt.outbox.commit_and_publish([request("b", i, endpoint="fast") for i in range(5)])
+        async with Loop(rt, client, settings):
+            await until(lambda: len(sink.arrivals) >= 5)
+            assert len(slow.arrivals) == 1
+            waiting = await rt.pool.fetchval("SELECT count(*) FROM delivery_schedule WHERE waited")
+            assert waiting >= 20
+            hold.set()

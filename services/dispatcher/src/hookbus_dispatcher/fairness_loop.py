@@ -15,21 +15,27 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import asyncpg
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
+from hookbus_common import events as ev
 from hookbus_common.consumer import Consumer
 from hookbus_common.events import token
 
+from . import schedule
 from .config import DispatcherConfig
+from .delivery import attempts_made
 from .fairness import FairQueue
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,10 @@ FETCH_BATCH: Final = 256
 BULK_WAIT: Final = 0.05
 """Seconds a bulk fetch lingers when nothing is waiting (then the long poll takes over)."""
 
+SPILLED = Counter(
+    "hookbus_dispatcher_spilled_total",
+    "Deliveries moved from a full read-ahead onto the schedule (one destination held most)",
+)
 BACKLOG = Gauge(
     "hookbus_dispatcher_backlog",
     "Deliveries read by this dispatcher and waiting for a sending slot, by tenant and destination",
@@ -251,6 +261,37 @@ class FairConsumer(Consumer):
         self._report()
 
 
+SPILL_WAIT: Final = 30.0
+"""Seconds (±50%) a delivery moved out of a full read-ahead waits on the schedule."""
+
+
+def spill_to_schedule(
+    pool: asyncpg.Pool,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    rand: Callable[[], float] = random.random,
+) -> Spill:
+    """Moves a delivery out of the read-ahead onto the durable schedule, a while out, and
+    acks its message (it holds nothing meanwhile; its attempt number is unchanged)."""
+
+    async def spill(msg: Msg) -> bool:
+        try:
+            event = ev.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        req = event.data
+        if not isinstance(req, ev.DeliveryRequested):
+            return False
+        made = await attempts_made(pool, req.delivery_id)
+        due = clock() + timedelta(seconds=SPILL_WAIT * (0.5 + rand()))
+        await schedule.put(pool, req.delivery_id, event.id, made + 1, due, waited=True)
+        await msg.ack()
+        SPILLED.inc()
+        return True
+
+    return spill
+
+
 def consumer_for(settings: DispatcherConfig) -> Callable[..., Consumer]:
     """The dispatcher's consume loop for ``settings`` (``run_consumer``'s ``make_consumer``)."""
     d = settings.dispatcher
@@ -265,6 +306,13 @@ def consumer_for(settings: DispatcherConfig) -> Callable[..., Consumer]:
         limits = d.tenants.get(tenant)
         return limits.weight if limits is not None else 1.0
 
-    return functools.partial(
-        FairConsumer, buffer=d.read_ahead, cap_for=cap_for, weight_for=weight_for
-    )
+    def make(**kwargs: Any) -> Consumer:
+        return FairConsumer(
+            buffer=d.read_ahead,
+            cap_for=cap_for,
+            weight_for=weight_for,
+            spill=spill_to_schedule(kwargs["outbox"].pool),
+            **kwargs,
+        )
+
+    return make
