@@ -20,8 +20,8 @@ from . import live, messages, queries, replays, replayselect, tokens
 from .config import ApiConfig
 from .dryrun import RulesDryRun, dry_run
 from .messages import MessageAccepted, SendMessage
-from .projectsview import Projects, projects
 from .problems import ApiError
+from .projectsview import Projects, projects
 from .replays import Replays
 from .replaystore import ReplayJob
 from .schemas import (
