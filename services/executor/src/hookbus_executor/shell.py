@@ -99,10 +99,10 @@ async def run_shell(
     loop = asyncio.get_running_loop()
     capture = _Capture(max_output_bytes)
     started = time.monotonic()
-    proc, out_file, in_file = await _spawn(argv, env=env, cwd=cwd, feed_stdin=stdin is not None)
+    proc, out_file, in_file = _spawn(argv, env=env, cwd=cwd, feed_stdin=stdin is not None)
     # start_new_session made the child the leader of a group whose id is its pid.
     pgid = proc.pid
-    exit_task = asyncio.ensure_future(proc.wait())
+    exit_task = proc.exited
     out_lost: asyncio.Future[None] = loop.create_future()
     in_lost: asyncio.Future[None] = loop.create_future()
     out_transport: asyncio.ReadTransport | None = None
@@ -170,6 +170,7 @@ async def run_shell(
             out_file=out_file,
             out_lost=out_lost,
             exit_task=exit_task,
+            child=proc,
             pgid=pgid,
             drain=not cancelled,
         )
@@ -191,20 +192,81 @@ async def run_shell(
     )
 
 
-async def _spawn(
+# Without pidfds (Linux before 5.3), how often a child's exit is looked for.
+_EXIT_POLL = 0.05
+
+
+class Child:
+    """A process this executor started, whose exit the event loop learns through a pidfd.
+
+    No child watcher and no thread: the pidfd becomes readable when the process exits, and
+    only then is it reaped (``waitpid`` on its own pid, never on any child). This works on
+    any event loop, uvloop's included; the spawn itself is ``subprocess.Popen``'s, which
+    uses vfork. ``exited`` resolves to the return code (negative: killed by that signal).
+    Where the kernel has no pidfds, the exit is looked for every ``_EXIT_POLL`` seconds.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], *, use_pidfd: bool = True) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.returncode: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int] = self._loop.create_future()
+        self._fd: int | None = None
+        self._poll: asyncio.TimerHandle | None = None
+        try:
+            if not use_pidfd:
+                raise OSError(errno.ENOSYS, "pidfds not used")
+            self._fd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._poll = self._loop.call_later(_EXIT_POLL, self._look)
+        else:
+            self._loop.add_reader(self._fd, self._reap)
+
+    def _look(self) -> None:
+        self._poll = None
+        self._reap()
+        if self.returncode is None:
+            self._poll = self._loop.call_later(_EXIT_POLL, self._look)
+
+    def _reap(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: its status is lost
+            pid, status = self.pid, 0
+        if pid == 0:
+            return  # not yet (a spurious wake-up)
+        self.returncode = os.waitstatus_to_exitcode(status)
+        # Popen must not try to reap (or warn about) a process that is gone.
+        self._popen.returncode = self.returncode
+        self.close()
+        if not self.exited.done():
+            self.exited.set_result(self.returncode)
+
+    def close(self) -> None:
+        """Stop watching (the process has exited, or is given up on)."""
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
+
+
+def _spawn(
     argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None, feed_stdin: bool
-) -> tuple[asyncio.subprocess.Process, io.FileIO, io.FileIO | None]:
-    # The pipes are ours rather than asyncio's: Process.wait() also waits for the pipes
-    # asyncio created to close, which a background grandchild can hold open forever,
-    # while with plain fds it returns when the process itself exits.
+) -> tuple[Child, io.FileIO, io.FileIO | None]:
+    # The pipes are ours: the process's exit is known by its pidfd, not by its pipes
+    # closing, which a background grandchild can hold open forever.
     out_r, out_w = os.pipe()
     in_r: int | None = None
     in_w: int | None = None
     try:
         if feed_stdin:
             in_r, in_w = os.pipe()
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
+        popen = subprocess.Popen(
+            list(argv),
             stdin=subprocess.DEVNULL if in_r is None else in_r,
             stdout=out_w,
             stderr=subprocess.STDOUT,
@@ -227,9 +289,16 @@ async def _spawn(
     finally:
         # The child holds its own copies; keeping ours would stop EOF from ever arriving.
         _close_fds(out_w, in_r)
+    try:
+        child = Child(popen)
+    except BaseException:
+        popen.kill()
+        popen.wait()
+        _close_fds(out_r, in_w)
+        raise
     out_file = os.fdopen(out_r, "rb", buffering=0)
     in_file = None if in_w is None else os.fdopen(in_w, "wb", buffering=0)
-    return proc, out_file, in_file
+    return child, out_file, in_file
 
 
 def _close_fds(*fds: int | None) -> None:
@@ -291,6 +360,7 @@ async def _release(
     out_file: io.FileIO,
     out_lost: asyncio.Future[None],
     exit_task: asyncio.Future[int],
+    child: Child,
     pgid: int,
     drain: bool,
 ) -> None:
@@ -320,6 +390,7 @@ async def _release(
     if not await _settled(exit_task, _REAP_TIMEOUT):
         log.error("process %d survived SIGKILL for %.0fs", pgid, _REAP_TIMEOUT)
         exit_task.cancel()
+    child.close()
 
 
 class _Capture:
