@@ -269,6 +269,43 @@ def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)]
 
 
+# A job of a limiting concurrency key takes its place among its key's jobs when its
+# request is committed, in log order: an executor that gets a later job's message first
+# still sees the earlier job waiting ahead of it (``queue``), or a newer one (``latest``).
+# The executor's ``job_concurrency`` table (migration 0010) is operational state, not a
+# read model: a rebuild leaves it alone. ``JOB_TERMINAL_STEP`` is the executor's
+# ``outcomes.TERMINAL_STEP`` (a unit test keeps them equal).
+JOB_TERMINAL_STEP = "finished"
+_LIMITING = frozenset({"queue", "latest", "cancel-running"})
+
+_CONCURRENCY_NEW = """concurrency_new AS (
+    INSERT INTO job_concurrency (job_id, key, strategy, request_id, terminal_id, seq)
+    SELECT c.job_id, c.key, c.strategy, c.event_id, c.terminal_id, ins.seq
+    FROM unnest({}::text[], {}::text[], {}::text[], {}::text[], {}::text[])
+        AS c(event_id, job_id, key, strategy, terminal_id)
+    JOIN ins ON ins.id = c.event_id
+    ON CONFLICT (job_id) DO NOTHING)"""
+
+
+def _concurrency_row(e: ev.Event[Any]) -> tuple[Any, ...] | None:
+    d = e.data
+    c = d.concurrency if isinstance(d, ev.JobRequestedV2) else None
+    if c is None or c.strategy not in _LIMITING:
+        return None
+    return (e.id, d.job_id, c.key, c.strategy, ev.derived_id(e.id, JOB_TERMINAL_STEP))
+
+
+async def _register_concurrency(conn: asyncpg.Connection, appended: Sequence[Any]) -> None:
+    for a in appended:
+        row = _concurrency_row(a.event)
+        if row is not None:
+            await conn.execute(
+                "INSERT INTO job_concurrency (job_id, key, strategy, request_id, terminal_id,"
+                " seq) VALUES ($2, $3, $4, $1, $5, $6) ON CONFLICT (job_id) DO NOTHING",
+                *row, a.seq,
+            )  # fmt: skip
+
+
 def fragments(events: Sequence[ev.Event[Any]]) -> Fragments | None:
     """The read-model changes of a batch as parts of its INSERT statement: no transaction
     and no round trip beyond the one statement. ``None`` when the batch needs ``project``
@@ -278,10 +315,13 @@ def fragments(events: Sequence[ev.Event[Any]]) -> Fragments | None:
     jobs_changed: list[tuple[Any, ...]] = []
     deliveries_new: list[tuple[Any, ...]] = []
     deliveries_changed: list[tuple[Any, ...]] = []
+    concurrency_new: list[tuple[Any, ...]] = []
     for e in events:
         match e.data:
             case ev.JobRequested() | ev.JobRequestedV2() as d:
                 jobs_new.append((e.id, d.job_id, d.kind, d.rule, e.correlationid, e.time))
+                if (row := _concurrency_row(e)) is not None:
+                    concurrency_new.append(row)
             case ev.JobStarted() | ev.JobFinished() as d:
                 fin = isinstance(d, ev.JobFinished)
                 jobs_changed.append((
@@ -308,6 +348,7 @@ def fragments(events: Sequence[ev.Event[Any]]) -> Fragments | None:
         (_JOBS_CHANGED, jobs_changed),
         (_DELIVERIES_NEW, deliveries_new),
         (_DELIVERIES_CHANGED, deliveries_changed),
+        (_CONCURRENCY_NEW, concurrency_new),
     ):
         if rows:
             out.ctes.append(sql)
@@ -319,6 +360,7 @@ async def project(conn: asyncpg.Connection, appended: Sequence[Any]) -> None:
     """Apply freshly appended events (``eventlog.Appended``) to the read models."""
     for a in appended:
         await _apply(conn, a.seq, a.event.data, a.event.correlationid, a.event.time)
+    await _register_concurrency(conn, appended)
 
 
 async def rebuild(conn: asyncpg.Connection, *, batch: int = 1000) -> int:

@@ -59,11 +59,12 @@ VALUES ($1, $2, $3, $4, $5,
 ON CONFLICT (job_id) DO NOTHING
 """
 
-# Running rows whose job's end is recorded are done (the end of a run lost with its
-# executor is recorded by whichever executor gets its message next).
+# Rows whose job's end is recorded are done: running ones (the end of a run lost with
+# its executor is recorded by whichever executor gets its message next), and waiting ones
+# (registered when their request was committed, then ended without a run here).
 _CLOSE_ENDED = """
 UPDATE job_concurrency c SET state = 'done', changed_at = now()
-WHERE c.key = $1 AND c.state = 'running'
+WHERE c.key = $1 AND c.state IN ('running', 'waiting')
   AND EXISTS (SELECT 1 FROM events e WHERE e.id = c.terminal_id)
 """
 
