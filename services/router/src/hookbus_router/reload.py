@@ -75,6 +75,9 @@ class LiveRules:
 
     def reload(self, why: str) -> str:
         """Load and check the config again; ``applied``, ``unchanged`` or ``refused``."""
+        # The files as they were before they are read: one written while they are read is
+        # a change at the next poll (read again then), not taken for what was read.
+        before = self._signatures()
         try:
             config = self._load(self._path)
             new = RuleSet.build(config.rules)
@@ -86,7 +89,7 @@ class LiveRules:
             )
             return "refused"
         self._files = watched_files(config)
-        self._seen = self._signatures()
+        self._seen = {f: before[f] if f in before else _signature(f) for f in self._files}
         if new.version == self.current.version:
             metrics.RELOADS.labels(result="unchanged").inc()
             log.info("rules reloaded, unchanged", extra={"trigger": why, "version": new.version})
