@@ -15,10 +15,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from hookbus_common import eventlog, readmodels
-from hookbus_common import events as ev
+from hookbus_api import endpointsview
 from hookbus_common.errors import ConfigError
-from hookbus_common.eventlog import Pending
 from hookbus_dispatcher import config as dispatcher
 from hookbus_dispatcher import endpointstore as store
 from hookbus_dispatcher.endpointstore import EndpointError, RuntimeEndpoint
@@ -61,12 +59,7 @@ def _configured(args: argparse.Namespace) -> dict[str, dispatcher.Endpoint]:
 async def _views(
     conn: asyncpg.Connection, configured: dict[str, dispatcher.Endpoint]
 ) -> list[EndpointView]:
-    rows = await conn.fetch(
-        "SELECT coalesce(s.endpoint, f.endpoint) AS endpoint, s.disabled, s.reason,"
-        " s.changed_by, s.changed_at, f.since"
-        " FROM endpoint_state s FULL JOIN endpoint_failing f ON f.endpoint = s.endpoint"
-    )
-    known = {r["endpoint"]: r for r in rows}
+    known = await endpointsview.state_rows(conn)
     runtime = {e.name: e for e in await store.list_all(conn)}
     out = []
     for name in sorted(set(configured) | set(known) | set(runtime)):
@@ -202,23 +195,12 @@ def _change(enable: bool) -> Any:
                 v = _one(await _views(conn, configured), args.name)
                 if v is None:
                     return 1
-                data: ev.EndpointStateChanged
-                if enable:
-                    data = ev.EndpointEnabled(
-                        endpoint=v.name, reason=args.reason or "", by=by, tenant=v.tenant,
-                        recover_since=since,
-                    )  # fmt: skip
-                else:
-                    data = ev.EndpointDisabled(
-                        endpoint=v.name, reason=args.reason or f"disabled by {by or 'hand'}",
-                        by=by, tenant=v.tenant,
-                    )  # fmt: skip
-                event = ev.make_event(data, source=SOURCE, subject=v.name, tenant=v.tenant)
-                async with conn.transaction():
-                    inserted, _ = await eventlog.insert(conn, settings.prefix, [Pending(event)])
-                    await readmodels.project(conn, inserted)
-                    # The failure streak starts again from here, either way.
-                    await conn.execute("DELETE FROM endpoint_failing WHERE endpoint = $1", v.name)
+                # The same events as the operator API's disable/enable (endpointsview).
+                event = endpointsview.state_event(
+                    v.name, v.tenant, enable=enable, by=by, reason=args.reason, source=SOURCE,
+                    recover_since=since,
+                )  # fmt: skip
+                await endpointsview.record_state(conn, settings.prefix, event)
                 print(f"endpoint {v.name} {'enabled' if enable else 'disabled'}")
                 if enable and since is not None:
                     dead = await deliveries.select(

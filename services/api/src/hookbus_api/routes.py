@@ -16,9 +16,10 @@ from hookbus_common.errors import InvalidError, NotFoundError
 from hookbus_common.events import ReplaySelection
 from hookbus_common.service import Runtime
 
-from . import live, messages, queries, replays, replayselect, tokens
+from . import endpointsview, live, messages, queries, replays, replayselect, tokens, trigger
 from .config import ApiConfig
 from .dryrun import RulesDryRun, dry_run
+from .endpointsview import ChangeEndpoint, EndpointItem, EndpointList
 from .messages import MessageAccepted, SendMessage
 from .problems import ApiError
 from .projectsview import Projects, projects
@@ -29,7 +30,6 @@ from .schemas import (
     DeadLetters,
     DeliveryDetail,
     DeliveryItem,
-    Endpoints,
     EventDetail,
     EventItem,
     Health,
@@ -237,8 +237,43 @@ async def _dead_letters(ctx: Ctx) -> DeadLetters:
         return await queries.dead_letters(conn, limit=limit)
 
 
-async def _list_endpoints(ctx: Ctx) -> Endpoints:
-    return Endpoints(items=ctx.state["settings"].endpoint_views)
+async def _list_endpoints(ctx: Ctx) -> EndpointList:
+    async with ctx.rt.pool.acquire() as conn:
+        items = await endpointsview.listing(conn, ctx.state["settings"].endpoint_views)
+    return EndpointList(items=items)
+
+
+async def _get_endpoint(ctx: Ctx) -> EndpointItem:
+    async with ctx.rt.pool.acquire() as conn:
+        found = await endpointsview.one(
+            conn, ctx.state["settings"].endpoint_views, _path(ctx, "name")
+        )
+    return _found(found, "such endpoint")  # type: ignore[no-any-return]
+
+
+async def _change_endpoint(ctx: Ctx, *, enable: bool) -> EndpointItem:
+    """Recorded as `hookbus endpoints enable|disable` records it, naming the token."""
+    assert ctx.who is not None
+    req = endpointsview.parse_change(await ctx.request.body())
+    views = ctx.state["settings"].endpoint_views
+    async with ctx.rt.pool.acquire() as conn:
+        ep = _found(await endpointsview.one(conn, views, _path(ctx, "name")), "such endpoint")
+        event = endpointsview.state_event(
+            ep.name, ep.tenant, enable=enable, by=f"api:{ctx.who.name}", reason=req.reason,
+            source=trigger.SOURCE,
+        )  # fmt: skip
+        appended = await endpointsview.record_state(conn, ctx.rt.settings.prefix, event)
+        # Committed: on the bus now, or by the outbox relay if this process dies first.
+        ctx.rt.outbox.publish_later(appended)
+        return _found(await endpointsview.one(conn, views, ep.name), "such endpoint")  # type: ignore[no-any-return]
+
+
+async def _disable_endpoint(ctx: Ctx) -> EndpointItem:
+    return await _change_endpoint(ctx, enable=False)
+
+
+async def _enable_endpoint(ctx: Ctx) -> EndpointItem:
+    return await _change_endpoint(ctx, enable=True)
 
 
 async def _list_rules(ctx: Ctx) -> Rules:
@@ -364,6 +399,7 @@ async def _live(ctx: Ctx) -> Response:
 # -------------------------------------------------------------------- the table
 
 EVENT_ID = path_param("event_id", "An event id (evt_…, or any id of the chain)")
+ENDPOINT = path_param("name", "An endpoint's name")
 
 OPS: tuple[Op, ...] = (
     Op("GET", "/api/health", _health, "Whether NATS and Postgres answer", None, Health, tag="meta"),
@@ -393,8 +429,20 @@ OPS: tuple[Op, ...] = (
        "read", DeliveryDetail, params=(path_param("delivery_id", "A delivery id (dlv_…)"),)),
     Op("GET", "/api/dead-letters", _dead_letters,
        "Dead deliveries and dead-lettered bus messages", "read", DeadLetters, params=(LIMIT,)),
-    Op("GET", "/api/endpoints", _list_endpoints, "Configured endpoints (no secrets)", "read",
-       Endpoints, tag="config"),
+    Op("GET", "/api/endpoints", _list_endpoints,
+       "Endpoints of the config file and added at run time, with their state (active, paused,"
+       " disabled: why, since when, by whom) and their health over the last 24 h (no secrets)",
+       "read", EndpointList, tag="config"),
+    Op("GET", "/api/endpoints/{name}", _get_endpoint, "One endpoint with its state and health",
+       "read", EndpointItem, params=(ENDPOINT,), tag="config"),
+    Op("POST", "/api/endpoints/{name}/disable", _disable_endpoint,
+       "Disable an endpoint: nothing more is sent to it (its deliveries end dead); recorded"
+       " as endpoint.disabled naming the token", "operate", EndpointItem, body=ChangeEndpoint,
+       params=(ENDPOINT,), tag="operate"),
+    Op("POST", "/api/endpoints/{name}/enable", _enable_endpoint,
+       "Enable an endpoint again (its failure streak starts anew); recorded as"
+       " endpoint.enabled naming the token", "operate", EndpointItem, body=ChangeEndpoint,
+       params=(ENDPOINT,), tag="operate"),
     Op("GET", "/api/rules", _list_rules, "The router's rules: names, matches, action kinds",
        "read", Rules, tag="config"),
     Op("GET", "/api/rules/dry-run", _dry_run_rules,

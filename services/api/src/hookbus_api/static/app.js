@@ -452,14 +452,66 @@ async function replaysPage() {
   ], r.items, "No replays yet."));
 }
 
+const STATE_CLASS = { active: "ok", paused: "warn", disabled: "bad" };
+const KIND_TEXT = { config: "config file", runtime: "added at run time", unconfigured: "not configured" };
+
+function endpointState(x) {
+  const why = [x.reason, x.since ? `since ${when(x.since)}` : "", x.changed_by ? `by ${x.changed_by}` : ""]
+    .filter(Boolean).join(" · ");
+  return [h("span", { class: `badge ${STATE_CLASS[x.state] || ""}` }, x.state), why ? h("div", { class: "muted" }, why) : null];
+}
+
+function endpointHealth(x) {
+  const d = x.health.deliveries;
+  return `${d.succeeded} ok · ${d.failed} failed · ${d.dead} dead (${d.attempts} attempts, ${d.failed_attempts} failed)`;
+}
+
+function seenAttempt(a, cls) {
+  if (!a) return h("span", { class: "muted" }, "none");
+  return [link(`#/deliveries/${a.delivery_id}`, when(a.at)),
+    a.status_code || a.error ? h("div", { class: cls }, [a.status_code, a.error].filter((v) => v !== null && v !== undefined).join(" — ")) : null];
+}
+
+async function changeEndpoint(name, enable, button) {
+  button.disabled = true;
+  const verb = enable ? "enable" : "disable";
+  try {
+    const x = await api(`/api/endpoints/${encodeURIComponent(name)}/${verb}`, {
+      method: "POST", body: JSON.stringify({}),
+    });
+    say(`Endpoint ${x.name} is ${x.state}.`);
+    await route();
+    // Keep the keyboard where it was: on the same endpoint's button, now the other one.
+    document.getElementById(`endpoint-toggle-${name}`)?.focus();
+  } catch (e) {
+    say(`Cannot ${verb} ${name}: ${e.message}`);
+    button.disabled = false;
+  }
+}
+
+function endpointAction(x) {
+  if (!canOperate()) return "";
+  const enable = x.state === "disabled";
+  const button = h("button", { type: "button", id: `endpoint-toggle-${x.name}`, class: enable ? "" : "secondary",
+    "aria-label": `${enable ? "Enable" : "Disable"} ${x.name}`, onclick: () => changeEndpoint(x.name, enable, button) },
+  enable ? "Enable" : "Disable");
+  return button;
+}
+
 async function endpointsPage() {
   const [e, r] = await Promise.all([api("/api/endpoints"), api("/api/rules")]);
+  const columns = [
+    ["Name", (x) => x.name], ["State", endpointState], ["Tenant", (x) => x.tenant],
+    ["Defined", (x) => KIND_TEXT[x.kind] || x.kind], ["URL", (x) => h("code", {}, x.url)],
+    ["Events", (x) => x.events.join(", ")], ["Signing", (x) => (x.signed ? x.signing : "unsigned")],
+    ["Last 24 hours", endpointHealth], ["Last success", (x) => seenAttempt(x.health.last_success, "ok")],
+    ["Last failure", (x) => seenAttempt(x.health.last_failure, "bad")],
+  ];
+  if (canOperate()) columns.push(["Action", endpointAction]);
   page("Endpoints & rules",
     h("h2", {}, "Endpoints"),
-    table("From the config (no secrets)", [
-      ["Name", (x) => x.name], ["URL", (x) => h("code", {}, x.url)], ["Tenant", (x) => x.tenant],
-      ["Events", (x) => x.events.join(", ")], ["Signing", (x) => (x.signed ? x.signing : "unsigned")],
-    ], e.items, "No endpoints configured."),
+    canOperate() ? null : h("p", { class: "muted" }, "Disabling or enabling an endpoint needs a token with the operate scope."),
+    table("State and health of each endpoint (no secrets)", columns, e.items, "No endpoints."),
     h("h2", {}, "Rules"),
     table("The router's rules", [
       ["Rule", (x) => x.name], ["Source", (x) => x.source], ["Event", (x) => x.event], ["Branch", (x) => x.branch],
