@@ -189,6 +189,16 @@ def _build(
     return request
 
 
+def _attempt_seconds(request: httpx.Request) -> float | None:
+    """How long the whole exchange may take, up to the answer's status and headers: the
+    request's timeout. httpx's timeouts bound each read and write, not their sum, so a
+    receiver sending its answer a byte at a time, each inside the read timeout, would
+    otherwise hold an attempt (and its sending slot) for as long as it liked."""
+    given = request.extensions.get("timeout") or {}
+    values = [float(v) for v in given.values() if v is not None]
+    return max(values) if values else None
+
+
 async def _read_start(resp: httpx.Response) -> str | None:
     """Up to ``RESPONSE_BODY_LIMIT`` bytes of a streamed answer's body, decoded leniently
     (the rest is never read: an endpoint cannot make us hold a large answer)."""
@@ -274,12 +284,16 @@ async def attempt(
         sender = client
         if target.allow_private() and private_client:
             sender = private_client
+        limit = _attempt_seconds(request)
         try:
-            resp = await sender.send(request, follow_redirects=False, stream=True)
+            async with asyncio.timeout(limit):
+                resp = await sender.send(request, follow_redirects=False, stream=True)
         except DestinationRefused as exc:
             error, final = str(exc)[:500], True
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
+        except TimeoutError:
+            error = f"timed out: no complete answer within {limit:g} s"
         else:
             status = resp.status_code
             retry_after = retryafter.parse(resp.headers.get("retry-after"), clock())
