@@ -183,6 +183,7 @@ async def test_the_router_durable_takes_received_and_replayed_webhooks(
         f"{rt.bus.prefix}.job.interrupted.*.seq.>",
         f"{rt.bus.prefix}.job.skipped.*.seq.>",
         f"{rt.bus.prefix}.job.succeeded.*.seq.>",
+        f"{rt.bus.prefix}.rule.triggered.>",
         f"{rt.bus.prefix}.webhook.received.>",
         f"{rt.bus.prefix}.webhook.replayed.>",
     ]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from hookbus_common import eventlog
 from hookbus_common.service import Runtime, main_for, run_consumer
 
-from . import config, dryrun, projects, reload, waits
+from . import config, dryrun, projects, reload, routing, waits
 from .config import RouterConfig
 from .routing import FILTER_TOKENS, make_handler
 
@@ -38,6 +39,7 @@ async def run(settings: RouterConfig) -> None:
             projects=settings.projects,
             store=waits.PgStore(rt.pool, rt.outbox),
             created=projects.Created(rt.pool, settings.auto_projects),
+            routed_before=lambda event_id: _routed_before(rt, event_id),
         ),
         started=started,
         health_port=settings.router.health_port,
@@ -45,6 +47,12 @@ async def run(settings: RouterConfig) -> None:
         max_deliver=settings.router.max_deliver,
         ack_wait=settings.router.ack_wait_seconds,
     )
+
+
+async def _routed_before(rt: Runtime, event_id: str) -> bool:
+    """Whether the routing record of ``event_id`` is in the log (asked on redeliveries)."""
+    async with rt.pool.acquire() as conn:
+        return await eventlog.exists(conn, routing.routed_id(event_id))
 
 
 def main() -> None:

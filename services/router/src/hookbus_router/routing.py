@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -303,7 +303,7 @@ def _route(
             ],
         ),
         source=SOURCE,
-        id=ev.derived_id(event.id, "routed"),
+        id=routed_id(event.id),
         cause=event,
         subject=event.subject,
     )
@@ -352,6 +352,11 @@ def route_replay(
     return _route(rules, replay, webhook, replay.data.replay_of, record_unmatched, projects)
 
 
+def routed_id(event_id: str) -> str:
+    """The id of the routing record of the webhook (or replay) ``event_id``."""
+    return ev.derived_id(event_id, "routed")
+
+
 def make_handler(
     rules: Rules | Callable[[], RuleSet],
     *,
@@ -360,11 +365,15 @@ def make_handler(
     store: waits.Store | None = None,
     clock: Callable[[], datetime] = waits.now,
     created: projects_.Created | None = None,
+    routed_before: Callable[[str], Awaitable[bool]] | None = None,
 ) -> Handler:
     """The router's handler. ``rules`` may be a callable giving the current RuleSet (read
     once per event, so a reload applies from the next event on). ``store`` holds the
     waits of multi-event rules and reads the log for sequences; without one, multi-event
-    rules never fire and sequences never go past their first action."""
+    rules never fire and sequences never go past their first action. ``routed_before``
+    says whether an event's routing record is in the log: a webhook delivered again after
+    its routing was committed is not routed a second time (under rules changed since, that
+    would request actions the first routing did not)."""
     if callable(rules):
         current = rules
     else:
@@ -378,6 +387,13 @@ def make_handler(
         ruleset = current()
         match event.data:
             case WebhookReceived() | WebhookReplayed():
+                if (
+                    incoming.deliveries > 1
+                    and routed_before is not None
+                    and await routed_before(event.id)
+                ):
+                    yield []  # routed already; its ack was lost, or its router died
+                    return
                 data = event.data
                 replay = isinstance(data, WebhookReplayed)
                 hook = data.webhook if isinstance(data, WebhookReplayed) else data
