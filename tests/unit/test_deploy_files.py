@@ -216,6 +216,20 @@ def test_compose_services_are_scalable(compose: dict[str, Any]) -> None:
     assert port["host_ip"] == "127.0.0.1"
 
 
+def test_documented_scale_command_scales_consumers(compose: dict[str, Any]) -> None:
+    """docs/deploy.md's `docker compose up --scale` names the consuming services, each of
+    which can run as several containers (no host port, no container_name, no hostname)."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    (command,) = re.findall(r"^docker compose up .*--scale.*$", text, re.M)
+    scaled = dict(re.findall(r"--scale (\w+)=(\d+)", command))
+    assert set(scaled) == {"router", "executor", "dispatcher"}, command
+    for name, count in scaled.items():
+        svc = compose["services"][name]
+        assert int(count) > 1, command
+        for key in ("ports", "container_name", "hostname"):
+            assert not svc.get(key), f"{name}: {key} stops `--scale {name}={count}`"
+
+
 def test_compose_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
@@ -775,8 +789,10 @@ def test_production_scales_consumers_on_their_lag(tmp_path: Path) -> None:
     assert {so["spec"]["scaleTargetRef"]["name"] for so in scaled.values()} == {
         f"hookbus-{s}" for s in max_in_flight
     }
-    # The monitoring endpoint is on the same NATS servers the services connect to.
-    nats_hosts = {urlsplit(u).hostname for u in inst.router.nats.servers}
+    # The monitoring endpoint is the headless Service of the NATS pods the services connect
+    # to (<pod>.<service>), fully qualified: KEDA asks from its own namespace.
+    nats_services = {str(urlsplit(u).hostname).split(".", 1)[1] for u in inst.router.nats.servers}
+    (nats_service,) = nats_services
     for so in scaled.values():
         target = deployments[so["spec"]["scaleTargetRef"]["name"]]
         service = target["metadata"]["labels"]["app.kubernetes.io/component"]
@@ -788,7 +804,8 @@ def test_production_scales_consumers_on_their_lag(tmp_path: Path) -> None:
         assert int(meta["lagThreshold"]) == max_in_flight[service], service
         host, _, port = meta["natsServerMonitoringEndpoint"].partition(":")
         assert port == "8222"
-        assert all(h is not None and h.endswith(f".{host}") for h in nats_hosts), host
+        namespace = so["metadata"]["namespace"]
+        assert host == f"{nats_service}.{namespace}.svc.cluster.local", host
         assert so["spec"]["minReplicaCount"] >= 2, service
         assert so["spec"]["maxReplicaCount"] > so["spec"]["minReplicaCount"], service
 
