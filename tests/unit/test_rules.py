@@ -356,6 +356,7 @@ def test_the_files_watched_are_the_config_and_its_rules_file(tmp_path, monkeypat
 class _Incoming:
     def __init__(self, event: ev.Event[ev.WebhookReceived]) -> None:
         self.event = event
+        self.deliveries = 1  # a first delivery: routed without looking for a record
 
 
 # ------------------------------------------------------------ no payload can raise
