@@ -1,5 +1,5 @@
 -- Multi-event rules: a row per (rule, key) while a rule waits for the rest of its events
--- (services/router/src/hookbus_router/waits.py). Operational state, like job_leases: an
+-- (the router's waits module). Operational state, like job_leases: an
 -- open wait's events are in the log, its firing is recorded there (webhook.routed's
 -- `joined`), and so is its expiry (rule.wait.expired); `hookbus rebuild` leaves it alone.
 --
