@@ -4,7 +4,8 @@ after their last attempt, or failed for good), and sending them again.
 A replay is a new delivery of the same request, linked to the one replayed: its id is
 derived from the original and the replay, its ``webhook-id`` is the original message id
 (so a receiver that already took the message can drop it), and a
-``delivery.replayed`` event records who asked and why.
+``delivery.replayed`` event records who asked and why. The replay itself is
+``hookbus_api.dlq``'s, which the operator API's replay buttons use too.
 """
 
 from __future__ import annotations
@@ -13,98 +14,17 @@ import argparse
 import asyncio
 import getpass
 import sys
-from collections.abc import Sequence
 
-import asyncpg
 import msgspec
 
-from hookbus_common import eventlog, readmodels
-from hookbus_common import events as ev
-from hookbus_common.eventlog import Pending
+from hookbus_api.dlq import CLI_SOURCE as SOURCE
+from hookbus_api.dlq import DEAD_LETTERS, replay
 
 from . import deliveries
 from .config import core_settings
 from .database import connection
 
-DEAD_LETTERS = ("dead", "failed")
-SOURCE = "/hookbus/cli"
-
-
-async def _request(conn: asyncpg.Connection, event_id: str) -> ev.Event[ev.DeliveryRequested]:
-    row = await conn.fetchrow(
-        "SELECT id, source, type, time, correlation_id, causation_id, tenant, subject,"
-        " data::text AS data FROM events WHERE id = $1",
-        event_id,
-    )
-    data = ev.decode_data(row["type"], row["data"].encode())
-    assert isinstance(data, ev.DeliveryRequested)
-    return ev.Event(
-        id=row["id"],
-        source=row["source"],
-        type=row["type"],
-        time=row["time"],
-        data=data,
-        correlationid=row["correlation_id"],
-        causationid=row["causation_id"],
-        tenant=row["tenant"],
-        subject=row["subject"],
-    )
-
-
-async def replay(
-    conn: asyncpg.Connection,
-    prefix: str,
-    chosen: Sequence[deliveries.Delivery],
-    *,
-    requested_by: str | None,
-    reason: str | None = None,
-) -> list[str]:
-    """Request each delivery of ``chosen`` again (one transaction); the new delivery ids.
-
-    The requests reach the bus through the outbox relay every service process runs, so
-    this needs Postgres only."""
-    replay_id = ev.new_id("dlr")
-    batch: list[Pending] = []
-    new_ids = []
-    for d in chosen:
-        original = await _request(conn, d.request_id)
-        req = original.data
-        new_id = ev.derived_id(req.delivery_id, f"replay/{replay_id}", prefix="dlv")
-        data = msgspec.structs.replace(
-            req,
-            delivery_id=new_id,
-            replay_of=req.delivery_id,
-            # The message id receivers dedupe on stays the original's.
-            message_id=req.message_id or req.delivery_id,
-        )
-        request = ev.make_event(
-            data,
-            source=SOURCE,
-            id=ev.derived_id(original.id, f"replay/{replay_id}"),
-            cause=original,
-        )
-        audit = ev.make_event(
-            ev.DeliveryReplayed(
-                replay_id=replay_id,
-                delivery_id=new_id,
-                replay_of=req.delivery_id,
-                tenant=req.tenant,
-                endpoint=req.endpoint or req.notification,
-                requested_by=requested_by,
-                reason=reason,
-            ),
-            source=SOURCE,
-            id=ev.derived_id(original.id, f"replayed/{replay_id}"),
-            cause=original,
-            subject=new_id,
-        )
-        batch += [Pending(audit), Pending(request)]
-        new_ids.append(new_id)
-    if batch:
-        async with conn.transaction():
-            inserted, _ = await eventlog.insert(conn, prefix, batch)
-            await readmodels.project(conn, inserted)
-    return new_ids
+__all__ = ["DEAD_LETTERS", "SOURCE", "register", "replay", "requester"]
 
 
 def requester(args: argparse.Namespace) -> str | None:

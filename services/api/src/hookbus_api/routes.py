@@ -16,8 +16,9 @@ from hookbus_common.errors import InvalidError, NotFoundError
 from hookbus_common.events import ReplaySelection
 from hookbus_common.service import Runtime
 
-from . import endpointsview, live, messages, queries, replays, replayselect, tokens, trigger
+from . import dlq, endpointsview, live, messages, queries, replays, replayselect, tokens, trigger
 from .config import ApiConfig
+from .dlq import DeadLettersReplayed, ReplayDeadLetters, ReplayDelivery, Replayed
 from .dryrun import RulesDryRun, dry_run
 from .endpointsview import ChangeEndpoint, EndpointItem, EndpointList
 from .messages import MessageAccepted, SendMessage
@@ -237,6 +238,46 @@ async def _dead_letters(ctx: Ctx) -> DeadLetters:
         return await queries.dead_letters(conn, limit=limit)
 
 
+async def _replay_dead_letter(ctx: Ctx) -> DeadLettersReplayed:
+    """Recorded as `hookbus dlq replay ID` records it (delivery.replayed), naming the token."""
+    assert ctx.who is not None
+    req = dlq.parse_one(await ctx.request.body())
+    async with ctx.rt.pool.acquire() as conn:
+        letter = await dlq.one(conn, _path(ctx, "delivery_id"))
+        new_ids, appended = await dlq.replay_events(
+            conn, ctx.rt.settings.prefix, [letter], requested_by=f"api:{ctx.who.name}",
+            reason=req.reason, source=trigger.SOURCE,
+        )  # fmt: skip
+    # Committed: on the bus now, or by the outbox relay if this process dies first.
+    ctx.rt.outbox.publish_later(appended)
+    return DeadLettersReplayed(
+        selected=1, replayed=[Replayed(replay_of=letter.delivery_id, delivery_id=new_ids[0])]
+    )
+
+
+async def _replay_dead_letters(ctx: Ctx) -> DeadLettersReplayed:
+    """Recorded as `hookbus dlq replay --endpoint/--tenant/--since/--all` records it."""
+    assert ctx.who is not None
+    req = dlq.parse_bulk(await ctx.request.body())
+    since = dlq.since(req.since)
+    async with ctx.rt.pool.acquire() as conn:
+        chosen = await dlq.select(conn, endpoint=req.endpoint, tenant=req.tenant, since=since)
+        if req.dry_run or not chosen:
+            return DeadLettersReplayed(selected=len(chosen), dry_run=req.dry_run)
+        new_ids, appended = await dlq.replay_events(
+            conn, ctx.rt.settings.prefix, chosen, requested_by=f"api:{ctx.who.name}",
+            reason=req.reason, source=trigger.SOURCE,
+        )  # fmt: skip
+    ctx.rt.outbox.publish_later(appended)
+    return DeadLettersReplayed(
+        selected=len(chosen),
+        replayed=[
+            Replayed(replay_of=d.delivery_id, delivery_id=n)
+            for d, n in zip(chosen, new_ids, strict=True)
+        ],
+    )
+
+
 async def _list_endpoints(ctx: Ctx) -> EndpointList:
     async with ctx.rt.pool.acquire() as conn:
         items = await endpointsview.listing(conn, ctx.state["settings"].endpoint_views)
@@ -429,6 +470,17 @@ OPS: tuple[Op, ...] = (
        "read", DeliveryDetail, params=(path_param("delivery_id", "A delivery id (dlv_…)"),)),
     Op("GET", "/api/dead-letters", _dead_letters,
        "Dead deliveries and dead-lettered bus messages", "read", DeadLetters, params=(LIMIT,)),
+    Op("POST", "/api/dlq/{delivery_id}/replay", _replay_dead_letter,
+       "Send a dead or failed delivery again: a new delivery linked to it, with the same"
+       " webhook-id; recorded as delivery.replayed naming the token (409: not dead or failed)",
+       "operate", DeadLettersReplayed, body=ReplayDelivery,
+       params=(path_param("delivery_id", "A dead or failed delivery's id (dlv_…)"),),
+       tag="operate"),
+    Op("POST", "/api/dlq/replay", _replay_dead_letters,
+       "Send again every dead and failed delivery the selection takes (endpoint, tenant,"
+       " since, or all) and not replayed before; dry_run: only count them. Each recorded as"
+       " delivery.replayed naming the token", "operate", DeadLettersReplayed,
+       body=ReplayDeadLetters, tag="operate"),
     Op("GET", "/api/endpoints", _list_endpoints,
        "Endpoints of the config file and added at run time, with their state (active, paused,"
        " disabled: why, since when, by whom) and their health over the last 24 h (no secrets)",
