@@ -409,16 +409,45 @@ async function replayChain(correlation, button, note) {
   }
 }
 
+const DEAD_LETTER = (d) => d.status === "dead" || d.status === "failed";
+
+// A dead or failed delivery sent again (a new delivery, the same webhook-id); answers the
+// new delivery's id, or null after saying why not.
+async function replayDelivery(id, button, note) {
+  button.disabled = true;
+  try {
+    const r = await api(`/api/dlq/${encodeURIComponent(id)}/replay`, {
+      method: "POST", body: JSON.stringify({ reason: `dashboard: replay of ${id}` }),
+    });
+    const fresh = r.replayed[0].delivery_id;
+    const text = `Delivery ${id} requested again as ${fresh}.`;
+    if (note) note.replaceChildren(text, " ", link(`#/deliveries/${fresh}`, "See it"));
+    say(text);
+    return fresh;
+  } catch (e) {
+    const text = `Cannot replay ${id}: ${e.message}`;
+    if (note) note.textContent = text;
+    say(text);
+    button.disabled = false;
+    return null;
+  }
+}
+
 async function deliveryPage(id) {
   const d = await api(`/api/deliveries/${encodeURIComponent(id)}`);
   const x = d.delivery;
   const note = h("p", { role: "status", id: "replay-note" });
   const button = h("button", { type: "button", id: "replay", onclick: () => replayChain(x.correlation_id, button, note),
     "aria-describedby": "replay-help" }, "Replay this webhook");
+  const again = DEAD_LETTER(x)
+    ? h("button", { type: "button", id: "replay-delivery", class: "secondary", "aria-describedby": "replay-delivery-help",
+      onclick: () => replayDelivery(x.delivery_id, again, note) }, "Replay this delivery")
+    : null;
   const replay = canOperate()
     ? h("section", { "aria-labelledby": "replay-h" }, h("h2", { id: "replay-h" }, "Replay"),
       h("p", { id: "replay-help", class: "muted" }, "Routes the webhook that started this chain again, through the current rules: a new chain, and a new delivery."),
-      button, note)
+      again ? h("p", { id: "replay-delivery-help", class: "muted" }, "Sends only this delivery again, with its original webhook-id; no job runs again.") : null,
+      button, again ? " " : null, again, note)
     : h("p", { class: "muted" }, "Replaying needs a token with the operate scope.");
   page(`Delivery ${x.delivery_id}`,
     kv([["URL", h("code", {}, x.url)], ["Rule", x.rule], ["Tenant", x.tenant], ["Status", badge(x.status)], ["Attempts", x.attempts],
@@ -432,10 +461,84 @@ async function deliveryPage(id) {
     replay);
 }
 
+function replayRowButton(d) {
+  const button = h("button", { type: "button", id: `replay-${d.delivery_id}`, class: "secondary",
+    "aria-label": `Replay delivery ${d.delivery_id}`,
+    onclick: async () => {
+      if (await replayDelivery(d.delivery_id, button, null)) {
+        button.replaceWith(h("span", { class: "muted", tabindex: "-1", id: `replayed-${d.delivery_id}` }, "replayed"));
+        document.getElementById(`replayed-${d.delivery_id}`)?.focus();
+      }
+    } }, "Replay delivery");
+  return button;
+}
+
+// "Replay all shown": the dry run's count first, then a confirmation.
+function bulkReplay() {
+  const box = h("div", { id: "bulk-replay" });
+  const note = h("p", { role: "status", id: "bulk-note" });
+  const start = h("button", { type: "button", id: "bulk-start", "aria-describedby": "bulk-help", onclick: async () => {
+    start.disabled = true;
+    try {
+      const dry = await api("/api/dlq/replay", { method: "POST", body: JSON.stringify({ all: true, dry_run: true }) });
+      if (!dry.selected) {
+        note.textContent = "Nothing to replay: every dead letter was replayed before.";
+        start.disabled = false;
+        return;
+      }
+      const plural = `${dry.selected} deliver${dry.selected === 1 ? "y" : "ies"}`;
+      const go = h("button", { type: "button", id: "bulk-confirm", onclick: async () => {
+        go.disabled = true;
+        try {
+          const r = await api("/api/dlq/replay", {
+            method: "POST", body: JSON.stringify({ all: true, reason: "dashboard: replay all shown" }),
+          });
+          const text = `${r.replayed.length} deliver${r.replayed.length === 1 ? "y" : "ies"} requested again.`;
+          say(text);
+          await route();
+          document.getElementById("bulk-note").textContent = text;
+          document.getElementById("page-title")?.focus();
+        } catch (e) {
+          note.textContent = `Cannot replay: ${e.message}`;
+          go.disabled = false;
+        }
+      } }, `Replay ${plural}`);
+      const cancel = h("button", { type: "button", class: "secondary", id: "bulk-cancel", onclick: () => {
+        confirm.remove();
+        note.textContent = "";
+        start.disabled = false;
+        start.focus();
+      } }, "Cancel");
+      const confirm = h("div", { role: "group", "aria-labelledby": "bulk-question" },
+        h("p", { id: "bulk-question" }, `Send ${plural} again (every dead or failed one not replayed before)?`),
+        go, " ", cancel);
+      box.append(confirm);
+      go.focus();
+    } catch (e) {
+      note.textContent = `Cannot count: ${e.message}`;
+      start.disabled = false;
+    }
+  } }, "Replay all shown");
+  box.append(h("p", { id: "bulk-help", class: "muted" },
+    "Sends each dead delivery again with its original webhook-id (jobs do not run again); you confirm the count first."),
+  start, note);
+  return box;
+}
+
 async function deadLetters() {
   const r = await api("/api/dead-letters?limit=100");
+  const operate = canOperate();
+  const columns = [
+    ["Delivery", (d) => link(`#/deliveries/${d.delivery_id}`, d.delivery_id)], ["URL", (d) => h("code", {}, d.url)],
+    ["Rule", (d) => d.rule], ["Status", (d) => badge(d.status)], ["Attempts", (d) => d.attempts, "num"],
+    ["Last answer", (d) => d.last_status_code ?? d.last_error ?? ""], ["Updated", (d) => when(d.updated_at)],
+  ];
+  if (operate) columns.push(["Action", replayRowButton]);
   page("Dead letters",
-    h("h2", {}, "Dead deliveries"), deliveryTable(r.deliveries),
+    h("h2", {}, "Dead deliveries"),
+    operate ? (r.deliveries.length ? bulkReplay() : null)
+      : h("p", { class: "muted" }, "Replaying a delivery needs a token with the operate scope."),
+    table("Most recently changed first", columns, r.deliveries, "No deliveries."),
     h("h2", {}, "Dead-lettered messages"),
     table("Bus messages no service could handle", [
       ["Time", (e) => when(e.time)], ["Service", (e) => e.data.service], ["Error", (e) => e.data.error],
