@@ -186,12 +186,12 @@ async def test_unknown_paths_and_methods_are_problems(api: Api) -> None:
 
 
 async def test_pages_hold_every_event_exactly_once(api: Api) -> None:
-    hooks = [webhook("github" if n % 3 else "gitlab", n) for n in range(3000)]
-    for i in range(0, len(hooks), 500):
-        await api.rt.outbox.commit([Pending(h) for h in hooks[i : i + 500]])
+    hooks = [webhook("github" if n % 3 else "gitlab", n) for n in range(10_000)]
+    for i in range(0, len(hooks), 1000):
+        await api.rt.outbox.commit([Pending(h) for h in hooks[i : i + 1000]])
     async with api.rt.pool.acquire() as conn:
         expected = [r["id"] for r in await conn.fetch("SELECT id FROM events ORDER BY seq")]
-    assert len(expected) >= 3000
+    assert len(expected) >= 10_000
 
     seen: list[str] = []
     after = 0
