@@ -216,6 +216,32 @@ async def test_keyboard_and_landmarks(site: Site, browser: Browser) -> None:
     assert unlabeled == 0
 
 
+@pytest.mark.parametrize(
+    ("path", "title", "shot"),
+    [
+        ("#/jobs", "Jobs", "dashboard-jobs.png"),
+        ("#/deliveries", "Deliveries", "dashboard-deliveries.png"),
+        ("#/dead-letters", "Dead letters", "dashboard-dead-letters.png"),
+        ("#/replays", "Replays", "dashboard-replays.png"),
+        ("#/endpoints", "Endpoints", "dashboard-endpoints.png"),
+        ("#/projects", "Projects", "dashboard-projects.png"),
+        ("#/partners", "Partners", "dashboard-partners.png"),
+    ],
+)
+async def test_every_page_opens_with_its_heading_and_no_error(
+    site: Site, browser: Browser, shots: Path, path: str, title: str, shot: str
+) -> None:
+    await record_chain(site.rt, failing_chain(webhook("github", 7)))
+    page = await _sign_in(browser, site, "operate")
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{site.base}/{path}")
+    await expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible()
+    await expect(page.get_by_role("alert")).to_have_count(0)
+    assert errors == []
+    await page.screenshot(path=shots / shot, full_page=True)
+
+
 async def test_live_updates_reach_the_events_page(site: Site, browser: Browser) -> None:
     page = await _sign_in(browser, site, "read")
     await expect(page.locator("#live-state")).to_have_text("live: on")
