@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -91,7 +92,12 @@ def test_groups_are_found_by_the_run_their_environment_names(attempt):
         env={"PATH": os.environ["PATH"], **marks, "HOOKBUS_JOB_ATTEMPT": attempt},
     )
     try:
-        # Popen returns once the exec is done, so the environment is the program's.
+        # Popen returns once the exec has closed its error pipe, which the kernel does
+        # before it lays out the new program's environment: wait until /proc shows it.
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{proc.pid}/environ").read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         found = procs.groups_with_env(marks)
         assert (proc.pid in found) == (attempt == "1")
     finally:
