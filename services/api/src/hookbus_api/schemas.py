@@ -10,7 +10,7 @@ import msgspec
 
 from hookbus_common.events import ReplayMode, ReplaySelection
 
-from .config import EndpointView, RuleView
+from .config import RuleView
 from .replaystore import ReplayJob
 from .tokens import ApiToken
 
@@ -136,10 +136,6 @@ class PartnerItem(msgspec.Struct, **_OUT):
     created_at: datetime
     modified_at: datetime
     deleted_at: datetime | None = None
-
-
-class Endpoints(msgspec.Struct, **_OUT):
-    items: list[EndpointView]
 
 
 class Rules(msgspec.Struct, **_OUT):
