@@ -34,6 +34,7 @@ from hookbus_common.consumer import Consumer
 from hookbus_common.events import token
 
 from . import schedule
+from .backlog import REFRESH_SECONDS, Reporter
 from .config import DispatcherConfig
 from .delivery import attempts_made
 from .fairness import FairQueue
@@ -121,10 +122,14 @@ class FairConsumer(Consumer):
         cap_for: Callable[[str], int],
         weight_for: Callable[[str], float] = lambda _t: 1.0,
         spill: Spill | None = None,
+        backlog_pool: asyncpg.Pool | None = None,
+        backlog_every: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.backlog_pool = backlog_pool
+        self.backlog_every = backlog_every
         self.buffer = max(1, buffer)
         self.queue: FairQueue[_Held] = FairQueue(cap_for=cap_for, weight_for=weight_for)
         self.spill = spill
@@ -142,6 +147,15 @@ class FairConsumer(Consumer):
         stopped: asyncio.Future[Any],
     ) -> None:
         feeder = asyncio.create_task(self._feed(stop), name="fair-feed")
+        helpers = [feeder]
+        if self.backlog_pool is not None:
+            # The backlog of every replica together, from Postgres (one query a while).
+            reporter = Reporter()
+            helpers.append(
+                asyncio.create_task(
+                    reporter.run(self.backlog_pool, stop, self.backlog_every), name="backlog"
+                )
+            )
         drained = False
         try:
             while not stop.is_set():
@@ -177,8 +191,9 @@ class FairConsumer(Consumer):
                     self.queue.put(tenant, dest, _Held(msg, now))
                 self._changed.set()
         finally:
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             await self._give_back()
 
     async def _wait_change(self, seconds: float) -> None:
@@ -312,6 +327,7 @@ def consumer_for(settings: DispatcherConfig) -> Callable[..., Consumer]:
             cap_for=cap_for,
             weight_for=weight_for,
             spill=spill_to_schedule(kwargs["outbox"].pool),
+            backlog_pool=kwargs["outbox"].pool,
             **kwargs,
         )
 
