@@ -50,18 +50,29 @@ def list_line(t: ApiToken) -> str:
     created = t.created_at.strftime("%Y-%m-%d %H:%M")
     used = t.last_used_at.strftime("%Y-%m-%d %H:%M") if t.last_used_at else "never"
     state = "revoked" if t.revoked_at else "live"
-    return f"{t.token_id}  {t.name:<16} {t.scope:<8} {state:<8} created {created}  used {used}"
+    line = f"{t.token_id}  {t.name:<16} {t.scope:<8} {state:<8} created {created}  used {used}"
+    if t.scope == "send":
+        line += f"  tenants {','.join(t.tenants)}" if t.tenants else "  tenants all"
+    return line
 
 
 def cmd_create(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection, s: Settings) -> str:
         tok, secret = await tokens.create(
-            conn, s.prefix, name=args.name, scope=args.scope, by=_by(args)
+            conn, s.prefix, name=args.name, scope=args.scope, by=_by(args),
+            tenants=args.tenant or (),
+        )  # fmt: skip
+        bound = f", tenants {', '.join(tok.tenants)}" if tok.tenants else ""
+        text = (
+            f"token {tok.token_id} ({tok.name}, scope {tok.scope}{bound}); shown this once,"
+            f" keep it safe:\n\n  {secret}\n\nUse it as: Authorization: Bearer {secret[:8]}…"
         )
-        return (
-            f"token {tok.token_id} ({tok.name}, scope {tok.scope}); shown this once, keep it"
-            f" safe:\n\n  {secret}\n\nUse it as: Authorization: Bearer {secret[:8]}…"
-        )
+        if tok.scope == "send" and not tok.tenants:
+            text += (
+                "\n\nnote: this token sends messages for every tenant; --tenant NAME"
+                " (repeatable) binds a send token to the tenants it may send for"
+            )
+        return text
 
     return run(args, work)
 
@@ -98,7 +109,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--scope",
         choices=SCOPES,
         default="read",
-        help="read: see everything; operate: also start replays; admin: also list tokens",
+        help="read: see everything; operate: also start replays; admin: also list tokens;"
+        " send: send messages only",
+    )
+    c.add_argument(
+        "--tenant",
+        action="append",
+        metavar="NAME",
+        help="a send token sends messages for this tenant only; repeat for more"
+        " (default: every tenant)",
     )
     c.add_argument("--by", metavar="NAME", help="who makes it, for the log (default: $USER)")
     c.set_defaults(func=cmd_create)

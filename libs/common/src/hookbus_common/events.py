@@ -1031,12 +1031,14 @@ class ApiTokenEvent(EventData, **_FROZEN):
 
 
 class ApiTokenCreated(ApiTokenEvent, **_FROZEN):
-    """An operator API token was made (``hookbus tokens create``) with this scope."""
+    """An operator API token was made (``hookbus tokens create``) with this scope; a send
+    token bound to tenants names them (empty: it sends for every tenant)."""
 
     TYPE: ClassVar[str] = "io.hookbus.apitoken.created.v1"
     ACTION: ClassVar[str] = "created"
 
     scope: str = "read"
+    tenants: list[str] = []
 
 
 class ApiTokenRevoked(ApiTokenEvent, **_FROZEN):

@@ -49,3 +49,13 @@ async def principal(pool: asyncpg.Pool, request: Request) -> ApiToken:
 def require(who: ApiToken, need: Scope) -> None:
     if not tokens.allows(who.scope, need):
         raise ApiError("forbidden", f"needs a token with scope {need} (this one has {who.scope})")
+
+
+def require_tenant(who: ApiToken, tenant: str) -> None:
+    """Refuse a message for ``tenant`` from a send token bound to other tenants."""
+    if not who.may_send_for(tenant):
+        raise ApiError(
+            "forbidden",
+            f"tenant {tenant!r}: this token sends only for tenant"
+            f"{'s' if len(who.tenants) > 1 else ''} {', '.join(who.tenants)}",
+        )

@@ -17,6 +17,7 @@ from hookbus_common.events import ReplaySelection
 from hookbus_common.service import Runtime
 
 from . import dlq, endpointsview, live, messages, queries, replays, replayselect, tokens, trigger
+from .auth import require_tenant
 from .config import ApiConfig
 from .dlq import DeadLettersReplayed, ReplayDeadLetters, ReplayDelivery, Replayed
 from .dryrun import RulesDryRun, dry_run
@@ -384,6 +385,7 @@ async def _send_message(ctx: Ctx) -> Response:
     assert ctx.who is not None
     messages.check_length(ctx.request.headers.get("content-length"))
     msg = messages.parse(await ctx.request.body())
+    require_tenant(ctx.who, msg.tenant)  # a send token bound to tenants sends for those only
     bound = ctx.state["settings"].backlog_bounds.get(msg.tenant)
     async with ctx.rt.pool.acquire() as conn:
         if bound is not None:

@@ -5,6 +5,11 @@ A token is ``hbk_`` and 32 random bytes (URL-safe base64). Its scope is one of `
 list tokens); each includes the ones before it. ``send`` is apart, for applications: it
 sends messages (``POST /api/v1/messages``) and sees nothing. Creating and revoking are ``io.hookbus.apitoken.*`` events
 naming the token's id and who did it; the hash lives only in ``api_tokens``.
+
+A ``send`` token can be bound to tenants: it then sends messages for those tenants only.
+Unbound, it sends for every tenant. Only ``send`` tokens are bound: the other scopes read
+the whole installation (webhooks, jobs and the like belong to no tenant), so a tenant
+there would promise an isolation the reads cannot keep.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Final, Literal, TypeAlias
 
@@ -30,6 +36,8 @@ _RANKED: Final[tuple[Scope, ...]] = ("read", "operate", "admin")
 EVENT_SOURCE: Final = "/hookbus/api/tokens"
 TOKEN_PREFIX: Final = "hbk_"  # noqa: S105 (a prefix, not a secret)
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_TENANTS: Final = 100
 
 
 class TokenError(HookbusError):
@@ -61,10 +69,16 @@ class ApiToken(msgspec.Struct, frozen=True, kw_only=True):
     token_id: str
     name: str
     scope: Scope
+    # The tenants a send token may send for; empty: every tenant.
+    tenants: list[str] = []
     created_by: str | None = None
     created_at: datetime
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+
+    def may_send_for(self, tenant: str) -> bool:
+        """Whether this token may send a message for ``tenant``."""
+        return not self.tenants or tenant in self.tenants
 
 
 def new_token() -> str:
@@ -77,7 +91,7 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
-_COLUMNS = "token_id, name, scope, created_by, created_at, revoked_at, last_used_at"
+_COLUMNS = "token_id, name, scope, tenants, created_by, created_at, revoked_at, last_used_at"
 
 
 def _token(row: asyncpg.Record) -> ApiToken:
@@ -91,27 +105,53 @@ async def _append(conn: asyncpg.Connection, prefix: str, data: ev.ApiTokenEvent)
     await eventlog.insert(conn, prefix, [Pending(event)])
 
 
+def check_tenants(scope: str, tenants: Sequence[str]) -> list[str]:
+    """``tenants`` checked for a token of ``scope``, without repeats, in the order given."""
+    out = list(dict.fromkeys(tenants))
+    if out and scope != "send":
+        raise BadToken(
+            f"tenant: only send tokens are bound to tenants (a {scope} token reads the whole"
+            " installation)"
+        )
+    if len(out) > MAX_TENANTS:
+        raise BadToken(f"tenant: at most {MAX_TENANTS} tenants")
+    for t in out:
+        if not _TENANT.match(t):
+            raise BadToken(f"tenant {t!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return out
+
+
 async def create(
-    conn: asyncpg.Connection, prefix: str, *, name: str, scope: str, by: str | None
+    conn: asyncpg.Connection,
+    prefix: str,
+    *,
+    name: str,
+    scope: str,
+    by: str | None,
+    tenants: Sequence[str] = (),
 ) -> tuple[ApiToken, str]:
-    """Make a token; returns it and the token itself (shown once, then only its hash)."""
+    """Make a token; returns it and the token itself (shown once, then only its hash).
+    ``tenants``: a send token sends for these only (none: for every tenant)."""
     if not _NAME.match(name):
         raise BadToken(f"name {name!r}: use 1-64 letters, digits, '.', '_', '@' or '-'")
     if scope not in SCOPES:
         raise BadToken(f"scope {scope!r}: one of {', '.join(SCOPES)}")
+    bound = check_tenants(scope, tenants)
     token = new_token()
     token_id = ev.new_id("tok")
     async with conn.transaction():
         try:
             row = await conn.fetchrow(
-                "INSERT INTO api_tokens (token_id, name, scope, token_sha256, created_by)"
-                f" VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
-                token_id, name, scope, token_hash(token), by,
+                "INSERT INTO api_tokens (token_id, name, scope, token_sha256, created_by, tenants)"
+                f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
+                token_id, name, scope, token_hash(token), by, bound,
             )  # fmt: skip
         except asyncpg.UniqueViolationError:
             raise NameTaken(f"a token named {name!r} exists; revoke it first") from None
         await _append(
-            conn, prefix, ev.ApiTokenCreated(token_id=token_id, name=name, scope=scope, by=by)
+            conn,
+            prefix,
+            ev.ApiTokenCreated(token_id=token_id, name=name, scope=scope, by=by, tenants=bound),
         )
     return _token(row), token
 
