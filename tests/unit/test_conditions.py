@@ -3,6 +3,8 @@ and that no payload makes a condition raise."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -17,6 +19,7 @@ from hookbus_router.conditions import (
     as_time,
     compile_condition,
 )
+from hookbus_router.conditions import Test as PathTest
 
 PUSH: dict[str, Any] = {
     "payload": {
@@ -344,3 +347,64 @@ def test_no_payload_makes_a_condition_raise(payload):
 
     assert isinstance(outcome.held, bool)
     assert outcome.saw is None or len(outcome.saw) <= SAW_LIMIT
+
+
+# --------------------------------------------- compiled shortcuts decide as the long way
+
+FIELD_PATHS = ["payload", "payload.ref", "payload.a.b", "payload.commits.a", 'payload."0".ref']
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=json_values,
+    path=st.sampled_from(FIELD_PATHS),
+    op=st.sampled_from(
+        [("equals", "x"), ("glob", "re*s/?"), ("glob", "x"), ("glob", "*"), ("exists", True)]
+    ),
+)
+def test_a_path_of_fields_is_read_as_jmespath_reads_it(payload, path, op):
+    test = compile_condition({"path": path, op[0]: op[1]})
+    assert isinstance(test, PathTest)
+    assert test.fields is not None  # read without the interpreter
+    doc = {"payload": payload, "event": {}, "headers": {}}
+
+    assert test.test(doc) == replace(test, fields=None).test(doc)
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("payload.ref", ("payload", "ref")),
+        ('headers."x-event-type"', ("headers", "x-event-type")),
+        ('payload.a."b.c"', ("payload", "a", "b.c")),
+        ("payload.commits[0].id", None),
+        ("payload.a | b", None),
+        ("length(payload.a)", None),
+    ],
+)
+def test_only_paths_that_name_fields_alone_are_read_without_jmespath(path, fields):
+    test = compile_condition({"path": path, "exists": True})
+    assert isinstance(test, PathTest)
+    assert test.fields == fields
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pattern=st.text(alphabet="ab*?.[", max_size=6),
+    value=st.text(alphabet="ab.[", max_size=8) | st.none() | st.integers(),
+)
+def test_a_glob_holds_exactly_when_its_pattern_matches_the_whole_text(pattern, value):
+    test = compile_condition({"path": "payload.v", "glob": pattern})
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    expected = isinstance(value, str) and re.fullmatch(regex, value, re.DOTALL) is not None
+
+    assert test.test({"payload": {"v": value}}).held is expected
+
+
+def test_what_a_test_saw_is_shown_when_read_and_the_same_every_time():
+    test = compile_condition({"path": "payload.ref", "equals": "x"})
+    outcome = test.test(PUSH)
+
+    assert outcome.saw == '"refs/heads/main"'
+    assert outcome.saw == '"refs/heads/main"'
+    assert 'saw "refs/heads/main"' in outcome.reason()

@@ -15,7 +15,7 @@ from hookbus_common import events as ev
 from hookbus_router.config import Rule, RuleEvent, ShellAction
 from hookbus_router.index import EVALUATIONS_KEPT, TRIPLES_KEPT
 from hookbus_router.routing import route
-from hookbus_router.rules import Facts, RuleSet
+from hookbus_router.rules import Facts, RuleSet, glob_matcher, glob_passes
 
 SOURCES = ["github", "gitlab-main", "image-push", "ptn_01ab"]
 EVENTS = ["push", "pull_request", "Push Hook", "release"]
@@ -111,9 +111,10 @@ def test_the_index_decides_exactly_as_evaluating_every_rule(some: list[Rule]) ->
 
     for event in ALL_EVENTS:
         hook = event.data
-        a = indexed.evaluate(hook, Facts(hook, event_id=event.id))
+        a, matched = indexed.evaluate_matched(hook, Facts(hook, event_id=event.id))
         b = plain.evaluate(hook, Facts(hook, event_id=event.id))
         assert a == b
+        assert matched == [i for i, e in enumerate(b) if e.matched]
         assert [(e.id, e.data) for e in route(indexed, event)] == [
             (e.id, e.data) for e in route(plain, event)
         ]
@@ -161,3 +162,16 @@ def test_the_evaluations_kept_are_bounded_and_shared_between_triples() -> None:
         hook = webhook(f"src-{n}", "push", "acme/app", "main", 0).data
         ruleset.evaluate(hook, Facts(hook))
     assert len(ruleset.index._kept) <= EVALUATIONS_KEPT
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(
+    GLOBS,
+    st.sampled_from([*SOURCES, *EVENTS, *REPOS, "", "a[b", "acme/", "push hook"]),
+)
+def test_a_compiled_glob_passes_what_the_glob_passes(
+    value: str | list[str], seen: str | None
+) -> None:
+    passes = glob_matcher(value)
+
+    assert (True if passes is None else passes(seen)) is glob_passes(value, seen)

@@ -77,16 +77,59 @@ _RE2_OPTIONS.log_errors = False  # a bad pattern is a ConfigError, not a line on
 # ------------------------------------------------------------------------ outcome
 
 
-@dataclass(frozen=True, slots=True)
+_UNREAD: Final = object()
+
+
 class Outcome:
     """Whether a condition held, and the test that decided it: where it is in the rule
-    (``when.all[1]``), its path, its operator and the value it saw (bounded text)."""
+    (``when.all[1]``), its path, its operator and the value it saw (bounded text).
 
-    held: bool
-    at: str
-    path: str | None
-    operator: str
-    saw: str | None
+    The value is shown (``saw``) only when read: a test that holds on the way to a match
+    never is, and a rule set of many rules runs many of those per event."""
+
+    __slots__ = ("_saw", "_value", "at", "held", "operator", "path")
+
+    def __init__(
+        self,
+        held: bool,
+        at: str,
+        path: str | None,
+        operator: str,
+        saw: str | None = None,
+        *,
+        value: Any = _UNREAD,
+    ) -> None:
+        self.held = held
+        self.at = at
+        self.path = path
+        self.operator = operator
+        self._saw = saw
+        self._value = value
+
+    @property
+    def saw(self) -> str | None:
+        if self._value is not _UNREAD:
+            self._saw, self._value = shown(self._value), _UNREAD
+        return self._saw
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return (self.held, self.at, self.path, self.operator, self.saw) == (
+            other.held,
+            other.at,
+            other.path,
+            other.operator,
+            other.saw,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # compared by value, never a key
+
+    def __repr__(self) -> str:
+        return (
+            f"Outcome(held={self.held!r}, at={self.at!r}, path={self.path!r},"
+            f" operator={self.operator!r}, saw={self.saw!r})"
+        )
 
     def reason(self) -> str:
         where = f"{self.at}: " if self.at else ""
@@ -192,16 +235,24 @@ class Test(Node):
     # Whether a list seen at the path holds when any element does (every operator but
     # exists, and equals with a list operand).
     any_element: bool
+    # A path that only names fields (payload.pull_request.base.ref): the names, read
+    # straight from the document (what JMESPath gives, without its interpreter).
+    fields: tuple[str, ...] | None = None
 
     def test(self, doc: Mapping[str, Any]) -> Outcome:
         try:
-            value = self.expr.search(doc)
+            if self.fields is not None:
+                value: Any = doc
+                for name in self.fields:
+                    value = value.get(name) if isinstance(value, dict) else None
+            else:
+                value = self.expr.search(doc)
             held = self._holds(value)
         except (JMESPathError, RecursionError, TypeError, ValueError, OverflowError) as exc:
             # A function given the wrong type, a payload nested deeper than the stack:
             # the test does not hold, and says why.
             return Outcome(False, self.at, self.path, self.operator, f"error: {exc}"[:SAW_LIMIT])
-        return Outcome(held, self.at, self.path, self.operator, shown(value))
+        return Outcome(held, self.at, self.path, self.operator, value=value)
 
     def _holds(self, value: Any) -> bool:
         if self.any_element and isinstance(value, list):
@@ -288,6 +339,21 @@ def _second(node: dict[str, Any]) -> str | None:
     return None
 
 
+def field_names(parsed: dict[str, Any]) -> tuple[str, ...] | None:
+    """The names of a path that only names fields (``payload.a."b-c"``), else None."""
+    if parsed.get("type") == "field":
+        return (str(parsed["value"]),)
+    if parsed.get("type") == "subexpression":
+        names: list[str] = []
+        for child in parsed["children"]:
+            part = field_names(child)
+            if part is None:
+                return None
+            names.extend(part)
+        return tuple(names)
+    return None
+
+
 def compile_path(path: Any, at: str) -> Any:
     """A JMESPath expression starting at payload, event or headers, compiled."""
     if not isinstance(path, str) or not path.strip():
@@ -342,8 +408,17 @@ def _check_for(op: str, operand: Any, at: str) -> tuple[Callable[[Any], bool], b
             options = list(operand)
             return (lambda v: v is not None and any(_same(v, o) for o in options)), True
         case "glob":
-            glob = _glob(_text(operand, at, op))
-            return (lambda v: isinstance(v, str) and glob.fullmatch(v) is not None), True
+            pattern = _text(operand, at, op)
+            glob = _glob(pattern)
+            # What every text it matches starts with: most texts fail there, cheaply.
+            head = pattern[: min((i for i, ch in enumerate(pattern) if ch in "*?"), default=0)]
+            if "*" not in pattern and "?" not in pattern:
+                return (lambda v: v == pattern), True
+            return (
+                lambda v: (
+                    isinstance(v, str) and v.startswith(head) and glob.fullmatch(v) is not None
+                )
+            ), True
         case "regex":
             try:
                 regex = re2.compile(_text(operand, at, op), options=_RE2_OPTIONS)
@@ -440,4 +515,4 @@ def compile_condition(spec: Any, at: str = "when") -> Node:
         )
     op = ops[0]
     check, any_element = _check_for(op, spec[op], at)
-    return Test(at, path, op, expr, check, any_element)
+    return Test(at, path, op, expr, check, any_element, field_names(expr.parsed))

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Final
 from hookbus_common.events import RuleEvaluation, WebhookReceived
 
 if TYPE_CHECKING:
-    from .config import Rule
     from .rules import CompiledRule, Facts
 
 # (source, event type, repository) triples whose candidates and evaluations are kept.
@@ -37,23 +36,17 @@ EVALUATIONS_KEPT: Final = 200_000
 Triple = tuple[str, str, str | None]
 
 
-def _passes(rule: Rule, triple: Triple) -> bool:
-    from .rules import glob_passes
-
-    source, event, repository = triple
-    return (
-        glob_passes(rule.source, source)
-        and glob_passes(rule.event, event)
-        and glob_passes(rule.repository, repository)
-    )
+def _passes(compiled: CompiledRule, triple: Triple) -> bool:
+    seen = dict(zip(("source", "event_type", "repository"), triple, strict=True))
+    return all(passes(seen[attr]) for _, attr, passes in compiled.globs if attr in seen)
 
 
 def _candidate(compiled: CompiledRule, triple: Triple) -> bool:
     if not compiled.rule.enabled:
         return False
     if compiled.multi is not None:
-        return any(_passes(p.compiled.rule, triple) for p in compiled.multi.parts)
-    return _passes(compiled.rule, triple)
+        return any(_passes(p.compiled, triple) for p in compiled.multi.parts)
+    return _passes(compiled, triple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +95,22 @@ class RuleIndex:
 
     def evaluate(self, hook: WebhookReceived, facts: Facts) -> list[RuleEvaluation]:
         """Every rule's evaluation, in order, evaluating only the candidates."""
+        return self.evaluate_matched(hook, facts)[0]
+
+    def evaluate_matched(
+        self, hook: WebhookReceived, facts: Facts
+    ) -> tuple[list[RuleEvaluation], list[int]]:
+        """Every rule's evaluation, in order, and the positions of the rules that matched
+        (candidates all: no other rule can)."""
         pair = self._pair(hook, facts)
         out = list(pair.kept)
         rules = self.rules
+        matched = []
         for i in pair.candidates:
-            out[i] = rules[i].evaluate(hook, facts)
-        return out  # type: ignore[return-value]  # every None was a candidate's
+            result = out[i] = rules[i].evaluate_candidate(hook, facts)
+            if result.matched:
+                matched.append(i)
+        return out, matched  # type: ignore[return-value]  # every None was a candidate's
 
     def candidates_seen(self) -> float:
         """The mean number of candidates of the triples kept (for the bench)."""

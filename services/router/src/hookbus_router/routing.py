@@ -234,16 +234,30 @@ def _route(
     ruleset = RuleSet.of(rules)
     if facts is None:
         facts = Facts(hook, event_id=event.id, tenant=event.tenant, time=event.time.isoformat())
-    evaluations = ruleset.evaluate(hook, facts) if forced is None else _triggered(ruleset, forced)
+    if forced is None:
+        evaluations, matched = ruleset.evaluate_matched(hook, facts)
+    else:
+        evaluations = _triggered(ruleset, forced)
+        matched = [i for i, e in enumerate(evaluations) if e.matched]
     joined = joined or {}
     if joined:
         # Multi-event rules: what this event did to their waits (waits.arrive_all).
-        evaluations = [joined[e.rule].evaluation if e.rule in joined else e for e in evaluations]
+        evaluations = list(evaluations)
+        replaced = set()
+        for name, j in joined.items():
+            at = ruleset.position(name)
+            if at is not None:
+                evaluations[at] = j.evaluation
+                replaced.add(at)
+        matched = sorted(
+            {i for i in matched if i not in replaced}
+            | {i for i in replaced if evaluations[i].matched}
+        )
     requests: list[Event[Any]] = []
     skipped: list[ev.ActionSkipped] = []
-    for compiled, result in zip(ruleset.rules, evaluations, strict=True):
-        if not result.matched:
-            continue
+    # Only the rules that matched are looked at again (of a thousand rules, a few).
+    for position in matched:
+        compiled = ruleset.rules[position]
         rule = compiled.rule
         firing = joined.get(rule.name)
         ctx = firing.context if firing is not None and firing.context is not None else None
@@ -290,7 +304,7 @@ def _route(
             source=hook.source,
             event_type=hook.event_type,
             webhook_id=event.id,
-            matched=[e.rule for e in evaluations if e.matched],
+            matched=[evaluations[i].rule for i in matched],
             evaluations=evaluations,
             requested=[r.id for r in requests],
             replay_of=replay_of,

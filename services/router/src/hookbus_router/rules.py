@@ -7,8 +7,10 @@ a reload swaps in a new one whole.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
@@ -31,16 +33,6 @@ def _patterns(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _glob_outcome(name: str, value: str | list[str], seen: str | None) -> Outcome | None:
-    """None when ``seen`` matches the glob (or one of the globs) ``value``, else why not."""
-    patterns = _patterns(value)
-    if "*" in patterns:
-        return None
-    if seen is not None and any(fnmatchcase(seen, p) for p in patterns):
-        return None
-    return Outcome(False, name, f"event.{_EVENT_FACT[name]}", "glob", shown(seen))
-
-
 _EVENT_FACT = {"source": "source", "event": "type", "repository": "repository", "branch": "branch"}
 
 
@@ -48,6 +40,21 @@ def glob_passes(value: str | list[str], seen: str | None) -> bool:
     """Whether ``seen`` passes a rule's glob (or list of globs) ``value``."""
     patterns = _patterns(value)
     return "*" in patterns or (seen is not None and any(fnmatchcase(seen, p) for p in patterns))
+
+
+def glob_matcher(value: str | list[str]) -> Callable[[str | None], bool] | None:
+    """``glob_passes(value, ·)`` compiled once: None when every value passes (``*``), else
+    a test that looks names without a wildcard up in a set and runs the others' regexes."""
+    patterns = _patterns(value)
+    if "*" in patterns:
+        return None
+    exact = frozenset(p for p in patterns if not any(ch in p for ch in "*?["))
+    globs = tuple(re.compile(fnmatch.translate(p)).match for p in patterns if p not in exact)
+
+    def passes(seen: str | None) -> bool:
+        return seen is not None and (seen in exact or any(g(seen) for g in globs))
+
+    return passes
 
 
 def _glob_reason(name: str, value: str | list[str], seen: str | None) -> str:
@@ -129,6 +136,14 @@ class Facts:
 # ------------------------------------------------------------------------ compiling
 
 
+_KEYS: tuple[tuple[str, str], ...] = (
+    ("source", "source"),
+    ("event", "event_type"),
+    ("repository", "repository"),
+    ("branch", "branch"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     rule: Rule
@@ -137,6 +152,20 @@ class CompiledRule:
     templates: tuple[dict[str, templates.Template], ...] = field(default=())
     # A rule over several events: its parts, key and window (waits.py).
     multi: MultiEvent | None = None
+    # The rule's source, event, repository and branch globs compiled (glob_matcher), with
+    # the name of the fact each reads; the ones every value passes are left out.
+    globs: tuple[tuple[str, str, Callable[[str | None], bool]], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        rule = self.rule
+        compiled = []
+        for name, attr in _KEYS:
+            passes = glob_matcher(getattr(rule, name))
+            if passes is not None:
+                compiled.append((name, attr, passes))
+        object.__setattr__(self, "globs", tuple(compiled))
 
     def evaluate(self, hook: WebhookReceived, facts: Facts | None = None) -> RuleEvaluation:
         rule = self.rule
@@ -147,14 +176,29 @@ class CompiledRule:
         if self.multi is not None:
             # Alone, an event never fires it: the router's waits do (see waits.py).
             return self.multi.match(hook, facts or Facts(hook))[1]
-        for name, value, seen in (
-            ("source", rule.source, hook.source),
-            ("event", rule.event, hook.event_type),
-            ("repository", rule.repository, hook.repository),
-            ("branch", rule.branch, hook.branch),
-        ):
-            missed = _glob_outcome(name, value, seen)
-            if missed is not None:
+        return self._rest(hook, facts, self.globs)
+
+    def evaluate_candidate(self, hook: WebhookReceived, facts: Facts) -> RuleEvaluation:
+        """``evaluate`` for a rule known to be enabled and to pass the event's source,
+        event type and repository (the index's candidates): the branch and the
+        condition are all that is left to test."""
+        if self.multi is not None:
+            return self.multi.match(hook, facts)[1]
+        globs = self.globs
+        return self._rest(hook, facts, globs[-1:] if globs and globs[-1][0] == "branch" else ())
+
+    def _rest(
+        self,
+        hook: WebhookReceived,
+        facts: Facts | None,
+        globs: tuple[tuple[str, str, Callable[[str | None], bool]], ...],
+    ) -> RuleEvaluation:
+        rule = self.rule
+        for name, attr, passes in globs:
+            seen = getattr(hook, attr)
+            if not passes(seen):
+                value = getattr(rule, name)
+                missed = Outcome(False, name, f"event.{_EVENT_FACT[name]}", "glob", shown(seen))
                 return _evaluation(rule.name, missed, _glob_reason(name, value, seen))
         if self.condition is not None:
             outcome = self.condition.test((facts or Facts(hook)).doc)
@@ -207,21 +251,31 @@ class RuleSet:
     version: str
     # The rules by source and event type (index.py); None: every rule is evaluated.
     index: RuleIndex | None = None
-    # Derived from ``rules`` once: the rules over several events, and the rules by name.
-    _extra: tuple[tuple[CompiledRule, ...], dict[str, CompiledRule]] = field(
+    # Derived from ``rules`` once: the rules over several events, the rules by name, and
+    # their positions by name.
+    _extra: tuple[tuple[CompiledRule, ...], dict[str, CompiledRule], dict[str, int]] = field(
         init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
         waiting = tuple(r for r in self.rules if r.multi is not None)
-        object.__setattr__(self, "_extra", (waiting, {r.rule.name: r for r in self.rules}))
+        named = {r.rule.name: r for r in self.rules}
+        at = {r.rule.name: i for i, r in enumerate(self.rules)}
+        object.__setattr__(self, "_extra", (waiting, named, at))
 
     def evaluate(self, hook: WebhookReceived, facts: Facts) -> list[RuleEvaluation]:
         """Every rule's evaluation of ``hook``, in order (the same with or without the
         index; with it, only the rules that can match are evaluated)."""
+        return self.evaluate_matched(hook, facts)[0]
+
+    def evaluate_matched(
+        self, hook: WebhookReceived, facts: Facts
+    ) -> tuple[list[RuleEvaluation], list[int]]:
+        """``evaluate``, and the positions of the rules that matched, in order."""
         if self.index is not None:
-            return self.index.evaluate(hook, facts)
-        return [r.evaluate(hook, facts) for r in self.rules]
+            return self.index.evaluate_matched(hook, facts)
+        out = [r.evaluate(hook, facts) for r in self.rules]
+        return out, [i for i, e in enumerate(out) if e.matched]
 
     @property
     def multi(self) -> bool:
@@ -235,6 +289,10 @@ class RuleSet:
 
     def named(self, name: str) -> CompiledRule | None:
         return self._extra[1].get(name)
+
+    def position(self, name: str) -> int | None:
+        """Where the rule ``name`` is in ``rules`` (None: no such rule)."""
+        return self._extra[2].get(name)
 
     @classmethod
     def build(cls, rules: Sequence[Rule], *, indexed: bool = True) -> RuleSet:
