@@ -29,6 +29,7 @@ from .events import Event
 from .logs import correlated
 from .outage import Recovery, is_outage
 from .outbox import Outbox
+from .pull import StandingPull
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ class Consumer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()  # run() hands in the service's
         self._fetching: asyncio.Future[list[Msg]] | None = None
+        self._puller: StandingPull | None = None
         # A waiting message tells JetStream it is in progress well within the ack wait.
         self._recovery = Recovery(durable, heartbeat=max(0.1, ack_wait / 3))
 
@@ -296,6 +298,8 @@ class Consumer:
         """NATS reconnected: a long fetch may wait on a pull the server no longer has."""
         if self._fetching is not None:
             self._fetching.cancel()
+        if self._puller is not None:
+            self._puller.forget()
 
     async def _fetch(
         self, sub: JetStreamContext.PullSubscription, batch: int, stopped: asyncio.Future[Any]
@@ -321,28 +325,39 @@ class Consumer:
         stop: asyncio.Event,
         stopped: asyncio.Future[Any],
     ) -> None:
-        while not stop.is_set():
-            if len(self._tasks) >= self.max_in_flight:
-                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            if self._recovery.waiting:
-                # Postgres or NATS is away: more messages would only wait as well, and
-                # left in the stream they are not delivered (nor counted) again.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
-                continue
-            try:
-                msgs = await self._fetch(sub, self.max_in_flight - len(self._tasks), stopped)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue  # nothing to do within the fetch window
-            except (nats.errors.Error, OSError) as exc:
-                log.warning("fetch failed; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs or ():
-                task = asyncio.create_task(self._handle(msg))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        """Messages come on a standing pull (see ``pull``): asked for as slots free up,
+        without a request per message."""
+        puller = StandingPull(self.bus.nc, sub, size=self.max_in_flight, expires=FETCH_WAIT)
+        await puller.start()
+        self._puller = puller
+        stopped.add_done_callback(lambda _f: puller.wake())
+        try:
+            while not stop.is_set():
+                if len(self._tasks) >= self.max_in_flight:
+                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if self._recovery.waiting:
+                    # Postgres or NATS is away: more messages would only wait as well,
+                    # and left in the stream they are not delivered (nor counted) again.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
+                    continue
+                try:
+                    await puller.ask(self.max_in_flight - len(self._tasks))
+                except (nats.errors.Error, OSError) as exc:
+                    log.warning("fetch failed; retrying", extra={"error": repr(exc)})
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in await puller.take():
+                    if stop.is_set():
+                        break  # not acked: JetStream delivers it again
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            self._puller = None
+            with contextlib.suppress(Exception):
+                await puller.close()
 
     async def _handle(self, msg: Msg) -> None:
         looplag.touch()
