@@ -1,19 +1,18 @@
-"""Which addresses a delivery may connect to (no traffic: the check alone, and the
-connector's refusal before any connection, with a resolver and inner backend of the test's)."""
+"""Which addresses a delivery may connect to (no traffic: the check alone, and a client's
+policy; the connector that applies it is tested with real connections in
+tests/integration/test_dispatcher_httpclient.py)."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 
-import httpcore
 import pytest
 
 from hookbus_dispatcher.ssrf import (
     REFUSED,
     Address,
     DestinationRefused,
-    GuardedBackend,
+    Guard,
     embedded_ipv4,
     refusal,
 )
@@ -131,63 +130,32 @@ def test_embedded_ipv4() -> None:
     assert embedded_ipv4(ip("2606:4700::1")) is None  # type: ignore[arg-type]
 
 
-# ------------------------------------------------------- the connector (no traffic)
+# ------------------------------------------------------- a client's policy
 
 
-class _Recorder(httpcore.AsyncNetworkBackend):
-    """An inner backend that records where it was asked to connect, and connects nowhere."""
-
-    def __init__(self) -> None:
-        self.asked: list[tuple[str, int]] = []
-
-    async def connect_tcp(  # type: ignore[override]
-        self, host: str, port: int, *args: object, **kwargs: object
-    ) -> httpcore.AsyncNetworkStream:
-        self.asked.append((host, port))
-        raise httpcore.ConnectError("test: not connecting")
-
-
-class _Resolving(GuardedBackend):
-    """The guard with a fixed resolver: the name resolves to ``answers``."""
-
-    def __init__(self, answers: Iterable[str], inner: _Recorder, **kwargs: object) -> None:
-        super().__init__(inner=inner, **kwargs)  # type: ignore[arg-type]
-        self.answers = [ip(a) for a in answers]
-
-    async def resolve(self, host: str, port: int) -> list[Address]:
-        return self.answers
-
-
-async def test_one_refused_address_among_public_ones_refuses_the_name_before_connecting() -> None:
-    inner = _Recorder()
-    guard = _Resolving(["93.184.215.14", "10.0.0.7"], inner)
+def test_one_refused_address_among_public_ones_refuses_the_name() -> None:
+    guard = Guard()
     before = REFUSED.labels("private")._value.get()
     with pytest.raises(DestinationRefused) as info:
-        await guard.connect_tcp("example.test", 443)
-    assert inner.asked == []
+        guard.check("example.test", ["93.184.215.14", "10.0.0.7"])
     assert info.value.reason == "private"
     assert info.value.address == "10.0.0.7"
     assert "example.test resolves to 10.0.0.7 (private)" in str(info.value)
     assert REFUSED.labels("private")._value.get() == before + 1
 
 
-async def test_the_connection_goes_to_the_checked_address_not_the_name() -> None:
-    inner = _Recorder()
-    guard = _Resolving(["93.184.215.14", "2606:4700::6810:84e5"], inner)
-    with pytest.raises(httpcore.ConnectError):
-        await guard.connect_tcp("example.test", 8443)
-    # Each checked address in turn, never the name (which DNS could answer differently).
-    assert inner.asked == [("93.184.215.14", 8443), ("2606:4700::6810:84e5", 8443)]
+def test_a_scoped_ipv6_address_is_judged_without_its_scope() -> None:
+    with pytest.raises(DestinationRefused) as info:
+        Guard().check("intranet.test", ["fe80::1%eth0"])
+    assert info.value.reason == "link-local"
 
 
-async def test_allow_private_lets_the_connector_reach_a_private_address() -> None:
-    inner = _Recorder()
-    guard = _Resolving(["10.0.0.7"], inner, allow_private=True)
-    with pytest.raises(httpcore.ConnectError):
-        await guard.connect_tcp("intranet.test", 80)
-    assert inner.asked == [("10.0.0.7", 80)]
+def test_public_addresses_pass_the_guard() -> None:
+    Guard().check("example.test", ["93.184.215.14", "2606:4700::6810:84e5"])
 
 
-async def test_a_unix_socket_is_never_used() -> None:
-    with pytest.raises(httpcore.ConnectError):
-        await GuardedBackend().connect_unix_socket("/run/docker.sock")
+def test_allow_private_lets_a_client_reach_a_private_address_but_no_metadata_service() -> None:
+    guard = Guard(allow_private=True)
+    guard.check("intranet.test", ["10.0.0.7", "127.0.0.1"])
+    with pytest.raises(DestinationRefused):
+        guard.check("intranet.test", ["169.254.169.254"])

@@ -290,6 +290,9 @@ async def attempt(
                 resp = await sender.send(request, follow_redirects=False, stream=True)
         except DestinationRefused as exc:
             error, final = str(exc)[:500], True
+        except httpx.UnsupportedProtocol as exc:
+            # A URL no attempt can send (an address written in a non-canonical form).
+            error, final = f"request cannot be sent: {exc}"[:500], True
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         except TimeoutError:

@@ -5,22 +5,22 @@ DNS, which someone else controls. So the check is made on every address the name
 to, at connect time, and the connection goes to the address that was checked: a name that
 resolves to a public address when checked and to 127.0.0.1 a moment later (DNS
 rebinding) never gets a connection to 127.0.0.1. TLS and the ``Host`` header still use the
-name from the URL (httpcore passes it as the server name after ``connect_tcp``).
+name from the URL (aiohttp passes it as the server name when it connects to the address).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Any, Final
 
-import httpcore
+import aiohttp
 import httpx
-from httpcore import AsyncNetworkBackend, AsyncNetworkStream
+from aiohttp.abc import ResolveResult
 from prometheus_client import Counter
+
+from .httpclient import AiohttpTransport
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -143,38 +143,19 @@ class DestinationRefused(Exception):
         self.reason = reason
 
 
-class GuardedBackend(AsyncNetworkBackend):
-    """An httpcore network backend that resolves the host itself, refuses the connection
-    if any address it resolves to is refused, and connects to the checked addresses only."""
+class Guard:
+    """The address policy of one client: which addresses its connections may reach."""
 
     def __init__(
-        self,
-        *,
-        allow_private: bool = False,
-        allow_networks: Sequence[Network] = (),
-        inner: AsyncNetworkBackend | None = None,
+        self, *, allow_private: bool = False, allow_networks: Sequence[Network] = ()
     ) -> None:
         self.allow_private = allow_private
         self.allow_networks = tuple(allow_networks)
-        self.inner = inner or httpcore.AnyIOBackend()
 
-    async def resolve(self, host: str, port: int) -> list[Address]:
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        seen: list[Address] = []
-        for *_, sockaddr in infos:
-            addr = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-            if addr not in seen:
-                seen.append(addr)
-        if not seen:
-            raise httpcore.ConnectError(f"cannot resolve {host}: no addresses")
-        return seen
-
-    def check(self, host: str, addresses: Iterable[Address]) -> None:
-        for addr in addresses:
+    def check(self, host: str, addresses: Iterable[str]) -> None:
+        """Raise :class:`DestinationRefused` if any of ``host``'s addresses is refused."""
+        for text in addresses:
+            addr = ipaddress.ip_address(text.split("%", 1)[0])
             why = refusal(
                 addr, allow_private=self.allow_private, allow_networks=self.allow_networks
             )
@@ -182,43 +163,30 @@ class GuardedBackend(AsyncNetworkBackend):
                 REFUSED.labels(why).inc()
                 raise DestinationRefused(host, str(addr), why)
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await self.resolve(host, port)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
-        # Every address, not just the one we would use first: the others are what a
-        # retry, or the next connection, would reach.
-        self.check(host, addresses)
-        last: Exception | None = None
-        for addr in addresses:
-            try:
-                return await self.inner.connect_tcp(
-                    str(addr), port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        assert last is not None
-        raise last
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> AsyncNetworkStream:
-        raise httpcore.ConnectError("deliveries never use unix sockets")
+DNS_CACHE_SECONDS: Final = 10
+"""How long a name's checked addresses are reused (aiohttp's DNS cache). Safe against DNS
+rebinding: what is cached is what was checked, and connections go to those addresses."""
 
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, refusing a connection when any address its host resolves to
+    is refused, before connecting. ``_resolve_host`` is where aiohttp turns a URL's host
+    (a name, or an address written in the URL) into the addresses it then connects to,
+    and only to those: checking its answer checks exactly what is connected to."""
+
+    def __init__(self, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.guard = guard
+
+    async def _resolve_host(
+        self, host: str, port: int, traces: Sequence[Any] | None = None
+    ) -> list[ResolveResult]:
+        found = await super()._resolve_host(host, port, traces=traces)
+        # Every address, not just the one used first: the others are what a retry, or
+        # the next connection, would reach.
+        self.guard.check(host, [r["host"] for r in found])
+        return found
 
 
 def guarded_client(
@@ -228,20 +196,21 @@ def guarded_client(
     timeout: float = 15.0,
 ) -> httpx.AsyncClient:
     """The dispatcher's HTTP client: redirects not followed, no proxy from the environment
-    (a proxy would be what the guard checks, not the destination), every connection made
-    through a :class:`GuardedBackend`."""
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
-    # httpx has no parameter for the network backend; the pool it would build is the
-    # default one (httpx's default limits and TLS context), rebuilt here with ours.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
-        max_connections=100,
-        max_keepalive_connections=20,
-        keepalive_expiry=5.0,
-        network_backend=GuardedBackend(allow_private=allow_private, allow_networks=allow_networks),
-    )
+    (a proxy would be what the guard checks, not the destination), no cookies kept, every
+    connection made through a :class:`GuardedConnector`."""
+    guard = Guard(allow_private=allow_private, allow_networks=allow_networks)
+
+    def connector() -> aiohttp.BaseConnector:
+        return GuardedConnector(
+            guard,
+            limit=100,
+            keepalive_timeout=5.0,
+            ttl_dns_cache=DNS_CACHE_SECONDS,
+            ssl=httpx.create_ssl_context(trust_env=False),
+        )
+
     return httpx.AsyncClient(
-        transport=transport,
+        transport=AiohttpTransport(connector),
         timeout=httpx.Timeout(timeout),
         follow_redirects=False,
         trust_env=False,
