@@ -11,6 +11,7 @@ names the same kinds as before (``ConnectError``, ``ReadTimeout``, …).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Final
 
@@ -19,6 +20,13 @@ import httpx
 import yarl
 
 READ_CHUNK: Final = 16 * 1024
+
+
+def quiet_request_logs() -> None:
+    """Keep httpx from logging every request at INFO: the line names the request's URL,
+    and a delivery's URL can be its secret (a Slack or Discord webhook URL is one). It is
+    also a log line per delivery that nobody needs: the attempt is in the event log."""
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @contextlib.contextmanager
