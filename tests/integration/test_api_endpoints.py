@@ -26,6 +26,7 @@ from hookbus_dispatcher import endpointstore
 from .api_support import api_config, serve_api
 from .test_api import Api, _is_problem
 from .test_dispatcher import Sink
+from .test_endpoints_runtime import KEYRING
 from .test_notify import _config, _deliver, _types
 
 pytestmark = pytest.mark.integration
@@ -243,7 +244,7 @@ async def test_run_time_endpoints_show_paused_with_why_and_never_their_secret(ap
     async with rt.pool.acquire() as conn:
         added, secret = await endpointstore.add(
             conn, rt.settings.prefix, name="crm", url="https://crm.example.com/in?t=tok-123",
-            tenant="globex", events=["invoice.*"], description="CRM", by="ana",
+            tenant="globex", events=["invoice.*"], description="CRM", by="ana", keyring=KEYRING,
         )  # fmt: skip
         await endpointstore.set_paused(
             conn, rt.settings.prefix, "crm", True, reason="their maintenance", by="ben"

@@ -2,7 +2,8 @@
 through the CLI's store (and the `hookbus endpoints` process), messages committed to the
 log as the API commits them, and the dispatcher as its main() wires it (delivery handler
 with fan-out, the run-time endpoint store, the scheduler) consuming real NATS, writing
-real Postgres and sending to a sink on loopback, signed with the run-time secret."""
+real Postgres and sending to a sink on loopback, signed with the run-time secret, which
+is stored encrypted (never a whsec_ in the table) and still signs after a key rotation."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from hookbus_api import messages
 from hookbus_api.messages import SendMessage
 from hookbus_cli.embedded import free_port
-from hookbus_common import readmodels
+from hookbus_common import readmodels, sealing
 from hookbus_common.consumer import Consumer
+from hookbus_common.errors import Deferred
+from hookbus_common.sealing import Keyring
 from hookbus_common.service import Runtime
 from hookbus_dispatcher import endpointstore, retryafter
 from hookbus_dispatcher.config import Endpoint
@@ -37,6 +40,11 @@ from .test_dispatcher import LOOPBACK, Received, Sink, _status, _until
 
 pytestmark = pytest.mark.integration
 
+KEY = sealing.new_key()
+KEYRING = Keyring([sealing.parse_key(KEY, "test")])
+"""The key run-time endpoints' secrets are sealed under in these tests (the CLI run as a
+process gets it as HOOKBUS_SECRETS_KEY)."""
+
 
 @pytest.fixture
 def sink() -> Iterator[Sink]:
@@ -46,7 +54,7 @@ def sink() -> Iterator[Sink]:
 
 @contextlib.asynccontextmanager
 async def dispatcher(
-    rt: Runtime, configured: Mapping[str, Endpoint] | None = None
+    rt: Runtime, configured: Mapping[str, Endpoint] | None = None, keyring: Keyring = KEYRING
 ) -> AsyncIterator[None]:
     """The dispatcher as its main() builds it (loopback allowed, no endpoint cache)."""
     stop = asyncio.Event()
@@ -54,7 +62,8 @@ async def dispatcher(
         scheduler = Scheduler(rt.pool, rt.bus, clock=retryafter.utcnow, idle_interval=0.2)
         deliver = make_handler(
             client, rt.pool, 3, endpoints=configured, scheduler=scheduler,
-            retry_schedule=[0.2, 0.2], runtime=endpointstore.Store(rt.pool, ttl=0),
+            retry_schedule=[0.2, 0.2],
+            runtime=endpointstore.Store(rt.pool, ttl=0, keyring=keyring),
         )  # fmt: skip
         consumer = Consumer(
             service="dispatcher", bus=rt.bus, outbox=rt.outbox,
@@ -89,7 +98,9 @@ async def send(
 
 async def add(rt: Runtime, name: str, url: str, **kw: Any) -> str:
     async with rt.pool.acquire() as conn:
-        _, secret = await endpointstore.add(conn, rt.settings.prefix, name=name, url=url, **kw)
+        _, secret = await endpointstore.add(
+            conn, rt.settings.prefix, name=name, url=url, keyring=KEYRING, **kw
+        )
     return secret
 
 
@@ -132,7 +143,9 @@ async def test_a_rotated_secret_and_the_one_before_both_sign_during_the_window(
 ) -> None:
     old = await add(rt, "billing", sink.url)
     async with rt.pool.acquire() as conn:
-        _, new, _ = await endpointstore.rotate(conn, rt.settings.prefix, "billing", window=3600)
+        _, new, _ = await endpointstore.rotate(
+            conn, rt.settings.prefix, "billing", window=3600, keyring=KEYRING
+        )
     async with dispatcher(rt):
         await send(rt, "invoice.paid", {"n": 1})
         (got,) = await received(sink, 1)
@@ -141,7 +154,9 @@ async def test_a_rotated_secret_and_the_one_before_both_sign_during_the_window(
         assert _verify(old, got) == {"n": 1}
         # Rotated again with no window: only the newest signs.
         async with rt.pool.acquire() as conn:
-            _, newest, _ = await endpointstore.rotate(conn, rt.settings.prefix, "billing", window=0)
+            _, newest, _ = await endpointstore.rotate(
+                conn, rt.settings.prefix, "billing", window=0, keyring=KEYRING
+            )
         await send(rt, "invoice.paid", {"n": 2})
         got = (await received(sink, 2))[1]
     assert len(got.headers["webhook-signature"].split()) == 1
@@ -218,11 +233,12 @@ async def test_names_clash_with_the_config_file_and_with_each_other(
     async with rt.pool.acquire() as conn:
         with pytest.raises(EndpointConflict, match=r"\[endpoints.billing\]"):
             await endpointstore.add(
-                conn, rt.settings.prefix, name="billing", url=sink.url, configured=["billing"]
-            )
-        await endpointstore.add(conn, rt.settings.prefix, name="crm", url=sink.url)
+                conn, rt.settings.prefix, name="billing", url=sink.url, configured=["billing"],
+                keyring=KEYRING,
+            )  # fmt: skip
+        await add(rt, "crm", sink.url)
         with pytest.raises(EndpointConflict, match="exists"):
-            await endpointstore.add(conn, rt.settings.prefix, name="crm", url=sink.url)
+            await add(rt, "crm", sink.url)
         assert await endpointstore.clashes(conn, ["crm", "billing"]) == ["crm"]
 
 
@@ -253,6 +269,7 @@ def _env(rt: Runtime) -> dict[str, str]:
         HOOKBUS_DATABASE__URL=s.database.url,
         HOOKBUS_DATABASE__SCHEMA=s.database.schema,
         HOOKBUS_PREFIX=s.prefix,
+        HOOKBUS_SECRETS_KEY=KEY,
     )
 
 
@@ -324,3 +341,124 @@ async def test_a_dispatcher_refuses_to_start_with_a_name_in_both(
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
     assert "endpoints.billing: also added at run time" in err.decode()
+
+
+# ------------------------------------------------------- secrets encrypted at rest
+
+
+async def _stored(rt: Runtime) -> list[dict[str, Any]]:
+    rows = await rt.pool.fetch(
+        "SELECT secret_id, endpoint_id, secret, key_id FROM endpoint_secrets ORDER BY created_at"
+    )
+    return [dict(r) for r in rows]
+
+
+async def test_secrets_are_stored_sealed_and_sign_through_the_dispatcher(
+    rt: Runtime, sink: Sink
+) -> None:
+    first = await add(rt, "billing", sink.url)
+    async with rt.pool.acquire() as conn:
+        _, second, _ = await endpointstore.rotate(
+            conn, rt.settings.prefix, "billing", window=3600, keyring=KEYRING
+        )
+    stored = await _stored(rt)
+    assert len(stored) == 2
+    for row in stored:
+        assert row["key_id"] == KEYRING.current
+        assert "whsec_" not in row["secret"]
+        assert first[6:] not in row["secret"]
+        assert second[6:] not in row["secret"]
+    async with dispatcher(rt):
+        await send(rt, "invoice.paid", {"n": 1})
+        (got,) = await received(sink, 1)
+    assert _verify(first, got) == {"n": 1}
+    assert _verify(second, got) == {"n": 1}
+
+
+async def test_plaintext_secrets_keep_signing_until_resealed(
+    rt: Runtime, sink: Sink, tmp_path: Path
+) -> None:
+    secret = await add(rt, "billing", sink.url)
+    # As a row written before secrets were sealed holds it.
+    await rt.pool.execute("UPDATE endpoint_secrets SET secret = $1, key_id = NULL", secret)
+    async with dispatcher(rt):
+        await send(rt, "invoice.paid", {"n": 1})
+        (got,) = await received(sink, 1)
+    assert _verify(secret, got) == {"n": 1}
+
+    (tmp_path / "hookbus.toml").write_text("")
+
+    def reseal(env: dict[str, str]) -> Any:
+        return hookbus("-c", str(tmp_path / "hookbus.toml"), "endpoints", "reseal", "--json",
+                       env=env, cwd=tmp_path)  # fmt: skip
+
+    out = reseal(_env(rt))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"key_id": KEYRING.current, "plaintext": 1, "older_keys": 0}
+    (row,) = await _stored(rt)
+    assert row["key_id"] == KEYRING.current
+    assert "whsec_" not in row["secret"]
+    again = reseal(_env(rt))
+    assert json.loads(again.stdout)["plaintext"] == 0
+    # Sealed, it signs as before.
+    async with dispatcher(rt):
+        await send(rt, "invoice.paid", {"n": 2})
+        got = (await received(sink, 2))[1]
+    assert _verify(secret, got) == {"n": 2}
+
+    # Without the key the CLI refuses, naming the setting, and changes nothing.
+    bare = {k: v for k, v in _env(rt).items() if k != "HOOKBUS_SECRETS_KEY"}
+    refused = reseal(bare)
+    assert refused.returncode == 1
+    assert "HOOKBUS_SECRETS_KEY" in refused.stderr
+    added = hookbus("-c", str(tmp_path / "hookbus.toml"), "endpoints", "add", "crm",
+                    "https://crm.example.com/in", env=bare, cwd=tmp_path)  # fmt: skip
+    assert added.returncode == 1
+    assert "HOOKBUS_SECRETS_KEY" in added.stderr
+    assert await endpointstore.get(rt.pool, "crm") is None
+
+
+async def test_a_key_rotation_reseals_and_the_old_key_alone_no_longer_opens(
+    rt: Runtime, sink: Sink, tmp_path: Path
+) -> None:
+    secret = await add(rt, "billing", sink.url)
+    new_key = sealing.new_key()
+    (tmp_path / "hookbus.toml").write_text("")
+    # The new key first (it seals), the old one after it (it still opens).
+    env = {**_env(rt), "HOOKBUS_SECRETS_KEY": f"{new_key}, {KEY}"}
+    out = hookbus("-c", str(tmp_path / "hookbus.toml"), "endpoints", "reseal", "--json",
+                  env=env, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    new_ring = Keyring([sealing.parse_key(new_key, "test")])
+    assert json.loads(out.stdout) == {"key_id": new_ring.current, "plaintext": 0, "older_keys": 1}
+    (row,) = await _stored(rt)
+    assert row["key_id"] == new_ring.current
+    # The new key alone signs; the old key alone, or none, cannot open it: the delivery
+    # waits (deferred), and the error names the setting and the key, never the secret.
+    async with dispatcher(rt, keyring=new_ring):
+        await send(rt, "invoice.paid", {"n": 1})
+        (got,) = await received(sink, 1)
+    assert _verify(secret, got) == {"n": 1}
+    for ring in (KEYRING, None):
+        store = endpointstore.Store(rt.pool, ttl=0, keyring=ring)
+        with pytest.raises(Deferred) as caught:
+            await store.get("billing")
+        assert "HOOKBUS_SECRETS_KEY" in caught.value.reason
+        assert new_ring.current in caught.value.reason
+        assert secret[6:] not in caught.value.reason
+
+
+async def test_a_sealed_secret_moved_to_another_row_does_not_open(rt: Runtime, sink: Sink) -> None:
+    await add(rt, "a", sink.url)
+    await add(rt, "b", sink.url)
+    first, second = await _stored(rt)
+    # b's row given a's sealed secret (as someone with write access to the table might).
+    await rt.pool.execute(
+        "UPDATE endpoint_secrets SET secret = $1 WHERE secret_id = $2",
+        first["secret"],
+        second["secret_id"],
+    )
+    store = endpointstore.Store(rt.pool, ttl=0, keyring=KEYRING)
+    assert await store.get("a") is not None
+    with pytest.raises(Deferred, match="altered or moved"):
+        await store.get("b")

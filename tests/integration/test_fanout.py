@@ -29,7 +29,7 @@ from hookbus_router.routing import route
 
 from .test_cli import clean_env
 from .test_dispatcher import Sink, _NoMsg, _status, _until
-from .test_endpoints_runtime import add, dispatcher, received, send
+from .test_endpoints_runtime import KEY, add, dispatcher, received, send
 
 pytestmark = pytest.mark.integration
 
@@ -184,7 +184,8 @@ async def test_the_dispatcher_process_fans_out_to_run_time_endpoints(
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hookbus_dispatcher", "--config", str(config),
-        env=clean_env(), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env=clean_env(HOOKBUS_SECRETS_KEY=KEY),  # it opens the endpoint's sealed secret
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
         accepted = await send(rt, "invoice.paid", {"id": "in_7"}, tenant="acme", key="k7")

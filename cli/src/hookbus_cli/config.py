@@ -52,6 +52,8 @@ def running_up(data_dir: str | None) -> dict[str, str]:
     env = {"HOOKBUS_NATS__URL": info["nats_url"], "HOOKBUS_DATABASE__URL": info["database_url"]}
     if "stream_replicas" in info:  # `hookbus up --nats-cluster`: keep the stream's replicas
         env["HOOKBUS_NATS__STREAM_REPLICAS"] = str(info["stream_replicas"])
+    if "secrets_key_file" in info:  # the key run-time endpoints' secrets are sealed under
+        env["HOOKBUS_SECRETS_KEY_FILE"] = str(info["secrets_key_file"])
     return env
 
 

@@ -1,7 +1,7 @@
 """``hookbus endpoints …``: the endpoints of the config file and those managed at run time
-(``add | update | rotate-secret | pause | resume | delete``), and their health
-(``list | show | disable | enable``); enabling with ``--recover-since`` requests again
-what died while one was down."""
+(``add | update | rotate-secret | pause | resume | delete``, ``reseal`` their stored
+secrets), and their health (``list | show | disable | enable``); enabling with
+``--recover-since`` requests again what died while one was down."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import asyncpg
 import msgspec
 
 from hookbus_api import endpointsview
+from hookbus_common import sealing
 from hookbus_common.errors import ConfigError
+from hookbus_common.sealing import Keyring
 from hookbus_dispatcher import config as dispatcher
 from hookbus_dispatcher import endpointstore as store
 from hookbus_dispatcher.endpointstore import EndpointError, RuntimeEndpoint
@@ -252,6 +254,15 @@ def _secret_text(name: str, secret: str) -> str:
     )
 
 
+def keyring(args: argparse.Namespace) -> Keyring:
+    """The key ring secrets are sealed under (HOOKBUS_SECRETS_KEY or _FILE, or a running
+    ``hookbus up``'s); exits naming the setting when there is none or it is malformed."""
+    try:
+        return sealing.require(environment(args))
+    except ConfigError as exc:
+        fail(exc)
+
+
 def _managed(args: argparse.Namespace, work: Any) -> int:
     """Run one change to a run-time endpoint; print its text or JSON, or its error."""
     settings = core_settings(args)
@@ -273,12 +284,13 @@ def _managed(args: argparse.Namespace, work: Any) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     configured = _configured(args)
+    ring = keyring(args)
 
     async def work(conn: asyncpg.Connection, prefix: str, by: str | None) -> tuple[str, Any]:
         e, secret = await store.add(
             conn, prefix, name=args.name, url=args.url, tenant=args.tenant,
             events=args.events or ["*"], description=args.description or "", by=by,
-            configured=list(configured),
+            configured=list(configured), keyring=ring,
         )  # fmt: skip
         text = f"endpoint {e.name} added ({e.endpoint_id})\n\n{_show(_runtime_view(e))}\n\n"
         return text + _secret_text(e.name, secret), {"endpoint": _runtime_view(e), "secret": secret}
@@ -299,9 +311,12 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     window = duration(args.keep_old, "--keep-old")
+    ring = keyring(args)
 
     async def work(conn: asyncpg.Connection, prefix: str, by: str | None) -> tuple[str, Any]:
-        e, secret, until = await store.rotate(conn, prefix, args.name, window=window, by=by)
+        e, secret, until = await store.rotate(
+            conn, prefix, args.name, window=window, by=by, keyring=ring
+        )
         old = (
             "the previous secret no longer signs"
             if window == 0
@@ -340,6 +355,40 @@ def cmd_delete(args: argparse.Namespace) -> int:
         return text, _runtime_view(e)
 
     return _managed(args, work)
+
+
+class Resealed(msgspec.Struct, kw_only=True):
+    """What ``hookbus endpoints reseal`` did: the current key's id, and how many secrets
+    it sealed that were in plaintext or under an older key."""
+
+    key_id: str
+    plaintext: int
+    older_keys: int
+
+
+def cmd_reseal(args: argparse.Namespace) -> int:
+    settings = core_settings(args)
+    ring = keyring(args)
+
+    async def run() -> Resealed:
+        async with connection(settings.database, migrate=True) as conn:
+            plain, older = await store.reseal(conn, ring)
+        return Resealed(key_id=ring.current, plaintext=plain, older_keys=older)
+
+    try:
+        done = asyncio.run(run())
+    except ConfigError as exc:  # a secret under a key not given, or altered
+        print(f"hookbus: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(msgspec.json.encode(done).decode())
+    else:
+        print(
+            f"{done.plaintext + done.older_keys} secrets sealed under key {done.key_id}"
+            f" ({done.plaintext} were in plaintext, {done.older_keys} under older keys);"
+            " every other secret already was"
+        )
+    return 0
 
 
 def _register_managed(cmds: Any) -> None:
@@ -385,6 +434,13 @@ def _register_managed(cmds: Any) -> None:
     delete = cmds.add_parser("delete", help="delete a run-time endpoint and its secrets")
     common(delete)
     delete.set_defaults(func=cmd_delete)
+    reseal = cmds.add_parser(
+        "reseal",
+        help="encrypt every stored signing secret under the current key"
+        " (after an upgrade or a key rotation)",
+    )
+    reseal.add_argument("--json", action="store_true", help="as one JSON object")
+    reseal.set_defaults(func=cmd_reseal)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

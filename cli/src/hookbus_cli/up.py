@@ -17,6 +17,8 @@ from typing import Any
 
 import msgspec
 
+from hookbus_common import sealing
+from hookbus_common.errors import ConfigError
 from hookbus_common.settings import default_config_path
 from hookbus_executor.config import ExecutorSettings
 
@@ -66,6 +68,36 @@ def port_free(host: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+# The services that hold the key ring of run-time endpoints' signing secrets: the
+# dispatcher opens them to sign (the CLI, which writes them, finds the key through up.json).
+KEY_HOLDERS = frozenset({"dispatcher"})
+KEY_FILE = "secrets.key"
+
+
+def service_env(env: dict[str, str], service: str, key_file: Path | None) -> dict[str, str]:
+    """``env`` for one service: the secrets key (the operator's, else ``key_file``) only
+    for the services that need it."""
+    keys = (sealing.KEY_ENV, sealing.KEY_FILE_ENV)
+    out = {k: v for k, v in env.items() if k not in keys}
+    if service in KEY_HOLDERS:
+        given = {k: env[k] for k in keys if env.get(k)}
+        if given:
+            out.update(given)
+        elif key_file is not None:
+            out[sealing.KEY_FILE_ENV] = str(key_file)
+    return out
+
+
+def secrets_key(data_dir: Path, env: dict[str, str]) -> Path | None:
+    """The key file made in ``data_dir`` on first start (kept across restarts), unless the
+    environment gives a key; raises ``ConfigError`` naming the setting for a bad one."""
+    if sealing.load(env) is not None:
+        return None
+    path = sealing.ensure_key_file(data_dir / KEY_FILE)
+    sealing.load({sealing.KEY_FILE_ENV: str(path)})  # a damaged file: say so now
+    return path
 
 
 class AlreadyRunning(Exception):
@@ -158,6 +190,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             "nats_url": nats.url,
             "database_url": db_url,
         }
+        # Run-time endpoints' signing secrets are sealed under this key: the dispatcher
+        # gets it, and `hookbus endpoints` run beside us finds it in up.json.
+        key_file = secrets_key(data_dir, env)
+        if key_file is not None:
+            state["secrets_key_file"] = str(key_file)
         if args.nats_cluster:  # commands run beside us use it too (cli/config.py)
             env["HOOKBUS_NATS__STREAM_REPLICAS"] = state["stream_replicas"] = str(args.nats_cluster)
         (data_dir / "up.json").write_bytes(msgspec.json.encode(state))
@@ -177,7 +214,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 flush=True,
             )
         for service in services:
-            children[service] = subprocess.Popen(service_argv(service, None), env=env)
+            children[service] = subprocess.Popen(
+                service_argv(service, None), env=service_env(env, service, key_file)
+            )
         host = settings.receiver.host
         if host in ("0.0.0.0", "::"):  # noqa: S104 (comparing, not binding)
             host = "127.0.0.1"
@@ -203,7 +242,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                     print(f"hookbus: {name} exited with {child.returncode}; stopping", flush=True)
                     stopping = True
             time.sleep(0.2)
-    except EmbeddedError as exc:
+    except (EmbeddedError, ConfigError) as exc:
         print(f"hookbus: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -5,29 +5,45 @@ log), and the dispatcher's view of them at send time (:class:`Store`).
 The CLI writes through this module; the dispatcher reads through :class:`Store`. A
 rotation keeps the secrets before it signing (each request carries one signature per
 live secret) until their ``valid_until``, as a config endpoint's list of secrets does.
+
+Secrets are stored sealed (AES-256-GCM, :mod:`hookbus_common.sealing`) under the key ring
+of ``HOOKBUS_SECRETS_KEY`` or ``HOOKBUS_SECRETS_KEY_FILE``: whoever writes them (the CLI)
+and whoever reads them (the dispatcher) needs it, nobody else. A row written before
+secrets were sealed (no ``key_id``) is read as it is, and sealed on the endpoint's next
+rotation or by :func:`reseal` (``hookbus endpoints reseal``).
 """
 
 from __future__ import annotations
 
 import base64
 import fnmatch
+import logging
 import re
 import secrets as random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, Literal
 
 import asyncpg
 import httpx
 import msgspec
 
-from hookbus_common import eventlog, readmodels
+from hookbus_common import eventlog, readmodels, sealing
 from hookbus_common import events as ev
-from hookbus_common.errors import ConflictError, HookbusError, InvalidError, NotFoundError
+from hookbus_common.errors import (
+    ConflictError,
+    Deferred,
+    HookbusError,
+    InvalidError,
+    NotFoundError,
+)
 from hookbus_common.eventlog import Pending
+from hookbus_common.sealing import Keyring, Sealed, SealingError
 
 from .config import Endpoint, Secret
+
+log = logging.getLogger(__name__)
 
 SOURCE: Final = "/hookbus/endpoints"
 NAME: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -35,6 +51,8 @@ TENANT: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_GLOBS: Final = 50
 DEFAULT_ROTATION_WINDOW: Final = 86400.0
 """Seconds the secrets before a rotation keep signing (24 h, as Svix does)."""
+UNSEALED_RETRY: Final = 30.0
+"""Seconds before a delivery whose endpoint's secret cannot be opened is tried again."""
 
 
 class EndpointError(HookbusError):
@@ -145,17 +163,40 @@ async def list_all(
     return [_row(r) for r in rows]
 
 
+def _context(endpoint_id: str, secret_id: str) -> str:
+    """What a sealed secret is bound to: its row (moved to another, it does not open)."""
+    return f"endpoint_secrets/{endpoint_id}/{secret_id}"
+
+
+def _opened(row: asyncpg.Record, keyring: Keyring | None) -> str:
+    """A stored secret as text: opened when sealed, as it is when written before sealing."""
+    if row["key_id"] is None:
+        return str(row["secret"])
+    if keyring is None:
+        raise SealingError(
+            f"{sealing.KEY_ENV} (or {sealing.KEY_FILE_ENV}) is not set: the signing secrets"
+            f" of run-time endpoints are sealed under key {row['key_id']}; give that key"
+        )
+    sealed = Sealed(str(row["key_id"]), str(row["secret"]))
+    return keyring.open(sealed, _context(str(row["endpoint_id"]), str(row["secret_id"])))
+
+
 async def live_secrets(
-    conn: asyncpg.Connection | asyncpg.Pool, endpoint_id: str, now: datetime
+    conn: asyncpg.Connection | asyncpg.Pool,
+    endpoint_id: str,
+    now: datetime,
+    keyring: Keyring | None = None,
 ) -> list[str]:
-    """The secrets that sign requests to the endpoint now, newest first."""
+    """The secrets that sign requests to the endpoint now, newest first, opened with
+    ``keyring`` (``SealingError`` when one cannot be)."""
     rows = await conn.fetch(
-        "SELECT secret FROM endpoint_secrets WHERE endpoint_id = $1"
-        " AND (valid_until IS NULL OR valid_until > $2) ORDER BY created_at DESC, secret_id",
+        "SELECT secret_id, endpoint_id, secret, key_id FROM endpoint_secrets"
+        " WHERE endpoint_id = $1 AND (valid_until IS NULL OR valid_until > $2)"
+        " ORDER BY created_at DESC, secret_id",
         endpoint_id,
         now,
     )
-    return [str(r["secret"]) for r in rows]
+    return [_opened(r, keyring) for r in rows]
 
 
 async def clashes(conn: asyncpg.Connection | asyncpg.Pool, configured: Sequence[str]) -> list[str]:
@@ -186,19 +227,65 @@ async def _existing(conn: asyncpg.Connection, name: str) -> RuntimeEndpoint:
     return _row(row)
 
 
+def _keyring(keyring: Keyring | None) -> Keyring:
+    """``keyring``, or the one the environment sets (``SealingError`` naming the setting)."""
+    return keyring if keyring is not None else sealing.require()
+
+
 async def _store_secret(
-    conn: asyncpg.Connection, endpoint_id: str, secret: str, now: datetime
+    conn: asyncpg.Connection, endpoint_id: str, secret: str, now: datetime, keyring: Keyring
 ) -> str:
     secret_id = ev.new_id("sec")
+    sealed = keyring.seal(secret, _context(endpoint_id, secret_id))
     await conn.execute(
-        "INSERT INTO endpoint_secrets (secret_id, endpoint_id, secret, created_at)"
-        " VALUES ($1, $2, $3, $4)",
+        "INSERT INTO endpoint_secrets (secret_id, endpoint_id, secret, key_id, created_at)"
+        " VALUES ($1, $2, $3, $4, $5)",
         secret_id,
         endpoint_id,
-        secret,
+        sealed.text,
+        sealed.key_id,
         now,
     )
     return secret_id
+
+
+async def _reseal_rows(
+    conn: asyncpg.Connection, keyring: Keyring, endpoint_id: str | None
+) -> tuple[int, int]:
+    """Seal under the current key every secret (of ``endpoint_id``, or all) that is in
+    plaintext or under an older key; returns how many of each. The caller holds the
+    transaction."""
+    rows = await conn.fetch(
+        "SELECT secret_id, endpoint_id, secret, key_id FROM endpoint_secrets"
+        " WHERE ($1::text IS NULL OR endpoint_id = $1) AND key_id IS DISTINCT FROM $2"
+        " ORDER BY secret_id FOR UPDATE",
+        endpoint_id,
+        keyring.current,
+    )
+    plain = older = 0
+    for r in rows:
+        text = _opened(r, keyring)
+        sealed = keyring.seal(text, _context(str(r["endpoint_id"]), str(r["secret_id"])))
+        await conn.execute(
+            "UPDATE endpoint_secrets SET secret = $2, key_id = $3 WHERE secret_id = $1",
+            r["secret_id"],
+            sealed.text,
+            sealed.key_id,
+        )
+        if r["key_id"] is None:
+            plain += 1
+        else:
+            older += 1
+    return plain, older
+
+
+async def reseal(conn: asyncpg.Connection, keyring: Keyring | None = None) -> tuple[int, int]:
+    """Seal every stored secret under the ring's current key: those written before secrets
+    were sealed, and those under an older key (after a key rotation). Returns how many of
+    each; nothing is sent differently (the secrets are the same)."""
+    ring = _keyring(keyring)
+    async with conn.transaction():
+        return await _reseal_rows(conn, ring, None)
 
 
 async def add(
@@ -212,12 +299,15 @@ async def add(
     description: str = "",
     by: str | None = None,
     configured: Sequence[str] = (),
+    keyring: Keyring | None = None,
 ) -> tuple[RuntimeEndpoint, str]:
-    """Add an endpoint; returns it and its signing secret (shown once)."""
+    """Add an endpoint; returns it and its signing secret (shown once, stored sealed under
+    ``keyring``, by default the one the environment sets)."""
     check_name(name)
     check_tenant(tenant)
     check_url(url)
     globs = check_events(events)
+    ring = _keyring(keyring)
     if name in configured:
         raise EndpointConflict(
             f"an endpoint named {name!r} is in the config file ([endpoints.{name}]);"
@@ -229,7 +319,7 @@ async def add(
     async with conn.transaction():
         if await conn.fetchval("SELECT 1 FROM endpoints WHERE endpoint = $1", name):
             raise EndpointConflict(f"an endpoint named {name!r} exists")
-        secret_id = await _store_secret(conn, endpoint_id, secret, now)
+        secret_id = await _store_secret(conn, endpoint_id, secret, now, ring)
         await _record(
             conn,
             prefix,
@@ -274,12 +364,15 @@ async def rotate(
     *,
     window: float = DEFAULT_ROTATION_WINDOW,
     by: str | None = None,
+    keyring: Keyring | None = None,
 ) -> tuple[RuntimeEndpoint, str, datetime]:
     """Give the endpoint a new secret; the live ones keep signing for ``window`` seconds
     more (0: they stop now). Returns the endpoint, the new secret (shown once) and when
-    the old ones stop."""
+    the old ones stop. Its secrets still in plaintext or under an older key are sealed
+    under the current key too."""
     if window < 0:
         raise BadEndpoint("the rotation window cannot be negative")
+    ring = _keyring(keyring)
     now = datetime.now(UTC)
     until = now + timedelta(seconds=window)
     async with conn.transaction():
@@ -290,8 +383,9 @@ async def rotate(
             cur.endpoint_id,
             until,
         )
+        await _reseal_rows(conn, ring, cur.endpoint_id)
         secret = new_secret()
-        secret_id = await _store_secret(conn, cur.endpoint_id, secret, now)
+        secret_id = await _store_secret(conn, cur.endpoint_id, secret, now, ring)
         await _record(
             conn,
             prefix,
@@ -377,7 +471,13 @@ class Store:
     missed. What a stale entry can do is bounded: a rotated secret's predecessor keeps
     signing for the rotation window (far longer than ``ttl``); a pause seen late sends at
     most ``ttl`` seconds more; a paused entry is read again before a delivery is held, so
-    a resume is never missed."""
+    a resume is never missed.
+
+    Secrets are opened with ``keyring`` (by default the one the environment sets, read
+    once here: a malformed key stops the dispatcher at start). One that cannot be opened
+    (no key, or not the key it was sealed under) is logged, naming the setting, and the
+    delivery deferred: nothing is sent unsigned, nothing is lost, and it goes out once the
+    dispatcher is given the key."""
 
     def __init__(
         self,
@@ -386,11 +486,13 @@ class Store:
         ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        keyring: Keyring | Literal["env"] | None = "env",
     ) -> None:
         self.pool = pool
         self.ttl = ttl
         self.clock = clock
         self.now = now
+        self.keyring = sealing.load() if keyring == "env" else keyring
         self._cache: dict[str, tuple[float, Resolved | None]] = {}
 
     async def get(self, name: str, *, fresh: bool = False) -> Resolved | None:
@@ -407,7 +509,14 @@ class Store:
             row = await get(conn, name)
             if row is None:
                 return None
-            texts = await live_secrets(conn, row.endpoint_id, self.now())
+            try:
+                texts = await live_secrets(conn, row.endpoint_id, self.now(), self.keyring)
+            except SealingError as exc:
+                log.error(
+                    "cannot open an endpoint's signing secret; its deliveries wait",
+                    extra={"endpoint": name, "error": str(exc)},
+                )
+                raise Deferred(UNSEALED_RETRY, f"endpoint {name!r}: {exc}") from None
         return resolved(row, texts)
 
 
