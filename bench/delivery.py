@@ -7,13 +7,15 @@ HTTP client's own ceiling measured in the same run.
    event's ``recorded_at``) to the sink's receipt.
 2. **Saturation.** With the dispatcher stopped, a backlog of ``--delivery-backlog``
    requests is committed; then the dispatcher starts and drains it: deliveries/s between
-   the first and the last arrival at the sink (start-up counts for nothing), the
-   dispatcher's CPU per delivery, and latency from commit (mostly time spent waiting in
-   the backlog).
-3. **Clients.** The dispatcher's HTTP client as it is built (httpx with the SSRF-guarded
-   network backend) posting to four sinks (four destinations), 32 requests in flight:
-   one shared client, a pool of four clients, one client per destination, and one
-   shared plain httpx client (no guard), each in turn for the same time in this process.
+   the first and the last arrival at the sink (start-up counts for nothing), the CPU per
+   delivery of the dispatcher, and of this run's Postgres and nats-server, and latency
+   from commit (mostly time spent waiting in the backlog).
+3. **Clients.** The dispatcher's HTTP client as it is built (httpx's API over aiohttp's
+   connections, every connection's addresses checked by the SSRF guard) posting to four
+   sinks (four destinations), 32 requests in flight: one shared client, a pool of four
+   clients, one client per destination; and two unguarded references, httpx with its own
+   transport (httpcore) and a bare aiohttp session; each in turn for the same time in
+   this process.
 
 Requests go straight into the log and onto the bus (as the router records them), so only
 the dispatcher's work is measured. The figures are read against the ``ceilings`` phase's
@@ -26,11 +28,12 @@ import asyncio
 import ipaddress
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import msgspec
 
@@ -145,7 +148,7 @@ async def _fixed(
 
 
 async def _backlog(
-    rt: Runtime, system: System, port: int, opt: DeliveryOptions, body: bytes
+    rt: Runtime, system: System, servers: Servers, port: int, opt: DeliveryOptions, body: bytes
 ) -> dict[str, Any]:
     """A backlog committed with no dispatcher running, then drained by one."""
     tag = "backlog"
@@ -159,7 +162,7 @@ async def _backlog(
     before, t1 = cpu.snapshot(), time.perf_counter()
     complete = await _until(lambda: len(_arrivals(port, tag)) >= opt.backlog, opt.settle_timeout)
     after, wall = cpu.snapshot(), time.perf_counter() - t1
-    roles = {"dispatcher": {system.pid("dispatcher")}}
+    roles = {"dispatcher": {system.pid("dispatcher")}, **_servers_of(servers)}
     used = cpu.usage(before, after, roles, solo={})
     out = _figures(await _committed_at(rt, reqs), _arrivals(port, tag), opt.backlog)
     out["complete"] = complete and out["complete"]
@@ -170,57 +173,101 @@ async def _backlog(
     if span and out["delivered"]:
         # CPU seconds the dispatcher spent (from readiness to the drain seen) per delivery.
         out["dispatcher_cpu_us_per_delivery"] = round(busy * wall / out["delivered"] * 1e6, 1)
+        # The same for this run's Postgres and NATS (their own processes, not a neighbour's).
+        for role in ("postgres", "nats"):
+            if role in used:
+                out[f"{role}_cpu_us_per_delivery"] = round(
+                    used[role] * wall / out["delivered"] * 1e6, 1
+                )
     return out
+
+
+def _servers_of(servers: Servers) -> dict[str, set[int]]:
+    """This run's Postgres (its postmaster; backends count with it) and nats-server pids,
+    found by their data directory, so a machine shared with other runs does not blur them."""
+    found: dict[str, set[int]] = {}
+    base = str(servers.base)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = [a.decode(errors="replace") for a in args]
+        if not any(base in a for a in text):
+            continue
+        if any(a.endswith("postgres") for a in text[:1]) and "-D" in text:
+            found.setdefault("postgres", set()).add(int(entry.name))
+        elif any(a.endswith("nats-server") for a in text[:1]):
+            found.setdefault("nats", set()).add(int(entry.name))
+    return found
+
+
+Post = Callable[[int, str], Awaitable[None]]
+"""Sends one request: (worker number, URL)."""
+
+
+def _httpx_post(made: list[httpx.AsyncClient], pick: Callable[[int], int], body: bytes) -> Post:
+    async def post(w: int, url: str) -> None:
+        r = await made[pick(w)].post(url, content=body, headers=HEADERS)
+        r.raise_for_status()
+
+    return post
+
+
+def _aiohttp_post(session: aiohttp.ClientSession, body: bytes) -> Post:
+    async def post(w: int, url: str) -> None:
+        async with session.post(url, data=body, headers=HEADERS) as r:
+            await r.read()
+            r.raise_for_status()
+
+    return post
 
 
 async def clients(
     ports: list[int], *, seconds: float, in_flight: int, body: bytes
 ) -> dict[str, dict[str, Any]]:
     """Requests/s of the ways to hold the dispatcher's HTTP clients, ``in_flight`` at once
-    over ``len(ports)`` destinations, every guarded variant with the SSRF backend (every
-    connection resolved and checked)."""
+    over ``len(ports)`` destinations, every guarded variant with the SSRF guard (every
+    connection's addresses checked), and two unguarded references: httpx with its own
+    transport (httpcore), and a bare aiohttp session (what the dispatcher's transport
+    sends with)."""
     urls = [f"http://127.0.0.1:{p}/clients" for p in ports]
 
     def guarded() -> httpx.AsyncClient:
         return guarded_client(allow_networks=LOOPBACK, timeout=10.0)
 
-    variants: dict[str, tuple[Callable[[], list[httpx.AsyncClient]], Callable[[int], int]]] = {
-        "one shared client": (lambda: [guarded()], lambda w: 0),
-        "a pool of 4 clients": (lambda: [guarded() for _ in range(4)], lambda w: w // 4 % 4),
-        "one client per destination": (
-            lambda: [guarded() for _ in urls],
-            lambda w: w % len(urls),
-        ),
-        "one shared client, no SSRF guard": (
-            lambda: [
-                httpx.AsyncClient(
-                    timeout=10.0,
-                    trust_env=False,
-                    limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-                )
-            ],
-            lambda w: 0,
-        ),
+    shared = [guarded()]
+    pool = [guarded() for _ in range(4)]
+    per_destination = [guarded() for _ in urls]
+    plain = httpx.AsyncClient(
+        timeout=10.0,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    )
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    made: dict[str, Post] = {
+        "one shared client": _httpx_post(shared, lambda w: 0, body),
+        "a pool of 4 clients": _httpx_post(pool, lambda w: w // 4 % 4, body),
+        "one client per destination": _httpx_post(per_destination, lambda w: w % len(urls), body),
+        "httpx with httpcore, no SSRF guard": _httpx_post([plain], lambda w: 0, body),
+        "bare aiohttp session, no SSRF guard": _aiohttp_post(session, body),
     }
-    made = {name: make() for name, (make, _) in variants.items()}
-    names = list(variants)
+    names = list(made)
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     try:
         for name in names:  # connections made before anything is measured
-            await _drive(made[name], variants[name][1], urls, 0.3, in_flight, body)
+            await _drive(made[name], urls, 0.3, in_flight)
         # Short rounds, the order turning each round, so a burst of someone else's work on
         # a shared machine falls on every variant alike; ratios are paired by round.
         for r in range(ROUNDS):
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                runs[name].append(
-                    await _drive(
-                        made[name], variants[name][1], urls, seconds / ROUNDS, in_flight, body
-                    )
-                )
+                runs[name].append(await _drive(made[name], urls, seconds / ROUNDS, in_flight))
     finally:
-        for clients_of in made.values():
-            for c in clients_of:
-                await c.aclose()
+        for c in [*shared, *pool, *per_destination, plain]:
+            await c.aclose()
+        await session.close()
     first = runs[names[0]]
     return {
         name: {
@@ -235,27 +282,23 @@ async def clients(
     }
 
 
+HEADERS = {"content-type": "application/json", "x-hookbus-delivery": "c"}
+
+
 async def _drive(
-    made: list[httpx.AsyncClient],
-    pick: Callable[[int], int],
-    urls: list[str],
-    seconds: float,
-    in_flight: int,
-    body: bytes,
+    post: Post, urls: list[str], seconds: float, in_flight: int
 ) -> tuple[float, float]:
     """(requests/s, this process's CPU µs per request) over ``seconds``."""
     done = 0
     cpu0 = time.process_time()
     start = time.perf_counter()
     deadline = start + seconds
-    headers = {"content-type": "application/json", "x-hookbus-delivery": "c"}
 
     async def worker(w: int) -> None:
         nonlocal done
-        client, url = made[pick(w)], urls[w % len(urls)]
+        url = urls[w % len(urls)]
         while time.perf_counter() < deadline:
-            r = await client.post(url, content=body, headers=headers)
-            r.raise_for_status()
+            await post(w, url)
             done += 1
 
     await asyncio.gather(*(worker(w) for w in range(in_flight)))
@@ -295,7 +338,7 @@ async def run(
             out["fixed"] = fixed
             system.stop()
             log(f"delivery: a backlog of {opt.backlog}, then one dispatcher drains it")
-            out["saturation"] = await _backlog(rt, system, sink_port, opt, body)
+            out["saturation"] = await _backlog(rt, system, servers, sink_port, opt, body)
             system.stop()
     extra = [start_sink(workdir) for _ in range(opt.destinations - 1)]
     try:
@@ -329,6 +372,10 @@ def rows(r: dict[str, Any], ceiling: dict[str, Any] | None) -> list[Row]:
             "deliv/s", top, "httpx → sink"),
         Row("delivery, backlog: dispatcher CPU per delivery",
             sat.get("dispatcher_cpu_us_per_delivery"), "µs"),
+        Row("delivery, backlog: Postgres CPU per delivery",
+            sat.get("postgres_cpu_us_per_delivery"), "µs"),
+        Row("delivery, backlog: nats-server CPU per delivery",
+            sat.get("nats_cpu_us_per_delivery"), "µs"),
         Row("delivery, backlog: commit → sink, p50 (waiting in the backlog)", sat["p50_ms"], "ms"),
         Row("delivery, backlog: commit → sink, p99", sat["p99_ms"], "ms"),
         Row("delivery: every request delivered", "yes" if complete else "no", "", None, "",
