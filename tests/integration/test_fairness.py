@@ -200,8 +200,12 @@ async def test_a_flood_of_one_tenant_does_not_put_another_tenant_behind_it(
     quiet = [request("b", i, url=sink.url) for i in range(10)]
     await rt.outbox.commit_and_publish(flood)
     await rt.outbox.commit_and_publish(quiet)
-    async with Loop(rt, client, dispatcher_config(max_in_flight=4)):
+    async with Loop(rt, client, dispatcher_config(max_in_flight=4)) as loop:
         await until(lambda: len(sink.arrivals) >= 310)
+        # Read ahead on one standing pull: a few pull requests for all 310, not one a batch.
+        puller = loop.consumer._puller
+        assert puller is not None
+        assert puller.requests <= 3, puller.requests
     order = [tenant for _id, tenant, _t in sink.arrivals]
     last_b = max(i for i, t in enumerate(order) if t == "b")
     # Every one of b's went out while most of a's flood was still waiting.

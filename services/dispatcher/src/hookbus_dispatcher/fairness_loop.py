@@ -30,8 +30,9 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
 
 from hookbus_common import events as ev
-from hookbus_common.consumer import Consumer
+from hookbus_common.consumer import FETCH_WAIT, Consumer
 from hookbus_common.events import token
+from hookbus_common.pull import StandingPull
 
 from . import schedule
 from .backlog import REFRESH_SECONDS, Reporter
@@ -41,11 +42,8 @@ from .fairness import FairQueue
 
 log = logging.getLogger(__name__)
 
-FETCH_BATCH: Final = 256
-"""Most messages one fetch asks for."""
-
-BULK_WAIT: Final = 0.05
-"""Seconds a bulk fetch lingers when nothing is waiting (then the long poll takes over)."""
+PULL_SIZE: Final = 1024
+"""Most messages the standing pull asks for at once (topped up at half)."""
 
 SPILLED = Counter(
     "hookbus_dispatcher_spilled_total",
@@ -156,44 +154,51 @@ class FairConsumer(Consumer):
                     reporter.run(self.backlog_pool, stop, self.backlog_every), name="backlog"
                 )
             )
-        drained = False
+        # Messages come on a standing pull (the kernel's, see ``pull``): what the server
+        # sends lands in one list, taken in bulk, so reading a flood into the read-ahead
+        # costs no turn of the event loop per message (a fetch's per-message waits did).
+        puller = StandingPull(
+            self.bus.nc, sub, size=min(self.buffer, PULL_SIZE), expires=FETCH_WAIT
+        )
+        await puller.start()
+        self._puller = puller
+        stopped.add_done_callback(lambda _f: puller.wake())
         try:
             while not stop.is_set():
                 room = self.buffer - len(self.queue)
-                if room <= 0 and not await self._spill_one():
-                    await self._wait_change(1.0)
+                if room <= 0:
+                    if not await self._spill_one():
+                        await self._wait_change(1.0)
                     continue
                 if self._recovery.waiting:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
                     continue
-                # A fetch that finds nothing waiting lingers for its whole batch (or its
-                # long poll's end), which would hold back messages that trickle in. So
-                # with the stream drained, the long poll asks for one; then what else
-                # waits is taken in bulk by a fetch that lingers only briefly.
-                batch = max(1, min(room, FETCH_BATCH)) if drained is False else 1
                 try:
-                    if batch == 1:
-                        msgs = await self._fetch(sub, 1, stopped)
-                    else:
-                        msgs = await sub.fetch(batch, timeout=BULK_WAIT)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    drained = True
-                    continue
+                    await puller.ask(room)
                 except (nats.errors.Error, OSError) as exc:
                     log.warning("fetch failed; retrying", extra={"error": repr(exc)})
                     await asyncio.sleep(0.5)
                     continue
-                drained = len(msgs or ()) < batch
+                msgs = await puller.take()
+                if stop.is_set():
+                    for msg in msgs:  # given back, as what waits in the queue is
+                        with contextlib.suppress(Exception):
+                            await msg.nak()
+                    break
                 now = self.clock()
-                for msg in msgs or ():
+                for msg in msgs:
                     tenant, dest = route(msg)
                     self.queue.put(tenant, dest, _Held(msg, now))
-                self._changed.set()
+                if msgs:
+                    self._changed.set()
         finally:
+            self._puller = None
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await puller.close()
             await self._give_back()
 
     async def _wait_change(self, seconds: float) -> None:
