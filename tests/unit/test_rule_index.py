@@ -4,6 +4,7 @@ every kind of filter and events of every kind of fact."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import msgspec
@@ -11,10 +12,13 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from hookbus_cli.events import decisions
 from hookbus_common import events as ev
+from hookbus_common.consumer import Incoming
+from hookbus_common.eventlog import LoggedEvent
 from hookbus_router.config import Rule, RuleEvent, ShellAction
 from hookbus_router.index import EVALUATIONS_KEPT, TRIPLES_KEPT
-from hookbus_router.routing import route
+from hookbus_router.routing import make_handler, route
 from hookbus_router.rules import Facts, RuleSet, glob_matcher, glob_passes
 
 SOURCES = ["github", "gitlab-main", "image-push", "ptn_01ab"]
@@ -118,6 +122,32 @@ def test_the_index_decides_exactly_as_evaluating_every_rule(some: list[Rule]) ->
         assert [(e.id, e.data) for e in route(indexed, event)] == [
             (e.id, e.data) for e in route(plain, event)
         ]
+        assert [(e.id, e.data) for e in route(indexed, event, summarised=True)] == [
+            (e.id, e.data) for e in route(plain, event, summarised=True)
+        ]
+        assert_the_summary_keeps_every_decision(indexed, event, b)
+
+
+def assert_the_summary_keeps_every_decision(
+    ruleset: RuleSet, event: ev.Event, full: list[ev.RuleEvaluation]
+) -> None:
+    """A summarised record names every rule once: the rules passed over in a group whose
+    test and value are the rule's own decision's, every other rule with its decision."""
+    (routed, *_) = route(ruleset, event, summarised=True)
+    data = routed.data
+    grouped = {name: g for g in data.passed_over for name in g.rules}
+    by_name = {e.rule: e for e in full}
+    named = [e.rule for e in data.evaluations] + [n for g in data.passed_over for n in g.rules]
+
+    assert sorted(named) == sorted(by_name)
+    assert data.evaluations == [e for e in full if e.rule not in grouped]
+    for name, group in grouped.items():
+        e = by_name[name]
+        assert e.failed in ("enabled", "source", "event", "repository")
+        assert (group.failed, group.path, group.operator, group.saw) == (
+            e.failed, e.path, e.operator, e.saw,
+        )  # fmt: skip
+    assert data.matched == [e.rule for e in full if e.matched]
 
 
 def test_only_the_candidates_are_evaluated_and_the_others_are_kept_per_triple() -> None:
@@ -175,3 +205,52 @@ def test_a_compiled_glob_passes_what_the_glob_passes(
     passes = glob_matcher(value)
 
     assert (True if passes is None else passes(seen)) is glob_passes(value, seen)
+
+
+def test_the_routers_record_names_the_rules_passed_over_together() -> None:
+    many = [
+        Rule(name=f"r{i}", actions=[ACTION], source="github", repository=f"acme/svc-{i % 50}")
+        for i in range(500)
+    ] + [Rule(name=f"off-{i}", actions=[ACTION], enabled=False) for i in range(2)]
+    ruleset = RuleSet.build(many)
+    event = webhook("github", "push", "acme/svc-7", "main", 0)
+
+    async def handled() -> list[ev.Event]:
+        handler = make_handler(ruleset)
+        incoming = Incoming(event=event, subject="s", deliveries=1, _msg=None)  # type: ignore[arg-type]
+        return [out async for batch in handler(incoming) for out in batch]  # type: ignore[union-attr]
+
+    routed, *requests = asyncio.run(handled())
+    data = routed.data
+    assert isinstance(data, ev.WebhookRouted)
+    assert len(requests) == 10  # r7, r57, … r457
+    assert [e.rule for e in data.evaluations] == [f"r{i}" for i in range(7, 500, 50)]
+    other = [f"r{i}" for i in range(500) if i % 50 != 7]
+    assert [(g.rules, g.failed, g.saw, g.reason) for g in data.passed_over] == [
+        (other, "repository", '"acme/svc-7"', "repository: 'acme/svc-7' matches none of theirs"),
+        (["off-0", "off-1"], "enabled", None, "rules are disabled"),
+    ]
+    assert len(ev.encode(routed)) < 8_000  # one decision per rule: about 80 KB
+    # hookbus events --chain names every rule passed over, with why.
+    raw = msgspec.json.decode(ev.encode(routed), type=ev.RawEvent)
+    lines = decisions(LoggedEvent(seq=1, bus_subject="s", event=raw))
+    assert f"- {', '.join(other)}: repository: 'acme/svc-7' matches none of theirs" in lines
+    assert "- off-0, off-1: rules are disabled" in lines
+
+
+def test_a_rule_alone_in_being_passed_over_keeps_its_own_decision() -> None:
+    rules_ = [
+        Rule(name="deploy", actions=[ACTION], source="github", branch="main"),
+        Rule(name="nightly", actions=[ACTION], source="github", event="schedule"),
+        Rule(name="off", actions=[ACTION], enabled=False),
+    ]
+    event = webhook("github", "push", "acme/app", "dev", 0)
+
+    (routed,) = route(rules_, event, summarised=True)
+
+    assert routed.data.passed_over == []
+    assert [e.reason for e in routed.data.evaluations] == [
+        "branch: 'dev' does not match 'main'",
+        "event: 'push' does not match 'schedule'",
+        "rule is disabled",
+    ]

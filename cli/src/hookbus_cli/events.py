@@ -117,6 +117,9 @@ def decisions(e: LoggedEvent) -> list[str]:
             lines.append(f"- {r.get('rule')}: {r['failed']}: {test}; saw {r['saw']}")
         else:
             lines.append(f"- {r.get('rule')}: {r.get('reason')}")
+    for g in d.get("passed_over") or []:
+        # Rules passed over by the webhook's source, event type or repository, together.
+        lines.append(f"- {', '.join(g.get('rules') or [])}: {g.get('reason')}")
     for j in d.get("joined") or []:
         lines.append(
             f"= {j.get('rule')}: key {j.get('key')!r} joined {', '.join(j.get('events') or [])}"

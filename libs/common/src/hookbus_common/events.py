@@ -135,6 +135,20 @@ class RuleEvaluation(msgspec.Struct, **_FROZEN):
     saw: str | None = None
 
 
+class RulesPassedOver(msgspec.Struct, **_FROZEN):
+    """Rules the router passed over for one same reason, recorded once for all of them:
+    the webhook's source, event type or repository is none of theirs (``failed`` names
+    which; ``saw`` is the webhook's), or they are disabled. Each rule's own globs are in
+    the rules of the record's ``config_version``."""
+
+    rules: list[str]
+    reason: str
+    failed: str
+    path: str | None = None
+    operator: str | None = None
+    saw: str | None = None
+
+
 class ActionSkipped(msgspec.Struct, **_FROZEN):
     """An action of a matched rule that was not requested: a template in it failed for
     this event (``field`` is the one, ``reason`` why: an undefined name, a null, an error)."""
@@ -200,6 +214,10 @@ class WebhookRouted(EventData, **_FROZEN):
     skipped: list[ActionSkipped] = []
     # Multi-event rules this event completed (each fired with all the events it joined).
     joined: list[JoinedEvents] = []
+    # The rules passed over by their source, event type or repository (or disabled),
+    # grouped by what they failed; ``evaluations`` holds every other rule's decision (a
+    # router of many rules records a few of those, not one per rule).
+    passed_over: list[RulesPassedOver] = []
 
     def subject_tokens(self) -> tuple[str, ...]:
         return ("webhook", "routed", token(self.source), token(self.event_type))

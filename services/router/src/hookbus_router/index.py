@@ -21,7 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from hookbus_common.events import RuleEvaluation, WebhookReceived
+from hookbus_common.events import RuleEvaluation, RulesPassedOver, WebhookReceived
+
+from .rules import passed_over
 
 if TYPE_CHECKING:
     from .rules import CompiledRule, Facts
@@ -55,6 +57,10 @@ class _Pair:
     # Every rule's evaluation by position: the others' (kept from the first event of the
     # pair; they depend on nothing else), None for the candidates.
     kept: tuple[RuleEvaluation | None, ...]
+    # A routing record's view (rules.summarise): the positions of the rules recorded one
+    # by one (the candidates, and others that are not passed over), and the others.
+    individual: tuple[int, ...]
+    passed_over: tuple[RulesPassedOver, ...]
 
 
 @dataclass(slots=True)
@@ -87,7 +93,10 @@ class RuleIndex:
         if len(self._kept) > EVALUATIONS_KEPT:
             self._kept.clear()
             self._triples.clear()
-        pair = _Pair(tuple(candidates), tuple(kept))
+        # The candidates are never passed over (they pass what the others fail).
+        others, together = passed_over(((i, e) for i, e in enumerate(kept) if e is not None), hook)
+        individual = sorted(candidates + others)
+        pair = _Pair(tuple(candidates), tuple(kept), tuple(individual), tuple(together))
         self._triples[key] = pair
         while len(self._triples) > TRIPLES_KEPT:
             self._triples.popitem(last=False)
@@ -111,6 +120,14 @@ class RuleIndex:
             if result.matched:
                 matched.append(i)
         return out, matched  # type: ignore[return-value]  # every None was a candidate's
+
+    def summarise(
+        self, hook: WebhookReceived, facts: Facts, evaluations: list[RuleEvaluation]
+    ) -> tuple[list[RuleEvaluation], list[RulesPassedOver]]:
+        """rules.summarise of ``evaluate``'s answer for ``hook``, from the webhook's triple:
+        the candidates' evaluations are never passed over, the others' are kept."""
+        pair = self._pair(hook, facts)
+        return [evaluations[i] for i in pair.individual], list(pair.passed_over)
 
     def candidates_seen(self) -> float:
         """The mean number of candidates of the triples kept (for the bench)."""

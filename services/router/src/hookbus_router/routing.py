@@ -37,7 +37,7 @@ from .config import (
 )
 from .projects import Project
 from .projects import requests as project_requests
-from .rules import Facts, RuleSet, context
+from .rules import Facts, RuleSet, context, summarise
 from .templates import RenderError, render_action
 
 SOURCE = "/hookbus/router"
@@ -228,6 +228,7 @@ def _route(
     facts: Facts | None = None,
     creation: projects_.Creation | None = None,
     forced: ev.RuleTriggered | None = None,
+    summarised: bool = False,
 ) -> list[Event[Any]]:
     # Every id derives from the routed event's: a webhook's redelivery derives the same
     # ones (and is refused as a duplicate), while a replay, a new event, makes new ones.
@@ -299,13 +300,22 @@ def _route(
         # Nothing to do, and nothing recorded: the webhook itself is in the log, and what
         # the rules make of it can be evaluated again at any time.
         return []
+    passed_over: list[ev.RulesPassedOver] = []
+    decisions = evaluations
+    if summarised and forced is None:
+        # The rules passed over by the webhook's source, event type or repository are
+        # named together: of a thousand rules, most are.
+        decisions, passed_over = (
+            summarise(evaluations, hook) if joined else ruleset.summarise(hook, facts, evaluations)
+        )
     routed = ev.make_event(
         ev.WebhookRouted(
             source=hook.source,
             event_type=hook.event_type,
             webhook_id=event.id,
             matched=[evaluations[i].rule for i in matched],
-            evaluations=evaluations,
+            evaluations=decisions,
+            passed_over=passed_over,
             requested=[r.id for r in requests],
             replay_of=replay_of,
             config_version=ruleset.version,
@@ -347,11 +357,14 @@ def route(
     *,
     record_unmatched: bool = True,
     projects: Mapping[str, Project] | None = None,
+    summarised: bool = False,
 ) -> list[Event[Any]]:
     """Evaluate every rule (and, for an image push, the projects); return the routing
     record followed by the requests it makes (nothing at all for a webhook no rule
-    matches, unless ``record_unmatched``)."""
-    return _route(rules, hook, hook.data, None, record_unmatched, projects)
+    matches, unless ``record_unmatched``). ``summarised``: the record names the rules
+    passed over by their source, event type or repository together, as the router's
+    records do, instead of one decision each."""
+    return _route(rules, hook, hook.data, None, record_unmatched, projects, summarised=summarised)
 
 
 def route_replay(
@@ -360,10 +373,14 @@ def route_replay(
     *,
     record_unmatched: bool = True,
     projects: Mapping[str, Project] | None = None,
+    summarised: bool = False,
 ) -> list[Event[Any]]:
     """Route a replayed webhook exactly as the original, as a new chain of its own."""
     webhook = replay.data.webhook
-    return _route(rules, replay, webhook, replay.data.replay_of, record_unmatched, projects)
+    return _route(
+        rules, replay, webhook, replay.data.replay_of, record_unmatched, projects,
+        summarised=summarised,
+    )  # fmt: skip
 
 
 def routed_id(event_id: str) -> str:
@@ -427,7 +444,7 @@ def make_handler(
                 # A replay asked for by a person is always answered with a record.
                 routed = _route(
                     ruleset, event, hook, replay_of, record_unmatched or replay, known,
-                    joined, facts, creation,
+                    joined, facts, creation, summarised=True,
                 )  # fmt: skip
                 if not routed:
                     metrics.UNMATCHED.inc()

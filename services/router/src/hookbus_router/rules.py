@@ -13,12 +13,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from hookbus_common.errors import ConfigError
-from hookbus_common.events import RuleEvaluation, WebhookReceived
+from hookbus_common.events import RuleEvaluation, RulesPassedOver, WebhookReceived
 
 from . import conditions, templates
 from .conditions import Node, Outcome, shown
@@ -74,6 +74,65 @@ def _evaluation(rule: str, outcome: Outcome, reason: str | None = None) -> RuleE
         operator=outcome.operator,
         saw=outcome.saw,
     )
+
+
+# ------------------------------------------------------------- rules passed over
+
+# Where a rule fails that reads nothing of a webhook but its source, event type and
+# repository (or is disabled): a routing record names such rules together, by the test
+# they failed and the value it saw, instead of one decision each.
+PASSED_OVER: Final = frozenset({"enabled", "source", "event", "repository"})
+_HOOK_FACT: Final = {"source": "source", "event": "event_type", "repository": "repository"}
+
+
+def _passed_over(
+    key: tuple[str, str | None, str | None, str | None], names: list[str], hook: WebhookReceived
+) -> RulesPassedOver:
+    failed, path, operator, saw = key
+    if failed == "enabled":
+        reason = "rules are disabled"
+    else:
+        seen = getattr(hook, _HOOK_FACT[failed])
+        reason = (
+            f"{failed}: the event has none"
+            if seen is None
+            else f"{failed}: {seen!r} matches none of theirs"
+        )
+    return RulesPassedOver(
+        rules=names, reason=reason, failed=failed, path=path, operator=operator, saw=saw
+    )
+
+
+def passed_over(
+    evaluations: Iterable[tuple[int, RuleEvaluation]], hook: WebhookReceived
+) -> tuple[list[int], list[RulesPassedOver]]:
+    """Of rules' evaluations by position: the positions recorded one by one (in order),
+    and the rules passed over grouped by the test they failed and what it saw (groups in
+    the order of their first rule; a rule alone in its group keeps its own decision)."""
+    individual: list[int] = []
+    groups: dict[tuple[str, str | None, str | None, str | None], list[tuple[int, str]]] = {}
+    for i, e in evaluations:
+        if e.failed is not None and e.failed in PASSED_OVER:
+            groups.setdefault((e.failed, e.path, e.operator, e.saw), []).append((i, e.rule))
+        else:
+            individual.append(i)
+    together = []
+    for key, members in groups.items():
+        if len(members) == 1:
+            individual.append(members[0][0])
+        else:
+            together.append(_passed_over(key, [name for _, name in members], hook))
+    return sorted(individual), together
+
+
+def summarise(
+    evaluations: Sequence[RuleEvaluation], hook: WebhookReceived
+) -> tuple[list[RuleEvaluation], list[RulesPassedOver]]:
+    """A routing record's decisions: the evaluations recorded one by one, in order, and
+    the rules passed over by their source, event type or repository (or disabled),
+    grouped (``passed_over``)."""
+    individual, together = passed_over(enumerate(evaluations), hook)
+    return [evaluations[i] for i in individual], together
 
 
 # ------------------------------------------------------------------ what rules see
@@ -267,6 +326,15 @@ class RuleSet:
         """Every rule's evaluation of ``hook``, in order (the same with or without the
         index; with it, only the rules that can match are evaluated)."""
         return self.evaluate_matched(hook, facts)[0]
+
+    def summarise(
+        self, hook: WebhookReceived, facts: Facts, evaluations: list[RuleEvaluation]
+    ) -> tuple[list[RuleEvaluation], list[RulesPassedOver]]:
+        """``summarise(evaluations, hook)`` for the evaluations ``evaluate`` gave (with the
+        index, from what it keeps of the webhook's source, event type and repository)."""
+        if self.index is not None:
+            return self.index.summarise(hook, facts, evaluations)
+        return summarise(evaluations, hook)
 
     def evaluate_matched(
         self, hook: WebhookReceived, facts: Facts

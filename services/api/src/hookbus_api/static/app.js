@@ -297,7 +297,10 @@ function describe(e) {
   if (t === "webhook.routed") {
     return h("div", {},
       h("p", {}, `${d.source} ${d.event_type}: ${d.matched?.length ? `matched ${d.matched.join(", ")}` : "no rule matched"}`),
-      table("Rule decisions", [["Rule", (r) => r.rule], ["Matched", (r) => (r.matched ? "yes" : "no")], ["Why", (r) => r.reason]], d.evaluations || [], "No rule decisions recorded."));
+      table("Rule decisions", [["Rule", (r) => r.rule], ["Matched", (r) => (r.matched ? "yes" : "no")], ["Why", (r) => r.reason]],
+        // Rules passed over by the webhook's source, event type or repository are recorded together.
+        (d.evaluations || []).concat((d.passed_over || []).map((g) => ({ rule: g.rules.join(", "), matched: false, reason: g.reason }))),
+        "No rule decisions recorded."));
   }
   if (t.startsWith("webhook.")) {
     const w = d.webhook || d;
