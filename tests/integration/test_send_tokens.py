@@ -99,7 +99,7 @@ async def test_a_bound_send_token_sends_for_its_tenants_and_is_refused_for_other
 async def test_the_cli_binds_a_send_token_and_shows_its_tenants(api: Api, tmp_path: Path) -> None:
     config = _cli_config(api, tmp_path)
     code, out, err = await run_cli(
-        config, "tokens", "create", "--name", "shop", "--scope", "send",
+        config, "tokens", "create", "shop", "--scope", "send",
         "--tenant", "acme", "--tenant", "beta", "--by", "root",
     )  # fmt: skip
     assert code == 0, err
@@ -134,6 +134,9 @@ async def test_the_cli_binds_a_send_token_and_shows_its_tenants(api: Api, tmp_pa
     code, out, err = await run_cli(config, "tokens", "create", "--name", "app", "--scope", "send")
     assert code == 0, err
     assert "sends messages for every tenant" in out
+    code, _, err = await run_cli(config, "tokens", "create", "--scope", "send")
+    assert code == 2
+    assert "give the token a NAME" in err
     # Only send tokens are bound.
     code, _, err = await run_cli(
         config, "tokens", "create", "--name", "ro", "--scope", "read", "--tenant", "acme"

@@ -57,9 +57,17 @@ def list_line(t: ApiToken) -> str:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    if args.name and args.name_arg and args.name != args.name_arg:
+        print("hookbus: tokens create: give the name once (NAME or --name)", file=sys.stderr)
+        return 2
+    name = args.name or args.name_arg
+    if not name:
+        print("hookbus: tokens create: give the token a NAME", file=sys.stderr)
+        return 2
+
     async def work(conn: asyncpg.Connection, s: Settings) -> str:
         tok, secret = await tokens.create(
-            conn, s.prefix, name=args.name, scope=args.scope, by=_by(args),
+            conn, s.prefix, name=name, scope=args.scope, by=_by(args),
             tenants=args.tenant or (),
         )  # fmt: skip
         bound = f", tenants {', '.join(tok.tenants)}" if tok.tenants else ""
@@ -104,7 +112,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     cmds = p.add_subparsers(dest="tokens_command", required=True)
     c = cmds.add_parser("create", help="make a token (shown once)")
-    c.add_argument("--name", required=True, help="who or what holds it (unique among live ones)")
+    c.add_argument(
+        "name_arg", nargs="?", metavar="NAME", help="who or what holds it (unique among live ones)"
+    )
+    c.add_argument("--name", help="the same, as an option")
     c.add_argument(
         "--scope",
         choices=SCOPES,
