@@ -439,6 +439,13 @@ async def test_a_key_rotation_reseals_and_the_old_key_alone_no_longer_opens(
         await send(rt, "invoice.paid", {"n": 1})
         (got,) = await received(sink, 1)
     assert _verify(secret, got) == {"n": 1}
+    # Rotating the endpoint's secret with the old key alone is refused, and changes nothing.
+    old_only = hookbus("-c", str(tmp_path / "hookbus.toml"), "endpoints", "rotate-secret",
+                       "billing", env=_env(rt), cwd=tmp_path)  # fmt: skip
+    assert old_only.returncode == 1
+    assert f"sealed under key {new_ring.current}" in old_only.stderr
+    assert "Traceback" not in old_only.stderr
+    assert len(await _stored(rt)) == 1
     for ring in (KEYRING, None):
         store = endpointstore.Store(rt.pool, ttl=0, keyring=ring)
         with pytest.raises(Deferred) as caught:

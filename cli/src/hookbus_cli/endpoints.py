@@ -18,7 +18,7 @@ import msgspec
 from hookbus_api import endpointsview
 from hookbus_common import sealing
 from hookbus_common.errors import ConfigError
-from hookbus_common.sealing import Keyring
+from hookbus_common.sealing import Keyring, SealingError
 from hookbus_dispatcher import config as dispatcher
 from hookbus_dispatcher import endpointstore as store
 from hookbus_dispatcher.endpointstore import EndpointError, RuntimeEndpoint
@@ -275,7 +275,7 @@ def _managed(args: argparse.Namespace, work: Any) -> int:
 
     try:
         text, obj = asyncio.run(run())
-    except EndpointError as exc:
+    except (EndpointError, SealingError) as exc:  # sealing: a secret under a key not given
         print(f"hookbus: {exc}", file=sys.stderr)
         return 1
     print(msgspec.json.encode(obj).decode() if args.json else text)
