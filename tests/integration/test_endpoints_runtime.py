@@ -469,3 +469,25 @@ async def test_a_sealed_secret_moved_to_another_row_does_not_open(rt: Runtime, s
     assert await store.get("a") is not None
     with pytest.raises(Deferred, match="altered or moved"):
         await store.get("b")
+
+
+async def test_a_dispatcher_refuses_to_start_with_a_malformed_key(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    s = rt.settings
+    config = tmp_path / "hookbus.toml"
+    config.write_text(
+        f'prefix = "{s.prefix}"\n[nats]\nurl = "{s.nats.url}"\n'
+        f'[database]\nurl = "{s.database.url}"\nschema = "{s.database.schema}"\n'
+        f"[dispatcher]\nhealth_port = {free_port()}\n"
+    )
+    bad = "not-a-key-but-a-secret-all-the-same"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hookbus_dispatcher", "--config", str(config),
+        env=clean_env(HOOKBUS_SECRETS_KEY=bad), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, err.decode()[-2000:]
+    assert "HOOKBUS_SECRETS_KEY: key 1: not a key" in err.decode()
+    assert bad not in err.decode()
