@@ -44,6 +44,13 @@ WHEN = st.sampled_from(
                 {"path": "event.branch", "exists": True},
             ]
         },
+        # Rules ruled out together by a first test on the same path (gates.py).
+        {"path": "payload.ref", "glob": "refs/heads/ma*"},
+        {"path": "payload.ref", "glob": "refs/tags/v?"},
+        {"path": "payload.ref", "glob": "refs/heads/dev"},
+        {"path": "payload.ref", "equals": "refs/heads/dev"},
+        {"all": [{"path": "payload.ref", "glob": "refs/heads/*"}, {"path": "payload.n", "gt": 1}]},
+        {"all": [{"path": 'payload."ref"', "glob": "*/main"}, {"path": "payload.n", "lt": 1}]},
     ]
 )
 ACTION = ShellAction(command=["./deploy.sh", "{{ event.source }}"])
@@ -85,7 +92,10 @@ def rules(draw: st.DrawFn) -> list[Rule]:
 
 
 def webhook(source: str, event: str, repo: str | None, branch: str | None, n: int) -> ev.Event:
-    body = {"ref": f"refs/heads/{branch}" if branch else "refs/tags/v1", "n": n}
+    ref: str | list[str] = f"refs/heads/{branch}" if branch else "refs/tags/v1"
+    if branch is None and n:  # not a text: every rule of the path is evaluated
+        ref = ["refs/tags/v1", "refs/heads/main"]
+    body = {"ref": ref, "n": n}
     data = ev.WebhookReceived(
         source=source,
         kind="github",
@@ -254,3 +264,35 @@ def test_a_rule_alone_in_being_passed_over_keeps_its_own_decision() -> None:
         "event: 'push' does not match 'schedule'",
         "rule is disabled",
     ]
+
+
+def test_rules_ruled_out_together_by_a_first_test_decide_as_each_evaluated() -> None:
+    # Many rules whose conditions start with a glob or an equals on payload.ref, as an
+    # organisation's rules for its branches do: one read of the path rules most out.
+    gates = [
+        {"path": "payload.ref", "glob": "refs/heads/ma*"},
+        {"path": "payload.ref", "glob": "refs/heads/dev"},
+        {"path": "payload.ref", "glob": "refs/tags/v?"},
+        {"path": "payload.ref", "glob": "*/main"},
+        {"path": "payload.ref", "equals": "refs/heads/dev"},
+        {"path": 'payload."ref"', "glob": "refs/heads/*"},
+        {"all": [{"path": "payload.ref", "glob": "refs/*"}, {"path": "payload.n", "gt": 1}]},
+        {"not": {"path": "payload.ref", "glob": "refs/heads/ma*"}},  # not gated
+    ]
+    some = [
+        Rule(name=f"g{i}", actions=[ACTION], source=["github", "gitlab-main"], when=when)
+        for i, when in enumerate(gates * 3)
+    ]
+    indexed = RuleSet.build(some)
+    plain = RuleSet.build(some, indexed=False)
+
+    for event in ALL_EVENTS:
+        hook = event.data
+        a, matched = indexed.evaluate_matched(hook, Facts(hook, event_id=event.id))
+        b = plain.evaluate(hook, Facts(hook, event_id=event.id))
+        assert a == b
+        assert matched == [i for i, e in enumerate(b) if e.matched]
+    assert indexed.index is not None
+    (pair, *_) = indexed.index._triples.values()
+    assert [len(p.rules) for p in pair.gates.paths] == [21]  # every gated rule, one read
+    assert pair.gates.ungated == tuple(range(7, 24, 8))

@@ -238,6 +238,10 @@ class Test(Node):
     # A path that only names fields (payload.pull_request.base.ref): the names, read
     # straight from the document (what JMESPath gives, without its interpreter).
     fields: tuple[str, ...] | None = None
+    # What every text that holds starts with (a glob's head before its first wildcard),
+    # or is (True: a glob without one, equals with a text); None: the test says nothing
+    # of it. A text without it fails the test (gates.py rules such rules out together).
+    literal: tuple[str, bool] | None = None
 
     def test(self, doc: Mapping[str, Any]) -> Outcome:
         try:
@@ -515,4 +519,16 @@ def compile_condition(spec: Any, at: str = "when") -> Node:
         )
     op = ops[0]
     check, any_element = _check_for(op, spec[op], at)
-    return Test(at, path, op, expr, check, any_element, field_names(expr.parsed))
+    return Test(
+        at, path, op, expr, check, any_element, field_names(expr.parsed), _literal(op, spec[op])
+    )
+
+
+def _literal(op: str, operand: Any) -> tuple[str, bool] | None:
+    """Test.literal of a compiled test (its operand is known to be good)."""
+    if op == "equals" and isinstance(operand, str):
+        return operand, True
+    if op == "glob":
+        stars = [i for i, ch in enumerate(operand) if ch in "*?"]
+        return (operand[: stars[0]], False) if stars else (operand, True)
+    return None

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final
 
 from hookbus_common.events import RuleEvaluation, RulesPassedOver, WebhookReceived
 
+from .gates import Gates
 from .rules import passed_over
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ def _candidate(compiled: CompiledRule, triple: Triple) -> bool:
 @dataclass(frozen=True, slots=True)
 class _Pair:
     candidates: tuple[int, ...]
+    # The candidates as evaluated (gates.py: those ruled out together by a first test).
+    gates: Gates
     # Every rule's evaluation by position: the others' (kept from the first event of the
     # pair; they depend on nothing else), None for the candidates.
     kept: tuple[RuleEvaluation | None, ...]
@@ -96,7 +99,8 @@ class RuleIndex:
         # The candidates are never passed over (they pass what the others fail).
         others, together = passed_over(((i, e) for i, e in enumerate(kept) if e is not None), hook)
         individual = sorted(candidates + others)
-        pair = _Pair(tuple(candidates), tuple(kept), tuple(individual), tuple(together))
+        gates = Gates.build(self.rules, candidates)
+        pair = _Pair(tuple(candidates), gates, tuple(kept), tuple(individual), tuple(together))
         self._triples[key] = pair
         while len(self._triples) > TRIPLES_KEPT:
             self._triples.popitem(last=False)
@@ -113,12 +117,7 @@ class RuleIndex:
         (candidates all: no other rule can)."""
         pair = self._pair(hook, facts)
         out = list(pair.kept)
-        rules = self.rules
-        matched = []
-        for i in pair.candidates:
-            result = out[i] = rules[i].evaluate_candidate(hook, facts)
-            if result.matched:
-                matched.append(i)
+        matched = pair.gates.evaluate(self.rules, hook, facts, out)
         return out, matched  # type: ignore[return-value]  # every None was a candidate's
 
     def summarise(
