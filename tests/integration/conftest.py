@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 
 from hookbus_cli.embedded import free_port
+from hookbus_common import eventlog
 from hookbus_common import events as ev
 from hookbus_common.db import open_pool
 from hookbus_common.settings import Settings, extend
@@ -108,7 +109,7 @@ async def recorded(settings: Settings, source: str | None = None) -> list[Record
         Recorded(
             id=r["id"],
             data=msgspec.json.decode(r["data"], type=ev.WebhookReceived),
-            raw_body=bytes(r["raw_body"] or b""),
+            raw_body=eventlog.body_of(ev.WebhookReceived.TYPE, r["data"], r["raw_body"]) or b"",
             data_json=r["data"],
         )
         for r in rows

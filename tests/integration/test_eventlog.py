@@ -48,6 +48,51 @@ async def test_dedupe_key_records_a_delivery_once(rt: Runtime) -> None:
         assert await eventlog.raw_body(conn, a.id) == b'{"a": 1}'
 
 
+def _hook_of(body: bytes, payload: bytes | None = None) -> ev.Event[ev.WebhookReceived]:
+    data = ev.WebhookReceived(
+        source="gh", kind="github", event_type="push", payload=msgspec.Raw(payload or body)
+    )
+    return ev.make_event(data, source="/test")
+
+
+@pytest.mark.parametrize(
+    ("body", "payload", "kept_apart"),
+    [
+        # Plain JSON, as sent: kept once, in data.
+        (b'{"a": 1,  "b" : [1, 2.50, "\\u00e9"] }', None, False),
+        (b'[{"deep": [[[["x"]]]]}]', None, False),
+        # Whitespace around the JSON, a form, text: raw_body keeps the exact bytes.
+        (b'  {"a": 1}\n', b'{"a": 1}', True),
+        (b"a=1&b=%7B%7D", b'{"a": "1", "b": "{}"}', True),
+        (b'\xef\xbb\xbf{"a": 1}', b'{"a": 1}', True),
+    ],
+)
+async def test_a_body_is_stored_once_and_read_back_exactly(
+    rt: Runtime, body: bytes, payload: bytes | None, kept_apart: bool
+) -> None:
+    e = _hook_of(body, payload)
+    await rt.outbox.commit([Pending(e, None, body)])
+    async with rt.pool.acquire() as conn:
+        stored = await conn.fetchval("SELECT raw_body FROM events WHERE id = $1", e.id)
+        assert (stored is not None) is kept_apart
+        assert await eventlog.raw_body(conn, e.id) == body
+        # The query docs/operations.md gives people, in SQL alone.
+        in_sql = await conn.fetchval(
+            "SELECT coalesce(raw_body, convert_to((data -> 'payload')::text, 'UTF8'))"
+            " FROM events WHERE id = $1",
+            e.id,
+        )
+        assert bytes(in_sql) == body
+
+
+async def test_only_inbound_webhooks_have_a_body(rt: Runtime) -> None:
+    e = _hook()
+    await rt.outbox.commit([e])  # no body given
+    async with rt.pool.acquire() as conn:
+        assert await eventlog.raw_body(conn, e.id) == b'{"a": 1}'  # its payload is the body
+        assert await eventlog.raw_body(conn, "evt_missing") is None
+
+
 @pytest.mark.parametrize(
     "sql",
     ["UPDATE events SET type = 'x'", "DELETE FROM events", "TRUNCATE events CASCADE"],

@@ -29,6 +29,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from hookbus_common import eventlog
 from hookbus_common.db import open_pool
 from hookbus_receiver import partnerstore as store
 from hookbus_receiver import webhookurl
@@ -387,15 +388,14 @@ SIGNERS: dict[str, Callable[[bytes], dict[str, str]]] = {
 
 
 async def raw_bodies(settings: ReceiverConfig, source: str) -> dict[str, bytes]:
-    """Event id to raw body of every webhook ``source`` recorded. Read as stored: a body
-    nested hundreds of levels deep may be more than a decoder deep in this test's stack
-    can take."""
+    """Event id to raw body of every webhook ``source`` recorded, as the log gives it back
+    (``raw_body``, or the payload in ``data`` when the body is plain JSON)."""
     async with open_pool(settings.database, run_migrations=False) as pool:
         rows = await pool.fetch(
-            "SELECT id, raw_body FROM events WHERE source = '/hookbus/receiver/' || $1",
+            "SELECT id, type, data, raw_body FROM events WHERE source = '/hookbus/receiver/' || $1",
             source,
         )
-    return {r["id"]: bytes(r["raw_body"]) for r in rows}
+    return {r["id"]: eventlog.body_of(r["type"], r["data"], r["raw_body"]) or b"" for r in rows}
 
 
 class Ledger:

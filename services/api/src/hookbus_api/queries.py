@@ -79,7 +79,7 @@ async def event_detail(conn: asyncpg.Connection, event_id: str) -> EventDetail |
     if row is None:
         return None
     e = item(eventlog._logged(row))
-    body: bytes | None = bytes(row["raw_body"]) if row["raw_body"] is not None else None
+    body = eventlog.body_of(row["type"], row["data"], row["raw_body"])
     text: str | None = None
     if body is not None:
         try:
