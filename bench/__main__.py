@@ -102,6 +102,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="webhooks each router count drains (default 500 x duration)",
     )
     p.add_argument(
+        "--dispatcher-replicas",
+        default="1,2",
+        help="dispatcher process counts the replicas phase compares (default 1,2)",
+    )
+    p.add_argument(
+        "--dispatcher-replicas-backlog",
+        type=int,
+        help="deliveries each dispatcher count sends (default 3000; quick 1000)",
+    )
+    p.add_argument(
+        "--limit-seconds",
+        type=float,
+        default=30.0,
+        help="seconds the fairness phase's rate-limit backlog lasts at the limit (default 30)",
+    )
+    p.add_argument(
         "--fairness-flood",
         type=int,
         default=2000,
@@ -385,13 +401,22 @@ async def main(args: argparse.Namespace) -> int:
                 t0 = time.perf_counter()
                 async with fresh_servers(servers, workdir, "replicas", parts) as own:
                     result["replicas"] = await replicas.run(own, workdir, rep_opt, opt.signed, log)
+                    disp_opt = replicas.DispatcherReplicaOptions(
+                        backlog=args.dispatcher_replicas_backlog or (1000 if quick else 3000),
+                        counts=tuple(int(n) for n in args.dispatcher_replicas.split(",")),
+                        settle_timeout=opt.settle_timeout,
+                    )
+                    result["replicas"]["dispatchers"] = await replicas.dispatchers(
+                        own, workdir, disp_opt, log
+                    )
                 result["replicas"]["elapsed_s"] = round(time.perf_counter() - t0, 1)
                 rows += replicas.rows(result["replicas"])
+                rows += replicas.dispatcher_rows(result["replicas"]["dispatchers"])
             if "fairness" in parts:
                 fair_opt = fairness.FairnessOptions(
                     flood=args.fairness_flood,
                     quiet_seconds=3.0 if quick else 5.0,
-                    limit_backlog=200 if quick else 400,
+                    limit_seconds=args.limit_seconds,
                     settle_timeout=opt.settle_timeout,
                 )
                 t0 = time.perf_counter()

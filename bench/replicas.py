@@ -1,4 +1,5 @@
-"""Per-service scaling: how fast the router drains a backlog with 1 replica, then with more.
+"""Per-service scaling: how fast the router drains a backlog with 1 replica, then with more;
+and how fast the dispatcher sends one with 1 process, then 2.
 
 All replicas of a service share one durable pull consumer, so adding a process adds a
 consumer of the same messages. For each replica count, on a stream and schema of its own:
@@ -18,6 +19,7 @@ CPU is left: the ratio is what this machine gives, not a property of hookbus.
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import time
@@ -27,11 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from hookbus_cli.embedded import free_port
+from hookbus_common.service import runtime
+from hookbus_common.settings import DatabaseSettings, NatsSettings, Settings
 
-from . import cpu, openloop, payloads
+from . import cpu, delivery, openloop, payloads
+from .fairness import _until, start_dispatchers
 from .phases import BENCH, _db, log_and_bus, run_id
 from .report import Row
-from .system import Servers, System, source_config, stop, wait_http
+from .system import Servers, System, source_config, start_sink, stop, wait_http
 
 SECTION = "replicas"
 ROUTED = "io.hookbus.webhook.routed.v1"
@@ -188,4 +193,102 @@ def rows(r: dict[str, Any]) -> list[Row]:
     )  # fmt: skip
     for row in out:
         row.section = SECTION
+    return out
+
+
+# ------------------------------------------------------------------ dispatchers
+
+DISPATCHER_SECTION = "replicas"
+
+
+@dataclass
+class DispatcherReplicaOptions:
+    backlog: int  # delivery requests each replica count drains
+    counts: tuple[int, ...] = (1, 2)
+    settle_timeout: float = 120.0
+
+
+async def dispatchers(
+    servers: Servers, workdir: Path, opt: DispatcherReplicaOptions, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Deliveries/s to the local sink with 1, then 2 (…) dispatcher processes on one
+    durable, each count draining a backlog of 2 KB requests committed while none ran."""
+    body = payloads.push_body(0)
+    sink, port = start_sink(workdir)
+    out: dict[str, Any] = {"backlog": opt.backlog, "runs": []}
+    try:
+        with System(servers, workdir / "dispatchers", delivery._config(), workers=1) as system:
+            settings = Settings(
+                prefix=system.prefix,
+                base_dir=str(workdir),
+                nats=NatsSettings(url=servers.nats.url),
+                database=DatabaseSettings(url=servers.database_url, schema=system.prefix),
+            )
+            async with runtime(settings, "bench") as rt:
+                for n in opt.counts:
+                    log(
+                        f"replicas: a backlog of {opt.backlog} deliveries sent by {n} dispatcher(s)"
+                    )
+                    tag = f"d{n}"
+                    url = f"http://127.0.0.1:{port}"
+                    reqs = [delivery._request(tag, i, url, body) for i in range(opt.backlog)]
+                    for i in range(0, len(reqs), delivery.BATCH):
+                        await rt.outbox.commit_and_publish(reqs[i : i + delivery.BATCH])
+                    procs = start_dispatchers(system, n)
+                    try:
+                        cpu0 = cpu.snapshot()
+                        await _until(
+                            functools.partial(_arrived, port, tag, opt.backlog),
+                            opt.settle_timeout,
+                        )
+                        roles = {f"dispatcher-{i}": {p.pid} for i, p in enumerate(procs, 1)}
+                        used = cpu.usage(cpu0, cpu.snapshot(), roles, solo=BENCH)
+                    finally:
+                        stop(procs)
+                    fig = delivery._figures(
+                        await delivery._committed_at(rt, reqs),
+                        delivery._arrivals(port, tag),
+                        opt.backlog,
+                    )
+                    out["runs"].append({"dispatchers": n, "cpu_cores": used} | fig)
+    finally:
+        stop([sink])
+    rates = {run["dispatchers"]: run["deliveries_per_s"] for run in out["runs"]}
+    one = rates.get(1)
+    out["ratio_to_one"] = {
+        str(k): round(v / one, 2) if (v and one) else None for k, v in rates.items()
+    }
+    return out
+
+
+def _arrived(port: int, tag: str, expected: int) -> bool:
+    return len(delivery._arrivals(port, tag)) >= expected
+
+
+def dispatcher_rows(r: dict[str, Any]) -> list[Row]:
+    runs = {run["dispatchers"]: run for run in r["runs"]}
+    one = (runs.get(1) or {}).get("deliveries_per_s")
+    out = []
+    for n, run in sorted(runs.items()):
+        used = run["cpu_cores"]
+        busy = sum(v for k, v in used.items() if k.startswith("dispatcher-"))
+        more = n > 1 and one is not None
+        out.append(
+            Row(
+                f"dispatcher replicas: {n} sending a backlog of {r['backlog']}: deliveries/s"
+                f" (dispatchers busy {busy:.2f} cores, machine {used.get('machine_busy', 0):.2f})",
+                run["deliveries_per_s"],
+                "deliv/s",
+                one if more else None,
+                "1 replica" if more else "",
+                multiple=True,
+            )
+        )
+    done = all(run["complete"] for run in runs.values())
+    out.append(
+        Row("dispatcher replicas: every delivery of each backlog arrived", "yes" if done else "no",
+            "", None, "", "all", done)
+    )  # fmt: skip
+    for row in out:
+        row.section = DISPATCHER_SECTION
     return out
