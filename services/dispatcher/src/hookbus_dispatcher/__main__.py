@@ -14,6 +14,7 @@ from .config import DispatcherConfig
 from .delivery import make_handler, max_deliver
 from .fairness_loop import consumer_for
 from .fanout import with_fanout
+from .groupcommit import grouping_commits
 from .httpclient import quiet_request_logs
 from .limits_guard import guarded
 from .ordering import ordered
@@ -77,8 +78,9 @@ async def run(settings: DispatcherConfig) -> None:
                 # Delivered (or given up) before we died unacked: not sent again.
                 terminal_step="outcome",
                 started=started,
-                # Reads ahead, and sends fairly by tenant and destination.
-                make_consumer=consumer_for(settings),
+                # Reads ahead, and sends fairly by tenant and destination; deliveries
+                # finishing together commit in one transaction.
+                make_consumer=grouping_commits(consumer_for(settings)),
             )
         except ConfigError as exc:
             print(f"hookbus-dispatcher: config error: {exc}", file=sys.stderr)
