@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hookbus_cli.embedded import free_port
+from hookbus_cli.embedded import NatsServer, Postgres, free_port
 
 from ..conftest import Servers
 
@@ -119,3 +119,21 @@ def make_system(tmp_path: Path, prefix: str) -> Iterator[object]:
     yield make
     for s in systems:
         s.stop()
+
+
+@pytest.fixture
+def chaos_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of this test's own, to stop and start (the session one is shared)."""
+    n = NatsServer(tmp_path / "chaos-nats", log_file=tmp_path / "chaos-nats.log")
+    n.start()
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def chaos_pg(tmp_path: Path) -> Iterator[Postgres]:
+    """A Postgres of this test's own, to stop and start."""
+    pg = Postgres(tmp_path / "chaos-pg")
+    pg.start()
+    yield pg
+    pg.stop()

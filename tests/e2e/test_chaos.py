@@ -20,7 +20,7 @@ import http.server
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from hookbus_common.settings import DatabaseSettings
 
 from ..conftest import Servers
 from .conftest import System
+from .httpsink import Received
 from .test_slice import SECRET, headers, push
 
 pytestmark = pytest.mark.e2e
@@ -73,12 +74,26 @@ JOB_ENDS = {
     "io.hookbus.job.interrupted.v1": "interrupted",
 }
 DELIVERY_REQUESTED = "io.hookbus.delivery.requested.v1"
+DELIVERY_ATTEMPTED = "io.hookbus.delivery.attempted.v1"
 DELIVERY_ENDS = {
     "io.hookbus.delivery.succeeded.v1": "succeeded",
     "io.hookbus.delivery.failed.v1": "failed",
     "io.hookbus.delivery.dead.v1": "dead",
 }
 DEADLETTERED = "io.hookbus.message.deadlettered.v1"
+
+# Short waits, so that a killed process's work comes back and is found lost soon.
+CHAOS_ENV = {
+    "HOOKBUS_LOG__LEVEL": "INFO",
+    "HOOKBUS_EXECUTOR__MAX_IN_FLIGHT": "32",
+    # A killed executor's messages come back, and its runs are found lost, soon.
+    "HOOKBUS_EXECUTOR__ACK_WAIT_SECONDS": "8",
+    "HOOKBUS_EXECUTOR__SHUTDOWN_GRACE_SECONDS": "1",
+    "HOOKBUS_EXECUTOR__KILL_GRACE_SECONDS": "1",
+    "HOOKBUS_EXECUTOR__LEASE_SECONDS": "3",
+    "HOOKBUS_DISPATCHER__ACK_WAIT_SECONDS": "6",
+    "HOOKBUS_DISPATCHER__TIMEOUT_SECONDS": "4",
+}
 
 
 def _config(script: Path, sink_url: str) -> str:
@@ -101,39 +116,24 @@ actions = [{{ kind = "webhook", url = "{sink_url}/in" }}]
 """
 
 
-@pytest.fixture
-def chaos_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server of this test's own, to stop and start (the session one is shared)."""
-    n = NatsServer(tmp_path / "chaos-nats", log_file=tmp_path / "chaos-nats.log")
-    n.start()
-    yield n
-    n.stop()
-
-
-@pytest.fixture
-def chaos_pg(tmp_path: Path) -> Iterator[Postgres]:
-    """A Postgres of this test's own, to stop and start."""
-    pg = Postgres(tmp_path / "chaos-pg")
-    pg.start()
-    yield pg
-    pg.stop()
-
-
 class SlowSink:
-    """An endpoint on loopback that counts requests by ``x-hookbus-delivery`` and takes a
-    moment to answer, so that a killed dispatcher may have sent a request it never saw
-    answered (and sends it again: deliveries are at-least-once)."""
+    """An endpoint on loopback that counts requests by ``x-hookbus-delivery`` (and keeps
+    each one) and takes a moment to answer, so that a killed dispatcher may have sent a
+    request it never saw answered (and sends it again: deliveries are at-least-once)."""
 
     def __init__(self, delay: float) -> None:
         self.hits: Counter[str] = Counter()
+        self.received: list[tuple[float, Received]] = []  # (time.monotonic(), request)
         lock = threading.Lock()
-        hits = self.hits
+        hits, received = self.hits, self.received
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", 0)))
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                got = {k.lower(): v for k, v in self.headers.items()}
                 with lock:
                     hits[self.headers.get("x-hookbus-delivery", "")] += 1
+                    received.append((time.monotonic(), Received(self.path, got, body)))
                 time.sleep(delay)
                 self.send_response(200)
                 self.send_header("content-length", "0")
@@ -230,6 +230,9 @@ class Log:
     delivery_ends: dict[str, list[str]]
     deadlettered: list[str]
     outbox: int
+    # delivery id -> where it goes: endpoint:<name>, notification:<channel> or url
+    targets: dict[str, str] = field(default_factory=dict)
+    attempts: Counter[str] = field(default_factory=Counter)  # delivery id -> attempts
 
     def settled(self, accepted: set[str]) -> bool:
         return (
@@ -266,6 +269,15 @@ def read_log(system: System) -> Log:
                     log.interrupted[f"{data['reason']} retrying={data['retrying']}"] += 1
             elif kind == DELIVERY_REQUESTED:
                 log.deliveries.add(data["delivery_id"])
+                log.targets[data["delivery_id"]] = (
+                    f"endpoint:{data['endpoint']}"
+                    if data.get("endpoint")
+                    else f"notification:{data['notification']}"
+                    if data.get("notification")
+                    else "url"
+                )
+            elif kind == DELIVERY_ATTEMPTED:
+                log.attempts[data["delivery_id"]] += 1
             elif kind in DELIVERY_ENDS:
                 log.delivery_ends.setdefault(data["delivery_id"], []).append(DELIVERY_ENDS[kind])
             elif kind == DEADLETTERED:
@@ -292,6 +304,113 @@ def miscounted_failures(system: System) -> Counter[str]:
     return found
 
 
+@dataclass
+class Run:
+    """A load under the schedule of failures, and the log once it settled."""
+
+    load: Load
+    accepted: set[str]  # delivery ids the receiver accepted in the end
+    log: Log
+    load_seconds: float
+    settle_seconds: float
+    happened: dict[tuple[str, str], float]  # (what, which) of SCHEDULE -> time.monotonic()
+
+    def webhook_counts(self) -> str:
+        log = self.log
+        return (
+            f"sent={len(self.load.sent)} accepted={len(self.accepted)}"
+            f" gave_up={sum(1 for s in self.load.sent.values() if s.event_id is None)}"
+            f" answers={dict(self.load.answers)}"
+            f" recorded={sum(len(v) for v in log.received.values())}"
+            f" (distinct deliveries {len(log.received)})"
+            f" routed={sum(log.routed.values())}"
+        )
+
+
+def run_under_chaos(system: System, nats: NatsServer, pg: Postgres, rate: float, count: int) -> Run:
+    """Start ``system``, send ``count`` pushes at ``rate`` while SCHEDULE fails each part
+    once, then wait (up to SETTLE_SECONDS) until the log has settled."""
+    system.env.update(CHAOS_ENV)
+    system.start()
+    load = Load(system.url, rate, count)
+    sender = threading.Thread(target=load.run, daemon=True)
+    began = time.monotonic()
+    sender.start()
+    happened: dict[tuple[str, str], float] = {}
+    late = 0.0
+    for at, what, which in SCHEDULE:
+        time.sleep(max(0.0, began + at + late - time.monotonic()))
+        # A step that came late (a restarted receiver is waited for until it is ready)
+        # moves the rest with it, so that each outage lasts as long as it says.
+        late = max(late, time.monotonic() - began - at)
+        happened[what, which] = time.monotonic()
+        print(f"chaos: {time.monotonic() - began:5.1f}s {what} {which}")
+        match what, which:
+            case "kill", _:
+                system.kill(which)
+            case "start", "postgres":
+                pg.start()
+            case "start", "nats":
+                nats.start()
+            case "start", _:
+                system.start(which)
+            case "stop", "postgres":
+                pg.stop()
+            case "stop", "nats":
+                nats.stop()
+    sender.join(timeout=120)
+    assert not sender.is_alive(), "the senders did not finish"
+    loaded = time.monotonic()
+
+    accepted = {d for d, s in load.sent.items() if s.event_id is not None}
+    deadline = loaded + SETTLE_SECONDS
+    while not (log := read_log(system)).settled(accepted):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    return Run(load, accepted, log, loaded - began, time.monotonic() - loaded, happened)
+
+
+def marks(path: Path) -> tuple[Counter[str], Counter[str]]:
+    """The job ids an action noted at its start, and at its end (``start <id>``,
+    ``end <id>`` lines), each counted."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    starts = Counter(line.split()[1] for line in lines if line.startswith("start "))
+    ends = Counter(line.split()[1] for line in lines if line.startswith("end "))
+    return starts, ends
+
+
+def check_webhooks(run: Run, counts: str) -> None:
+    """Every sender's webhook was accepted, recorded once under the id it was answered
+    with, and routed once."""
+    load, log, accepted = run.load, run.log, run.accepted
+    gave_up = {d: (s.status, s.tries) for d, s in load.sent.items() if s.event_id is None}
+    # Every sender got its delivery accepted in the end: the outages were short.
+    assert not gave_up, f"{counts} gave up: {dict(list(gave_up.items())[:10])}"
+    # Every accepted webhook is recorded once, under the id it was answered with.
+    dupes = {d: ids for d, ids in log.received.items() if len(ids) > 1}
+    assert not dupes, f"{counts} recorded twice: {dupes}"
+    assert set(log.received) == accepted, f"{counts} not accepted: {set(log.received) - accepted}"
+    wrong_id = [d for d in accepted if log.received[d] != [load.sent[d].event_id]]
+    assert not wrong_id, f"{counts} answered another id: {wrong_id[:10]}"
+    assert all(n == 1 for n in log.routed.values()), counts
+
+
+def check_jobs(log: Log, starts: Counter[str], ends: Counter[str], counts: str) -> None:
+    """Every job ended once, and no action ran twice: no rule here opts into retry, so a
+    run interrupted by a kill (started, maybe even ended, its end never recorded) is
+    recorded as interrupted and never started again."""
+    twice = {j: es for j, es in log.job_ends.items() if len(es) != 1}
+    assert not twice, f"{counts} jobs without exactly one end: {twice}"
+    ran_twice = {j: n for j, n in starts.items() if n > 1}
+    assert not ran_twice, f"{counts} actions started more than once: {ran_twice}"
+    started_twice = {j: n for j, n in log.job_started.items() if n > 1}
+    assert not started_twice, f"{counts} jobs started more than once: {started_twice}"
+    # A job recorded as succeeded ran its action to the end.
+    succeeded = {j for j, es in log.job_ends.items() if es == ["succeeded"]}
+    assert not succeeded - set(ends), f"{counts} succeeded without ending: {succeeded - set(ends)}"
+
+
 def test_every_promise_holds_while_each_part_fails_once_under_load(
     chaos_nats: NatsServer,
     chaos_pg: Postgres,
@@ -310,69 +429,17 @@ def test_every_promise_holds_while_each_part_fails_once_under_load(
 
     with SlowSink(delay=0.05) as sink:
         system = make_system(_config(script, sink.url), Servers(chaos_nats.url, chaos_pg.url))
-        system.env.update({
-            "HOOKBUS_LOG__LEVEL": "INFO",
-            "HOOKBUS_EXECUTOR__MAX_IN_FLIGHT": "32",
-            # A killed executor's messages come back, and its runs are found lost, soon.
-            "HOOKBUS_EXECUTOR__ACK_WAIT_SECONDS": "8",
-            "HOOKBUS_EXECUTOR__SHUTDOWN_GRACE_SECONDS": "1",
-            "HOOKBUS_EXECUTOR__KILL_GRACE_SECONDS": "1",
-            "HOOKBUS_EXECUTOR__LEASE_SECONDS": "3",
-            "HOOKBUS_DISPATCHER__ACK_WAIT_SECONDS": "6",
-            "HOOKBUS_DISPATCHER__TIMEOUT_SECONDS": "4",
-        })  # fmt: skip
-        system.start()
-
-        load = Load(system.url, RATE, COUNT)
-        sender = threading.Thread(target=load.run, daemon=True)
-        began = time.monotonic()
-        sender.start()
-        for at, what, which in SCHEDULE:
-            time.sleep(max(0.0, began + at - time.monotonic()))
-            print(f"chaos: {time.monotonic() - began:5.1f}s {what} {which}")
-            match what, which:
-                case "kill", _:
-                    system.kill(which)
-                case "start", "postgres":
-                    chaos_pg.start()
-                case "start", "nats":
-                    chaos_nats.start()
-                case "start", _:
-                    system.start(which)
-                case "stop", "postgres":
-                    chaos_pg.stop()
-                case "stop", "nats":
-                    chaos_nats.stop()
-        sender.join(timeout=120)
-        assert not sender.is_alive(), "the senders did not finish"
-        loaded = time.monotonic()
-
-        accepted = {d for d, s in load.sent.items() if s.event_id is not None}
-        deadline = loaded + SETTLE_SECONDS
-        while not (log := read_log(system)).settled(accepted):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(1)
-        settle = time.monotonic() - loaded
+        run = run_under_chaos(system, chaos_nats, chaos_pg, RATE, COUNT)
         hits = Counter(sink.hits)
 
-    starts = Counter(
-        line.split()[1] for line in marker.read_text().splitlines() if line.startswith("start ")
-    )
-    ends = Counter(
-        line.split()[1] for line in marker.read_text().splitlines() if line.startswith("end ")
-    )
+    log = run.log
+    starts, ends = marks(marker)
     job_ends = Counter(e for es in log.job_ends.values() for e in es)
     delivery_ends = Counter(e for es in log.delivery_ends.values() for e in es)
     miscounted = miscounted_failures(system)
     repeats = {d: n for d, n in hits.items() if n > 1}
-    gave_up = {d: (s.status, s.tries) for d, s in load.sent.items() if s.event_id is None}
     counts = (
-        f"sent={len(load.sent)} accepted={len(accepted)} gave_up={len(gave_up)}"
-        f" answers={dict(load.answers)}"
-        f" recorded={sum(len(v) for v in log.received.values())}"
-        f" (distinct deliveries {len(log.received)})"
-        f" routed={sum(log.routed.values())} jobs={len(log.jobs)}"
+        f"{run.webhook_counts()} jobs={len(log.jobs)}"
         f" job_started={sum(log.job_started.values())} job_ends={dict(job_ends)}"
         f" interrupted={dict(log.interrupted)} actions_started={sum(starts.values())}"
         f" actions_ended={sum(ends.values())}"
@@ -380,7 +447,7 @@ def test_every_promise_holds_while_each_part_fails_once_under_load(
         f" sink_requests={sum(hits.values())} sink_repeats={len(repeats)}"
         f" dead_letters={len(log.deadlettered)} outbox={log.outbox}"
         f" outage_failures_counted={sum(miscounted.values())}"
-        f" load_seconds={loaded - began:.1f} settle_seconds={settle:.1f}"
+        f" load_seconds={run.load_seconds:.1f} settle_seconds={run.settle_seconds:.1f}"
     )
     print(f"chaos counts: {counts}")
     if repeats:
@@ -389,28 +456,11 @@ def test_every_promise_holds_while_each_part_fails_once_under_load(
         print(f"chaos: handlers failed for no outage and no error of their work: {miscounted}")
     logs = "\n".join(f"--- {s}\n{system.log(s)[-1500:]}" for s in ("router", "executor"))
 
-    assert log.settled(accepted), f"not settled in {SETTLE_SECONDS}s: {counts}\n{logs}"
-    # Every sender got its delivery accepted in the end: the outages were short.
-    assert not gave_up, f"{counts} gave up: {dict(list(gave_up.items())[:10])}"
-    # Every accepted webhook is recorded once, under the id it was answered with.
-    dupes = {d: ids for d, ids in log.received.items() if len(ids) > 1}
-    assert not dupes, f"{counts} recorded twice: {dupes}"
-    assert set(log.received) == accepted, f"{counts} not accepted: {set(log.received) - accepted}"
-    wrong_id = [d for d in accepted if log.received[d] != [load.sent[d].event_id]]
-    assert not wrong_id, f"{counts} answered another id: {wrong_id[:10]}"
-    # Each routed once, each with its job and its delivery.
-    assert all(n == 1 for n in log.routed.values()), counts
-    assert len(log.jobs) == len(log.deliveries) == len(accepted), counts
-    # Every job ended once; no action ran twice (no rule here opts into retry).
-    twice = {j: es for j, es in log.job_ends.items() if len(es) != 1}
-    assert not twice, f"{counts} jobs without exactly one end: {twice}"
-    ran_twice = {j: n for j, n in starts.items() if n > 1}
-    assert not ran_twice, f"{counts} actions started more than once: {ran_twice}"
-    started_twice = {j: n for j, n in log.job_started.items() if n > 1}
-    assert not started_twice, f"{counts} jobs started more than once: {started_twice}"
-    # A job recorded as succeeded ran its action to the end.
-    succeeded = {j for j, es in log.job_ends.items() if es == ["succeeded"]}
-    assert not succeeded - set(ends), f"{counts} succeeded without ending: {succeeded - set(ends)}"
+    assert log.settled(run.accepted), f"not settled in {SETTLE_SECONDS}s: {counts}\n{logs}"
+    check_webhooks(run, counts)
+    # Each with its job and its delivery.
+    assert len(log.jobs) == len(log.deliveries) == len(run.accepted), counts
+    check_jobs(log, starts, ends, counts)
     # Every delivery reached the sink and ended once.
     unseen = log.deliveries - set(hits)
     assert not unseen, f"{counts} never reached the sink: {sorted(unseen)[:10]}"
