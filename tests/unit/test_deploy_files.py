@@ -40,6 +40,7 @@ from hookbus_api.config import ApiSettings
 from hookbus_cli import main as cli
 from hookbus_cli.config import Installation, check_all
 from hookbus_cli.serve import SERVICES
+from hookbus_common import sealing
 from hookbus_common.bus import stream_name
 from hookbus_common.settings import SECTIONS
 from hookbus_dispatcher.config import DispatcherSettings
@@ -79,11 +80,15 @@ def _effective_port(inst: Installation, component: str) -> int:
     return section.health_port
 
 
+# Read by the sealing module, not the settings loader.
+_KEY_SETTINGS = (sealing.KEY_ENV, sealing.KEY_FILE_ENV)
+
+
 def assert_overrides_are_settings(env: dict[str, str], where: str) -> None:
     """Every HOOKBUS_* variable but HOOKBUS_CONFIG names a setting: the loader ignores a
     variable naming no section, so a typo would otherwise pass unnoticed."""
     for key in env:
-        if key.startswith("HOOKBUS_") and key != "HOOKBUS_CONFIG":
+        if key.startswith("HOOKBUS_") and key not in ("HOOKBUS_CONFIG", *_KEY_SETTINGS):
             section = key.removeprefix("HOOKBUS_").lower().split("__")[0]
             assert section in SECTIONS, f"{where}: {key} is not a setting"
 
@@ -357,8 +362,32 @@ def test_example_secret_is_a_marked_placeholder() -> None:
         for e in c.get("env", [])
         if (ref := e.get("valueFrom", {}).get("secretKeyRef"))
     }
-    assert refs == {(secret["metadata"]["name"], "url")}
+    assert refs == {(secret["metadata"]["name"], "url"), ("hookbus-secrets-key", "keys")}
     assert set(secret["stringData"]) == {"url"}
+
+
+def test_only_the_dispatcher_holds_the_secrets_key() -> None:
+    """Run-time endpoints' secrets are opened by the dispatcher alone (the CLI seals them):
+    no other service is given the key, on Kubernetes or Compose."""
+    holders = {
+        name.rpartition(" (")[2].rstrip(")")
+        for name, spec in _pod_specs(MANIFESTS)
+        for c in spec["containers"]
+        for e in c.get("env", [])
+        if e.get("name") == sealing.KEY_ENV
+    }
+    assert holders == {"hookbus-dispatcher"}
+    (ref,) = [
+        e["valueFrom"]["secretKeyRef"]
+        for name, spec in _pod_specs(MANIFESTS)
+        for c in spec["containers"]
+        for e in c.get("env", [])
+        if e.get("name") == sealing.KEY_ENV
+    ]
+    assert ref["optional"] is True  # starts without one: config endpoints need none
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    given = {n for n, svc in compose.items() if sealing.KEY_ENV in (svc.get("environment") or {})}
+    assert given == {"dispatcher", "migrate"}
 
 
 def _pod_specs(docs: list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
