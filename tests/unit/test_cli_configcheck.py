@@ -11,6 +11,7 @@ import pytest
 from hookbus_cli.config import check_all
 from hookbus_cli.configcheck import program_problems
 from hookbus_cli.main import main
+from hookbus_common import sealing
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -188,3 +189,30 @@ def test_config_check_passes_a_config_whose_programs_exist(tmp_path, capsys, mon
 
     assert info.value.code == 0
     assert "config ok: 0 sources, 2 rules" in capsys.readouterr().out
+
+
+def test_config_check_names_a_malformed_secrets_key_without_showing_it(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, rule("n", "true"))
+    monkeypatch.setenv("HOOKBUS_SECRETS_KEY", "not-a-key-but-secret-looking")
+
+    with pytest.raises(SystemExit) as info:
+        main(["config", "check", "--config", str(path)])
+
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "HOOKBUS_SECRETS_KEY: key 1: not a key" in err
+    assert "not-a-key-but-secret-looking" not in err
+
+
+def test_config_check_passes_a_good_secrets_key(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, rule("n", "true"))
+    monkeypatch.setenv("HOOKBUS_SECRETS_KEY", sealing.new_key())
+
+    with pytest.raises(SystemExit) as info:
+        main(["config", "check", "--config", str(path)])
+
+    assert info.value.code == 0

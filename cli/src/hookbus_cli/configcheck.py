@@ -1,5 +1,5 @@
 """``hookbus config check``: load the config as every service would at start, and find the
-programs the rules' shell actions run, as the executor will."""
+programs the rules' shell actions run, as the executor will, and the secrets key when one is given."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Mapping
 
+from hookbus_common import sealing
 from hookbus_executor.shell import find_program
 from hookbus_router.config import ShellAction
 
@@ -70,7 +71,12 @@ def program_problems(inst: Installation, env: Mapping[str, str]) -> list[str]:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     inst = installation(args)
-    problems = program_problems(inst, environment(args))
+    env = environment(args)
+    problems = program_problems(inst, env)
+    try:
+        sealing.load(env)  # the key that seals run-time endpoints' secrets, when given
+    except sealing.SealingError as exc:
+        problems.append(str(exc))
     for line in problems:
         print(f"hookbus: config error: {line}", file=sys.stderr)
     if problems:
