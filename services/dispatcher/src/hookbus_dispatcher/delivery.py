@@ -21,7 +21,16 @@ from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError, RetryableError
 from hookbus_common.events import DeliveryRequested, Event
 
-from . import endpointstate, endpointstore, health, notify, retryafter, schedule, smtp
+from . import (
+    endpointstate,
+    endpointstore,
+    health,
+    httpclient,
+    notify,
+    retryafter,
+    schedule,
+    smtp,
+)
 from .config import Endpoint, Notification
 from .schedule import retry_delay
 from .ssrf import DestinationRefused
@@ -287,7 +296,7 @@ async def attempt(
         limit = _attempt_seconds(request)
         try:
             async with asyncio.timeout(limit):
-                resp = await sender.send(request, follow_redirects=False, stream=True)
+                resp = await httpclient.send(sender, request)
         except DestinationRefused as exc:
             error, final = str(exc)[:500], True
         except httpx.UnsupportedProtocol as exc:

@@ -56,6 +56,20 @@ def _mapped(request: httpx.Request) -> Iterator[None]:
         raise httpx.NetworkError(f"{type(exc).__name__}: {exc}", request=request) from exc
 
 
+async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """Send ``request`` with ``client``'s transport, its answer streamed (read its body,
+    then close it), redirects never followed.
+
+    Without the client's own layer (its cookie jar, auth, redirect handling, request
+    log): a delivery never carries a cookie an endpoint set on an earlier one, and that
+    layer cost about as much CPU per request as the transport itself.
+    """
+    transport = client._transport_for_url(request.url)
+    response = await transport.handle_async_request(request)
+    response.request = request
+    return response
+
+
 class _Body(httpx.AsyncByteStream):
     """An aiohttp answer's body as httpx reads it; closing it before the end closes the
     connection (aiohttp reuses only a connection whose answer was read to its end)."""
