@@ -141,8 +141,9 @@ def test_the_index_decides_exactly_as_evaluating_every_rule(some: list[Rule]) ->
 def assert_the_summary_keeps_every_decision(
     ruleset: RuleSet, event: ev.Event, full: list[ev.RuleEvaluation]
 ) -> None:
-    """A summarised record names every rule once: the rules passed over in a group whose
-    test and value are the rule's own decision's, every other rule with its decision."""
+    """A summarised record names every rule once: the rules that failed the same test on
+    the same value in a group whose test and value are each one's own decision's, every
+    other rule with its decision."""
     (routed, *_) = route(ruleset, event, summarised=True)
     data = routed.data
     grouped = {name: g for g in data.passed_over for name in g.rules}
@@ -153,7 +154,11 @@ def assert_the_summary_keeps_every_decision(
     assert data.evaluations == [e for e in full if e.rule not in grouped]
     for name, group in grouped.items():
         e = by_name[name]
-        assert e.failed in ("enabled", "source", "event", "repository")
+        assert e.failed in ("enabled", "source", "event", "repository", "branch") or (
+            e.failed or ""
+        ).startswith("when")
+        if (e.failed or "").startswith("when"):
+            assert group.reason == e.reason  # a condition's reason names no rule's own
         assert (group.failed, group.path, group.operator, group.saw) == (
             e.failed, e.path, e.operator, e.saw,
         )  # fmt: skip
@@ -296,3 +301,30 @@ def test_rules_ruled_out_together_by_a_first_test_decide_as_each_evaluated() -> 
     (pair, *_) = indexed.index._triples.values()
     assert [len(p.rules) for p in pair.gates.paths] == [21]  # every gated rule, one read
     assert pair.gates.ungated == tuple(range(7, 24, 8))
+
+
+def test_rules_that_failed_the_same_test_on_the_same_value_are_named_together() -> None:
+    org = [
+        Rule(
+            name=f"org-{i}",
+            actions=[ACTION],
+            repository="acme/*",
+            when={"path": "payload.ref", "glob": f"refs/heads/org-{i}/*"},
+        )
+        for i in range(3)
+    ]
+    branches = [Rule(name=f"rel-{i}", actions=[ACTION], branch=[f"release-{i}"]) for i in range(2)]
+    event = webhook("github", "push", "acme/app", "main", 0)
+
+    (routed,) = route([*org, *branches], event, summarised=True)
+
+    assert routed.data.evaluations == []
+    assert [(g.rules, g.failed, g.saw, g.reason) for g in routed.data.passed_over] == [
+        (
+            ["org-0", "org-1", "org-2"],
+            "when",
+            '"refs/heads/main"',
+            'when: payload.ref glob did not hold (saw "refs/heads/main")',
+        ),
+        (["rel-0", "rel-1"], "branch", '"main"', "branch: 'main' matches none of theirs"),
+    ]

@@ -136,10 +136,11 @@ class RuleEvaluation(msgspec.Struct, **_FROZEN):
 
 
 class RulesPassedOver(msgspec.Struct, **_FROZEN):
-    """Rules the router passed over for one same reason, recorded once for all of them:
-    the webhook's source, event type or repository is none of theirs (``failed`` names
-    which; ``saw`` is the webhook's), or they are disabled. Each rule's own globs are in
-    the rules of the record's ``config_version``."""
+    """Rules that did not match for one same reason, recorded once for all of them: they
+    failed the same test on the same value (``saw``): their source, event type,
+    repository or branch glob (``failed`` names which), the same test of their conditions
+    (``failed`` is where it is, as in RuleEvaluation), or they are disabled. Each rule's
+    own globs and operands are in the rules of the record's ``config_version``."""
 
     rules: list[str]
     reason: str
@@ -214,9 +215,9 @@ class WebhookRouted(EventData, **_FROZEN):
     skipped: list[ActionSkipped] = []
     # Multi-event rules this event completed (each fired with all the events it joined).
     joined: list[JoinedEvents] = []
-    # The rules passed over by their source, event type or repository (or disabled),
-    # grouped by what they failed; ``evaluations`` holds every other rule's decision (a
-    # router of many rules records a few of those, not one per rule).
+    # Rules that failed the same test on the same value, two or more, named together;
+    # ``evaluations`` holds every other rule's decision (a router of many rules records a
+    # few groups, not one decision per rule).
     passed_over: list[RulesPassedOver] = []
 
     def subject_tokens(self) -> tuple[str, ...]:

@@ -60,10 +60,10 @@ class _Pair:
     # Every rule's evaluation by position: the others' (kept from the first event of the
     # pair; they depend on nothing else), None for the candidates.
     kept: tuple[RuleEvaluation | None, ...]
-    # A routing record's view (rules.summarise): the positions of the rules recorded one
-    # by one (the candidates, and others that are not passed over), and the others.
+    # A routing record's view of the others (rules.passed_over): the positions recorded
+    # one by one, and the groups (the candidates' are found per event).
     individual: tuple[int, ...]
-    passed_over: tuple[RulesPassedOver, ...]
+    passed_over: tuple[tuple[int, RulesPassedOver], ...]
 
 
 @dataclass(slots=True)
@@ -96,11 +96,10 @@ class RuleIndex:
         if len(self._kept) > EVALUATIONS_KEPT:
             self._kept.clear()
             self._triples.clear()
-        # The candidates are never passed over (they pass what the others fail).
+        # The others fail at what the candidates pass: no group holds both.
         others, together = passed_over(((i, e) for i, e in enumerate(kept) if e is not None), hook)
-        individual = sorted(candidates + others)
         gates = Gates.build(self.rules, candidates)
-        pair = _Pair(tuple(candidates), gates, tuple(kept), tuple(individual), tuple(together))
+        pair = _Pair(tuple(candidates), gates, tuple(kept), tuple(others), tuple(together))
         self._triples[key] = pair
         while len(self._triples) > TRIPLES_KEPT:
             self._triples.popitem(last=False)
@@ -123,10 +122,13 @@ class RuleIndex:
     def summarise(
         self, hook: WebhookReceived, facts: Facts, evaluations: list[RuleEvaluation]
     ) -> tuple[list[RuleEvaluation], list[RulesPassedOver]]:
-        """rules.summarise of ``evaluate``'s answer for ``hook``, from the webhook's triple:
-        the candidates' evaluations are never passed over, the others' are kept."""
+        """rules.summarise of ``evaluate``'s answer for ``hook``: the others' groups are
+        kept with the webhook's triple, the candidates' are found now."""
         pair = self._pair(hook, facts)
-        return [evaluations[i] for i in pair.individual], list(pair.passed_over)
+        mine, groups = passed_over(((i, evaluations[i]) for i in pair.candidates), hook)
+        individual = sorted((*pair.individual, *mine))
+        together = sorted((*pair.passed_over, *groups), key=lambda g: g[0])
+        return [evaluations[i] for i in individual], [g for _, g in together]
 
     def candidates_seen(self) -> float:
         """The mean number of candidates of the triples kept (for the bench)."""

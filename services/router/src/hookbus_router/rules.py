@@ -78,42 +78,63 @@ def _evaluation(rule: str, outcome: Outcome, reason: str | None = None) -> RuleE
 
 # ------------------------------------------------------------- rules passed over
 
-# Where a rule fails that reads nothing of a webhook but its source, event type and
-# repository (or is disabled): a routing record names such rules together, by the test
-# they failed and the value it saw, instead of one decision each.
-PASSED_OVER: Final = frozenset({"enabled", "source", "event", "repository"})
-_HOOK_FACT: Final = {"source": "source", "event": "event_type", "repository": "repository"}
+# A routing record names together the rules that failed the same test on the same value
+# (two or more): their source, event type, repository or branch glob, their being
+# disabled, or the same test of their conditions (``when…``) on the same value. A rule
+# over several events keeps its own decision (it says what its waits did).
+_GLOBS: Final = frozenset({"source", "event", "repository", "branch"})
+_HOOK_FACT: Final = {
+    "source": "source",
+    "event": "event_type",
+    "repository": "repository",
+    "branch": "branch",
+}
+
+Key = tuple[str, str | None, str | None, str | None]
+
+
+def _together(failed: str | None) -> bool:
+    return failed is not None and (
+        failed in _GLOBS or failed == "enabled" or failed.startswith("when")
+    )
 
 
 def _passed_over(
-    key: tuple[str, str | None, str | None, str | None], names: list[str], hook: WebhookReceived
+    key: Key, members: list[tuple[int, RuleEvaluation]], hook: WebhookReceived
 ) -> RulesPassedOver:
     failed, path, operator, saw = key
     if failed == "enabled":
         reason = "rules are disabled"
-    else:
+    elif failed in _GLOBS:
         seen = getattr(hook, _HOOK_FACT[failed])
         reason = (
             f"{failed}: the event has none"
             if seen is None
             else f"{failed}: {seen!r} matches none of theirs"
         )
+    else:
+        reason = members[0][1].reason  # a condition's: the same test, the same value
     return RulesPassedOver(
-        rules=names, reason=reason, failed=failed, path=path, operator=operator, saw=saw
+        rules=[e.rule for _, e in members],
+        reason=reason,
+        failed=failed,
+        path=path,
+        operator=operator,
+        saw=saw,
     )
 
 
 def passed_over(
     evaluations: Iterable[tuple[int, RuleEvaluation]], hook: WebhookReceived
-) -> tuple[list[int], list[RulesPassedOver]]:
+) -> tuple[list[int], list[tuple[int, RulesPassedOver]]]:
     """Of rules' evaluations by position: the positions recorded one by one (in order),
-    and the rules passed over grouped by the test they failed and what it saw (groups in
-    the order of their first rule; a rule alone in its group keeps its own decision)."""
+    and the rules that failed the same test on the same value, together, each group with
+    its first rule's position (in that order; a rule alone keeps its own decision)."""
     individual: list[int] = []
-    groups: dict[tuple[str, str | None, str | None, str | None], list[tuple[int, str]]] = {}
+    groups: dict[Key, list[tuple[int, RuleEvaluation]]] = {}
     for i, e in evaluations:
-        if e.failed is not None and e.failed in PASSED_OVER:
-            groups.setdefault((e.failed, e.path, e.operator, e.saw), []).append((i, e.rule))
+        if e.failed is not None and _together(e.failed):
+            groups.setdefault((e.failed, e.path, e.operator, e.saw), []).append((i, e))
         else:
             individual.append(i)
     together = []
@@ -121,7 +142,7 @@ def passed_over(
         if len(members) == 1:
             individual.append(members[0][0])
         else:
-            together.append(_passed_over(key, [name for _, name in members], hook))
+            together.append((members[0][0], _passed_over(key, members, hook)))
     return sorted(individual), together
 
 
@@ -129,10 +150,9 @@ def summarise(
     evaluations: Sequence[RuleEvaluation], hook: WebhookReceived
 ) -> tuple[list[RuleEvaluation], list[RulesPassedOver]]:
     """A routing record's decisions: the evaluations recorded one by one, in order, and
-    the rules passed over by their source, event type or repository (or disabled),
-    grouped (``passed_over``)."""
+    the rules that failed the same test on the same value, grouped (``passed_over``)."""
     individual, together = passed_over(enumerate(evaluations), hook)
-    return [evaluations[i] for i in individual], together
+    return [evaluations[i] for i in individual], [g for _, g in together]
 
 
 # ------------------------------------------------------------------ what rules see
