@@ -12,6 +12,9 @@ the list the plain evaluation of every rule gives (tests/unit/test_rule_index.py
 compares them). The triples kept are bounded (the least recently used go first), and so
 are the evaluations they keep (shared between triples: about 20 MB for 1,000 rules
 over 100 repositories, at most about 80 MB).
+
+Each triple also keeps its candidates grouped by the first test of their conditions
+(gates.py), and the others grouped as a routing record names them (rules.passed_over).
 """
 
 from __future__ import annotations
