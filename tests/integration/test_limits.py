@@ -114,8 +114,11 @@ async def test_a_tenant_rate_counts_every_endpoint_of_the_tenant(
             await stack.enter_async_context(Loop(rt, client, settings, max_in_flight=8))
         await until(lambda: len(sink.arrivals) >= n + 5, timeout=120)
     a_times = [t for _d, tenant, t in sink.arrivals if tenant == "a"]
-    assert n <= 10 * (max(a_times) - min(a_times)) + 2 + 1
-    assert _most_in_any_window(a_times, 1.0) <= 10 + 2 + 1
+    # Admitted by Postgres's clock, timed here at arrival: on a loaded machine arrivals
+    # bunch by a request or two, so the bound is over 2 s (two loops each sending at the
+    # rate would put 40 there).
+    assert n <= 10 * (max(a_times) - min(a_times)) + 2 + 2
+    assert _most_in_any_window(a_times, 2.0) <= 2 * 10 + 2 + 2
 
 
 async def test_max_in_flight_holds_across_two_replicas(

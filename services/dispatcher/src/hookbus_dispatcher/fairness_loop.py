@@ -135,6 +135,7 @@ class FairConsumer(Consumer):
         self.max_ack_pending = max(self.max_ack_pending, self.buffer + self.max_in_flight * 2)
         self._changed = asyncio.Event()
         self._seen: set[tuple[str, str]] = set()
+        self._closing = False
 
     # ------------------------------------------------------------------ the loop
 
@@ -191,8 +192,12 @@ class FairConsumer(Consumer):
                     tenant, dest = route(msg)
                     self.queue.put(tenant, dest, _Held(msg, now))
                 if msgs:
+                    # Started here, not by the feeder's next turn: under load every hop
+                    # through the event loop is a wait.
+                    self._start_what_fits()
                     self._changed.set()
         finally:
+            self._closing = True
             self._puller = None
             for task in helpers:
                 task.cancel()
@@ -223,7 +228,7 @@ class FairConsumer(Consumer):
         """Start handling as many waiting messages as there are free slots (and room at
         their destinations); how many were started."""
         started = 0
-        while len(self._tasks) < self.max_in_flight:
+        while not self._closing and len(self._tasks) < self.max_in_flight:
             taken = self.queue.take()
             if taken is None:
                 break
@@ -237,6 +242,7 @@ class FairConsumer(Consumer):
 
     def _finished_one(self, dest: str, _task: object = None) -> None:
         self.queue.done(dest)
+        self._start_what_fits()  # the freed slot goes to the next in turn at once
         self._changed.set()
 
     async def _heartbeat(self, now: float, every: float) -> None:
