@@ -12,7 +12,8 @@ HTTP client's own ceiling measured in the same run.
    from commit (mostly time spent waiting in the backlog).
 3. **Clients.** The dispatcher's HTTP client as it is built (httpx's API over aiohttp's
    connections, every connection's addresses checked by the SSRF guard) posting to four
-   sinks (four destinations), 32 requests in flight: one shared client, a pool of four
+   sinks (four destinations), 32 requests in flight: one shared client (through httpx's
+   client layer, and sent as an attempt sends, by its transport alone), a pool of four
    clients, one client per destination; and two unguarded references, httpx with its own
    transport (httpcore) and a bare aiohttp session; each in turn for the same time in
    this process.
@@ -40,6 +41,7 @@ import msgspec
 from hookbus_common import events as ev
 from hookbus_common.service import Runtime, runtime
 from hookbus_common.settings import DatabaseSettings, NatsSettings, Settings
+from hookbus_dispatcher.httpclient import send
 from hookbus_dispatcher.ssrf import guarded_client
 
 from . import cpu, payloads
@@ -216,6 +218,19 @@ def _httpx_post(made: list[httpx.AsyncClient], pick: Callable[[int], int], body:
     return post
 
 
+def _dispatcher_post(client: httpx.AsyncClient, body: bytes) -> Post:
+    """As an attempt sends: built by the client, sent by its transport alone."""
+
+    async def post(w: int, url: str) -> None:
+        request = client.build_request("POST", url, content=body, headers=HEADERS)
+        r = await send(client, request)
+        await r.aread()
+        await r.aclose()
+        r.raise_for_status()
+
+    return post
+
+
 def _aiohttp_post(session: aiohttp.ClientSession, body: bytes) -> Post:
     async def post(w: int, url: str) -> None:
         async with session.post(url, data=body, headers=HEADERS) as r:
@@ -249,6 +264,9 @@ async def clients(
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     made: dict[str, Post] = {
         "one shared client": _httpx_post(shared, lambda w: 0, body),
+        "one shared client, sent as an attempt is (its transport alone)": _dispatcher_post(
+            shared[0], body
+        ),
         "a pool of 4 clients": _httpx_post(pool, lambda w: w // 4 % 4, body),
         "one client per destination": _httpx_post(per_destination, lambda w: w % len(urls), body),
         "httpx with httpcore, no SSRF guard": _httpx_post([plain], lambda w: 0, body),
