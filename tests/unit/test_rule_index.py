@@ -284,9 +284,10 @@ def test_rules_ruled_out_together_by_a_first_test_decide_as_each_evaluated() -> 
         {"all": [{"path": "payload.ref", "glob": "refs/*"}, {"path": "payload.n", "gt": 1}]},
         {"not": {"path": "payload.ref", "glob": "refs/heads/ma*"}},  # not gated
     ]
+    alone = {"path": 'payload."ref"', "equals": "refs/heads/x"}  # alone on its test
     some = [
         Rule(name=f"g{i}", actions=[ACTION], source=["github", "gitlab-main"], when=when)
-        for i, when in enumerate(gates * 3)
+        for i, when in enumerate([*gates * 3, alone])
     ]
     indexed = RuleSet.build(some)
     plain = RuleSet.build(some, indexed=False)
@@ -297,9 +298,15 @@ def test_rules_ruled_out_together_by_a_first_test_decide_as_each_evaluated() -> 
         b = plain.evaluate(hook, Facts(hook, event_id=event.id))
         assert a == b
         assert matched == [i for i, e in enumerate(b) if e.matched]
+        # A router's record: those ruled out together are named together, made no
+        # evaluation of one by one (and one alone on its test keeps its own decision).
+        assert [(e.id, e.data) for e in route(indexed, event, summarised=True)] == [
+            (e.id, e.data) for e in route(plain, event, summarised=True)
+        ]
+        assert_the_summary_keeps_every_decision(indexed, event, b)
     assert indexed.index is not None
     (pair, *_) = indexed.index._triples.values()
-    assert [len(p.rules) for p in pair.gates.paths] == [21]  # every gated rule, one read
+    assert [len(p.rules) for p in pair.gates.paths] == [22]  # every gated rule, one read
     assert pair.gates.ungated == tuple(range(7, 24, 8))
 
 

@@ -22,7 +22,7 @@ from hookbus_common.events import RuleEvaluation, WebhookReceived
 from .conditions import All, Outcome, Test, shown
 
 if TYPE_CHECKING:
-    from .rules import CompiledRule, Facts
+    from .rules import CompiledRule, Facts, Key, Member
 
 
 def gate_of(compiled: CompiledRule) -> Test | None:
@@ -43,6 +43,9 @@ def gate_of(compiled: CompiledRule) -> Test | None:
 class _Path:
     fields: tuple[str, ...]
     rules: tuple[tuple[int, Test], ...]  # by position, in order
+    # The rules by their first test's place, path and operator (which make its reason),
+    # with their names.
+    tests: tuple[tuple[tuple[str, str, str], tuple[tuple[int, str], ...]], ...]
     lengths: tuple[int, ...]  # the heads' lengths
     heads: dict[str, tuple[int, ...]]  # head -> the rules a text starting with it may hold
     whole: dict[str, tuple[int, ...]]  # text -> the rules only it may hold
@@ -78,14 +81,18 @@ class Gates:
                 continue
             heads: dict[str, list[int]] = {}
             whole: dict[str, list[int]] = {}
+            tests: dict[tuple[str, str, str], list[tuple[int, str]]] = {}
             for i, gate in gated:
                 assert gate.literal is not None
                 text, exact = gate.literal
                 (whole if exact else heads).setdefault(text, []).append(i)
+                test = (gate.at, gate.path, gate.operator)
+                tests.setdefault(test, []).append((i, rules[i].rule.name))
             paths.append(
                 _Path(
                     fields,
                     tuple(gated),
+                    tuple((t, tuple(members)) for t, members in tests.items()),
                     tuple(sorted({len(h) for h in heads})),
                     {h: tuple(v) for h, v in heads.items()},
                     {t: tuple(v) for t, v in whole.items()},
@@ -99,8 +106,11 @@ class Gates:
         hook: WebhookReceived,
         facts: Facts,
         out: list[RuleEvaluation | None],
+        grouped: dict[Key, list[Member]] | None = None,
     ) -> list[int]:
-        """Write each candidate's evaluation into ``out``; the positions that matched."""
+        """Write each candidate's evaluation into ``out``; the positions that matched.
+        With ``grouped``, the rules ruled out together are put there by the test they
+        failed and the value it saw (rules.passed_over), and left None in ``out``."""
         matched = []
         for i in self.ungated:
             result = out[i] = rules[i].evaluate_candidate(hook, facts)
@@ -120,29 +130,25 @@ class Gates:
                         matched.append(i)
                 continue
             maybe = path.possible(value)
+            for i in sorted(maybe):
+                result = out[i] = rules[i].evaluate_candidate(hook, facts)
+                if result.matched:
+                    matched.append(i)
+            # Every other one failed its first test on this text, as its evaluation would
+            # say; the same test at the same place fails for the same reason.
             saw = shown(value)
-            # The same test at the same place fails for the same reason.
-            reasons: dict[tuple[str, str, str], str] = {}
-            for i, gate in path.rules:
-                if i in maybe:
-                    result = out[i] = rules[i].evaluate_candidate(hook, facts)
-                    if result.matched:
-                        matched.append(i)
+            for (at, where, operator), members in path.tests:
+                reason = Outcome(False, at, where, operator, saw).reason()
+                if grouped is not None:
+                    ruled = [(i, name, reason, None) for i, name in members if i not in maybe]
+                    if ruled:
+                        grouped.setdefault((at, where, operator, saw), []).extend(ruled)
                     continue
-                # Its first test failed on this text, as its evaluation would say.
-                at, operator = gate.at, gate.operator
-                reason = reasons.get((at, gate.path, operator))
-                if reason is None:
-                    why = Outcome(False, at, gate.path, operator, saw)
-                    reason = reasons[at, gate.path, operator] = why.reason()
-                out[i] = RuleEvaluation(
-                    rule=rules[i].rule.name,
-                    matched=False,
-                    reason=reason,
-                    failed=at,
-                    path=gate.path,
-                    operator=operator,
-                    saw=saw,
-                )
+                for i, name in members:
+                    if i not in maybe:
+                        out[i] = RuleEvaluation(
+                            rule=name, matched=False, reason=reason, failed=at, path=where,
+                            operator=operator, saw=saw,
+                        )  # fmt: skip
         matched.sort()
         return matched

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Final
 from hookbus_common.events import RuleEvaluation, RulesPassedOver, WebhookReceived
 
 from .gates import Gates
-from .rules import passed_over
+from .rules import Summarised, passed_over
 
 if TYPE_CHECKING:
-    from .rules import CompiledRule, Facts
+    from .rules import CompiledRule, Facts, Key, Member
 
 # (source, event type, repository) triples whose candidates and evaluations are kept.
 TRIPLES_KEPT: Final = 1024
@@ -100,7 +100,8 @@ class RuleIndex:
             self._kept.clear()
             self._triples.clear()
         # The others fail at what the candidates pass: no group holds both.
-        others, together = passed_over(((i, e) for i, e in enumerate(kept) if e is not None), hook)
+        alone, together = passed_over(((i, e) for i, e in enumerate(kept) if e is not None), hook)
+        others = [i for i, _ in alone]
         gates = Gates.build(self.rules, candidates)
         pair = _Pair(tuple(candidates), gates, tuple(kept), tuple(others), tuple(together))
         self._triples[key] = pair
@@ -122,16 +123,20 @@ class RuleIndex:
         matched = pair.gates.evaluate(self.rules, hook, facts, out)
         return out, matched  # type: ignore[return-value]  # every None was a candidate's
 
-    def summarise(
-        self, hook: WebhookReceived, facts: Facts, evaluations: list[RuleEvaluation]
-    ) -> tuple[list[RuleEvaluation], list[RulesPassedOver]]:
-        """rules.summarise of ``evaluate``'s answer for ``hook``: the others' groups are
-        kept with the webhook's triple, the candidates' are found now."""
+    def evaluate_summarised(self, hook: WebhookReceived, facts: Facts) -> Summarised:
+        """RuleSet.evaluate_summarised: the others' groups are kept with the webhook's
+        triple; the candidates' are found now, those the gates rule out together without
+        an evaluation each."""
         pair = self._pair(hook, facts)
-        mine, groups = passed_over(((i, evaluations[i]) for i in pair.candidates), hook)
-        individual = sorted((*pair.individual, *mine))
+        out = list(pair.kept)
+        grouped: dict[Key, list[Member]] = {}
+        matched = pair.gates.evaluate(self.rules, hook, facts, out, grouped)
+        evaluated = ((i, e) for i in pair.candidates if (e := out[i]) is not None)
+        mine, groups = passed_over(evaluated, hook, grouped)
+        kept = [(i, e) for i in pair.individual if (e := pair.kept[i]) is not None]
+        individual = sorted((*kept, *mine), key=lambda m: m[0])
         together = sorted((*pair.passed_over, *groups), key=lambda g: g[0])
-        return [evaluations[i] for i in individual], [g for _, g in together]
+        return Summarised(out, matched, [e for _, e in individual], [g for _, g in together])
 
     def candidates_seen(self) -> float:
         """The mean number of candidates of the triples kept (for the bench)."""

@@ -235,7 +235,14 @@ def _route(
     ruleset = RuleSet.of(rules)
     if facts is None:
         facts = Facts(hook, event_id=event.id, tenant=event.tenant, time=event.time.isoformat())
-    if forced is None:
+    summary = None
+    if forced is None and summarised and not joined:
+        # The rules that failed the same test on the same value are named together: of
+        # a thousand rules, most are (and the index makes no evaluation for some).
+        summary = ruleset.evaluate_summarised(hook, facts)
+        evaluations: list[ev.RuleEvaluation] = []  # the summary's are all it records
+        matched = summary.matched
+    elif forced is None:
         evaluations, matched = ruleset.evaluate_matched(hook, facts)
     else:
         evaluations = _triggered(ruleset, forced)
@@ -302,18 +309,16 @@ def _route(
         return []
     passed_over: list[ev.RulesPassedOver] = []
     decisions = evaluations
-    if summarised and forced is None:
-        # The rules passed over by the webhook's source, event type or repository are
-        # named together: of a thousand rules, most are.
-        decisions, passed_over = (
-            summarise(evaluations, hook) if joined else ruleset.summarise(hook, facts, evaluations)
-        )
+    if summary is not None:
+        decisions, passed_over = summary.decisions, summary.passed_over
+    elif summarised and forced is None:
+        decisions, passed_over = summarise(evaluations, hook)
     routed = ev.make_event(
         ev.WebhookRouted(
             source=hook.source,
             event_type=hook.event_type,
             webhook_id=event.id,
-            matched=[evaluations[i].rule for i in matched],
+            matched=[ruleset.rules[i].rule.name for i in matched],
             evaluations=decisions,
             passed_over=passed_over,
             requested=[r.id for r in requests],

@@ -99,9 +99,12 @@ def _together(failed: str | None) -> bool:
     )
 
 
-def _passed_over(
-    key: Key, members: list[tuple[int, RuleEvaluation]], hook: WebhookReceived
-) -> RulesPassedOver:
+# A rule in a group: its position, name and decision's reason, and its evaluation when
+# there is one (gates.py rules some out without making one).
+Member = tuple[int, str, str, RuleEvaluation | None]
+
+
+def _passed_over(key: Key, members: list[Member], hook: WebhookReceived) -> RulesPassedOver:
     failed, path, operator, saw = key
     if failed == "enabled":
         reason = "rules are disabled"
@@ -113,9 +116,9 @@ def _passed_over(
             else f"{failed}: {seen!r} matches none of theirs"
         )
     else:
-        reason = members[0][1].reason  # a condition's: the same test, the same value
+        reason = members[0][2]  # a condition's: the same test, the same value
     return RulesPassedOver(
-        rules=[e.rule for _, e in members],
+        rules=[name for _, name, _, _ in members],
         reason=reason,
         failed=failed,
         path=path,
@@ -124,26 +127,45 @@ def _passed_over(
     )
 
 
+def _alone(key: Key, member: Member) -> RuleEvaluation:
+    _, name, reason, evaluation = member
+    if evaluation is not None:
+        return evaluation
+    failed, path, operator, saw = key
+    return RuleEvaluation(
+        rule=name, matched=False, reason=reason, failed=failed, path=path, operator=operator,
+        saw=saw,
+    )  # fmt: skip
+
+
 def passed_over(
-    evaluations: Iterable[tuple[int, RuleEvaluation]], hook: WebhookReceived
-) -> tuple[list[int], list[tuple[int, RulesPassedOver]]]:
-    """Of rules' evaluations by position: the positions recorded one by one (in order),
-    and the rules that failed the same test on the same value, together, each group with
-    its first rule's position (in that order; a rule alone keeps its own decision)."""
-    individual: list[int] = []
-    groups: dict[Key, list[tuple[int, RuleEvaluation]]] = {}
+    evaluations: Iterable[tuple[int, RuleEvaluation]],
+    hook: WebhookReceived,
+    grouped: Mapping[Key, list[Member]] | None = None,
+) -> tuple[list[tuple[int, RuleEvaluation]], list[tuple[int, RulesPassedOver]]]:
+    """Of rules' evaluations by position (and of rules ``grouped`` already by the test
+    they failed and the value it saw): the evaluations recorded one by one, and the rules
+    that failed the same test on the same value, together, each with its first rule's
+    position; both in order of position. A rule alone keeps its own decision."""
+    individual: list[tuple[int, RuleEvaluation]] = []
+    groups: dict[Key, list[Member]] = {k: list(v) for k, v in (grouped or {}).items()}
     for i, e in evaluations:
         if e.failed is not None and _together(e.failed):
-            groups.setdefault((e.failed, e.path, e.operator, e.saw), []).append((i, e))
+            key = (e.failed, e.path, e.operator, e.saw)
+            groups.setdefault(key, []).append((i, e.rule, e.reason, e))
         else:
-            individual.append(i)
+            individual.append((i, e))
     together = []
     for key, members in groups.items():
+        if grouped:
+            members.sort(key=lambda m: m[0])
         if len(members) == 1:
-            individual.append(members[0][0])
+            individual.append((members[0][0], _alone(key, members[0])))
         else:
             together.append((members[0][0], _passed_over(key, members, hook)))
-    return sorted(individual), together
+    individual.sort(key=lambda m: m[0])
+    together.sort(key=lambda m: m[0])
+    return individual, together
 
 
 def summarise(
@@ -152,7 +174,7 @@ def summarise(
     """A routing record's decisions: the evaluations recorded one by one, in order, and
     the rules that failed the same test on the same value, grouped (``passed_over``)."""
     individual, together = passed_over(enumerate(evaluations), hook)
-    return [evaluations[i] for i in individual], [g for _, g in together]
+    return [e for _, e in individual], [g for _, g in together]
 
 
 # ------------------------------------------------------------------ what rules see
@@ -325,6 +347,16 @@ def version(rules: Iterable[Rule]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Summarised:
+    """RuleSet.evaluate_summarised's answer."""
+
+    evaluations: Sequence[RuleEvaluation | None]
+    matched: list[int]
+    decisions: list[RuleEvaluation]
+    passed_over: list[RulesPassedOver]
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSet:
     rules: tuple[CompiledRule, ...]
     version: str
@@ -347,14 +379,14 @@ class RuleSet:
         index; with it, only the rules that can match are evaluated)."""
         return self.evaluate_matched(hook, facts)[0]
 
-    def summarise(
-        self, hook: WebhookReceived, facts: Facts, evaluations: list[RuleEvaluation]
-    ) -> tuple[list[RuleEvaluation], list[RulesPassedOver]]:
-        """``summarise(evaluations, hook)`` for the evaluations ``evaluate`` gave (with the
-        index, from what it keeps of the webhook's source, event type and repository)."""
+    def evaluate_summarised(self, hook: WebhookReceived, facts: Facts) -> Summarised:
+        """What a routing record that names rules together needs: ``evaluate_matched``
+        (with the index, the evaluations of rules it named together may be None) and
+        ``summarise`` of its evaluations."""
         if self.index is not None:
-            return self.index.summarise(hook, facts, evaluations)
-        return summarise(evaluations, hook)
+            return self.index.evaluate_summarised(hook, facts)
+        evaluations, matched = self.evaluate_matched(hook, facts)
+        return Summarised(evaluations, matched, *summarise(evaluations, hook))
 
     def evaluate_matched(
         self, hook: WebhookReceived, facts: Facts
