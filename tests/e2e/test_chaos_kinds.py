@@ -190,13 +190,13 @@ def _repeats(
       one attempt's time before the kill, its answer never recorded): sent again;
     - "attempts": the log records as many attempts as copies (an answer that came too
       late, a connection that broke);
-    - "redelivered": sent twice at once after NATS came back. The dispatcher holds the
-      messages it has read (read ahead, or in hand waiting for the outage to end) and
-      keeps them alive with in-progress reports, which cannot reach a stopped NATS;
-      restarted, JetStream delivers those messages again while the first copies are still
-      held, and both copies are sent before either is recorded (the second record is the
-      same event: one attempt in the log). At-least-once allows it, the copies carry the
-      same id, but no kill is behind it;
+    - "redelivered": sent twice at once (within one attempt's time) soon after NATS came
+      back. A message the dispatcher holds through the outage (in hand, waiting for NATS
+      to answer) is kept alive by in-progress reports, which cannot reach a stopped NATS;
+      once its ack wait has run out JetStream delivers it again while the first copy is
+      still in hand, and the two are sent side by side, neither seeing the other's end
+      (the second record is the same event: one attempt in the log). At-least-once
+      allows it, the copies carry the same id, but no kill is behind it;
     - else "unexplained", with when each copy arrived (relative to the kill) and the
       attempts in the log.
     """
@@ -209,7 +209,10 @@ def _repeats(
             why[d] = "kill"
         elif log.attempts[d] >= len(times):
             why[d] = "attempts"
-        elif 0 <= min(times) - nats_back <= REDELIVERED_WITHIN:
+        elif (
+            0 <= min(times) - nats_back <= REDELIVERED_WITHIN
+            and max(times) - min(times) <= ATTEMPT_SECONDS
+        ):
             why[d] = "redelivered"
         else:
             at = ", ".join(f"{t - killed:+.2f}s" for t in sorted(times))
