@@ -440,10 +440,12 @@ class _Loop:
             async for out in handle(incoming):
                 yield out
 
+        # As the dispatcher runs it: no terminal_step, the handler finds a delivery that
+        # already ended itself (delivery.standing).
         self.consumer = Consumer(
             service="dispatcher", bus=rt.bus, outbox=rt.outbox, durable=_durable(rt),
             filter_subjects=[_filter(rt)], handler=handler, max_in_flight=4,
-            max_deliver=max_deliver(max_attempts), terminal_step="outcome",
+            max_deliver=max_deliver(max_attempts),
         )  # fmt: skip
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -629,7 +631,9 @@ async def test_a_postgres_outage_between_attempts_leaves_the_attempt_number_alon
         ("succeeded", 2, 200),
     ]
     assert [r.headers["x-hookbus-delivery"] for r in sink.received] == ["dlv_t", "dlv_t"]
-    assert loop.deliveries == [5]
+    # One delivery of the message (the fifth), handled again once Postgres was back: its
+    # first read failed before anything was sent.
+    assert set(loop.deliveries) == {5}
     info = await rt.bus.js.consumer_info(rt.bus.stream, _durable(rt))
     assert info.delivered.consumer_seq == 5  # not delivered again while Postgres was away
     assert await _dead_letters(rt) == 0

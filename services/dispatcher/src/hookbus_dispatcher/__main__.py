@@ -75,8 +75,8 @@ async def run(settings: DispatcherConfig) -> None:
                 # safety net.
                 max_deliver=max_deliver(d.attempts()),
                 ack_wait=d.ack_wait_seconds,
-                # Delivered (or given up) before we died unacked: not sent again.
-                terminal_step="outcome",
+                # No terminal_step: the handler finds a delivery that ended before we
+                # died unacked in the same read as its attempts (delivery.standing).
                 started=started,
                 # Reads ahead, and sends fairly by tenant and destination; deliveries
                 # finishing together commit in one transaction.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import logging
 import random
 import time
 from collections import ChainMap
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from email.message import EmailMessage
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import asyncpg
 import httpx
@@ -38,6 +39,12 @@ from .templates import TemplateFailed
 
 SOURCE = "/hookbus/dispatcher"
 USER_AGENT = "hookbus-dispatcher/0.1"
+
+log = logging.getLogger(__name__)
+
+OUTCOME_STEP: Final = "outcome"
+"""The step a delivery's end (succeeded, failed for good, dead) derives its id from: one
+end per request event, whoever records it."""
 
 RESPONSE_BODY_LIMIT: Final = 4096
 """Bytes of an answer's body kept on its ``delivery.attempted`` event (read no further)."""
@@ -73,6 +80,42 @@ async def attempts_made(pool: asyncpg.Pool, delivery_id: str) -> int:
         "SELECT attempts FROM deliveries WHERE delivery_id = $1", delivery_id
     )
     return int(value or 0)
+
+
+class Standing(NamedTuple):
+    """Where a delivery stands when its request comes in: the attempts the log records,
+    whether its outcome is recorded already (delivered or dead before an ack was lost),
+    and its endpoint's health (``None`` without a named endpoint)."""
+
+    attempts: int
+    ended: bool
+    health: endpointstate.Health | None
+
+
+_STANDING = (
+    "SELECT (SELECT attempts FROM deliveries WHERE delivery_id = $1) AS attempts,"
+    " EXISTS (SELECT 1 FROM events WHERE id = $2) AS ended,"
+    " (SELECT disabled FROM endpoint_state WHERE endpoint = $3) AS disabled,"
+    " (SELECT reason FROM endpoint_state WHERE endpoint = $3) AS reason,"
+    " (SELECT since FROM endpoint_failing WHERE endpoint = $3) AS since"
+)
+
+
+async def standing(
+    pool: asyncpg.Pool, event: Event[DeliveryRequested], endpoint: str | None
+) -> Standing:
+    """``Standing`` in one round trip (it was three: the consume loop's finished check,
+    the attempts, the endpoint's state)."""
+    row = await pool.fetchrow(
+        _STANDING, event.data.delivery_id, ev.derived_id(event.id, OUTCOME_STEP), endpoint
+    )
+    assert row is not None  # a SELECT of scalars has its one row
+    health = None
+    if endpoint is not None:
+        health = endpointstate.Health(
+            disabled=bool(row["disabled"]), reason=row["reason"] or "", failing_since=row["since"]
+        )
+    return Standing(int(row["attempts"] or 0), bool(row["ended"]), health)
 
 
 def retryable_status(status: int) -> bool:
@@ -347,15 +390,18 @@ async def attempt(
     kind = target.notification.type if target.notification is not None else None
     if ok:
         _count(kind, "succeeded")
-        return [attempted, _outcome(ev.DeliverySucceeded, event, "outcome", target, **fields)], None
+        return [
+            attempted,
+            _outcome(ev.DeliverySucceeded, event, OUTCOME_STEP, target, **fields),
+        ], None
     # A request that cannot be built will not build next time either, and a destination
     # refused now is refused next time.
     if unsendable or final or (status is not None and not retryable_status(status)):
         _count(kind, "failed")
-        return [attempted, _outcome(ev.DeliveryFailed, event, "outcome", target, **fields)], None
+        return [attempted, _outcome(ev.DeliveryFailed, event, OUTCOME_STEP, target, **fields)], None
     if number >= max_attempts:
         _count(kind, "dead")
-        return [attempted, _outcome(ev.DeliveryDead, event, "outcome", target, **fields)], None
+        return [attempted, _outcome(ev.DeliveryDead, event, OUTCOME_STEP, target, **fields)], None
     _count(kind, "retrying")
     why = f"attempt {number} failed: {status or error}"
     return [attempted], RetryableError(why, delay=delay)
@@ -447,16 +493,20 @@ def make_handler(
     durable schedule and its message acked: waiting holds no consumer capacity, and the
     ``scheduler`` (which this process runs) publishes the request again when it is due."""
 
-    # A delivery whose outcome is already recorded never gets here: the consume loop
-    # skips it (terminal step "outcome").
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
         event = incoming.event
         if not isinstance(event.data, DeliveryRequested):
             raise PermanentError(f"dispatcher cannot handle {event.type}")
         delivery_id = event.data.delivery_id
+        name = event.data.endpoint if event.data.notification is None else None
         # Read before anything is sent: with Postgres away, the consume loop waits and
         # runs this again, and no request has gone out.
-        made = await attempts_made(pool, delivery_id)
+        made, ended, state = await standing(pool, event, name)
+        if ended:
+            # Delivered or dead before this process (or another) died unacked: its
+            # outcome is in the log, so nothing is sent again.
+            log.info("delivery already ended; not sent again", extra={"delivery_id": delivery_id})
+            return
         if made:
             due = await _next_attempt_at(pool, event, made)
             if due is not None and due > clock():
@@ -467,14 +517,14 @@ def make_handler(
                     scheduler.wake()
                 return
         number = made + 1
-        name = event.data.endpoint if event.data.notification is None else None
-        state = await endpointstate.look(pool, name) if name else None
         if name and state is not None and state.disabled:
             # Not attempted: dead at once (`hookbus endpoints enable --recover-since`
             # requests these again).
             error = f"endpoint {name!r} is disabled: {state.reason}"[:500]
             target = Target(url=event.data.url, endpoint=name)
-            yield [_outcome(ev.DeliveryDead, event, "outcome", target, attempt=made, error=error)]
+            yield [
+                _outcome(ev.DeliveryDead, event, OUTCOME_STEP, target, attempt=made, error=error)
+            ]
             return
         eps = endpoints or {}
         if name and runtime is not None and name not in eps:
