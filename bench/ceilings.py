@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import httpx
 import msgspec
 import nats
 
 from hookbus_common import events as ev
 from hookbus_common.db import open_pool
 from hookbus_common.settings import DatabaseSettings
+from hookbus_dispatcher.httpclient import send
+from hookbus_dispatcher.ssrf import guarded_client
 
 from . import payloads
 
@@ -145,22 +147,27 @@ async def nats_version(url: str) -> str:
 
 
 async def http_post(sink_port: int, *, duration: float, concurrency: int) -> dict[str, float]:
-    """httpx (the dispatcher's client) POSTing 2 KB bodies to the sink, ``concurrency`` at once.
-
-    One shared AsyncClient, as the dispatcher has; httpx's pool gets slower as more requests
-    share it, so the caller measures several concurrencies and keeps the best."""
+    """The dispatcher's own HTTP client POSTing 2 KB bodies to the sink, ``concurrency`` at
+    once: built as the dispatcher builds it (SSRF guard in place, loopback allowed) and sent
+    as an attempt sends (its transport alone), with none of the dispatcher's other work.
+    The caller measures several concurrencies and keeps the best."""
     body = payloads.push_body(0)
     url = f"http://127.0.0.1:{sink_port}/ceiling"
     done = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+    loopback = (ipaddress.ip_network("127.0.0.0/8"),)
+    async with guarded_client(allow_networks=loopback, timeout=10.0) as client:
         start = time.perf_counter()
         deadline = start + duration
 
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < deadline:
-                r = await client.post(url, content=body, headers={"x-hookbus-delivery": "c"})
+                request = client.build_request(
+                    "POST", url, content=body, headers={"x-hookbus-delivery": "c"}
+                )
+                r = await send(client, request)
+                await r.aread()
+                await r.aclose()
                 r.raise_for_status()
                 done += 1
 

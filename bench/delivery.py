@@ -20,7 +20,8 @@ HTTP client's own ceiling measured in the same run.
 
 Requests go straight into the log and onto the bus (as the router records them), so only
 the dispatcher's work is measured. The figures are read against the ``ceilings`` phase's
-"httpx → sink" (measured in the same run).
+"its client → sink": the dispatcher's own client alone, sending as an attempt sends
+(measured in the same run).
 """
 
 from __future__ import annotations
@@ -387,7 +388,7 @@ def rows(r: dict[str, Any], ceiling: dict[str, Any] | None) -> list[Row]:
         Row(f"delivery at {r['rate']:.0f}/s: dispatcher CPU busy",
             fx["cpu_cores"].get("dispatcher"), "cores"),
         Row(f"delivery, backlog of {r['backlog']}: one dispatcher", sat["deliveries_per_s"],
-            "deliv/s", top, "httpx → sink"),
+            "deliv/s", top, "its client → sink"),
         Row("delivery, backlog: dispatcher CPU per delivery",
             sat.get("dispatcher_cpu_us_per_delivery"), "µs"),
         Row("delivery, backlog: Postgres CPU per delivery",
