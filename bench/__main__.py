@@ -120,8 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--fairness-flood",
         type=int,
-        default=2000,
-        help="deliveries the noisy tenant floods in the fairness phase (default 2000)",
+        help="deliveries the noisy tenant floods in the fairness phase (default 10000; quick 2000)",
     )
     p.add_argument(
         "--delivery-rate",
@@ -414,7 +413,7 @@ async def main(args: argparse.Namespace) -> int:
                 rows += replicas.dispatcher_rows(result["replicas"]["dispatchers"])
             if "fairness" in parts:
                 fair_opt = fairness.FairnessOptions(
-                    flood=args.fairness_flood,
+                    flood=args.fairness_flood or (2000 if quick else 10_000),
                     quiet_seconds=3.0 if quick else 5.0,
                     limit_seconds=args.limit_seconds,
                     settle_timeout=opt.settle_timeout,
