@@ -19,6 +19,7 @@ from .bus import Bus, connect
 from .consumer import Consumer, Handler
 from .db import open_pool
 from .errors import ConfigError
+from .groupedoutbox import GroupedOutbox
 from .health import serve_health
 from .outbox import Outbox
 from .settings import Settings
@@ -114,7 +115,8 @@ async def run_consumer(
         consumer = make_consumer(
             service=service,
             bus=rt.bus,
-            outbox=rt.outbox,
+            # Messages whose work commits at the same time share one transaction.
+            outbox=GroupedOutbox(rt.outbox),
             durable=f"{settings.prefix}-{service}",
             filter_subjects=[".".join((settings.prefix, *t, ">")) for t in filter_tokens],
             handler=make_handler(rt),

@@ -14,7 +14,6 @@ from .config import DispatcherConfig
 from .delivery import make_handler, max_deliver
 from .fairness_loop import consumer_for
 from .fanout import with_fanout
-from .groupcommit import grouping_commits
 from .httpclient import quiet_request_logs
 from .limits_guard import guarded
 from .ordering import ordered
@@ -78,9 +77,8 @@ async def run(settings: DispatcherConfig) -> None:
                 # No terminal_step: the handler finds a delivery that ended before we
                 # died unacked in the same read as its attempts (delivery.standing).
                 started=started,
-                # Reads ahead, and sends fairly by tenant and destination; deliveries
-                # finishing together commit in one transaction.
-                make_consumer=grouping_commits(consumer_for(settings)),
+                # Reads ahead, and sends fairly by tenant and destination.
+                make_consumer=consumer_for(settings),
             )
         except ConfigError as exc:
             print(f"hookbus-dispatcher: config error: {exc}", file=sys.stderr)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from hookbus_common import events as ev
+from hookbus_common.groupedoutbox import GroupedOutbox
 from hookbus_common.service import Runtime
 from hookbus_dispatcher import delivery
-from hookbus_dispatcher.groupcommit import GroupedOutbox
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Group commit's bookkeeping, with an outbox of the test's standing in for Postgres (the
-commits themselves, on real Postgres, are in tests/integration/test_dispatcher_groupcommit.py)."""
+commits themselves, on real Postgres, are in tests/integration/test_groupedoutbox.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hookbus_common import events as ev
 from hookbus_common.errors import OutageError
 from hookbus_common.eventlog import Appended, Pending
-from hookbus_dispatcher.groupcommit import GroupedOutbox
+from hookbus_common.groupedoutbox import GroupedOutbox
 
 
 class Poisoned(Exception):

@@ -1,11 +1,12 @@
-"""Group commit: the dispatcher's deliveries that finish at the same time share one
-transaction.
+"""Group commit for consume loops: messages whose work is committed at the same time
+share one transaction.
 
-Each delivery commits its attempt (and its outcome) before its message is acked. With
-many in flight, one transaction each spends most of the commit's cost on the transaction
-itself: a round trip, a statement and a WAL flush per delivery (measured: 310 µs of the
-dispatcher's CPU and 733 µs of Postgres's per delivery, one transaction each, eight at
-once; 81 µs and 172 µs when eight share one). Here, while one commit is under way, the
+Each message commits what it caused before it is acked. With many in flight, one
+transaction each spends most of the commit's cost on the transaction itself: a round
+trip, a statement and a WAL flush per message (measured in the dispatcher: 310 µs of its
+CPU and 733 µs of Postgres's per delivery, one transaction each, eight at once; 81 µs
+and 172 µs when eight share one). Every consuming service (router, executor, dispatcher)
+commits through it (``service.run_consumer``). Here, while one commit is under way, the
 commits asked for meanwhile wait and then go together in the next: nothing waits on a
 timer, so a lone delivery commits at once, and a busy dispatcher commits in groups.
 
@@ -24,11 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from hookbus_common.consumer import Consumer
-from hookbus_common.eventlog import Appended, Pending
-from hookbus_common.events import Event
-from hookbus_common.outage import is_outage
-from hookbus_common.outbox import Outbox
+from .consumer import Consumer
+from .eventlog import Appended, Pending
+from .events import Event
+from .outage import is_outage
+from .outbox import Outbox
 
 MAX_GROUP_EVENTS: Final = 512
 """Most events one grouped transaction holds."""
