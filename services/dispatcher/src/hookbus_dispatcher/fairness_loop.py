@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 PULL_SIZE: Final = 1024
 """Most messages the standing pull asks for at once (topped up at half)."""
 
+HEARTBEAT_CHUNK: Final = 100
+"""Messages told in progress between two turns of the event loop."""
+
 SPILLED = Counter(
     "hookbus_dispatcher_spilled_total",
     "Deliveries moved from a full read-ahead onto the schedule (one destination held most)",
@@ -246,11 +249,17 @@ class FairConsumer(Consumer):
         self._changed.set()
 
     async def _heartbeat(self, now: float, every: float) -> None:
+        told = 0
         for held in list(self.queue):
             if now - held.touched >= every:
                 held.touched = now
                 with contextlib.suppress(Exception):
                     await held.msg.in_progress()
+                told += 1
+                if told % HEARTBEAT_CHUNK == 0:
+                    # A flood read ahead is thousands of messages read together, due
+                    # together: let the deliveries in flight run between chunks.
+                    await asyncio.sleep(0)
 
     async def _spill_one(self) -> bool:
         if self.spill is None:
