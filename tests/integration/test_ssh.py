@@ -511,6 +511,45 @@ async def test_sessions_share_one_connection_and_respect_the_cap(
     assert after == before + 1
 
 
+async def test_a_job_waiting_for_a_session_place_is_not_recorded_started(
+    rt: Runtime, server: SshServer, replicas: list[Replica], tmp_path: Path
+) -> None:
+    # With the host's one place taken, a second job waits for it before its start is
+    # recorded: were the executor to die now, that job never ran and runs later, instead
+    # of being recorded interrupted.
+    replica = Replica(rt, {"web1": _host(server, max_sessions=1)})
+    replicas.append(replica)
+    gate = tmp_path / "gate"
+    first = _request(["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"], job_id="job_a")
+    second = _request(["echo", "second"], job_id="job_b")
+    await rt.outbox.commit([first, second])
+
+    async def started(job_id: str) -> bool:
+        async with rt.pool.acquire() as conn:
+            return bool(
+                await conn.fetchval(
+                    "SELECT count(*) FROM events WHERE type = $1 AND data::jsonb->>'job_id' = $2",
+                    ev.JobStarted.TYPE,
+                    job_id,
+                )
+            )
+
+    running = asyncio.create_task(replica.outcome(first))
+    deadline = time.monotonic() + 20
+    while not await started("job_a"):
+        assert time.monotonic() < deadline, "timed out waiting for the first job to start"
+        await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(replica.outcome(second))
+    await asyncio.sleep(1.0)  # time enough to record a start, were it recorded early
+    assert not await started("job_b")
+    assert not waiting.done()
+    gate.touch()
+    (_, out_a), (_, out_b) = await asyncio.gather(running, waiting)
+    assert isinstance(out_a[-1].data, ev.JobSucceeded)
+    assert [type(e.data) for e in out_b] == [ev.JobStarted, ev.JobSucceeded]
+    assert out_b[-1].data.output == "second\n"
+
+
 async def test_a_command_runs_through_a_jump_host(
     rt: Runtime, server: SshServer, replicas: list[Replica]
 ) -> None:

@@ -187,7 +187,14 @@ class Executor:
         run = runs.begin(req.job_id)
         started = False
         deploy: ev.DeployInfo | None = None
+        placed = contextlib.AsyncExitStack()
         try:
+            if isinstance(spec, ev.SshSpec) and spec.host in self.ssh:
+                # Wait for one of the host's session places before the start is
+                # recorded: a job waiting there has not started, and if this executor
+                # dies meanwhile it runs later instead of being recorded interrupted.
+                async with dockerops.heartbeat(incoming.progress, progress_interval(self._e)):
+                    await placed.enter_async_context(self.ssh.place(spec.host))
             yield outcomes.started(event, attempt)
             # The commit may have waited (Postgres away): are we still to run it? Within
             # half its term of being taken the lease cannot have expired, so it is ours.
@@ -253,6 +260,7 @@ class Executor:
             yield outcomes.finished(event, attempt, result, error, deploy)
             await self._end(req.job_id, "succeeded" if ok else "failed")
         finally:
+            await placed.aclose()
             runs.finish(run)
             self._taken_at.pop(req.job_id, None)
             self._cancelled.pop(req.job_id, None)
@@ -340,7 +348,7 @@ class Executor:
                 self.ssh, spec.host, spec.command, env=env, stdin=stdin, timeout=spec.timeout,
                 kill_grace=e.kill_grace_seconds, max_output_bytes=e.max_output_bytes,
                 on_progress=incoming.progress, progress_interval=progress_interval(e),
-                on_spawn=spawned, stop=run.stop,
+                on_spawn=spawned, stop=run.stop, placed=True,
             )  # fmt: skip
         except SshUnreachable as exc:
             ssh_count(spec.host, "unreachable")

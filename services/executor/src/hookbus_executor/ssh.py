@@ -146,10 +146,22 @@ class SshHosts:
         return name in self._hosts
 
     @contextlib.asynccontextmanager
-    async def session(self, name: str) -> AsyncIterator[asyncssh.SSHClientConnection]:
-        """A connection to ``name`` with one of its session places held."""
+    async def place(self, name: str) -> AsyncIterator[None]:
+        """One of ``name``'s ``max_sessions`` places, held by a job before it is recorded
+        as started: a job that waits for a place has not started, so an executor that dies
+        meanwhile leaves it to run later, not recorded as interrupted. ``session(name,
+        placed=True)`` then uses the place held."""
+        async with self._hosts[name].sessions:
+            yield
+
+    @contextlib.asynccontextmanager
+    async def session(
+        self, name: str, *, placed: bool = False
+    ) -> AsyncIterator[asyncssh.SSHClientConnection]:
+        """A connection to ``name`` with one of its session places held (``placed``: the
+        caller holds one already, from ``place``)."""
         host = self._hosts[name]
-        async with host.sessions:
+        async with contextlib.nullcontext() if placed else host.sessions:
             host.users += 1
             if host.idle is not None:
                 host.idle.cancel()
@@ -331,9 +343,11 @@ async def run_ssh(
     progress_interval: float = 10.0,
     on_spawn: Callable[[], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
+    placed: bool = False,
 ) -> ShellResult:
     """Run ``argv`` on host ``name`` with ``env`` exported and ``stdin`` (else nothing) on
-    its standard input, and wait until it ends.
+    its standard input, and wait until it ends (``placed``: the caller holds one of the
+    host's places already, ``SshHosts.place``).
 
     On timeout (or when ``stop`` is set) the remote process group gets SIGTERM, then
     SIGKILL after ``kill_grace``, each over a second channel of the same connection.
@@ -348,7 +362,7 @@ async def run_ssh(
     marker = MarkerReader(nonce)
     started = time.monotonic()
     try:
-        async with hosts.session(name) as conn:
+        async with hosts.session(name, placed=placed) as conn:
             session = _Session(capture, marker)
             for last in (False, True):
                 try:
