@@ -548,3 +548,38 @@ async def test_a_stop_waits_up_to_the_drain_timeout_past_the_ack_wait(rt: Runtim
         return (info.num_ack_pending, info.num_pending) == (0, 0)
 
     await until(acked)
+
+
+async def test_a_copy_sent_again_while_the_message_is_in_hand_is_not_handled_twice(
+    rt: Runtime,
+) -> None:
+    # The handler outlasts the ack wait without reporting progress (as when NATS was away
+    # and progress could not reach it): JetStream sends the message again while it is still
+    # in hand. The copy is not handled a second time, and is acked with the original.
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        calls.append(incoming.deliveries)
+        await release.wait()
+        yield _started(incoming)
+
+    job = _job()
+    async with Running(rt, handler, ack_wait=1.0) as running:
+        await rt.outbox.commit_and_publish([job])
+
+        async def copied() -> bool:
+            info = await rt.bus.js.consumer_info(rt.bus.stream, running.consumer.durable)
+            return (info.num_redelivered or 0) >= 1
+
+        await until(copied, timeout=20)
+        await asyncio.sleep(0.2)  # the copy reaches the loop
+        release.set()
+        await until(lambda: _started_count(rt))
+
+        async def settled() -> bool:
+            info = await rt.bus.js.consumer_info(rt.bus.stream, running.consumer.durable)
+            return info.num_ack_pending == 0
+
+        await until(settled, timeout=20)
+    assert calls == [1]

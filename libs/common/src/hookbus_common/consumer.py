@@ -231,6 +231,9 @@ class Consumer:
         self._stop = asyncio.Event()  # run() hands in the service's
         self._fetching: asyncio.Future[list[Msg]] | None = None
         self._puller: StandingPull | None = None
+        # Messages being handled, by stream sequence, with the copies JetStream sent again
+        # meanwhile (handled once; acked with the one in hand).
+        self._in_hand: dict[int, list[Msg]] = {}
         # A waiting message tells JetStream it is in progress well within the ack wait.
         self._recovery = Recovery(durable, heartbeat=max(0.1, ack_wait / 3))
 
@@ -363,6 +366,18 @@ class Consumer:
         looplag.touch()
         deliveries = msg.metadata.num_delivered or 1
         seq = msg.metadata.sequence.stream
+        copies = self._in_hand.get(seq)
+        if copies is not None:
+            # JetStream sent the message again while we still work on it (its ack wait
+            # passed with NATS away, so no progress reached it): handled once, here, and
+            # this copy is acked with it if it ends acked.
+            copies.append(msg)
+            log.info(
+                "a copy of a message in hand; not handled twice",
+                extra={"consumer": self.durable, "stream_seq": seq, "deliveries": deliveries},
+            )
+            return
+        self._in_hand[seq] = copies = []
         tries = self._ledger.tries(seq, deliveries)
         metrics.IN_FLIGHT.labels(self.durable).inc()
         started = time.perf_counter()
@@ -370,10 +385,14 @@ class Consumer:
             outcome = await self._run_handler(msg, deliveries, tries)
             await self._settle(msg, outcome, deliveries)
             self._ledger.settled(seq, outcome)
+            if isinstance(outcome, Ack):
+                for copy in copies:
+                    await copy.ack()
         except Exception as exc:
             # Settling itself failed (NATS away): JetStream redelivers after the ack wait.
             log.warning("could not settle message", extra={"error": repr(exc)})
         finally:
+            del self._in_hand[seq]
             metrics.IN_FLIGHT.labels(self.durable).dec()
             metrics.HANDLE_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
 
