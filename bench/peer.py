@@ -210,6 +210,12 @@ def summarise_load(rs: list[LoadRound]) -> dict[str, Any]:
     }
 
 
+IDLE_QUIET_S = 12.0
+"""Seconds of quiet after the warm-up before idle is measured: every service's own
+idle-time work has settled by then (its loop probe parks after 5 s without work, its
+outbox relay backs off)."""
+
+
 def summarise_idle(u: procs.Usage) -> dict[str, Any]:
     per_s = {k: round(v / u.wall_s * 1000, 3) for k, v in u.cpu_s.items()} if u.wall_s else {}
     return {
@@ -283,8 +289,10 @@ async def run(
             await interleaved(both, 1, rate_fn(opt.latency_rate, opt.warmup_s, 0.0))
             await interleaved(both, 1, sat_fn(max(1.0, opt.warmup_s)))
 
-            log(f"peer: idle, both at once, {opt.idle_s:.0f}s")
-            await asyncio.sleep(2.0)  # the warm-up's tail (checkpoints, flushes) first
+            log(f"peer: idle, both at once, {opt.idle_s:.0f}s after {IDLE_QUIET_S:.0f}s of quiet")
+            # Idle is the steady state with nothing sent: the warm-up's tail (checkpoints,
+            # flushes, outbox deletes, relay rounds backing off, loop probes parking) first.
+            await asyncio.sleep(IDLE_QUIET_S)
             idle = await sides.idle(both, opt.idle_s)
             out["idle"] = {k: summarise_idle(u) for k, u in idle.items()}
             out["memory_idle"] = {s.name: summarise_memory(procs.memory(s.groups())) for s in both}
