@@ -222,6 +222,30 @@ async def test_aiohttp_sends_the_request_as_httpx_built_it(server: Server) -> No
     assert head.count("user-agent:") == 1
 
 
+@pytest.mark.parametrize("header", [None, "Bearer from-the-endpoint"])
+async def test_credentials_in_the_url_are_sent_as_basic_auth_as_httpx_sends_them(
+    server: Server, header: str | None
+) -> None:
+    # As httpx sends them, with or without an Authorization header of the endpoint's own
+    # (aiohttp alone refuses a URL with credentials beside one).
+    headers = {"authorization": header} if header else {}
+    async with guarded_client(allow_networks=LOOPBACK) as client:
+        request = client.build_request(
+            "POST", f"http://us%40r:pa55word@127.0.0.1:{server.port}/p", content=b"{}",
+            headers=headers,
+        )  # fmt: skip
+        resp = await send(client, request)
+        await resp.aread()
+        await resp.aclose()
+    head = server.heads[0].lower()
+    assert resp.status_code == 200
+    assert head.startswith("post /p http/1.1")
+    expected = httpx.BasicAuth("us@r", "pa55word")._auth_header.lower()
+    assert f"authorization: {expected}" in head
+    assert head.count("authorization:") == 1
+    assert "pa55word" not in head
+
+
 def test_aiohttp_is_what_sends() -> None:
     assert isinstance(guarded_client()._transport, AiohttpTransport)
     assert issubclass(GuardedConnector, aiohttp.TCPConnector)

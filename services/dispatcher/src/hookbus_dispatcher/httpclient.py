@@ -10,6 +10,7 @@ names the same kinds as before (``ConnectError``, ``ReadTimeout``, …).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -70,6 +71,20 @@ async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Respo
     return response
 
 
+def _credentials_as_header(request: httpx.Request) -> tuple[httpx.URL, httpx.Headers]:
+    """Credentials in the URL (``https://user:pass@host/``) sent as httpx sends them:
+    ``Authorization: Basic``, in place of any Authorization header the request has, and
+    never in the URL given to aiohttp (which refuses a URL with credentials beside an
+    Authorization header)."""
+    url = request.url
+    if not url.userinfo:
+        return url, request.headers
+    token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode("ascii")
+    headers = request.headers.copy()
+    headers["Authorization"] = f"Basic {token}"
+    return url.copy_with(userinfo=b""), headers
+
+
 class _Body(httpx.AsyncByteStream):
     """An aiohttp answer's body as httpx reads it; closing it before the end closes the
     connection (aiohttp reuses only a connection whose answer was read to its end)."""
@@ -123,11 +138,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             sock_read=given.get("read"),
         )
         body = await request.aread()
+        url, headers = _credentials_as_header(request)
         with _mapped(request):
             response = await session.request(
                 request.method,
-                yarl.URL(str(request.url), encoded=True),
-                headers=request.headers.multi_items(),
+                yarl.URL(str(url), encoded=True),
+                headers=headers.multi_items(),
                 data=body or None,
                 allow_redirects=False,
                 timeout=timeout,
