@@ -5,6 +5,7 @@ stream, and the OpenAPI document (which every answer here is checked against).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -91,6 +92,19 @@ class Api:
         jsonschema.validate(r.json(), schema, cls=jsonschema.Draft202012Validator)
 
 
+@contextlib.asynccontextmanager
+async def served(rt: Runtime, config: ApiConfig) -> AsyncIterator[Api]:
+    """The API served with ``config``, and a token of each scope made for it."""
+    keys: dict[str, str] = {}
+    async with rt.pool.acquire() as conn:
+        for scope in tokens.SCOPES:
+            _, keys[scope] = await tokens.create(
+                conn, rt.settings.prefix, name=f"{scope}-bot", scope=scope, by="test"
+            )
+    async with serve_api(config) as base:
+        yield Api(base, config, rt, keys)
+
+
 def _template_for(doc: dict[str, Any], path: str) -> str:
     for template in doc["paths"]:
         if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path):
@@ -100,15 +114,8 @@ def _template_for(doc: dict[str, Any], path: str) -> str:
 
 @pytest.fixture
 async def api(settings: Settings, rt: Runtime, tmp_path: Path) -> AsyncIterator[Api]:
-    config = api_config(settings, tmp_path, ENDPOINTS_TOML)
-    keys: dict[str | None, str] = {}
-    async with rt.pool.acquire() as conn:
-        for scope in tokens.SCOPES:
-            _, keys[scope] = await tokens.create(
-                conn, settings.prefix, name=f"{scope}-bot", scope=scope, by="test"
-            )
-    async with serve_api(config) as base:
-        yield Api(base, config, rt, keys)  # type: ignore[arg-type]
+    async with served(rt, api_config(settings, tmp_path, ENDPOINTS_TOML)) as served_api:
+        yield served_api
 
 
 def _is_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 
-from hookbus_api import tokens
 from hookbus_common import events as ev
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings
 
-from .api_support import api_config, serve_api
-from .test_api import Api, _is_problem
+from .api_support import api_config
+from .test_api import Api, _is_problem, served
 from .test_api_endpoints import _dispatcher, _events, _post, _published, _req, _toml
 from .test_dispatcher import Sink
 from .test_notify import _deliver, _types
@@ -35,15 +34,8 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture
 async def api(settings: Settings, rt: Runtime, tmp_path: Path, sink: Sink) -> AsyncIterator[Api]:
-    config = api_config(settings, tmp_path, _toml(sink))
-    keys: dict[str, str] = {}
-    async with rt.pool.acquire() as conn:
-        for scope in tokens.SCOPES:
-            _, keys[scope] = await tokens.create(
-                conn, settings.prefix, name=f"{scope}-bot", scope=scope, by="test"
-            )
-    async with serve_api(config) as base:
-        yield Api(base, config, rt, keys)
+    async with served(rt, api_config(settings, tmp_path, _toml(sink))) as served_api:
+        yield served_api
 
 
 async def _request_of(rt: Runtime, delivery_id: str) -> ev.Event[Any]:

@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from hookbus_api import tokens
 from hookbus_common import eventlog
 from hookbus_common import events as ev
 from hookbus_common.consumer import Consumer
@@ -29,8 +28,8 @@ from hookbus_router.routing import FILTER_TOKENS
 from hookbus_router.routing import make_handler as router_handler
 from hookbus_router.rules import RuleSet
 
-from .api_support import api_config, serve_api, webhook
-from .test_api import Api, _is_problem
+from .api_support import api_config, webhook
+from .test_api import Api, _is_problem, served
 from .test_consumer import until
 
 pytestmark = pytest.mark.integration
@@ -95,15 +94,8 @@ class Pipeline:
 
 @pytest.fixture
 async def api(settings: Settings, rt: Runtime, tmp_path: Path) -> AsyncIterator[Api]:
-    config = api_config(settings, tmp_path, RULES_TOML)
-    keys: dict[str | None, str] = {}
-    async with rt.pool.acquire() as conn:
-        for scope in tokens.SCOPES:
-            _, keys[scope] = await tokens.create(
-                conn, settings.prefix, name=f"{scope}-bot", scope=scope, by="test"
-            )
-    async with serve_api(config) as base:
-        yield Api(base, config, rt, keys)  # type: ignore[arg-type]
+    async with served(rt, api_config(settings, tmp_path, RULES_TOML)) as served_api:
+        yield served_api
 
 
 async def _types(rt: Runtime, event_id: str) -> list[str]:

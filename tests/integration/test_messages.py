@@ -14,12 +14,11 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from hookbus_api import tokens
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings
 
-from .api_support import api_config, serve_api
-from .test_api import Api, _is_problem
+from .api_support import api_config
+from .test_api import Api, _is_problem, served
 from .test_cli import hookbus
 from .test_dispatcher import Sink
 from .test_endpoints_runtime import _env, add, dispatcher, received
@@ -37,15 +36,8 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture
 async def api(settings: Settings, rt: Runtime, tmp_path: Path) -> AsyncIterator[Api]:
-    config = api_config(settings, tmp_path)
-    keys: dict[str | None, str] = {}
-    async with rt.pool.acquire() as conn:
-        for scope in tokens.SCOPES:
-            _, keys[scope] = await tokens.create(
-                conn, settings.prefix, name=f"{scope}-bot", scope=scope, by="test"
-            )
-    async with serve_api(config) as base:
-        yield Api(base, config, rt, keys)  # type: ignore[arg-type]
+    async with served(rt, api_config(settings, tmp_path)) as served_api:
+        yield served_api
 
 
 async def _post(api: Api, body: Any, scope: str | None = "send") -> httpx.Response:

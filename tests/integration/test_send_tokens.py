@@ -18,9 +18,9 @@ from hookbus_common import events as ev
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings
 
-from .api_support import api_config, serve_api
+from .api_support import api_config
 from .serving import run_cli
-from .test_api import Api, _is_problem
+from .test_api import Api, _is_problem, served
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +31,8 @@ BODY = {"event_type": "invoice.paid", "payload": {"id": "in_1"}}
 
 @pytest.fixture
 async def api(settings: Settings, rt: Runtime, tmp_path: Path) -> AsyncIterator[Api]:
-    config = api_config(settings, tmp_path)
-    keys: dict[str | None, str] = {}
-    async with rt.pool.acquire() as conn:
-        for scope in tokens.SCOPES:
-            _, keys[scope] = await tokens.create(
-                conn, settings.prefix, name=f"{scope}-bot", scope=scope, by="test"
-            )
-    async with serve_api(config) as base:
-        yield Api(base, config, rt, keys)  # type: ignore[arg-type]
+    async with served(rt, api_config(settings, tmp_path)) as served_api:
+        yield served_api
 
 
 def _cli_config(api: Api, tmp_path: Path) -> Path:
