@@ -516,9 +516,14 @@ async def test_an_executor_starting_ends_what_a_dead_executor_left_on_its_host(
         pgid=recorded.pid, pgid_started=procs.start_time(recorded.pid),
     )  # fmt: skip
     # The executor died before writing its process group down: found by its environment.
-    unrecorded = _orphan({"HOOKBUS_JOB_ID": "job_unrecorded", "HOOKBUS_JOB_ATTEMPT": "1"})
+    unrecorded = _orphan(
+        {"HOOKBUS_JOB_ID": "job_unrecorded", "HOOKBUS_JOB_ATTEMPT": "1", "HOOKBUS_JOB_LOCAL": "1"}
+    )
     unrecorded_req = _request(["x"], job_id="job_unrecorded")
     await _left_by_a_dead_executor(rt, unrecorded_req, host=here, expires_in=60.0)
+    # A process of another run of the same job on this host that the executor did not
+    # spawn (an SSH command sent to this host, a container): its marks, not the local one.
+    remote = _orphan({"HOOKBUS_JOB_ID": "job_unrecorded", "HOOKBUS_JOB_ATTEMPT": "1"})
     # A recorded group id that now names some other process (its start time differs).
     bystander = _orphan()
     reused_req = _request(["x"], job_id="job_reused")
@@ -531,10 +536,12 @@ async def test_an_executor_starting_ends_what_a_dead_executor_left_on_its_host(
         for proc in (recorded, unrecorded):
             proc.wait(timeout=20)  # ended, and reaped here (the test is their parent)
         assert bystander.poll() is None  # never signalled
+        assert remote.poll() is None  # not the executor's to end
     finally:
         await replica.runs.close()
-        bystander.kill()
-        bystander.wait()
+        for other in (bystander, remote):
+            other.kill()
+            other.wait()
 
     async with rt.pool.acquire() as conn:
         rows = await conn.fetch(

@@ -22,7 +22,7 @@ from .config import ExecutorConfig, ExecutorSettings, progress_interval
 from .docker import DockerFailure, DockerOutcome, Engine, EngineUnreachable
 from .leases import Lease
 from .outcomes import TERMINAL_STEP, job_request
-from .runs import Run, Runs, end_processes, marks
+from .runs import Run, Runs, end_processes, local_marks, marks
 from .shell import ShellResult, ShellSpawnError, run_shell
 from .ssh import SshConnectionLost, SshHosts, SshRefused, SshUnreachable, run_ssh, ssh_outcome
 from .ssh import count as ssh_count
@@ -41,8 +41,8 @@ def action_env(
     req: JobRequestedV2, spec: ev.ShellSpec, inherited: Mapping[str, str], attempt: int = 1
 ) -> dict[str, str]:
     """Only allow-listed variables of our own environment, then the event's, then the
-    rule's; the job's id and attempt last, since they are how its processes are found."""
-    return {**inherited, **req.context, **spec.env, **marks(req.job_id, attempt)}
+    rule's; the job's marks last, since they are how its processes are found."""
+    return {**inherited, **req.context, **spec.env, **local_marks(req.job_id, attempt)}
 
 
 def inherited_env(settings: ExecutorSettings, environ: Mapping[str, str]) -> dict[str, str]:

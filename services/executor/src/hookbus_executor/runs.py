@@ -21,9 +21,17 @@ log = logging.getLogger(__name__)
 
 
 def marks(job_id: str, attempt: int) -> dict[str, str]:
-    """Variables every process of a run has in its environment: how its processes are
-    found when its process group was never written down."""
+    """Variables every process of a run has in its environment, wherever it runs (a shell
+    action here, an SSH command, a container)."""
     return {"HOOKBUS_JOB_ID": job_id, "HOOKBUS_JOB_ATTEMPT": str(attempt)}
+
+
+def local_marks(job_id: str, attempt: int) -> dict[str, str]:
+    """``marks`` and one more that only the processes an executor spawns itself have: how
+    a run's processes are found when its process group was never written down. An SSH
+    command or a container on this same host carries the job's marks too, but is not the
+    executor's to end."""
+    return {**marks(job_id, attempt), "HOOKBUS_JOB_LOCAL": "1"}
 
 
 async def end_processes(lease: Lease, host: procs.Host, grace: float) -> bool:
@@ -33,7 +41,7 @@ async def end_processes(lease: Lease, host: procs.Host, grace: float) -> bool:
     if lease.pgid is not None:
         return await procs.end_group(lease.pgid, lease.pgid_started, grace)
     ended = False
-    for pgid in procs.groups_with_env(marks(lease.job_id, lease.attempt)):
+    for pgid in procs.groups_with_env(local_marks(lease.job_id, lease.attempt)):
         ended |= await procs.end_group(pgid, None, grace)
     return ended
 
