@@ -229,7 +229,6 @@ class Consumer:
         self._ledger = _Ledger()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()  # run() hands in the service's
-        self._fetching: asyncio.Future[list[Msg]] | None = None
         self._puller: StandingPull | None = None
         # Messages being handled, by stream sequence, with the copies JetStream sent again
         # meanwhile (handled once; acked with the one in hand).
@@ -298,29 +297,26 @@ class Consumer:
                 await asyncio.wait_for(stop.wait(), self.lag_interval)
 
     def _refetch(self) -> None:
-        """NATS reconnected: a long fetch may wait on a pull the server no longer has."""
-        if self._fetching is not None:
-            self._fetching.cancel()
+        """NATS reconnected: the server may no longer hold our pull requests."""
         if self._puller is not None:
             self._puller.forget()
 
-    async def _fetch(
-        self, sub: JetStreamContext.PullSubscription, batch: int, stopped: asyncio.Future[Any]
-    ) -> list[Msg] | None:
-        """One long-poll fetch; None when a stop or a reconnect ended it early. What it
-        had received by then is not acked, so JetStream delivers it again."""
-        fetching = asyncio.ensure_future(sub.fetch(batch, timeout=FETCH_WAIT))
-        self._fetching = fetching
+    @contextlib.asynccontextmanager
+    async def _pulling(
+        self, sub: JetStreamContext.PullSubscription, stopped: asyncio.Future[Any], size: int
+    ) -> AsyncIterator[StandingPull]:
+        """The standing pull a fetch loop takes its messages from (see ``pull``): asked
+        again after a reconnect, woken by a stop, closed at the end."""
+        puller = StandingPull(self.bus.nc, sub, size=size, expires=FETCH_WAIT)
+        await puller.start()
+        self._puller = puller
+        stopped.add_done_callback(lambda _f: puller.wake())
         try:
-            await asyncio.wait({fetching, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            yield puller
         finally:
-            self._fetching = None
-            if not fetching.done():
-                fetching.cancel()
-                await asyncio.wait({fetching})
-        if fetching.cancelled():
-            return None
-        return fetching.result()
+            self._puller = None
+            with contextlib.suppress(Exception):
+                await puller.close()
 
     async def _fetch_loop(
         self,
@@ -330,11 +326,7 @@ class Consumer:
     ) -> None:
         """Messages come on a standing pull (see ``pull``): asked for as slots free up,
         without a request per message."""
-        puller = StandingPull(self.bus.nc, sub, size=self.max_in_flight, expires=FETCH_WAIT)
-        await puller.start()
-        self._puller = puller
-        stopped.add_done_callback(lambda _f: puller.wake())
-        try:
+        async with self._pulling(sub, stopped, self.max_in_flight) as puller:
             while not stop.is_set():
                 if len(self._tasks) >= self.max_in_flight:
                     await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -357,10 +349,6 @@ class Consumer:
                     task = asyncio.create_task(self._handle(msg))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-        finally:
-            self._puller = None
-            with contextlib.suppress(Exception):
-                await puller.close()
 
     async def _handle(self, msg: Msg) -> None:
         looplag.touch()

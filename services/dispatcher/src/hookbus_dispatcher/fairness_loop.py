@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
 
 from hookbus_common import events as ev
-from hookbus_common.consumer import FETCH_WAIT, Consumer
+from hookbus_common.consumer import Consumer
 from hookbus_common.events import token
 from hookbus_common.pull import StandingPull
 
@@ -161,53 +161,52 @@ class FairConsumer(Consumer):
         # Messages come on a standing pull (the kernel's, see ``pull``): what the server
         # sends lands in one list, taken in bulk, so reading a flood into the read-ahead
         # costs no turn of the event loop per message (a fetch's per-message waits did).
-        puller = StandingPull(
-            self.bus.nc, sub, size=min(self.buffer, PULL_SIZE), expires=FETCH_WAIT
-        )
-        await puller.start()
-        self._puller = puller
-        stopped.add_done_callback(lambda _f: puller.wake())
         try:
-            while not stop.is_set():
-                room = self.buffer - len(self.queue)
-                if room <= 0:
-                    if not await self._spill_one():
-                        await self._wait_change(1.0)
-                    continue
-                if self._recovery.waiting:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
-                    continue
+            async with self._pulling(sub, stopped, min(self.buffer, PULL_SIZE)) as puller:
                 try:
-                    await puller.ask(room)
-                except (nats.errors.Error, OSError) as exc:
-                    log.warning("fetch failed; retrying", extra={"error": repr(exc)})
-                    await asyncio.sleep(0.5)
-                    continue
-                msgs = await puller.take()
-                if stop.is_set():
-                    for msg in msgs:  # given back, as what waits in the queue is
-                        with contextlib.suppress(Exception):
-                            await msg.nak()
-                    break
-                now = self.clock()
-                for msg in msgs:
-                    tenant, dest = route(msg)
-                    self.queue.put(tenant, dest, _Held(msg, now))
-                if msgs:
-                    # Started here, not by the feeder's next turn: under load every hop
-                    # through the event loop is a wait.
-                    self._start_what_fits()
-                    self._changed.set()
+                    await self._read_ahead(puller, stop)
+                finally:
+                    self._closing = True  # nothing more starts, closing the pull included
         finally:
             self._closing = True
-            self._puller = None
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await puller.close()
             await self._give_back()
+
+    async def _read_ahead(self, puller: StandingPull, stop: asyncio.Event) -> None:
+        """Fill the read-ahead from the standing pull until a stop."""
+        while not stop.is_set():
+            room = self.buffer - len(self.queue)
+            if room <= 0:
+                if not await self._spill_one():
+                    await self._wait_change(1.0)
+                continue
+            if self._recovery.waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
+                continue
+            try:
+                await puller.ask(room)
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("fetch failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            msgs = await puller.take()
+            if stop.is_set():
+                for msg in msgs:  # given back, as what waits in the queue is
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                break
+            now = self.clock()
+            for msg in msgs:
+                tenant, dest = route(msg)
+                self.queue.put(tenant, dest, _Held(msg, now))
+            if msgs:
+                # Started here, not by the feeder's next turn: under load every hop
+                # through the event loop is a wait.
+                self._start_what_fits()
+                self._changed.set()
 
     async def _wait_change(self, seconds: float) -> None:
         self._changed.clear()
