@@ -94,10 +94,7 @@ class Standing(NamedTuple):
 
 _STANDING = (
     "SELECT (SELECT attempts FROM deliveries WHERE delivery_id = $1) AS attempts,"
-    " EXISTS (SELECT 1 FROM events WHERE id = $2) AS ended,"
-    " (SELECT disabled FROM endpoint_state WHERE endpoint = $3) AS disabled,"
-    " (SELECT reason FROM endpoint_state WHERE endpoint = $3) AS reason,"
-    " (SELECT since FROM endpoint_failing WHERE endpoint = $3) AS since"
+    " EXISTS (SELECT 1 FROM events WHERE id = $2) AS ended, " + endpointstate.columns("$3")
 )
 
 
@@ -110,11 +107,7 @@ async def standing(
         _STANDING, event.data.delivery_id, ev.derived_id(event.id, OUTCOME_STEP), endpoint
     )
     assert row is not None  # a SELECT of scalars has its one row
-    health = None
-    if endpoint is not None:
-        health = endpointstate.Health(
-            disabled=bool(row["disabled"]), reason=row["reason"] or "", failing_since=row["since"]
-        )
+    health = endpointstate.health_of(row) if endpoint is not None else None
     return Standing(int(row["attempts"] or 0), bool(row["ended"]), health)
 
 

@@ -18,16 +18,18 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     failing_since: datetime | None = None
 
 
-async def look(conn: asyncpg.Pool | asyncpg.Connection, endpoint: str) -> Health:
-    """The endpoint's state, in one round trip (an endpoint without rows is healthy)."""
-    row = await conn.fetchrow(
-        "SELECT (SELECT disabled FROM endpoint_state WHERE endpoint = $1) AS disabled,"
-        " (SELECT reason FROM endpoint_state WHERE endpoint = $1) AS reason,"
-        " (SELECT since FROM endpoint_failing WHERE endpoint = $1) AS since",
-        endpoint,
+def columns(param: str) -> str:
+    """The SELECT columns that read the health of the endpoint named by ``param`` (e.g.
+    ``$3``), for a caller's own statement; ``health_of`` reads them back."""
+    return (
+        f"(SELECT disabled FROM endpoint_state WHERE endpoint = {param}) AS disabled,"
+        f" (SELECT reason FROM endpoint_state WHERE endpoint = {param}) AS reason,"
+        f" (SELECT since FROM endpoint_failing WHERE endpoint = {param}) AS since"
     )
-    if row is None:
-        return Health()
+
+
+def health_of(row: asyncpg.Record) -> Health:
+    """The health in a row selected with ``columns`` (an endpoint without rows is healthy)."""
     return Health(
         disabled=bool(row["disabled"]), reason=row["reason"] or "", failing_since=row["since"]
     )
