@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .consumer import Consumer
 from .eventlog import Appended, Pending
 from .events import Event
 from .outage import is_outage
@@ -141,13 +140,3 @@ class GroupedOutbox(Outbox):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._leader), within)
         await self.inner.drain(within)
-
-
-def grouping_commits(make: Callable[..., Consumer]) -> Callable[..., Consumer]:
-    """``run_consumer``'s ``make_consumer`` with the consumer's commits grouped."""
-
-    def made(**kwargs: Any) -> Consumer:
-        kwargs["outbox"] = GroupedOutbox(kwargs["outbox"])
-        return make(**kwargs)
-
-    return made
