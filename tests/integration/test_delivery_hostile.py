@@ -19,13 +19,13 @@ import msgspec
 import pytest
 
 from hookbus_common import events as ev
-from hookbus_common.consumer import Consumer
 from hookbus_common.service import Runtime
 from hookbus_dispatcher import delivery, retryafter
-from hookbus_dispatcher.delivery import make_handler, max_deliver
+from hookbus_dispatcher.delivery import make_handler
 from hookbus_dispatcher.schedule import Scheduler
 from hookbus_dispatcher.ssrf import guarded_client
 
+from .dispatching import dispatcher_consumer
 from .test_dispatcher import LOOPBACK, _handle, _outcomes, _status, _until
 
 pytestmark = pytest.mark.integration
@@ -218,12 +218,7 @@ async def _dispatcher(rt: Runtime, schedule: list[float]) -> AsyncIterator[None]
         handler = make_handler(
             client, rt.pool, attempts, scheduler=scheduler, retry_schedule=schedule
         )
-        consumer = Consumer(
-            service="dispatcher", bus=rt.bus, outbox=rt.outbox,
-            durable=f"{rt.bus.prefix}-dispatcher",
-            filter_subjects=[f"{rt.bus.prefix}.delivery.requested.>"], handler=handler,
-            max_in_flight=4, max_deliver=max_deliver(attempts), terminal_step="outcome",
-        )  # fmt: skip
+        consumer = dispatcher_consumer(rt, handler, max_attempts=attempts)
         tasks = [
             asyncio.create_task(consumer.run(stop)),
             asyncio.create_task(scheduler.run(stop)),

@@ -20,14 +20,15 @@ import pytest
 
 from hookbus_common import eventlog
 from hookbus_common import events as ev
-from hookbus_common.consumer import Consumer, Incoming, Yielded
+from hookbus_common.consumer import Incoming, Yielded
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings
 from hookbus_dispatcher import retryafter, schedule
-from hookbus_dispatcher.delivery import USER_AGENT, attempt, make_handler, max_deliver
+from hookbus_dispatcher.delivery import USER_AGENT, attempt, make_handler
 from hookbus_dispatcher.schedule import Scheduler
 from hookbus_dispatcher.ssrf import guarded_client
 
+from .dispatching import dispatcher_consumer, durable, subject
 from .ownpostgres import OwnPostgres, runtime_on, serving, waiting_for_recovery
 
 pytestmark = pytest.mark.integration
@@ -440,13 +441,7 @@ class _Loop:
             async for out in handle(incoming):
                 yield out
 
-        # As the dispatcher runs it: no terminal_step, the handler finds a delivery that
-        # already ended itself (delivery.standing).
-        self.consumer = Consumer(
-            service="dispatcher", bus=rt.bus, outbox=rt.outbox, durable=_durable(rt),
-            filter_subjects=[_filter(rt)], handler=handler, max_in_flight=4,
-            max_deliver=max_deliver(max_attempts),
-        )  # fmt: skip
+        self.consumer = dispatcher_consumer(rt, handler, max_attempts=max_attempts)
         self.tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> _Loop:
@@ -524,19 +519,11 @@ async def test_through_the_consume_loop_a_finished_delivery_is_not_sent_again(
 # ------------------------------------------------- redeliveries that are not attempts
 
 
-def _durable(rt: Runtime) -> str:
-    return f"{rt.bus.prefix}-dispatcher"
-
-
-def _filter(rt: Runtime) -> str:
-    return f"{rt.bus.prefix}.delivery.requested.>"
-
-
 async def _delivered_without_attempt(rt: Runtime, times: int) -> int:
     """Take the delivery's message from the dispatcher's durable ``times`` times and give it
     back unhandled, as dispatchers that died before sending (or a nak per outage, before
     outages were waited out) would; returns JetStream's delivery count so far."""
-    sub = await rt.bus.ensure_consumer(_durable(rt), [_filter(rt)])
+    sub = await rt.bus.ensure_consumer(durable(rt), [subject(rt)])
     try:
         for _ in range(times):
             (msg,) = await sub.fetch(1, timeout=10)
@@ -614,7 +601,7 @@ async def test_a_postgres_outage_between_attempts_leaves_the_attempt_number_alon
     async with _Loop(rt, client, scheduling=False) as loop:
 
         async def waiting() -> bool:
-            return waiting_for_recovery(_durable(rt)) >= 1
+            return waiting_for_recovery(durable(rt)) >= 1
 
         await _until(waiting)
         assert len(sink.received) == 1  # nothing sent while the attempt has no number
@@ -634,7 +621,7 @@ async def test_a_postgres_outage_between_attempts_leaves_the_attempt_number_alon
     # One delivery of the message (the fifth), handled again once Postgres was back: its
     # first read failed before anything was sent.
     assert set(loop.deliveries) == {5}
-    info = await rt.bus.js.consumer_info(rt.bus.stream, _durable(rt))
+    info = await rt.bus.js.consumer_info(rt.bus.stream, durable(rt))
     assert info.delivered.consumer_seq == 5  # not delivered again while Postgres was away
     assert await _dead_letters(rt) == 0
 
@@ -685,7 +672,7 @@ async def test_the_scheduler_publishes_what_is_due_once_and_leaves_the_rest(
     await rt.outbox.commit([due_req, later_req])
     await schedule.put(rt.pool, "dlv_due", due_req.id, 2, now - timedelta(seconds=1))
     await schedule.put(rt.pool, "dlv_later", later_req.id, 2, now + timedelta(hours=1))
-    sub = await rt.bus.ensure_consumer(_durable(rt), [_filter(rt)])
+    sub = await rt.bus.ensure_consumer(durable(rt), [subject(rt)])
     try:
         scheduler = Scheduler(rt.pool, rt.bus, clock=lambda: now)
         assert await scheduler.round() == 1

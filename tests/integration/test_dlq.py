@@ -17,13 +17,13 @@ import msgspec
 import pytest
 
 from hookbus_cli import deliveries, dlq
-from hookbus_common.consumer import Consumer
 from hookbus_common.service import Runtime
 from hookbus_dispatcher import retryafter
-from hookbus_dispatcher.delivery import make_handler, max_deliver
+from hookbus_dispatcher.delivery import make_handler
 from hookbus_dispatcher.schedule import Scheduler
 from hookbus_dispatcher.ssrf import guarded_client
 
+from .dispatching import dispatcher_consumer
 from .test_dispatcher import LOOPBACK, Sink, _status, _until
 from .test_notify import _config, _request
 
@@ -65,12 +65,7 @@ template = "{{{{ sender }}}} pushed {{{{ branch }}}}"
         handler = make_handler(
             client, rt.pool, 8, notifications=config.notifications, scheduler=scheduler
         )
-        consumer = Consumer(
-            service="dispatcher", bus=rt.bus, outbox=rt.outbox,
-            durable=f"{rt.bus.prefix}-dispatcher",
-            filter_subjects=[f"{rt.bus.prefix}.delivery.requested.>"], handler=handler,
-            max_in_flight=4, max_deliver=max_deliver(3), terminal_step="outcome",
-        )  # fmt: skip
+        consumer = dispatcher_consumer(rt, handler, max_attempts=3)
         tasks = [
             asyncio.create_task(consumer.run(stop)),
             asyncio.create_task(scheduler.run(stop)),

@@ -23,18 +23,18 @@ from hookbus_api import messages
 from hookbus_api.messages import SendMessage
 from hookbus_cli.embedded import free_port
 from hookbus_common import readmodels, sealing
-from hookbus_common.consumer import Consumer
 from hookbus_common.errors import Deferred
 from hookbus_common.sealing import Keyring
 from hookbus_common.service import Runtime
 from hookbus_dispatcher import endpointstore, retryafter
 from hookbus_dispatcher.config import Endpoint
-from hookbus_dispatcher.delivery import make_handler, max_deliver
+from hookbus_dispatcher.delivery import make_handler
 from hookbus_dispatcher.endpointstore import EndpointConflict, EndpointNotFound
 from hookbus_dispatcher.fanout import delivery_id, with_fanout
 from hookbus_dispatcher.schedule import Scheduler
 from hookbus_dispatcher.ssrf import guarded_client
 
+from .dispatching import REQUESTS, dispatcher_consumer
 from .test_cli import clean_env, hookbus
 from .test_dispatcher import LOOPBACK, Received, Sink, _status, _until
 
@@ -65,14 +65,9 @@ async def dispatcher(
             retry_schedule=[0.2, 0.2],
             runtime=endpointstore.Store(rt.pool, ttl=0, keyring=keyring),
         )  # fmt: skip
-        consumer = Consumer(
-            service="dispatcher", bus=rt.bus, outbox=rt.outbox,
-            durable=f"{rt.bus.prefix}-dispatcher",
-            filter_subjects=[
-                f"{rt.bus.prefix}.delivery.requested.>", f"{rt.bus.prefix}.message.submitted.>"
-            ],
-            handler=with_fanout(deliver, rt.pool, configured),
-            max_in_flight=4, max_deliver=max_deliver(3), terminal_step="outcome",
+        consumer = dispatcher_consumer(
+            rt, with_fanout(deliver, rt.pool, configured), max_attempts=3,
+            subjects=[REQUESTS, ("message", "submitted")],
         )  # fmt: skip
         tasks = [
             asyncio.create_task(consumer.run(stop)),

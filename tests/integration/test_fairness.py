@@ -21,12 +21,14 @@ from hookbus_common.consumer import Handler
 from hookbus_common.service import Runtime
 from hookbus_dispatcher import retryafter
 from hookbus_dispatcher.config import DispatcherConfig, DispatcherSettings, Endpoint
-from hookbus_dispatcher.delivery import make_handler, max_deliver
+from hookbus_dispatcher.delivery import make_handler
 from hookbus_dispatcher.fairness_loop import FairConsumer, consumer_for
 from hookbus_dispatcher.limits_guard import guard
 from hookbus_dispatcher.ordering import in_order
 from hookbus_dispatcher.schedule import Scheduler
 from hookbus_dispatcher.ssrf import guarded_client
+
+from .dispatching import dispatcher_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -167,12 +169,9 @@ class Loop:
         )
         handler: Handler = in_order(limited, rt.pool, wake=self.scheduler.wake)
         make = consumer_for(settings)
-        self.consumer = make(
-            service="dispatcher", bus=rt.bus, outbox=rt.outbox,
-            durable=f"{rt.bus.prefix}-dispatcher",
-            filter_subjects=[f"{rt.bus.prefix}.delivery.requested.>"], handler=handler,
-            max_in_flight=max_in_flight, max_deliver=max_deliver(5), terminal_step="outcome",
-        )  # fmt: skip
+        self.consumer = dispatcher_consumer(
+            rt, handler, max_attempts=5, max_in_flight=max_in_flight, make=make
+        )
         assert isinstance(self.consumer, FairConsumer)
         self.tasks: list[asyncio.Task[None]] = []
 
