@@ -40,24 +40,36 @@ BACKLOG = Gauge(
 
 _REQUESTED = ev.DeliveryRequested.TYPE
 
+# The request of a delivery attempted already (its ``last_seq`` is a later event) is
+# found among its chain's events by the correlation index alone: ``OFFSET 0`` keeps the
+# planner from also reading the type index, which holds every request ever made (a
+# bitmap AND with it read the whole index once per waiting delivery, which made each
+# refresh cost the backlog times the log). COALESCE looks only when the request is
+# not the delivery's last event, and a ``url`` action's destination needs no event at all.
 QUERY = f"""
-SELECT d.tenant,
-       CASE WHEN d.url <> ''
-            THEN 'url:' || lower(substring(d.url FROM '^[^:]*://(?:[^/]*@)?([^/]*)'))
-            ELSE coalesce('notification:' || (coalesce(p.data, r.data)->>'notification'),
-                          coalesce(p.data, r.data)->>'endpoint', '_')
-       END AS destination,
-       count(*) AS waiting
-FROM deliveries d
-LEFT JOIN events p
-       ON d.url = '' AND p.seq = d.last_seq AND p.type = '{_REQUESTED}'
-LEFT JOIN LATERAL (
-    SELECT e.data FROM events e
-    WHERE e.correlation_id = d.correlation_id AND e.type = '{_REQUESTED}'
-      AND e.data->>'delivery_id' = d.delivery_id
-    ORDER BY e.seq LIMIT 1
-) r ON d.url = '' AND p.seq IS NULL
-WHERE d.status IN ('pending', 'retrying')
+WITH open AS (
+    SELECT delivery_id, tenant, url, correlation_id, last_seq FROM deliveries
+    WHERE status IN ('pending', 'retrying')
+), named AS (
+    SELECT o.tenant, coalesce(p.data, (
+        SELECT c.data FROM (
+            SELECT e.seq, e.type, e.data FROM events e
+            WHERE e.correlation_id = o.correlation_id OFFSET 0
+        ) c
+        WHERE c.type = '{_REQUESTED}' AND c.data->>'delivery_id' = o.delivery_id
+        ORDER BY c.seq LIMIT 1
+    )) AS data
+    FROM open o
+    LEFT JOIN events p ON p.seq = o.last_seq AND p.type = '{_REQUESTED}'
+    WHERE o.url = ''
+)
+SELECT tenant, destination, count(*) AS waiting FROM (
+    SELECT tenant, 'url:' || lower(substring(url FROM '^[^:]*://(?:[^/]*@)?([^/]*)'))
+    FROM open WHERE url <> ''
+    UNION ALL
+    SELECT tenant, coalesce('notification:' || (data->>'notification'), data->>'endpoint', '_')
+    FROM named
+) AS w (tenant, destination)
 GROUP BY 1, 2
 """
 
