@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from hookbus_common import events as ev
 from hookbus_common.consumer import Handler
@@ -22,6 +23,7 @@ from hookbus_common.service import Runtime
 from hookbus_dispatcher import retryafter
 from hookbus_dispatcher.config import DispatcherConfig, DispatcherSettings, Endpoint
 from hookbus_dispatcher.delivery import make_handler
+from hookbus_dispatcher.fairness import DrainRates
 from hookbus_dispatcher.fairness_loop import FairConsumer, consumer_for
 from hookbus_dispatcher.limits_guard import guard
 from hookbus_dispatcher.ordering import in_order
@@ -262,3 +264,22 @@ async def test_a_full_read_ahead_spills_the_destination_that_fills_it(
             waiting = await rt.pool.fetchval("SELECT count(*) FROM delivery_schedule WHERE waited")
             assert waiting >= 20
             hold.set()
+
+
+async def test_a_fast_destination_filling_the_read_ahead_is_left_to_drain(
+    rt: Runtime, client: httpx.AsyncClient, sink: Sink
+) -> None:
+    # One endpoint's backlog fills a read-ahead of 20 many times over; it answers at once,
+    # so what waits goes out in well under the spill horizon: nothing is moved to the
+    # schedule (which would cost two writes and a second read per delivery), all arrive.
+    settings = dispatcher_config(max_in_flight=4, read_ahead=20)
+    reqs = [request("a", i, url=sink.url) for i in range(400)]
+    await rt.outbox.commit_and_publish(reqs)
+    spilled = REGISTRY.get_sample_value("hookbus_dispatcher_spilled_total") or 0.0
+    loop = Loop(rt, client, settings)
+    assert isinstance(loop.consumer, FairConsumer)
+    loop.consumer.rates = DrainRates(warm_up=0.05)  # its pace is known almost at once
+    async with loop:
+        await until(lambda: len(sink.arrivals) >= 400)
+    assert REGISTRY.get_sample_value("hookbus_dispatcher_spilled_total") == spilled
+    assert sorted(d for d, _t, _w in sink.arrivals) == sorted(r.data.delivery_id for r in reqs)

@@ -3,7 +3,9 @@ within a tenant in turn, and no destination past its cap of items in hand."""
 
 from __future__ import annotations
 
-from hookbus_dispatcher.fairness import FairQueue
+import math
+
+from hookbus_dispatcher.fairness import DrainRates, FairQueue
 from hookbus_dispatcher.fairness_loop import _RouteData, destination
 
 
@@ -129,7 +131,9 @@ def test_backlog_longest_and_giving_back() -> None:
     assert q.pop_newest("a", "x") == "x2"
     assert q.pop_newest("b", "y") == "y0"
     assert q.backlog() == {("a", "x"): 2}
+    assert (q.waiting("x"), q.waiting("y")) == (2, 0)
     assert sorted(q.drain()) == ["x0", "x1"]
+    assert q.waiting("x") == 0
     assert len(q) == 0
     assert q.take() is None
 
@@ -140,3 +144,33 @@ def test_what_a_delivery_is_counted_by() -> None:
     assert destination(_RouteData(url="https://user@Hooks.Example.com:8443/x")) == (
         "url:hooks.example.com:8443"
     )
+
+
+def test_waiting_counts_a_destination_across_tenants() -> None:
+    q = _queue()
+    q.put("a", "url:h", "a0")
+    q.put("b", "url:h", "b0")
+    q.put("b", "other", "o0")
+    assert q.waiting("url:h") == 2
+    _take_all(q)
+    assert (q.waiting("url:h"), q.waiting("other")) == (0, 0)
+
+
+def test_drain_rates_tell_a_fast_destination_from_a_stalled_one() -> None:
+    rates = DrainRates(window=5.0, warm_up=1.0)
+    rates.seen("fast", 0.0)
+    rates.seen("stalled", 0.0)
+    # Not watched long enough to say anything.
+    assert rates.seconds_to_drain("stalled", 100, 0.5) is None
+    for i in range(1, 301):  # 100 a second for 3 s
+        rates.finished("fast", i / 100)
+    assert rates.per_second("fast", 3.0) == 100.0
+    assert rates.seconds_to_drain("fast", 1000, 3.0) == 10.0
+    # Nothing finished: never drains.
+    assert rates.seconds_to_drain("stalled", 5, 3.0) == math.inf
+    # Only the window counts: 5 s later the fast one has finished nothing lately.
+    assert rates.seconds_to_drain("fast", 10, 9.0) == math.inf
+    # Forgotten when idle: warming up again when its work comes back.
+    rates.forget("fast")
+    rates.seen("fast", 20.0)
+    assert rates.seconds_to_drain("fast", 10, 20.5) is None

@@ -55,6 +55,7 @@ class FairQueue(Generic[T]):
         self._tenants: dict[str, _Tenant[T]] = {}
         self._active: deque[str] = deque()  # tenants with waiting items, in turn order
         self._in_hand: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}  # destination → items waiting, every tenant's
         self._size = 0
 
     def __len__(self) -> int:
@@ -62,6 +63,16 @@ class FairQueue(Generic[T]):
 
     def in_hand(self, destination: str) -> int:
         return self._in_hand.get(destination, 0)
+
+    def waiting(self, destination: str) -> int:
+        return self._waiting.get(destination, 0)
+
+    def _unwait(self, destination: str) -> None:
+        left = self._waiting[destination] - 1
+        if left:
+            self._waiting[destination] = left
+        else:
+            del self._waiting[destination]
 
     def put(self, tenant: str, destination: str, item: T) -> None:
         t = self._tenants.get(tenant)
@@ -77,6 +88,7 @@ class FairQueue(Generic[T]):
         q.append(item)
         t.size += 1
         self._size += 1
+        self._waiting[destination] = self._waiting.get(destination, 0) + 1
 
     def _eligible(self, t: _Tenant[T]) -> str | None:
         """The tenant's next destination in turn with room; rotates past full ones."""
@@ -108,6 +120,7 @@ class FairQueue(Generic[T]):
                 continue
             q = t.queues[dest]
             item = q.popleft()
+            self._unwait(dest)
             t.deficit -= 1.0
             t.size -= 1
             self._size -= 1
@@ -144,6 +157,7 @@ class FairQueue(Generic[T]):
         yield from list(self)
         self._tenants.clear()
         self._active.clear()
+        self._waiting.clear()
         self._size = 0
 
     def backlog(self) -> Mapping[tuple[str, str], int]:
@@ -167,6 +181,7 @@ class FairQueue(Generic[T]):
         t = self._tenants[tenant]
         q = t.queues[destination]
         item = q.pop()
+        self._unwait(destination)
         t.size -= 1
         self._size -= 1
         if not q:
@@ -176,3 +191,59 @@ class FairQueue(Generic[T]):
             self._active.remove(tenant)
             del self._tenants[tenant]
         return item
+
+
+class DrainRates:
+    """How fast each destination's deliveries finish here, over the last ``window``
+    seconds: how long what waits for it will take to go out.
+
+    A full read-ahead spills only a destination that would hold its place for longer than
+    it is worth: a slow or stalled one. A fast destination holding the whole buffer (one
+    endpoint's backlog) drains by itself in seconds, and moving its deliveries to the
+    schedule would cost two writes and a second read each for nothing. Pure (the clock is
+    passed in).
+    """
+
+    def __init__(self, *, window: float = 5.0, warm_up: float = 1.0) -> None:
+        self.window = window
+        self.warm_up = warm_up
+        self._first: dict[str, float] = {}
+        self._done: dict[str, deque[float]] = {}
+
+    def seen(self, destination: str, now: float) -> None:
+        """A delivery for ``destination`` was read (its clock starts at the first)."""
+        self._first.setdefault(destination, now)
+
+    def finished(self, destination: str, now: float) -> None:
+        q = self._done.get(destination)
+        if q is None:
+            q = self._done[destination] = deque()
+        q.append(now)
+        self._trim(q, now)
+
+    def _trim(self, q: deque[float], now: float) -> None:
+        while q and q[0] < now - self.window:
+            q.popleft()
+
+    def per_second(self, destination: str, now: float) -> float | None:
+        """Deliveries finished per second lately (``None``: watched too briefly to say)."""
+        first = self._first.get(destination)
+        if first is None or now - first < self.warm_up:
+            return None
+        q = self._done.get(destination)
+        if q:
+            self._trim(q, now)
+        return len(q or ()) / min(self.window, now - first)
+
+    def seconds_to_drain(self, destination: str, waiting: int, now: float) -> float | None:
+        """How long ``waiting`` deliveries take at the recent rate (``None``: unknown
+        yet; ``inf``: none finished lately)."""
+        rate = self.per_second(destination, now)
+        if rate is None:
+            return None
+        return waiting / rate if rate > 0 else float("inf")
+
+    def forget(self, destination: str) -> None:
+        """Nothing waits or is in hand for it any more."""
+        self._first.pop(destination, None)
+        self._done.pop(destination, None)

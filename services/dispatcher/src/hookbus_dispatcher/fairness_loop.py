@@ -38,7 +38,7 @@ from . import schedule
 from .backlog import REFRESH_SECONDS, Reporter
 from .config import DispatcherConfig
 from .delivery import attempts_made
-from .fairness import FairQueue
+from .fairness import DrainRates, FairQueue
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ PULL_SIZE: Final = 1024
 """Most messages the standing pull asks for at once (topped up at half)."""
 
 HEARTBEAT_CHUNK: Final = 100
+
+SPILL_AFTER: Final = 30.0
+"""Seconds of sending a destination's waiting deliveries would take at its recent pace
+beyond which a full read-ahead moves some of them out (a slow or stalled destination);
+below it they are left to drain (a fast destination's backlog)."""
 """Messages told in progress between two turns of the event loop."""
 
 SPILLED = Counter(
@@ -113,7 +118,9 @@ class FairConsumer(Consumer):
 
     With the buffer full and one destination holding more than half of it, ``spill`` (if
     given) moves that destination's newest message out, so a slow destination's backlog
-    cannot stop the loop from reading what other tenants sent.
+    cannot stop the loop from reading what other tenants sent. Only a slow one: a
+    destination whose waiting deliveries would all go out within ``spill_after`` seconds at
+    its recent pace keeps them (moving a fast backlog out and back costs more than it saves).
     """
 
     def __init__(
@@ -126,6 +133,7 @@ class FairConsumer(Consumer):
         backlog_pool: asyncpg.Pool | None = None,
         backlog_every: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        spill_after: float = SPILL_AFTER,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -134,7 +142,9 @@ class FairConsumer(Consumer):
         self.buffer = max(1, buffer)
         self.queue: FairQueue[_Held] = FairQueue(cap_for=cap_for, weight_for=weight_for)
         self.spill = spill
+        self.spill_after = spill_after
         self.clock = clock
+        self.rates = DrainRates()
         self.max_ack_pending = max(self.max_ack_pending, self.buffer + self.max_in_flight * 2)
         self._changed = asyncio.Event()
         self._seen: set[tuple[str, str]] = set()
@@ -201,6 +211,7 @@ class FairConsumer(Consumer):
             now = self.clock()
             for msg in msgs:
                 tenant, dest = route(msg)
+                self.rates.seen(dest, now)
                 self.queue.put(tenant, dest, _Held(msg, now))
             if msgs:
                 # Started here, not by the feeder's next turn: under load every hop
@@ -244,6 +255,10 @@ class FairConsumer(Consumer):
 
     def _finished_one(self, dest: str, _task: object = None) -> None:
         self.queue.done(dest)
+        if self.queue.in_hand(dest) or self.queue.waiting(dest):
+            self.rates.finished(dest, self.clock())
+        else:  # idle again: its pace is measured afresh when it has work
+            self.rates.forget(dest)
         self._start_what_fits()  # the freed slot goes to the next in turn at once
         self._changed.set()
 
@@ -269,6 +284,10 @@ class FairConsumer(Consumer):
         backlog = self.queue.backlog()
         if backlog[longest] * 2 <= self.buffer:
             return False
+        dest = longest[1]
+        drain = self.rates.seconds_to_drain(dest, self.queue.waiting(dest), self.clock())
+        if drain is None or drain <= self.spill_after:
+            return False  # it goes out soon by itself (or its pace is not known yet)
         held = self.queue.pop_newest(*longest)
         try:
             moved = await self.spill(held.msg)
