@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import sys
-from types import FrameType
 
 import uvicorn
 
@@ -15,33 +13,8 @@ from hookbus_common import logs
 from hookbus_common.errors import ConfigError
 
 from . import config
+from .serving import Server
 from .sourcehooks import prepare_sources
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, waking once a second while idle instead of ten times.
-
-    uvicorn's main loop wakes every 0.1 s to see whether it must exit, and every tenth
-    wake refreshes the cached Date header: ten wake-ups a second were most of the idle
-    receiver's CPU. Here it wakes once a second, refreshing the Date header as often as
-    before, and a SIGINT/SIGTERM wakes it at once, so stopping is as prompt as before.
-    """
-
-    _wake: asyncio.Event | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
-
-    async def main_loop(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        # Tick 0 each time: the Date header is refreshed on every (one-second) tick.
-        while not await self.on_tick(0):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        if self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
 
 
 def main() -> None:
@@ -65,7 +38,8 @@ def main() -> None:
         port=settings.receiver.port,
         workers=settings.receiver.workers,
         loop="uvloop",
-        http="httptools",
+        # httptools, writing each answer in one send; see serving.py.
+        http="hookbus_receiver.serving:HttpProtocol",
         access_log=False,
         # Sources choose whom they trust for X-Forwarded-For (trusted_proxies); uvicorn
         # must not rewrite the client address on its own.
@@ -78,7 +52,8 @@ def main() -> None:
         # Worker processes under uvicorn's supervisor, each with uvicorn's own server.
         uvicorn.run(**options)  # type: ignore[arg-type]
         return
-    server = _Server(uvicorn.Config(**options))  # type: ignore[arg-type]
+    # Ticks once a second while serving and not at all when idle (serving.Server).
+    server = Server(uvicorn.Config(**options))  # type: ignore[arg-type]
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     if not server.started:
