@@ -287,6 +287,45 @@ _CONCURRENCY_NEW = """concurrency_new AS (
     ON CONFLICT (job_id) DO NOTHING)"""
 
 
+# A run's end and its lease's end are one statement: the event recording how run
+# ``attempt`` of a job ended also ends that run's lease in the executor's ``job_leases``
+# table (migration 0003; operational state like ``job_concurrency``, which a rebuild
+# leaves alone), so the executor needs no commit of its own for it. Only an event
+# actually inserted ends a lease, and only the lease of that same attempt that has not
+# ended yet: a lease since taken for a later attempt is another run's.
+_LEASE_OUTCOME: dict[type[ev.EventData], str] = {
+    ev.JobSucceeded: "succeeded",
+    ev.JobFailed: "failed",
+    ev.JobInterrupted: "interrupted",
+}
+
+_LEASES_ENDED = """leases_ended AS (
+    UPDATE job_leases SET ended_at = now(), outcome = l.outcome
+    FROM unnest({}::text[], {}::text[], {}::int[], {}::text[])
+        AS l(event_id, job_id, attempt, outcome)
+    JOIN ins ON ins.id = l.event_id
+    WHERE job_leases.job_id = l.job_id AND job_leases.attempt = l.attempt
+      AND job_leases.ended_at IS NULL)"""
+
+
+def _lease_end_row(e: ev.Event[Any]) -> tuple[Any, ...] | None:
+    outcome = _LEASE_OUTCOME.get(type(e.data))
+    if outcome is None:
+        return None
+    return (e.id, e.data.job_id, e.data.attempt, outcome)
+
+
+async def _end_leases(conn: asyncpg.Connection, appended: Sequence[Any]) -> None:
+    for a in appended:
+        row = _lease_end_row(a.event)
+        if row is not None:
+            await conn.execute(
+                "UPDATE job_leases SET ended_at = now(), outcome = $3"
+                " WHERE job_id = $1 AND attempt = $2 AND ended_at IS NULL",
+                *row[1:],
+            )
+
+
 def _concurrency_row(e: ev.Event[Any]) -> tuple[Any, ...] | None:
     d = e.data
     c = d.concurrency if isinstance(d, ev.JobRequestedV2) else None
@@ -316,6 +355,7 @@ def fragments(events: Sequence[ev.Event[Any]]) -> Fragments | None:
     deliveries_new: list[tuple[Any, ...]] = []
     deliveries_changed: list[tuple[Any, ...]] = []
     concurrency_new: list[tuple[Any, ...]] = []
+    leases_ended: list[tuple[Any, ...]] = []
     for e in events:
         match e.data:
             case ev.JobRequested() | ev.JobRequestedV2() as d:
@@ -329,6 +369,8 @@ def fragments(events: Sequence[ev.Event[Any]]) -> Fragments | None:
                     d.exit_code if isinstance(d, ev.JobFinished) else None,
                     d.duration_ms if isinstance(d, ev.JobFinished) else None, fin, e.time,
                 ))  # fmt: skip
+                if (row := _lease_end_row(e)) is not None:
+                    leases_ended.append(row)
             case ev.DeliveryRequested() as d:
                 deliveries_new.append(
                     (e.id, d.delivery_id, d.url, d.rule, d.tenant, e.correlationid, e.time)
@@ -349,6 +391,7 @@ def fragments(events: Sequence[ev.Event[Any]]) -> Fragments | None:
         (_DELIVERIES_NEW, deliveries_new),
         (_DELIVERIES_CHANGED, deliveries_changed),
         (_CONCURRENCY_NEW, concurrency_new),
+        (_LEASES_ENDED, leases_ended),
     ):
         if rows:
             out.ctes.append(sql)
@@ -361,6 +404,7 @@ async def project(conn: asyncpg.Connection, appended: Sequence[Any]) -> None:
     for a in appended:
         await _apply(conn, a.seq, a.event.data, a.event.correlationid, a.event.time)
     await _register_concurrency(conn, appended)
+    await _end_leases(conn, appended)
 
 
 async def rebuild(conn: asyncpg.Connection, *, batch: int = 1000) -> int:

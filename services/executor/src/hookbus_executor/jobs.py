@@ -172,10 +172,18 @@ class Executor:
             pgid=previous.pgid,
         )
 
+    def _ended(self, job_id: str) -> None:
+        """The run's end is committed, and with it the end of its lease: the statement
+        that records a job's succeeded, failed or interrupted event ends the lease of
+        that attempt too (``readmodels``), so no commit of its own is needed."""
+        self.runs.acted.pop(job_id, None)
+
     async def _end(self, job_id: str, outcome: str) -> None:
+        """End the lease after recording an interruption: committed with the event, unless
+        the event was recorded already (by an executor that died before ending its lease)."""
         async with self.runs.pool.acquire() as conn:
             if not await leases.end(conn, job_id, self.runs.owner, outcome):
-                log.warning("job lease was not ours when the run ended", extra={"job_id": job_id})
+                log.debug("job lease ended with the run's end", extra={"job_id": job_id})
         self.runs.acted.pop(job_id, None)
 
     async def _run(
@@ -254,11 +262,11 @@ class Executor:
             if not ok and retries.again(req, attempt, ran=ran):
                 wait = retries.delay(req, attempt)
                 yield outcomes.finished(event, attempt, result, error, deploy, retry_in=wait)
-                await self._end(req.job_id, "failed")
+                self._ended(req.job_id)
                 # The wait holds no place in flight: the message comes back after it.
                 raise Deferred(wait, f"job {req.job_id} attempt {attempt} failed; it runs again")
             yield outcomes.finished(event, attempt, result, error, deploy)
-            await self._end(req.job_id, "succeeded" if ok else "failed")
+            self._ended(req.job_id)
         finally:
             await placed.aclose()
             runs.finish(run)
