@@ -24,6 +24,18 @@ from .events import Event
 log = logging.getLogger(__name__)
 
 
+_APPENDED: dict[str, Any] = {}
+
+
+def _appended(event_type: str) -> Any:
+    """The appended-events counter of a type, made once: ``labels`` takes a lock and a
+    lookup on every call, once per event on the hot path."""
+    child = _APPENDED.get(event_type)
+    if child is None:
+        child = _APPENDED[event_type] = metrics.EVENTS_APPENDED.labels(event_type)
+    return child
+
+
 class Outbox:
     def __init__(self, pool: asyncpg.Pool, bus: Bus) -> None:
         self.pool = pool
@@ -61,7 +73,7 @@ class Outbox:
                 conn, self.bus.prefix, pending, ctes=parts.ctes, args=parts.args
             )
         for a in inserted:
-            metrics.EVENTS_APPENDED.labels(a.event.type).inc()
+            _appended(a.event.type).inc()
         return inserted, known
 
     async def publish(self, appended: Sequence[Appended]) -> bool:
