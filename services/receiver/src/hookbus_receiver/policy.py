@@ -3,6 +3,7 @@ their sender apart from those that did not."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ def networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
+# Senders come from a few addresses: each is parsed once (addresses are immutable).
+@functools.lru_cache(maxsize=4096)
 def _address(text: str) -> IPAddress | None:
     try:
         addr = ipaddress.ip_address(text.strip())
@@ -51,6 +54,12 @@ def client_address(
             return hop_addr
         addr = hop_addr
     return addr
+
+
+@functools.lru_cache(maxsize=4096)
+def text(addr: IPAddress) -> str:
+    """The address as text, made once per address."""
+    return str(addr)
 
 
 def allowed(addr: IPAddress | None, allow: Sequence[IPNetwork]) -> bool:

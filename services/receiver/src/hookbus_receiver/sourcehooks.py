@@ -155,7 +155,7 @@ class SourceHooks:
             headers=source.kept_headers(headers),
             body=body,
             payload=payload,
-            remote_addr=str(client) if client is not None else peer,
+            remote_addr=policy.text(client) if client is not None else peer,
             subject=facts.repository,
             image=source.image(headers, doc),
         )
