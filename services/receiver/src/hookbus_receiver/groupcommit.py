@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
-from typing import Any
 
 import asyncpg
 from prometheus_client import Counter, Histogram
@@ -133,14 +131,15 @@ class GroupCommitter:
             while self._queue:
                 batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
                 await self._flushes.acquire()
-                self._spawn(self._flush(batch))
+                self._start_flush(batch)
             if self._closing:
                 while self._tasks:
                     await asyncio.wait(self._tasks)
                 return
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
+    def _start_flush(self, batch: Batch) -> None:
+        """Flush ``batch`` in a task of its own (its place in ``_flushes`` is taken)."""
+        task = asyncio.create_task(self._flush(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -177,8 +176,10 @@ class GroupCommitter:
         finally:
             self._flushing -= 1
             self._flushes.release()
-            # Answering does not wait for NATS: the outbox row makes the publish certain.
-            self.outbox.publish_later(inserted)
+        # Answering did not wait for NATS (the outbox row makes the publish certain); the
+        # publish goes on in this task, which close() waits for.
+        if inserted:
+            await self.outbox.publish(inserted)
 
     async def _commit(
         self, conn: asyncpg.Connection, batch: Batch, inserted: list[Appended]
