@@ -15,7 +15,7 @@ from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import Deferred, PermanentError
 from hookbus_common.events import Event, JobRequestedV2
 
-from . import concurrency, dockerrecreate, inspect, leases, outcomes, procs, retries
+from . import concurrency, dockerrecreate, inspect, leases, outcomes, retries
 from . import docker as dockerops
 from .compose import compose_argv
 from .config import ExecutorConfig, ExecutorSettings, progress_interval
@@ -161,15 +161,16 @@ class Executor:
         ended = await end_processes(previous, self.runs.owner.host, self._e.kill_grace_seconds)
         log.warning(
             "job run lost with its executor; recording it interrupted",
-            extra={"job_id": previous.job_id, "attempt": previous.attempt, "ended": ended},
-        )
+            extra={"job_id": previous.job_id, "attempt": previous.attempt,
+                   "ended": ended.running},
+        )  # fmt: skip
         return outcomes.interrupted(
             event,
             previous.attempt,
-            "orphaned" if ended else "executor_lost",
+            "orphaned" if ended.running else "executor_lost",
             retrying=outcomes.retries(event.data, previous.attempt, self._e.max_attempts),
             host=previous.hostname or None,
-            pgid=previous.pgid,
+            pgid=ended.pgid,
         )
 
     def _ended(self, job_id: str) -> None:
@@ -557,15 +558,8 @@ class Executor:
         async def spawned(pgid: int) -> None:
             run.acting = True
             self.runs.acted[req.job_id] = attempt
-            try:
-                async with self.runs.pool.acquire() as conn:
-                    await leases.record_spawn(
-                        conn, req.job_id, self.runs.owner, pgid, procs.start_time(pgid)
-                    )
-            except Exception as exc:
-                # The action runs on; should we die, its processes are found by their
-                # environment instead.
-                log.warning("could not record the job's process group", extra={"error": repr(exc)})
+            # Written to the lease should the action still run a moment from now.
+            self.runs.spawned(run, pgid)
 
         with contextlib.ExitStack() as stack:
             if spec.payload == "file":

@@ -278,16 +278,20 @@ async def confirm(conn: asyncpg.Connection, job_id: str, owner: Owner, ttl: floa
     return bool(await renew(conn, owner, [job_id], ttl))
 
 
-async def record_spawn(
-    conn: asyncpg.Connection, job_id: str, owner: Owner, pgid: int, pgid_started: int | None
+async def record_spawns(
+    conn: asyncpg.Connection, owner: Owner, spawned: Iterable[tuple[str, int, int | None]]
 ) -> None:
+    """Write down the process group (and its leader's start time) of each job's running
+    action, ``(job_id, pgid, pgid_started)``, in one statement."""
+    rows = list(spawned)
     await conn.execute(
-        "UPDATE job_leases SET pgid = $3, pgid_started = $4"
-        " WHERE job_id = $1 AND owner = $2 AND ended_at IS NULL",
-        job_id,
+        "UPDATE job_leases SET pgid = s.pgid, pgid_started = s.started"
+        " FROM unnest($2::text[], $3::int[], $4::int8[]) AS s(job_id, pgid, started)"
+        " WHERE job_leases.job_id = s.job_id AND owner = $1 AND ended_at IS NULL",
         owner.id,
-        pgid,
-        pgid_started,
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
     )
 
 

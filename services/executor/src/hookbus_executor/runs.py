@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
+import msgspec
 
 from hookbus_common.outbox import Outbox
 
@@ -34,16 +35,35 @@ def local_marks(job_id: str, attempt: int) -> dict[str, str]:
     return {**marks(job_id, attempt), "HOOKBUS_JOB_LOCAL": "1"}
 
 
-async def end_processes(lease: Lease, host: procs.Host, grace: float) -> bool:
-    """End what is left of ``lease``'s run on this host; whether anything was running."""
+# How long after its spawn an action's process group is written to its run's lease. Most
+# actions have ended by then: their end is recorded instead, and nothing is written (a
+# statement and a commit fewer per job). Those still running are written then, together
+# in one statement. Should the executor die before, its successor finds the run's
+# processes by their environment (``local_marks``), as it does for a run whose record
+# never reached Postgres.
+SPAWN_RECORD_DELAY = 0.2
+
+
+class Ended(msgspec.Struct, frozen=True):
+    """What ``end_processes`` found of a run on this host."""
+
+    running: bool
+    """Whether anything of it was running (and has been ended)."""
+    pgid: int | None
+    """Its process group: the one recorded, or else the one group found by its marks."""
+
+
+async def end_processes(lease: Lease, host: procs.Host, grace: float) -> Ended:
+    """End what is left of ``lease``'s run on this host."""
     if lease.host != host.id:
-        return False  # its pids mean nothing here
+        return Ended(False, lease.pgid)  # its pids mean nothing here
     if lease.pgid is not None:
-        return await procs.end_group(lease.pgid, lease.pgid_started, grace)
+        return Ended(await procs.end_group(lease.pgid, lease.pgid_started, grace), lease.pgid)
     ended = False
-    for pgid in procs.groups_with_env(local_marks(lease.job_id, lease.attempt)):
+    groups = procs.groups_with_env(local_marks(lease.job_id, lease.attempt))
+    for pgid in groups:
         ended |= await procs.end_group(pgid, None, grace)
-    return ended
+    return Ended(ended, next(iter(groups)) if len(groups) == 1 else None)
 
 
 @dataclass
@@ -86,6 +106,11 @@ class Runs:
         # a lease of ours whose attempt is not here never started its action.
         self.acted: dict[str, int] = {}
         self._keeper: asyncio.Task[None] | None = None
+        # Process groups of running actions not yet written to their leases: by job,
+        # with the run and when it was spawned (``SPAWN_RECORD_DELAY``).
+        self._unrecorded: dict[str, tuple[Run, int, float]] = {}
+        self._recording: asyncio.TimerHandle | None = None
+        self._recorders: set[asyncio.Task[None]] = set()
 
     @property
     def ttl(self) -> float:
@@ -105,7 +130,49 @@ class Runs:
     def finish(self, run: Run) -> None:
         if self.running.get(run.job_id) is run:
             del self.running[run.job_id]
+            self._unrecorded.pop(run.job_id, None)
         run.done.set()
+
+    # ------------------------------------------------------- process groups
+
+    def spawned(self, run: Run, pgid: int) -> None:
+        """``run``'s action runs as process group ``pgid``: written to its lease if it is
+        still running ``SPAWN_RECORD_DELAY`` seconds from now."""
+        self._unrecorded[run.job_id] = (run, pgid, time.monotonic())
+        if self._recording is None:
+            loop = asyncio.get_running_loop()
+            self._recording = loop.call_later(SPAWN_RECORD_DELAY, self._record_due)
+
+    def _record_due(self) -> None:
+        self._recording = None
+        due_at = time.monotonic() - SPAWN_RECORD_DELAY
+        due: list[tuple[str, int]] = []
+        later: float | None = None
+        for job_id, (run, pgid, at) in list(self._unrecorded.items()):
+            if self.running.get(job_id) is not run or not run.acting:
+                del self._unrecorded[job_id]  # its action has ended
+            elif at <= due_at:
+                del self._unrecorded[job_id]
+                due.append((job_id, pgid))
+            elif later is None or at < later:
+                later = at
+        if later is not None:
+            loop = asyncio.get_running_loop()
+            self._recording = loop.call_later(max(0.0, later - due_at), self._record_due)
+        if due:
+            task = asyncio.create_task(self._record(due), name="job-spawns")
+            self._recorders.add(task)
+            task.add_done_callback(self._recorders.discard)
+
+    async def _record(self, due: list[tuple[str, int]]) -> None:
+        rows = [(job_id, pgid, procs.start_time(pgid)) for job_id, pgid in due]
+        try:
+            async with self.pool.acquire() as conn:
+                await leases.record_spawns(conn, self.owner, rows)
+        except Exception as exc:
+            # The actions run on; should we die, their processes are found by their
+            # environment instead.
+            log.warning("could not record the jobs' process groups", extra={"error": repr(exc)})
 
     # -------------------------------------------------------------- the keeper
 
@@ -115,6 +182,11 @@ class Runs:
         self._keeper = asyncio.create_task(self.keep(), name="job-leases")
 
     async def close(self) -> None:
+        if self._recording is not None:
+            self._recording.cancel()
+            self._recording = None
+        for task in list(self._recorders):
+            task.cancel()
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -244,10 +316,10 @@ class Runs:
         event = outcomes.interrupted(
             req,
             lease.attempt,
-            "orphaned" if ended else "executor_lost",
+            "orphaned" if ended.running else "executor_lost",
             retrying=outcomes.retries(req.data, lease.attempt, self.settings.max_attempts),
             host=lease.hostname,
-            pgid=lease.pgid,
+            pgid=ended.pgid,
         )
         async with self.pool.acquire() as conn, conn.transaction():
             inserted, known = await self.outbox.commit([event], conn=conn)
