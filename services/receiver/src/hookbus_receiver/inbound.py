@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import msgspec
 from prometheus_client import Counter, Histogram
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from hookbus_common import events as ev
@@ -345,20 +345,26 @@ class Inbound:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge(limit)
+        # Read from the ASGI channel itself: Starlette's request.stream() is an async
+        # generator around the same messages, a noticeable cost per webhook.
+        receive = request.receive
         chunks = []
         size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(limit)
-                chunks.append(chunk)
-        except ClientDisconnect:
-            # Ordinary on the internet (a sender's timeout, a dropped connection): no
-            # traceback, nothing recorded; the meter counts it.
-            log.debug("client disconnected mid-body", extra={"received_bytes": size})
-            raise Disconnected() from None
-        return b"".join(chunks)
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                # Ordinary on the internet (a sender's timeout, a dropped connection): no
+                # traceback, nothing recorded; the meter counts it.
+                log.debug("client disconnected mid-body", extra={"received_bytes": size})
+                raise Disconnected()
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def record(
         self,
