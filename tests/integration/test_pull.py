@@ -121,3 +121,40 @@ async def test_a_forgotten_request_is_asked_again(
     await puller.close()
     assert got == [b"after"]
     assert puller.requests == 2
+
+
+async def test_its_open_requests_are_the_servers_waiting_requests(
+    durable: tuple[Client, JetStreamContext, str],
+) -> None:
+    # What the dispatcher compares with the durable's num_waiting to tell whether another
+    # replica waits for messages: the count must follow the server's own.
+    nc, js, stream = durable
+    sub = await _bound(js, stream)
+    puller = StandingPull(nc, sub, size=8, expires=0.5)
+    await puller.start()
+
+    async def waiting() -> int:
+        await nc.flush()
+        return (await sub.consumer_info()).num_waiting or 0
+
+    assert (puller.open_requests, await waiting()) == (0, 0)
+    await puller.ask(8)
+    assert (puller.open_requests, await waiting()) == (1, 1)
+    for i in range(3):  # partly served: still open
+        await js.publish(f"{stream}.x", str(i).encode())
+    got = await _take_n(puller, 3, free=8)
+    assert len(got) == 3
+    assert (puller.open_requests, await waiting()) == (1, 1)
+    for i in range(5):  # its last five: served in full, closed
+        await js.publish(f"{stream}.x", str(i).encode())
+    async with asyncio.timeout(10):
+        while len(got) < 8:
+            for msg in await puller.take():
+                got.append(msg.data)
+                await msg.ack()
+    assert (puller.open_requests, await waiting()) == (0, 0)
+    await puller.ask(8)
+    assert puller.open_requests == 1
+    assert await puller.take() == []  # expired: its 408 closes it
+    assert (puller.open_requests, await waiting()) == (0, 0)
+    await puller.close()

@@ -165,9 +165,13 @@ def test_drain_rates_tell_a_fast_destination_from_a_stalled_one() -> None:
     for i in range(1, 301):  # 100 a second for 3 s
         rates.finished("fast", i / 100)
     assert rates.per_second("fast", 3.0) == 100.0
+    rates.finished("stalled", 3.0)
+    assert rates.total_per_second(3.0) == 301 / 5.0  # every destination, over the window
     assert rates.seconds_to_drain("fast", 1000, 3.0) == 10.0
     # Nothing finished: never drains.
-    assert rates.seconds_to_drain("stalled", 5, 3.0) == math.inf
+    assert rates.seconds_to_drain("slow", 5, 3.0) is None  # never seen: no pace
+    rates.seen("slow", 0.0)
+    assert rates.seconds_to_drain("slow", 5, 3.0) == math.inf
     # Only the window counts: 5 s later the fast one has finished nothing lately.
     assert rates.seconds_to_drain("fast", 10, 9.0) == math.inf
     # Forgotten when idle: warming up again when its work comes back.

@@ -209,6 +209,7 @@ class DrainRates:
         self.warm_up = warm_up
         self._first: dict[str, float] = {}
         self._done: dict[str, deque[float]] = {}
+        self._all: deque[float] = deque()  # every destination's
 
     def seen(self, destination: str, now: float) -> None:
         """A delivery for ``destination`` was read (its clock starts at the first)."""
@@ -220,6 +221,13 @@ class DrainRates:
             q = self._done[destination] = deque()
         q.append(now)
         self._trim(q, now)
+        self._all.append(now)
+        self._trim(self._all, now)
+
+    def total_per_second(self, now: float) -> float:
+        """Deliveries finished per second lately, every destination together."""
+        self._trim(self._all, now)
+        return len(self._all) / self.window
 
     def _trim(self, q: deque[float], now: float) -> None:
         while q and q[0] < now - self.window:

@@ -53,6 +53,21 @@ beyond which a full read-ahead moves some of them out (a slow or stalled destina
 below it they are left to drain (a fast destination's backlog)."""
 """Messages told in progress between two turns of the event loop."""
 
+SHARE_EVERY: Final = 1.0
+"""Seconds between looks at whether another replica waits for work this one holds."""
+
+SHARE_HORIZON: Final = 2.0
+"""Seconds of sending (at this replica's recent pace) it keeps read ahead while another
+replica waits for work; what it holds beyond that it gives back."""
+
+SHARE_HOLD: Final = 10.0
+"""Seconds a replica that gave work back keeps its read-ahead that short."""
+
+SHARED = Counter(
+    "hookbus_dispatcher_given_back_total",
+    "Deliveries read ahead and given back to the bus for another dispatcher replica that"
+    " was waiting for work",
+)
 SPILLED = Counter(
     "hookbus_dispatcher_spilled_total",
     "Deliveries moved from a full read-ahead onto the schedule (one destination held most)",
@@ -121,6 +136,13 @@ class FairConsumer(Consumer):
     cannot stop the loop from reading what other tenants sent. Only a slow one: a
     destination whose waiting deliveries would all go out within ``spill_after`` seconds at
     its recent pace keeps them (moving a fast backlog out and back costs more than it saves).
+
+    Replicas share one durable, and the first to start would read a whole backlog ahead
+    (up to ``buffer``) while the others wait with nothing. So every ``SHARE_EVERY``
+    seconds a replica holding more than ``SHARE_HORIZON`` seconds of its sending asks the
+    server whether pull requests other than its own are waiting; if so it gives the
+    newest of its surplus back (a nak without delay: the server hands it to a waiting
+    replica) and reads ahead only that much for ``SHARE_HOLD`` seconds.
     """
 
     def __init__(
@@ -145,6 +167,7 @@ class FairConsumer(Consumer):
         self.spill_after = spill_after
         self.clock = clock
         self.rates = DrainRates()
+        self._shared_until = float("-inf")
         self.max_ack_pending = max(self.max_ack_pending, self.buffer + self.max_in_flight * 2)
         self._changed = asyncio.Event()
         self._seen: set[tuple[str, str]] = set()
@@ -173,10 +196,13 @@ class FairConsumer(Consumer):
         # costs no turn of the event loop per message (a fetch's per-message waits did).
         try:
             async with self._pulling(sub, stopped, min(self.buffer, PULL_SIZE)) as puller:
+                sharing = asyncio.create_task(self._share(sub, puller, stop), name="share")
                 try:
                     await self._read_ahead(puller, stop)
                 finally:
                     self._closing = True  # nothing more starts, closing the pull included
+                    sharing.cancel()
+                    await asyncio.gather(sharing, return_exceptions=True)
         finally:
             self._closing = True
             for task in helpers:
@@ -187,7 +213,7 @@ class FairConsumer(Consumer):
     async def _read_ahead(self, puller: StandingPull, stop: asyncio.Event) -> None:
         """Fill the read-ahead from the standing pull until a stop."""
         while not stop.is_set():
-            room = self.buffer - len(self.queue)
+            room = self._limit() - len(self.queue)
             if room <= 0:
                 if not await self._spill_one():
                     await self._wait_change(1.0)
@@ -282,7 +308,7 @@ class FairConsumer(Consumer):
         if longest is None:
             return False
         backlog = self.queue.backlog()
-        if backlog[longest] * 2 <= self.buffer:
+        if backlog[longest] * 2 <= self._limit():
             return False
         dest = longest[1]
         drain = self.rates.seconds_to_drain(dest, self.queue.waiting(dest), self.clock())
@@ -297,6 +323,64 @@ class FairConsumer(Consumer):
         if not moved:
             self.queue.put(*longest, held)
         return moved
+
+    # ------------------------------------------------------------------ sharing
+
+    def _keep(self) -> int:
+        """What this replica holds read ahead while another one waits for work."""
+        rate = self.rates.total_per_second(self.clock())
+        return max(self.max_in_flight * 4, int(rate * SHARE_HORIZON))
+
+    def _limit(self) -> int:
+        """How many messages to hold read ahead now."""
+        if self.clock() < self._shared_until:
+            return min(self.buffer, self._keep())
+        return self.buffer
+
+    async def _share(
+        self, sub: JetStreamContext.PullSubscription, puller: StandingPull, stop: asyncio.Event
+    ) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SHARE_EVERY)
+            if stop.is_set():
+                return
+            surplus = len(self.queue) - self._keep()
+            if surplus < self.max_in_flight:
+                continue
+            try:
+                info = await sub.consumer_info()
+            except Exception as exc:  # NATS away: nobody is waiting on it either
+                log.debug("could not read the consumer's waiting requests",
+                          extra={"error": repr(exc)})  # fmt: skip
+                continue
+            others = (info.num_waiting or 0) - puller.open_requests
+            if others <= 0:
+                continue
+            self._shared_until = self.clock() + SHARE_HOLD
+            given = await self._give_back_newest(len(self.queue) - self._keep())
+            SHARED.inc(given)
+            log.info(
+                "gave read-ahead deliveries back for a replica waiting for work",
+                extra={"consumer": self.durable, "given": given, "kept": len(self.queue)},
+            )
+
+    async def _give_back_newest(self, n: int) -> int:
+        """Give back up to ``n`` waiting messages, the newest of the longest queues first
+        (what a small tenant waits for stays here, in its turn)."""
+        given = 0
+        while given < n:
+            longest = self.queue.longest()
+            if longest is None:
+                break
+            held = self.queue.pop_newest(*longest)
+            with contextlib.suppress(Exception):
+                await held.msg.nak()
+            given += 1
+            if given % HEARTBEAT_CHUNK == 0:
+                await asyncio.sleep(0)
+        self._changed.set()
+        return given
 
     def _report(self) -> None:
         backlog = self.queue.backlog()
