@@ -111,3 +111,33 @@ async def test_a_database_that_cannot_be_reached_fails_the_whole_batch(rt: Runti
 
     assert all(isinstance(r, OSError) for r in results), results  # answered 503, not 4xx
     assert await logged_ids(rt) == set()
+
+
+async def test_a_kept_connection_the_server_ended_is_replaced(rt: Runtime) -> None:
+    # The tests' pool holds 5: room for a kept connection beside 2 flushes and the relay.
+    committer = GroupCommitter(rt.outbox, batch_size=64, interval=0.05, max_flushes=2)
+    committer.start()
+    try:
+        first = await committer.record(pending(1))
+        # Kept for the next flush rather than given back to the pool.
+        kept = committer._spare
+        assert kept is not None
+        await rt.pool.execute("SELECT pg_terminate_backend($1)", kept.get_server_pid())
+        await asyncio.sleep(0.5)  # the client learns that the server ended it
+        second = await committer.record(pending(2))
+    finally:
+        await committer.close()
+    assert isinstance(first, Recorded)
+    assert isinstance(second, Recorded)
+    assert await logged_ids(rt) == {first.event_id, second.event_id}
+    assert committer._spare is None  # closed: given back to the pool
+
+
+async def test_no_connection_is_kept_when_the_pool_has_no_room_for_it(rt: Runtime) -> None:
+    committer = GroupCommitter(rt.outbox, batch_size=64, interval=0.05, max_flushes=4)
+    committer.start()
+    try:
+        assert isinstance(await committer.record(pending(1)), Recorded)
+        assert committer._spare is None
+    finally:
+        await committer.close()
