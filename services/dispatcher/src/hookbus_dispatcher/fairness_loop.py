@@ -57,8 +57,8 @@ SHARE_EVERY: Final = 1.0
 """Seconds between looks at whether another replica waits for work this one holds."""
 
 SHARE_HORIZON: Final = 2.0
-"""Seconds of sending (at this replica's recent pace) it keeps read ahead while another
-replica waits for work; what it holds beyond that it gives back."""
+"""Seconds of sending (at this replica's recent pace) it keeps read ahead at least while
+another replica waits for work."""
 
 SHARE_HOLD: Final = 10.0
 """Seconds a replica that gave work back keeps its read-ahead that short."""
@@ -140,9 +140,11 @@ class FairConsumer(Consumer):
     Replicas share one durable, and the first to start would read a whole backlog ahead
     (up to ``buffer``) while the others wait with nothing. So every ``SHARE_EVERY``
     seconds a replica holding more than ``SHARE_HORIZON`` seconds of its sending asks the
-    server whether pull requests other than its own are waiting; if so it gives the
-    newest of its surplus back (a nak without delay: the server hands it to a waiting
-    replica) and reads ahead only that much for ``SHARE_HOLD`` seconds.
+    server whether pull requests other than its own are waiting; if so it gives back the
+    newest of what it holds beyond its fair part of the durable's messages (split between
+    it and the waiting replicas, and never below those seconds of sending) — a nak without
+    delay, which the server hands to a waiting replica — and reads ahead only its part for
+    ``SHARE_HOLD`` seconds.
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class FairConsumer(Consumer):
         self.clock = clock
         self.rates = DrainRates()
         self._shared_until = float("-inf")
+        self._share = self.buffer  # what it reads ahead while sharing
         self.max_ack_pending = max(self.max_ack_pending, self.buffer + self.max_in_flight * 2)
         self._changed = asyncio.Event()
         self._seen: set[tuple[str, str]] = set()
@@ -196,7 +199,7 @@ class FairConsumer(Consumer):
         # costs no turn of the event loop per message (a fetch's per-message waits did).
         try:
             async with self._pulling(sub, stopped, min(self.buffer, PULL_SIZE)) as puller:
-                sharing = asyncio.create_task(self._share(sub, puller, stop), name="share")
+                sharing = asyncio.create_task(self._share_out(sub, puller, stop), name="share")
                 try:
                     await self._read_ahead(puller, stop)
                 finally:
@@ -334,10 +337,10 @@ class FairConsumer(Consumer):
     def _limit(self) -> int:
         """How many messages to hold read ahead now."""
         if self.clock() < self._shared_until:
-            return min(self.buffer, self._keep())
+            return min(self.buffer, self._share)
         return self.buffer
 
-    async def _share(
+    async def _share_out(
         self, sub: JetStreamContext.PullSubscription, puller: StandingPull, stop: asyncio.Event
     ) -> None:
         while not stop.is_set():
@@ -345,8 +348,8 @@ class FairConsumer(Consumer):
                 await asyncio.wait_for(stop.wait(), SHARE_EVERY)
             if stop.is_set():
                 return
-            surplus = len(self.queue) - self._keep()
-            if surplus < self.max_in_flight:
+            keep = self._keep()
+            if len(self.queue) - keep < self.max_in_flight:
                 continue
             try:
                 info = await sub.consumer_info()
@@ -357,8 +360,17 @@ class FairConsumer(Consumer):
             others = (info.num_waiting or 0) - puller.open_requests
             if others <= 0:
                 continue
+            # Its fair part of what the durable holds (read ahead by every replica, given
+            # back and not yet taken, not yet delivered): a replica that was just given
+            # work does not give it straight back.
+            total = (info.num_ack_pending or 0) + (info.num_pending or 0)
+            share = max(keep, total // (others + 1))
+            surplus = len(self.queue) - share
+            if surplus < self.max_in_flight:
+                continue
+            self._share = share
             self._shared_until = self.clock() + SHARE_HOLD
-            given = await self._give_back_newest(len(self.queue) - self._keep())
+            given = await self._give_back_newest(surplus)
             SHARED.inc(given)
             log.info(
                 "gave read-ahead deliveries back for a replica waiting for work",
