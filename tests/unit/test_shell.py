@@ -427,3 +427,25 @@ def test_result_ok_requires_exit_zero_and_no_timeout():
     assert not ShellResult(exit_code=0, timed_out=False, stopped=True, **base).ok
     assert not ShellResult(exit_code=1, timed_out=False, **base).ok
     assert not ShellResult(exit_code=None, timed_out=False, **base).ok
+
+
+async def test_a_progress_report_still_under_way_at_the_end_is_cancelled_and_none_follows():
+    began: list[float] = []
+    cancelled = asyncio.Event()
+
+    async def progress() -> None:
+        began.append(time.monotonic())
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    result = await run_shell(
+        ["/bin/sleep", "0.3"], env=ENV, on_progress=progress, progress_interval=0.1
+    )
+    await asyncio.sleep(0.3)
+
+    assert result.ok
+    assert cancelled.is_set()
+    assert len(began) == 1  # the one under way held up the next

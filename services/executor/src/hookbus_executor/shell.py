@@ -107,7 +107,7 @@ async def run_shell(
     in_lost: asyncio.Future[None] = loop.create_future()
     out_transport: asyncio.ReadTransport | None = None
     in_transport: asyncio.WriteTransport | None = None
-    heartbeat: asyncio.Task[None] | None = None
+    heartbeat: _Heartbeat | None = None
     stop_task: asyncio.Future[Any] | None = None
     timed_out = False
     stopped = False
@@ -119,7 +119,7 @@ async def run_shell(
         if stop is not None:
             stop_task = asyncio.ensure_future(stop.wait())
         if on_progress is not None:
-            heartbeat = asyncio.create_task(_heartbeat(on_progress, progress_interval))
+            heartbeat = _Heartbeat(on_progress, progress_interval)
         out_transport, _ = await loop.connect_read_pipe(
             lambda: _OutputSink(capture, out_lost), out_file
         )
@@ -340,19 +340,44 @@ async def _terminate_group(pgid: int, exit_task: asyncio.Future[int], grace: flo
     await _settled(exit_task, _REAP_TIMEOUT)
 
 
-async def _heartbeat(on_progress: Callable[[], Awaitable[None]], interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
+class _Heartbeat:
+    """Awaits ``on_progress`` every ``interval`` seconds (counted from the end of the last
+    report) until stopped. Between reports only a timer waits, no task: most actions end
+    before the first report, and then nothing but the timer was made."""
+
+    def __init__(self, on_progress: Callable[[], Awaitable[None]], interval: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._on_progress = on_progress
+        self._interval = interval
+        self._report: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(interval, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._report = self._loop.create_task(self._reporting())
+
+    async def _reporting(self) -> None:
         try:
-            await on_progress()
+            await self._on_progress()
         except Exception:
             # A failed progress report must not fail the action it reports on.
             log.exception("on_progress callback failed; the action keeps running")
+        self._report = None
+        self._timer = self._loop.call_later(self._interval, self._due)
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        report = self._report
+        if report is not None:
+            report.cancel()
+            await asyncio.wait({report})
 
 
 async def _release(
     *,
-    heartbeat: asyncio.Task[None] | None,
+    heartbeat: _Heartbeat | None,
     in_transport: asyncio.WriteTransport | None,
     in_file: io.FileIO | None,
     in_lost: asyncio.Future[None],
@@ -366,8 +391,7 @@ async def _release(
 ) -> None:
     """Close everything run_shell opened, so no fd, transport or task outlives it."""
     if heartbeat is not None:
-        heartbeat.cancel()
-        await asyncio.wait({heartbeat})
+        await heartbeat.stop()
 
     if in_transport is not None:
         # Data still buffered means the child never read it and the pipe is still open;
