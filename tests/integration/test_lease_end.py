@@ -90,3 +90,24 @@ async def test_an_end_committed_in_a_transaction_ends_its_lease_too(rt: Runtime)
     other = _request(["/bin/true"], job_id="job_t2")
     await rt.outbox.commit([other, outcomes.finished(req, 1, _result(0), None)])
     assert await _lease(rt, "job_t1") == (1, "succeeded", True)
+
+
+async def test_ends_of_several_jobs_in_one_batch_end_each_lease_and_status(rt: Runtime) -> None:
+    reqs = [_request(["/bin/true"], job_id=f"job_g{i}") for i in range(3)]
+    await rt.outbox.commit(reqs)
+    for req in reqs:
+        await _take(rt, req, Owner.here())
+    ends = [outcomes.finished(r, 1, _result(i), None) for i, r in enumerate(reqs)]
+    # One of a job's steps alone, and the others' together (as a grouped commit has them).
+    await rt.outbox.commit(ends[:1])
+    await rt.outbox.commit(ends[1:])
+    assert [await _lease(rt, f"job_g{i}") for i in range(3)] == [
+        (1, "succeeded", True), (1, "failed", True), (1, "failed", True),
+    ]  # fmt: skip
+    async with rt.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT job_id, status, exit_code FROM jobs WHERE job_id LIKE 'job_g%' ORDER BY job_id"
+        )
+    assert [tuple(r) for r in rows] == [
+        ("job_g0", "succeeded", 0), ("job_g1", "failed", 1), ("job_g2", "failed", 2),
+    ]  # fmt: skip

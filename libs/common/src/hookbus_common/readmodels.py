@@ -208,7 +208,7 @@ class Fragments(msgspec.Struct, frozen=True):
     """
 
     ctes: list[str]
-    args: list[list[Any]]
+    args: list[Any]
 
 
 _JOBS_NEW = """jobs_new AS (
@@ -237,6 +237,20 @@ _JOBS_CHANGED = """jobs_changed AS (
         ORDER BY j.job_id, ins.seq DESC
     ) u
     WHERE jobs.job_id = u.job_id AND jobs.last_seq < u.seq)"""
+
+# The same for a batch of one job event (the executor commits each step of a job on its
+# own): its values as plain parameters, not one-element arrays to unnest, which cost the
+# client an array encoding each and the server a set-returning scan.
+_JOB_CHANGED = """jobs_changed AS (
+    UPDATE jobs SET status = u.status, attempts = greatest(jobs.attempts, u.attempt),
+        exit_code = CASE WHEN u.finished THEN u.exit_code ELSE jobs.exit_code END,
+        duration_ms = CASE WHEN u.finished THEN u.duration_ms ELSE jobs.duration_ms END,
+        updated_at = u.t, last_seq = ins.seq
+    FROM (SELECT {}::text AS event_id, {}::text AS job_id, {}::text AS status,
+                 {}::int AS attempt, {}::int AS exit_code, {}::float8 AS duration_ms,
+                 {}::bool AS finished, {}::timestamptz AS t) u
+    JOIN ins ON ins.id = u.event_id
+    WHERE jobs.job_id = u.job_id AND jobs.last_seq < ins.seq)"""
 
 _DELIVERIES_NEW = """deliveries_new AS (
     INSERT INTO deliveries (delivery_id, url, rule, tenant, correlation_id, status,
@@ -303,6 +317,15 @@ _LEASES_ENDED = """leases_ended AS (
     UPDATE job_leases SET ended_at = now(), outcome = l.outcome
     FROM unnest({}::text[], {}::text[], {}::int[], {}::text[])
         AS l(event_id, job_id, attempt, outcome)
+    JOIN ins ON ins.id = l.event_id
+    WHERE job_leases.job_id = l.job_id AND job_leases.attempt = l.attempt
+      AND job_leases.ended_at IS NULL)"""
+
+
+_LEASE_ENDED = """leases_ended AS (
+    UPDATE job_leases SET ended_at = now(), outcome = l.outcome
+    FROM (SELECT {}::text AS event_id, {}::text AS job_id, {}::int AS attempt,
+                 {}::text AS outcome) l
     JOIN ins ON ins.id = l.event_id
     WHERE job_leases.job_id = l.job_id AND job_leases.attempt = l.attempt
       AND job_leases.ended_at IS NULL)"""
@@ -385,6 +408,11 @@ def fragments(events: Sequence[ev.Event[Any]]) -> Fragments | None:
     if (jobs_new and jobs_changed) or (deliveries_new and deliveries_changed):
         return None
     out = Fragments([], [])
+    for one, rows in ((_JOB_CHANGED, jobs_changed), (_LEASE_ENDED, leases_ended)):
+        if len(rows) == 1:
+            out.ctes.append(one)
+            out.args.extend(rows[0])
+            rows.clear()
     for sql, rows in (
         (_JOBS_NEW, jobs_new),
         (_JOBS_CHANGED, jobs_changed),
