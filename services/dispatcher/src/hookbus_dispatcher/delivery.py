@@ -18,6 +18,7 @@ import httpx
 import msgspec
 
 from hookbus_common import events as ev
+from hookbus_common.batched import Batched
 from hookbus_common.consumer import Handler, Incoming, Yielded
 from hookbus_common.errors import PermanentError, RetryableError
 from hookbus_common.events import DeliveryRequested, Event
@@ -93,22 +94,41 @@ class Standing(NamedTuple):
 
 
 _STANDING = (
-    "SELECT (SELECT attempts FROM deliveries WHERE delivery_id = $1) AS attempts,"
-    " EXISTS (SELECT 1 FROM events WHERE id = $2) AS ended, " + endpointstate.columns("$3")
+    "SELECT (SELECT attempts FROM deliveries WHERE delivery_id = r.delivery_id) AS attempts,"
+    " EXISTS (SELECT 1 FROM events WHERE id = r.outcome) AS ended, "
+    + endpointstate.columns("r.endpoint")
+    + " FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY"
+    " AS r(delivery_id, outcome, endpoint, i) ORDER BY r.i"
 )
 
+StandingKey = tuple[str, str, str | None]
+"""(delivery id, its outcome's event id, its endpoint or ``None``)."""
 
-async def standing(
-    pool: asyncpg.Pool, event: Event[DeliveryRequested], endpoint: str | None
-) -> Standing:
-    """``Standing`` in one round trip (it was three: the consume loop's finished check,
-    the attempts, the endpoint's state)."""
-    row = await pool.fetchrow(
-        _STANDING, event.data.delivery_id, ev.derived_id(event.id, OUTCOME_STEP), endpoint
-    )
-    assert row is not None  # a SELECT of scalars has its one row
-    health = endpointstate.health_of(row) if endpoint is not None else None
-    return Standing(int(row["attempts"] or 0), bool(row["ended"]), health)
+
+def standing_reads(pool: asyncpg.Pool) -> Batched[StandingKey, Standing]:
+    """``Standing`` of deliveries, read together: the deliveries that come in while one
+    read is under way are read in the next, in one round trip (it was one each, and
+    three before that: the consume loop's finished check, the attempts, the endpoint's
+    state)."""
+
+    async def read(keys: Sequence[StandingKey]) -> list[Standing]:
+        rows = await pool.fetch(
+            _STANDING, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+        )
+        return [
+            Standing(
+                int(row["attempts"] or 0),
+                bool(row["ended"]),
+                endpointstate.health_of(row) if key[2] is not None else None,
+            )
+            for key, row in zip(keys, rows, strict=True)
+        ]
+
+    return Batched(read)
+
+
+def standing_key(event: Event[DeliveryRequested], endpoint: str | None) -> StandingKey:
+    return (event.data.delivery_id, ev.derived_id(event.id, OUTCOME_STEP), endpoint)
 
 
 def retryable_status(status: int) -> bool:
@@ -486,6 +506,8 @@ def make_handler(
     durable schedule and its message acked: waiting holds no consumer capacity, and the
     ``scheduler`` (which this process runs) publishes the request again when it is due."""
 
+    reads = standing_reads(pool)
+
     async def handle(incoming: Incoming) -> AsyncIterator[Yielded]:
         event = incoming.event
         if not isinstance(event.data, DeliveryRequested):
@@ -494,7 +516,7 @@ def make_handler(
         name = event.data.endpoint if event.data.notification is None else None
         # Read before anything is sent: with Postgres away, the consume loop waits and
         # runs this again, and no request has gone out.
-        made, ended, state = await standing(pool, event, name)
+        made, ended, state = await reads(standing_key(event, name))
         if ended:
             # Delivered or dead before this process (or another) died unacked: its
             # outcome is in the log, so nothing is sent again.
