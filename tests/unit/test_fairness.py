@@ -3,9 +3,7 @@ within a tenant in turn, and no destination past its cap of items in hand."""
 
 from __future__ import annotations
 
-import math
-
-from hookbus_dispatcher.fairness import DrainRates, FairQueue
+from hookbus_dispatcher.fairness import FairQueue, Pace
 from hookbus_dispatcher.fairness_loop import _RouteData, destination
 
 
@@ -156,25 +154,10 @@ def test_waiting_counts_a_destination_across_tenants() -> None:
     assert (q.waiting("url:h"), q.waiting("other")) == (0, 0)
 
 
-def test_drain_rates_tell_a_fast_destination_from_a_stalled_one() -> None:
-    rates = DrainRates(window=5.0, warm_up=1.0)
-    rates.seen("fast", 0.0)
-    rates.seen("stalled", 0.0)
-    # Not watched long enough to say anything.
-    assert rates.seconds_to_drain("stalled", 100, 0.5) is None
+def test_the_pace_counts_the_last_window() -> None:
+    pace = Pace(window=5.0)
     for i in range(1, 301):  # 100 a second for 3 s
-        rates.finished("fast", i / 100)
-    assert rates.per_second("fast", 3.0) == 100.0
-    rates.finished("stalled", 3.0)
-    assert rates.total_per_second(3.0) == 301 / 5.0  # every destination, over the window
-    assert rates.seconds_to_drain("fast", 1000, 3.0) == 10.0
-    # Nothing finished: never drains.
-    assert rates.seconds_to_drain("slow", 5, 3.0) is None  # never seen: no pace
-    rates.seen("slow", 0.0)
-    assert rates.seconds_to_drain("slow", 5, 3.0) == math.inf
-    # Only the window counts: 5 s later the fast one has finished nothing lately.
-    assert rates.seconds_to_drain("fast", 10, 9.0) == math.inf
-    # Forgotten when idle: warming up again when its work comes back.
-    rates.forget("fast")
-    rates.seen("fast", 20.0)
-    assert rates.seconds_to_drain("fast", 10, 20.5) is None
+        pace.finished(i / 100)
+    assert pace.per_second(3.0) == 300 / 5.0
+    assert pace.per_second(6.0) == 201 / 5.0  # those before 1.0 s have left the window
+    assert pace.per_second(9.0) == 0.0

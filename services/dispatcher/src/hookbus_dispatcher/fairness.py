@@ -193,65 +193,23 @@ class FairQueue(Generic[T]):
         return item
 
 
-class DrainRates:
-    """How fast each destination's deliveries finish here, over the last ``window``
-    seconds: how long what waits for it will take to go out.
+class Pace:
+    """How many deliveries finished here per second over the last ``window`` seconds:
+    what a replica keeps read ahead while it shares a backlog is a few seconds of its own
+    pace. Pure (the clock is passed in)."""
 
-    A full read-ahead spills only a destination that would hold its place for longer than
-    it is worth: a slow or stalled one. A fast destination holding the whole buffer (one
-    endpoint's backlog) drains by itself in seconds, and moving its deliveries to the
-    schedule would cost two writes and a second read each for nothing. Pure (the clock is
-    passed in).
-    """
-
-    def __init__(self, *, window: float = 5.0, warm_up: float = 1.0) -> None:
+    def __init__(self, *, window: float = 5.0) -> None:
         self.window = window
-        self.warm_up = warm_up
-        self._first: dict[str, float] = {}
-        self._done: dict[str, deque[float]] = {}
-        self._all: deque[float] = deque()  # every destination's
+        self._done: deque[float] = deque()
 
-    def seen(self, destination: str, now: float) -> None:
-        """A delivery for ``destination`` was read (its clock starts at the first)."""
-        self._first.setdefault(destination, now)
+    def finished(self, now: float) -> None:
+        self._done.append(now)
+        self._trim(now)
 
-    def finished(self, destination: str, now: float) -> None:
-        q = self._done.get(destination)
-        if q is None:
-            q = self._done[destination] = deque()
-        q.append(now)
-        self._trim(q, now)
-        self._all.append(now)
-        self._trim(self._all, now)
+    def _trim(self, now: float) -> None:
+        while self._done and self._done[0] < now - self.window:
+            self._done.popleft()
 
-    def total_per_second(self, now: float) -> float:
-        """Deliveries finished per second lately, every destination together."""
-        self._trim(self._all, now)
-        return len(self._all) / self.window
-
-    def _trim(self, q: deque[float], now: float) -> None:
-        while q and q[0] < now - self.window:
-            q.popleft()
-
-    def per_second(self, destination: str, now: float) -> float | None:
-        """Deliveries finished per second lately (``None``: watched too briefly to say)."""
-        first = self._first.get(destination)
-        if first is None or now - first < self.warm_up:
-            return None
-        q = self._done.get(destination)
-        if q:
-            self._trim(q, now)
-        return len(q or ()) / min(self.window, now - first)
-
-    def seconds_to_drain(self, destination: str, waiting: int, now: float) -> float | None:
-        """How long ``waiting`` deliveries take at the recent rate (``None``: unknown
-        yet; ``inf``: none finished lately)."""
-        rate = self.per_second(destination, now)
-        if rate is None:
-            return None
-        return waiting / rate if rate > 0 else float("inf")
-
-    def forget(self, destination: str) -> None:
-        """Nothing waits or is in hand for it any more."""
-        self._first.pop(destination, None)
-        self._done.pop(destination, None)
+    def per_second(self, now: float) -> float:
+        self._trim(now)
+        return len(self._done) / self.window

@@ -38,7 +38,7 @@ from . import schedule
 from .backlog import REFRESH_SECONDS, Reporter
 from .config import DispatcherConfig
 from .delivery import attempts_made
-from .fairness import DrainRates, FairQueue
+from .fairness import FairQueue, Pace
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ PULL_SIZE: Final = 1024
 
 HEARTBEAT_CHUNK: Final = 100
 
-SPILL_AFTER: Final = 30.0
-"""Seconds of sending a destination's waiting deliveries would take at its recent pace
-beyond which a full read-ahead moves some of them out (a slow or stalled destination);
-below it they are left to drain (a fast destination's backlog)."""
 """Messages told in progress between two turns of the event loop."""
 
 SHARE_EVERY: Final = 1.0
@@ -133,9 +129,10 @@ class FairConsumer(Consumer):
 
     With the buffer full and one destination holding more than half of it, ``spill`` (if
     given) moves that destination's newest message out, so a slow destination's backlog
-    cannot stop the loop from reading what other tenants sent. Only a slow one: a
-    destination whose waiting deliveries would all go out within ``spill_after`` seconds at
-    its recent pace keeps them (moving a fast backlog out and back costs more than it saves).
+    cannot stop the loop from reading what other tenants sent. Only while something is
+    behind them: with nothing left in the stream (the durable's ``num_pending``, looked at
+    once a second while the buffer is full), reading on would read nothing, and moving
+    deliveries out and back would cost two writes and a second read each for nothing.
 
     Replicas share one durable, and the first to start would read a whole backlog ahead
     (up to ``buffer``) while the others wait with nothing. So every ``SHARE_EVERY``
@@ -157,7 +154,6 @@ class FairConsumer(Consumer):
         backlog_pool: asyncpg.Pool | None = None,
         backlog_every: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
-        spill_after: float = SPILL_AFTER,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -166,9 +162,13 @@ class FairConsumer(Consumer):
         self.buffer = max(1, buffer)
         self.queue: FairQueue[_Held] = FairQueue(cap_for=cap_for, weight_for=weight_for)
         self.spill = spill
-        self.spill_after = spill_after
+        # Messages in the stream not yet delivered to any replica, as last looked at
+        # (None: not looked at yet).
+        self.behind: int | None = None
+        self._behind_at = float("-inf")
+        self._sub: JetStreamContext.PullSubscription | None = None
         self.clock = clock
-        self.rates = DrainRates()
+        self.pace = Pace()
         self._shared_until = float("-inf")
         self._share = self.buffer  # what it reads ahead while sharing
         self.max_ack_pending = max(self.max_ack_pending, self.buffer + self.max_in_flight * 2)
@@ -184,6 +184,7 @@ class FairConsumer(Consumer):
         stop: asyncio.Event,
         stopped: asyncio.Future[Any],
     ) -> None:
+        self._sub = sub
         feeder = asyncio.create_task(self._feed(stop), name="fair-feed")
         helpers = [feeder]
         if self.backlog_pool is not None:
@@ -240,7 +241,6 @@ class FairConsumer(Consumer):
             now = self.clock()
             for msg in msgs:
                 tenant, dest = route(msg)
-                self.rates.seen(dest, now)
                 self.queue.put(tenant, dest, _Held(msg, now))
             if msgs:
                 # Started here, not by the feeder's next turn: under load every hop
@@ -284,10 +284,7 @@ class FairConsumer(Consumer):
 
     def _finished_one(self, dest: str, _task: object = None) -> None:
         self.queue.done(dest)
-        if self.queue.in_hand(dest) or self.queue.waiting(dest):
-            self.rates.finished(dest, self.clock())
-        else:  # idle again: its pace is measured afresh when it has work
-            self.rates.forget(dest)
+        self.pace.finished(self.clock())
         self._start_what_fits()  # the freed slot goes to the next in turn at once
         self._changed.set()
 
@@ -313,10 +310,8 @@ class FairConsumer(Consumer):
         backlog = self.queue.backlog()
         if backlog[longest] * 2 <= self._limit():
             return False
-        dest = longest[1]
-        drain = self.rates.seconds_to_drain(dest, self.queue.waiting(dest), self.clock())
-        if drain is None or drain <= self.spill_after:
-            return False  # it goes out soon by itself (or its pace is not known yet)
+        if await self._nothing_behind():
+            return False  # nothing behind them to read
         held = self.queue.pop_newest(*longest)
         try:
             moved = await self.spill(held.msg)
@@ -331,7 +326,7 @@ class FairConsumer(Consumer):
 
     def _keep(self) -> int:
         """What this replica holds read ahead while another one waits for work."""
-        rate = self.rates.total_per_second(self.clock())
+        rate = self.pace.per_second(self.clock())
         return max(self.max_in_flight * 4, int(rate * SHARE_HORIZON))
 
     def _limit(self) -> int:
@@ -349,7 +344,8 @@ class FairConsumer(Consumer):
             if stop.is_set():
                 return
             keep = self._keep()
-            if len(self.queue) - keep < self.max_in_flight:
+            full = len(self.queue) >= self._limit()
+            if len(self.queue) - keep < self.max_in_flight and not full:
                 continue
             try:
                 info = await sub.consumer_info()
@@ -357,6 +353,7 @@ class FairConsumer(Consumer):
                 log.debug("could not read the consumer's waiting requests",
                           extra={"error": repr(exc)})  # fmt: skip
                 continue
+            self.behind, self._behind_at = info.num_pending or 0, self.clock()
             others = (info.num_waiting or 0) - puller.open_requests
             if others <= 0:
                 continue
@@ -393,6 +390,16 @@ class FairConsumer(Consumer):
                 await asyncio.sleep(0)
         self._changed.set()
         return given
+
+    async def _nothing_behind(self) -> bool:
+        """Whether the stream holds nothing more for this durable (looked at again when
+        the last look is older than ``SHARE_EVERY``)."""
+        now = self.clock()
+        if self._sub is not None and now - self._behind_at >= SHARE_EVERY:
+            self._behind_at = now
+            with contextlib.suppress(Exception):  # NATS away: as if something were behind
+                self.behind = (await self._sub.consumer_info()).num_pending or 0
+        return self.behind == 0
 
     def _report(self) -> None:
         backlog = self.queue.backlog()
