@@ -6,7 +6,9 @@ HTTP client's own ceiling measured in the same run.
    deliveries/s, and latency from each request's commit (its ``delivery.requested``
    event's ``recorded_at``) to the sink's receipt.
 2. **Saturation.** With the dispatcher stopped, a backlog of ``--delivery-backlog``
-   requests is committed; then the dispatcher starts and drains it: deliveries/s between
+   requests is committed, spread over four sinks (four destinations: the default cap of
+   a quarter of the slots per destination lets every slot work); then the dispatcher
+   starts and drains it: deliveries/s between
    the first and the last arrival at the sink (start-up counts for nothing), the CPU per
    delivery of the dispatcher, and of this run's Postgres and nats-server, and latency
    from commit (mostly time spent waiting in the backlog).
@@ -101,12 +103,13 @@ async def _committed_at(
     return {by_id[row["id"]]: float(row["at"]) for row in rows}
 
 
-def _arrivals(port: int, tag: str) -> dict[str, float]:
-    """delivery id -> first arrival at the sink, for this tag's requests."""
+def _arrivals(port: int | list[int], tag: str) -> dict[str, float]:
+    """delivery id -> first arrival at the sink (or sinks), for this tag's requests."""
     out: dict[str, float] = {}
-    for at, path, delivery in _records(port):
-        if path.startswith(f"/{tag}/") and delivery not in out:
-            out[delivery] = at
+    for p in [port] if isinstance(port, int) else port:
+        for at, path, delivery in _records(p):
+            if path.startswith(f"/{tag}/") and (delivery not in out or at < out[delivery]):
+                out[delivery] = at
     return out
 
 
@@ -151,24 +154,32 @@ async def _fixed(
 
 
 async def _backlog(
-    rt: Runtime, system: System, servers: Servers, port: int, opt: DeliveryOptions, body: bytes
+    rt: Runtime,
+    system: System,
+    servers: Servers,
+    ports: list[int],
+    opt: DeliveryOptions,
+    body: bytes,
 ) -> dict[str, Any]:
-    """A backlog committed with no dispatcher running, then drained by one."""
+    """A backlog committed with no dispatcher running, spread over ``ports`` (one
+    destination each, so the per-destination cap lets the dispatcher's every slot work),
+    then drained by one dispatcher."""
     tag = "backlog"
-    url = f"http://127.0.0.1:{port}"
-    reqs = [_request(tag, i, url, body) for i in range(opt.backlog)]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    reqs = [_request(tag, i, urls[i % len(urls)], body) for i in range(opt.backlog)]
     for i in range(0, len(reqs), BATCH):
         await rt.outbox.commit_and_publish(reqs[i : i + BATCH])
     t0 = time.perf_counter()
     system.start("dispatcher")
     ready_s = time.perf_counter() - t0
     before, t1 = cpu.snapshot(), time.perf_counter()
-    complete = await _until(lambda: len(_arrivals(port, tag)) >= opt.backlog, opt.settle_timeout)
+    complete = await _until(lambda: len(_arrivals(ports, tag)) >= opt.backlog, opt.settle_timeout)
     after, wall = cpu.snapshot(), time.perf_counter() - t1
     roles = {"dispatcher": {system.pid("dispatcher")}, **_servers_of(servers)}
     used = cpu.usage(before, after, roles, solo={})
-    out = _figures(await _committed_at(rt, reqs), _arrivals(port, tag), opt.backlog)
+    out = _figures(await _committed_at(rt, reqs), _arrivals(ports, tag), opt.backlog)
     out["complete"] = complete and out["complete"]
+    out["destinations"] = len(ports)
     out["dispatcher_ready_s"] = round(ready_s, 2)
     out["cpu_cores"] = used
     span = out["arrival_span_s"]
@@ -340,28 +351,31 @@ async def run(
         "body_bytes": len(body),
     }
     _reset(sink_port)
-    with System(servers, workdir / "delivery", _config(), workers=1) as system:
-        settings = Settings(
-            prefix=system.prefix,
-            base_dir=str(workdir),
-            nats=NatsSettings(url=servers.nats.url),
-            database=DatabaseSettings(url=servers.database_url, schema=system.prefix),
-        )
-        async with runtime(settings, "bench") as rt:
-            system.start("dispatcher")
-            log(f"delivery: {opt.rate:.0f}/s for {opt.seconds:.0f}s, one dispatcher")
-            before = cpu.snapshot()
-            fixed, _ = await _fixed(rt, sink_port, opt, body)
-            used = cpu.usage(before, cpu.snapshot(), system.roles(), solo={})
-            fixed["cpu_cores"] = used
-            out["fixed"] = fixed
-            system.stop()
-            log(f"delivery: a backlog of {opt.backlog}, then one dispatcher drains it")
-            out["saturation"] = await _backlog(rt, system, servers, sink_port, opt, body)
-            system.stop()
     extra = [start_sink(workdir) for _ in range(opt.destinations - 1)]
+    ports = [sink_port] + [port for _, port in extra]
     try:
-        ports = [sink_port] + [port for _, port in extra]
+        with System(servers, workdir / "delivery", _config(), workers=1) as system:
+            settings = Settings(
+                prefix=system.prefix,
+                base_dir=str(workdir),
+                nats=NatsSettings(url=servers.nats.url),
+                database=DatabaseSettings(url=servers.database_url, schema=system.prefix),
+            )
+            async with runtime(settings, "bench") as rt:
+                system.start("dispatcher")
+                log(f"delivery: {opt.rate:.0f}/s for {opt.seconds:.0f}s, one dispatcher")
+                before = cpu.snapshot()
+                fixed, _ = await _fixed(rt, sink_port, opt, body)
+                used = cpu.usage(before, cpu.snapshot(), system.roles(), solo={})
+                fixed["cpu_cores"] = used
+                out["fixed"] = fixed
+                system.stop()
+                log(
+                    f"delivery: a backlog of {opt.backlog} over {len(ports)} destinations,"
+                    " then one dispatcher drains it"
+                )
+                out["saturation"] = await _backlog(rt, system, servers, ports, opt, body)
+                system.stop()
         log(
             f"delivery: HTTP clients, {opt.client_in_flight} in flight over"
             f" {len(ports)} destinations"
@@ -387,7 +401,8 @@ def rows(r: dict[str, Any], ceiling: dict[str, Any] | None) -> list[Row]:
         Row(f"delivery at {r['rate']:.0f}/s: commit → sink, p99", fx["p99_ms"], "ms"),
         Row(f"delivery at {r['rate']:.0f}/s: dispatcher CPU busy",
             fx["cpu_cores"].get("dispatcher"), "cores"),
-        Row(f"delivery, backlog of {r['backlog']}: one dispatcher", sat["deliveries_per_s"],
+        Row(f"delivery, backlog of {r['backlog']} over {sat.get('destinations', 1)}"
+            " destinations: one dispatcher", sat["deliveries_per_s"],
             "deliv/s", top, "its client → sink"),
         Row("delivery, backlog: dispatcher CPU per delivery",
             sat.get("dispatcher_cpu_us_per_delivery"), "µs"),
