@@ -60,9 +60,6 @@ class StandingPull:
         self.expires = expires
         self.clock = clock
         self.asked = 0  # messages asked for and not yet come, over every live request
-        # What each live request still waits for, oldest first (the server serves a
-        # subscriber's requests in turn): how many of the durable's waiting requests are ours.
-        self._open: deque[int] = deque()
         self._last_ask = 0.0
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
@@ -78,15 +75,9 @@ class StandingPull:
             sub, self._sub = self._sub, None
             await sub.unsubscribe()
 
-    @property
-    def open_requests(self) -> int:
-        """Our pull requests the server still holds (as far as we can know)."""
-        return len(self._open)
-
     def forget(self) -> None:
         """The server may no longer hold our requests (a reconnect): ask afresh."""
         self.asked = 0
-        self._open.clear()
         self._ready.set()
 
     def wake(self) -> None:
@@ -98,14 +89,12 @@ class StandingPull:
         now = self.clock()
         if self.asked and now > self._last_ask + self.expires + _GRACE:
             self.asked = 0  # every request sent has expired, its 408 lost or not yet read
-            self._open.clear()
         want = min(free, self.size) - self.asked
         if want <= 0 or (self.asked and want < max(1, self.size // 2)):
             return
         request = {"batch": want, "expires": int(self.expires * 1e9)}
         await self._nc.publish(self._next_subject, _encode(request), reply=self._inbox)
         self.asked += want
-        self._open.append(want)
         self._last_ask = now
         self.requests += 1
 
@@ -133,17 +122,10 @@ class StandingPull:
             pending = headers.get(_PENDING)
             if pending is not None and pending.isdigit():
                 self.asked = max(0, self.asked - int(pending))
-                if self._open:  # the oldest request ended (expired, or ended by the server)
-                    self._open.popleft()
             elif headers[_STATUS] != "100":  # a heartbeat ends nothing
                 self.asked = 0
-                self._open.clear()
             self._ready.set()
             return
         self.asked = max(0, self.asked - 1)
-        if self._open:
-            self._open[0] -= 1
-            if self._open[0] <= 0:
-                self._open.popleft()
         self._came.append(msg)
         self._ready.set()

@@ -38,7 +38,7 @@ from . import schedule
 from .backlog import REFRESH_SECONDS, Reporter
 from .config import DispatcherConfig
 from .delivery import attempts_made
-from .fairness import FairQueue, Pace
+from .fairness import FairQueue
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +49,9 @@ HEARTBEAT_CHUNK: Final = 100
 
 """Messages told in progress between two turns of the event loop."""
 
-SHARE_EVERY: Final = 1.0
-"""Seconds between looks at whether another replica waits for work this one holds."""
+BEHIND_EVERY: Final = 1.0
+"""Seconds between looks at whether the stream holds more behind a full read-ahead."""
 
-SHARE_HORIZON: Final = 2.0
-"""Seconds of sending (at this replica's recent pace) it keeps read ahead at least while
-another replica waits for work."""
-
-SHARE_HOLD: Final = 10.0
-"""Seconds a replica that gave work back keeps its read-ahead that short."""
-
-SHARED = Counter(
-    "hookbus_dispatcher_given_back_total",
-    "Deliveries read ahead and given back to the bus for another dispatcher replica that"
-    " was waiting for work",
-)
 SPILLED = Counter(
     "hookbus_dispatcher_spilled_total",
     "Deliveries moved from a full read-ahead onto the schedule (one destination held most)",
@@ -134,14 +122,6 @@ class FairConsumer(Consumer):
     once a second while the buffer is full), reading on would read nothing, and moving
     deliveries out and back would cost two writes and a second read each for nothing.
 
-    Replicas share one durable, and the first to start would read a whole backlog ahead
-    (up to ``buffer``) while the others wait with nothing. So every ``SHARE_EVERY``
-    seconds a replica holding more than ``SHARE_HORIZON`` seconds of its sending asks the
-    server whether pull requests other than its own are waiting; if so it gives back the
-    newest of what it holds beyond its fair part of the durable's messages (split between
-    it and the waiting replicas, and never below those seconds of sending) — a nak without
-    delay, which the server hands to a waiting replica — and reads ahead only its part for
-    ``SHARE_HOLD`` seconds.
     """
 
     def __init__(
@@ -168,9 +148,6 @@ class FairConsumer(Consumer):
         self._behind_at = float("-inf")
         self._sub: JetStreamContext.PullSubscription | None = None
         self.clock = clock
-        self.pace = Pace()
-        self._shared_until = float("-inf")
-        self._share = self.buffer  # what it reads ahead while sharing
         self.max_ack_pending = max(self.max_ack_pending, self.buffer + self.max_in_flight * 2)
         self._changed = asyncio.Event()
         self._seen: set[tuple[str, str]] = set()
@@ -200,13 +177,10 @@ class FairConsumer(Consumer):
         # costs no turn of the event loop per message (a fetch's per-message waits did).
         try:
             async with self._pulling(sub, stopped, min(self.buffer, PULL_SIZE)) as puller:
-                sharing = asyncio.create_task(self._share_out(sub, puller, stop), name="share")
                 try:
                     await self._read_ahead(puller, stop)
                 finally:
                     self._closing = True  # nothing more starts, closing the pull included
-                    sharing.cancel()
-                    await asyncio.gather(sharing, return_exceptions=True)
         finally:
             self._closing = True
             for task in helpers:
@@ -217,7 +191,7 @@ class FairConsumer(Consumer):
     async def _read_ahead(self, puller: StandingPull, stop: asyncio.Event) -> None:
         """Fill the read-ahead from the standing pull until a stop."""
         while not stop.is_set():
-            room = self._limit() - len(self.queue)
+            room = self.buffer - len(self.queue)
             if room <= 0:
                 if not await self._spill_one():
                     await self._wait_change(1.0)
@@ -284,7 +258,6 @@ class FairConsumer(Consumer):
 
     def _finished_one(self, dest: str, _task: object = None) -> None:
         self.queue.done(dest)
-        self.pace.finished(self.clock())
         self._start_what_fits()  # the freed slot goes to the next in turn at once
         self._changed.set()
 
@@ -308,7 +281,7 @@ class FairConsumer(Consumer):
         if longest is None:
             return False
         backlog = self.queue.backlog()
-        if backlog[longest] * 2 <= self._limit():
+        if backlog[longest] * 2 <= self.buffer:
             return False
         if await self._nothing_behind():
             return False  # nothing behind them to read
@@ -322,80 +295,11 @@ class FairConsumer(Consumer):
             self.queue.put(*longest, held)
         return moved
 
-    # ------------------------------------------------------------------ sharing
-
-    def _keep(self) -> int:
-        """What this replica holds read ahead while another one waits for work."""
-        rate = self.pace.per_second(self.clock())
-        return max(self.max_in_flight * 4, int(rate * SHARE_HORIZON))
-
-    def _limit(self) -> int:
-        """How many messages to hold read ahead now."""
-        if self.clock() < self._shared_until:
-            return min(self.buffer, self._share)
-        return self.buffer
-
-    async def _share_out(
-        self, sub: JetStreamContext.PullSubscription, puller: StandingPull, stop: asyncio.Event
-    ) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), SHARE_EVERY)
-            if stop.is_set():
-                return
-            keep = self._keep()
-            full = len(self.queue) >= self._limit()
-            if len(self.queue) - keep < self.max_in_flight and not full:
-                continue
-            try:
-                info = await sub.consumer_info()
-            except Exception as exc:  # NATS away: nobody is waiting on it either
-                log.debug("could not read the consumer's waiting requests",
-                          extra={"error": repr(exc)})  # fmt: skip
-                continue
-            self.behind, self._behind_at = info.num_pending or 0, self.clock()
-            others = (info.num_waiting or 0) - puller.open_requests
-            if others <= 0:
-                continue
-            # Its fair part of what the durable holds (read ahead by every replica, given
-            # back and not yet taken, not yet delivered): a replica that was just given
-            # work does not give it straight back.
-            total = (info.num_ack_pending or 0) + (info.num_pending or 0)
-            share = max(keep, total // (others + 1))
-            surplus = len(self.queue) - share
-            if surplus < self.max_in_flight:
-                continue
-            self._share = share
-            self._shared_until = self.clock() + SHARE_HOLD
-            given = await self._give_back_newest(surplus)
-            SHARED.inc(given)
-            log.info(
-                "gave read-ahead deliveries back for a replica waiting for work",
-                extra={"consumer": self.durable, "given": given, "kept": len(self.queue)},
-            )
-
-    async def _give_back_newest(self, n: int) -> int:
-        """Give back up to ``n`` waiting messages, the newest of the longest queues first
-        (what a small tenant waits for stays here, in its turn)."""
-        given = 0
-        while given < n:
-            longest = self.queue.longest()
-            if longest is None:
-                break
-            held = self.queue.pop_newest(*longest)
-            with contextlib.suppress(Exception):
-                await held.msg.nak()
-            given += 1
-            if given % HEARTBEAT_CHUNK == 0:
-                await asyncio.sleep(0)
-        self._changed.set()
-        return given
-
     async def _nothing_behind(self) -> bool:
         """Whether the stream holds nothing more for this durable (looked at again when
-        the last look is older than ``SHARE_EVERY``)."""
+        the last look is older than ``BEHIND_EVERY``)."""
         now = self.clock()
-        if self._sub is not None and now - self._behind_at >= SHARE_EVERY:
+        if self._sub is not None and now - self._behind_at >= BEHIND_EVERY:
             self._behind_at = now
             with contextlib.suppress(Exception):  # NATS away: as if something were behind
                 self.behind = (await self._sub.consumer_info()).num_pending or 0
