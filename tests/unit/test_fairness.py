@@ -129,9 +129,7 @@ def test_backlog_longest_and_giving_back() -> None:
     assert q.pop_newest("a", "x") == "x2"
     assert q.pop_newest("b", "y") == "y0"
     assert q.backlog() == {("a", "x"): 2}
-    assert (q.waiting("x"), q.waiting("y")) == (2, 0)
     assert sorted(q.drain()) == ["x0", "x1"]
-    assert q.waiting("x") == 0
     assert len(q) == 0
     assert q.take() is None
 
@@ -142,13 +140,3 @@ def test_what_a_delivery_is_counted_by() -> None:
     assert destination(_RouteData(url="https://user@Hooks.Example.com:8443/x")) == (
         "url:hooks.example.com:8443"
     )
-
-
-def test_waiting_counts_a_destination_across_tenants() -> None:
-    q = _queue()
-    q.put("a", "url:h", "a0")
-    q.put("b", "url:h", "b0")
-    q.put("b", "other", "o0")
-    assert q.waiting("url:h") == 2
-    _take_all(q)
-    assert (q.waiting("url:h"), q.waiting("other")) == (0, 0)

@@ -318,6 +318,23 @@ class Consumer:
             with contextlib.suppress(Exception):
                 await puller.close()
 
+    async def _asked(self, puller: StandingPull, free: int) -> bool:
+        """Ask the standing pull for up to ``free`` messages; False (after a pause) when
+        not now: Postgres or NATS is away, or the request could not be sent."""
+        if self._recovery.waiting:
+            # Postgres or NATS is away: more messages would only wait as well, and left
+            # in the stream they are not delivered (nor counted) again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
+            return False
+        try:
+            await puller.ask(free)
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("fetch failed; retrying", extra={"error": repr(exc)})
+            await asyncio.sleep(0.5)
+            return False
+        return True
+
     async def _fetch_loop(
         self,
         sub: JetStreamContext.PullSubscription,
@@ -331,17 +348,7 @@ class Consumer:
                 if len(self._tasks) >= self.max_in_flight:
                     await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                if self._recovery.waiting:
-                    # Postgres or NATS is away: more messages would only wait as well,
-                    # and left in the stream they are not delivered (nor counted) again.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
-                    continue
-                try:
-                    await puller.ask(self.max_in_flight - len(self._tasks))
-                except (nats.errors.Error, OSError) as exc:
-                    log.warning("fetch failed; retrying", extra={"error": repr(exc)})
-                    await asyncio.sleep(0.5)
+                if not await self._asked(puller, self.max_in_flight - len(self._tasks)):
                     continue
                 for msg in await puller.take():
                     if stop.is_set():

@@ -55,7 +55,6 @@ class FairQueue(Generic[T]):
         self._tenants: dict[str, _Tenant[T]] = {}
         self._active: deque[str] = deque()  # tenants with waiting items, in turn order
         self._in_hand: dict[str, int] = {}
-        self._waiting: dict[str, int] = {}  # destination → items waiting, every tenant's
         self._size = 0
 
     def __len__(self) -> int:
@@ -63,16 +62,6 @@ class FairQueue(Generic[T]):
 
     def in_hand(self, destination: str) -> int:
         return self._in_hand.get(destination, 0)
-
-    def waiting(self, destination: str) -> int:
-        return self._waiting.get(destination, 0)
-
-    def _unwait(self, destination: str) -> None:
-        left = self._waiting[destination] - 1
-        if left:
-            self._waiting[destination] = left
-        else:
-            del self._waiting[destination]
 
     def put(self, tenant: str, destination: str, item: T) -> None:
         t = self._tenants.get(tenant)
@@ -88,7 +77,6 @@ class FairQueue(Generic[T]):
         q.append(item)
         t.size += 1
         self._size += 1
-        self._waiting[destination] = self._waiting.get(destination, 0) + 1
 
     def _eligible(self, t: _Tenant[T]) -> str | None:
         """The tenant's next destination in turn with room; rotates past full ones."""
@@ -120,7 +108,6 @@ class FairQueue(Generic[T]):
                 continue
             q = t.queues[dest]
             item = q.popleft()
-            self._unwait(dest)
             t.deficit -= 1.0
             t.size -= 1
             self._size -= 1
@@ -157,7 +144,6 @@ class FairQueue(Generic[T]):
         yield from list(self)
         self._tenants.clear()
         self._active.clear()
-        self._waiting.clear()
         self._size = 0
 
     def backlog(self) -> Mapping[tuple[str, str], int]:
@@ -181,7 +167,6 @@ class FairQueue(Generic[T]):
         t = self._tenants[tenant]
         q = t.queues[destination]
         item = q.pop()
-        self._unwait(destination)
         t.size -= 1
         self._size -= 1
         if not q:

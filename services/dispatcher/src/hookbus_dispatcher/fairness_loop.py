@@ -24,7 +24,6 @@ from typing import Any, Final
 
 import asyncpg
 import msgspec
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
@@ -46,7 +45,6 @@ PULL_SIZE: Final = 1024
 """Most messages the standing pull asks for at once (topped up at half)."""
 
 HEARTBEAT_CHUNK: Final = 100
-
 """Messages told in progress between two turns of the event loop."""
 
 BEHIND_EVERY: Final = 1.0
@@ -121,7 +119,6 @@ class FairConsumer(Consumer):
     behind them: with nothing left in the stream (the durable's ``num_pending``, looked at
     once a second while the buffer is full), reading on would read nothing, and moving
     deliveries out and back would cost two writes and a second read each for nothing.
-
     """
 
     def __init__(
@@ -196,15 +193,7 @@ class FairConsumer(Consumer):
                 if not await self._spill_one():
                     await self._wait_change(1.0)
                 continue
-            if self._recovery.waiting:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._recovery.clear.wait(), timeout=1.0)
-                continue
-            try:
-                await puller.ask(room)
-            except (nats.errors.Error, OSError) as exc:
-                log.warning("fetch failed; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5)
+            if not await self._asked(puller, room):
                 continue
             msgs = await puller.take()
             if stop.is_set():
@@ -301,8 +290,10 @@ class FairConsumer(Consumer):
         now = self.clock()
         if self._sub is not None and now - self._behind_at >= BEHIND_EVERY:
             self._behind_at = now
-            with contextlib.suppress(Exception):  # NATS away: as if something were behind
+            try:
                 self.behind = (await self._sub.consumer_info()).num_pending or 0
+            except Exception:  # NATS away: not known, so as if something were behind
+                self.behind = None
         return self.behind == 0
 
     def _report(self) -> None:
