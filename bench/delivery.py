@@ -43,7 +43,6 @@ import msgspec
 
 from hookbus_common import events as ev
 from hookbus_common.service import Runtime, runtime
-from hookbus_common.settings import DatabaseSettings, NatsSettings, Settings
 from hookbus_dispatcher.httpclient import send
 from hookbus_dispatcher.ssrf import guarded_client
 
@@ -355,12 +354,7 @@ async def run(
     ports = [sink_port] + [port for _, port in extra]
     try:
         with System(servers, workdir / "delivery", _config(), workers=1) as system:
-            settings = Settings(
-                prefix=system.prefix,
-                base_dir=str(workdir),
-                nats=NatsSettings(url=servers.nats.url),
-                database=DatabaseSettings(url=servers.database_url, schema=system.prefix),
-            )
+            settings = system.settings(workdir)
             async with runtime(settings, "bench") as rt:
                 system.start("dispatcher")
                 log(f"delivery: {opt.rate:.0f}/s for {opt.seconds:.0f}s, one dispatcher")

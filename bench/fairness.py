@@ -36,7 +36,6 @@ import msgspec
 from hookbus_cli.embedded import free_port
 from hookbus_common import events as ev
 from hookbus_common.service import runtime
-from hookbus_common.settings import DatabaseSettings, NatsSettings, Settings
 
 from .report import Row
 from .stats import summary_ms
@@ -187,12 +186,7 @@ async def run(
     out: dict[str, Any] = {"flood": opt.flood, "quiet_rate": opt.quiet_rate}
     try:
         with System(servers, workdir / "fairness", _config(port), workers=1) as system:
-            settings = Settings(
-                prefix=system.prefix,
-                base_dir=str(workdir),
-                nats=NatsSettings(url=servers.nats.url),
-                database=DatabaseSettings(url=servers.database_url, schema=system.prefix),
-            )
+            settings = system.settings(workdir)
             async with runtime(settings, "bench") as rt:
                 system.start("dispatcher")
                 # Warm up first (connections, caches), so start-up is not taken for "alone".

@@ -30,7 +30,6 @@ from typing import Any
 
 from hookbus_cli.embedded import free_port
 from hookbus_common.service import runtime
-from hookbus_common.settings import DatabaseSettings, NatsSettings, Settings
 
 from . import cpu, delivery, openloop, payloads
 from .fairness import _until, start_dispatchers
@@ -218,12 +217,7 @@ async def dispatchers(
     out: dict[str, Any] = {"backlog": opt.backlog, "runs": []}
     try:
         with System(servers, workdir / "dispatchers", delivery._config(), workers=1) as system:
-            settings = Settings(
-                prefix=system.prefix,
-                base_dir=str(workdir),
-                nats=NatsSettings(url=servers.nats.url),
-                database=DatabaseSettings(url=servers.database_url, schema=system.prefix),
-            )
+            settings = system.settings(workdir)
             async with runtime(settings, "bench") as rt:
                 for n in opt.counts:
                     log(

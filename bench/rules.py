@@ -33,7 +33,6 @@ from hookbus_common import events as ev
 from hookbus_common.bus import stream_name
 from hookbus_common.consumer import Incoming
 from hookbus_common.service import Runtime, runtime
-from hookbus_common.settings import DatabaseSettings, NatsSettings, Settings
 from hookbus_router.config import RouterConfig
 from hookbus_router.routing import make_handler
 from hookbus_router.rules import Facts, RuleSet
@@ -320,12 +319,7 @@ async def _router_process(
     servers: Servers, base: Path, which: Sequence[int]
 ) -> AsyncIterator[_Router]:
     with System(servers, base / f"rules-{len(which)}", _config(which), workers=1) as system:
-        settings = Settings(
-            prefix=system.prefix,
-            base_dir=str(base),
-            nats=NatsSettings(url=servers.nats.url),
-            database=DatabaseSettings(url=servers.database_url, schema=system.prefix),
-        )
+        settings = system.settings(base)
         async with runtime(settings, "bench") as rt:
             system.start("router")
             assert servers.nats.proc is not None

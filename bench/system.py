@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from hookbus_cli.embedded import NatsServer, Postgres, free_port, wait_until_ok
+from hookbus_common.settings import DatabaseSettings, NatsSettings, Settings
 
 from . import payloads
 
@@ -83,6 +84,16 @@ class System:
             **{f"HOOKBUS_{s.upper()}__HEALTH_PORT": str(p) for s, p in self.health.items()},
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._servers = servers
+
+    def settings(self, base_dir: Path) -> Settings:
+        """Settings for the bench's own runtime on this system's stream and schema."""
+        return Settings(
+            prefix=self.prefix,
+            base_dir=str(base_dir),
+            nats=NatsSettings(url=self._servers.nats.url),
+            database=DatabaseSettings(url=self._servers.database_url, schema=self.prefix),
+        )
 
     @property
     def url(self) -> str:
