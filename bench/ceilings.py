@@ -16,7 +16,7 @@ import nats
 from hookbus_common import events as ev
 from hookbus_common.db import open_pool
 from hookbus_common.settings import DatabaseSettings
-from hookbus_dispatcher.httpclient import send
+from hookbus_dispatcher import httpclient
 from hookbus_dispatcher.ssrf import guarded_client
 
 from . import payloads
@@ -149,7 +149,7 @@ async def nats_version(url: str) -> str:
 async def http_post(sink_port: int, *, duration: float, concurrency: int) -> dict[str, float]:
     """The dispatcher's own HTTP client POSTing 2 KB bodies to the sink, ``concurrency`` at
     once: built as the dispatcher builds it (SSRF guard in place, loopback allowed) and sent
-    as an attempt sends (its transport alone), with none of the dispatcher's other work.
+    as an attempt sends, with none of the dispatcher's other work.
     The caller measures several concurrencies and keeps the best."""
     body = payloads.push_body(0)
     url = f"http://127.0.0.1:{sink_port}/ceiling"
@@ -162,13 +162,14 @@ async def http_post(sink_port: int, *, duration: float, concurrency: int) -> dic
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < deadline:
-                request = client.build_request(
-                    "POST", url, content=body, headers={"x-hookbus-delivery": "c"}
-                )
-                r = await send(client, request)
-                await r.aread()
-                await r.aclose()
-                r.raise_for_status()
+                headers = httpclient.Headers({"x-hookbus-delivery": "c"})
+                r = await client.send(httpclient.request("POST", url, headers, body))
+                try:
+                    while await r.read(4096):
+                        pass
+                finally:
+                    r.close()
+                assert r.status < 400, r.status
                 done += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -14,7 +14,6 @@ from .config import DispatcherConfig
 from .delivery import make_handler, max_deliver
 from .fairness_loop import consumer_for
 from .fanout import with_fanout
-from .httpclient import quiet_request_logs
 from .limits_guard import guarded
 from .ordering import ordered
 from .schedule import Scheduler
@@ -25,7 +24,6 @@ async def run(settings: DispatcherConfig) -> None:
     d = settings.dispatcher
     schedulers: list[Scheduler] = []
     tasks: list[asyncio.Task[None]] = []
-    quiet_request_logs()
 
     async with open_clients(d.networks(), d.timeout_seconds) as (client, private):
 

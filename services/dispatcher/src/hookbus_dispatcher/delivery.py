@@ -14,7 +14,6 @@ from email.message import EmailMessage
 from typing import Any, Final, NamedTuple
 
 import asyncpg
-import httpx
 import msgspec
 
 from hookbus_common import events as ev
@@ -163,7 +162,7 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
 ABORT_ERROR: Final = "the receiver asked for no more attempts (webhook-delivery: abort-message)"
 
 
-def aborts(headers: httpx.Headers) -> bool:
+def aborts(headers: Mapping[str, str]) -> bool:
     """Whether a failed answer asks us to stop trying this delivery: the header
     ``webhook-delivery: abort-message`` (a receiver that will never take this message,
     whatever its status says)."""
@@ -225,14 +224,12 @@ def resolve(
     return Target(url=ep.url, endpoint=req.endpoint, config=ep)
 
 
-def _build(
-    client: httpx.AsyncClient, req: DeliveryRequested, target: Target, now: float
-) -> httpx.Request:
-    """The request to send; ``httpx.InvalidURL`` or ``ValueError`` when it never can be."""
+def _build(req: DeliveryRequested, target: Target, now: float) -> httpclient.Request:
+    """The request to send; ``ValueError`` when it never can be."""
     # Header names are case-insensitive: a configured "User-Agent" replaces ours rather
     # than adding a second one, and no configured header can forge or double the id or
     # the signature.
-    headers = httpx.Headers({"user-agent": USER_AGENT})
+    headers = httpclient.Headers({"user-agent": USER_AGENT})
     ep = target.config
     if ep is not None:
         headers.update(ep.headers)
@@ -244,59 +241,43 @@ def _build(
         # The message id: the delivery id, the same on every attempt; a replay of a dead
         # delivery keeps the id of the delivery replayed, so a receiver can drop repeats.
         headers.update(signer.headers(req.message_id or req.delivery_id, int(now), body))
-    extra: dict[str, Any] = {} if ep is None else {"timeout": httpx.Timeout(ep.timeout)}
-    request = client.build_request(req.method, target.url, content=body, headers=headers, **extra)
-    url = request.url
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("not an absolute http(s) URL")
-    if url.port is not None and not 0 < url.port < 65536:
-        raise ValueError(f"port {url.port} out of range")
-    return request
+    timeout = ep.timeout if ep is not None else None
+    return httpclient.request(req.method, target.url, headers, body, timeout)
 
 
-def _attempt_seconds(request: httpx.Request) -> float | None:
-    """How long the whole exchange may take, up to the answer's status and headers: the
-    request's timeout. httpx's timeouts bound each read and write, not their sum, so a
-    receiver sending its answer a byte at a time, each inside the read timeout, would
-    otherwise hold an attempt (and its sending slot) for as long as it liked."""
-    given = request.extensions.get("timeout") or {}
-    values = [float(v) for v in given.values() if v is not None]
-    return max(values) if values else None
-
-
-async def _read_start(resp: httpx.Response) -> str | None:
-    """Up to ``RESPONSE_BODY_LIMIT`` bytes of a streamed answer's body, decoded leniently
-    (the rest is never read: an endpoint cannot make us hold a large answer)."""
+async def _read_start(resp: httpclient.Answer) -> str | None:
+    """Up to ``RESPONSE_BODY_LIMIT`` bytes of an answer's body, decoded leniently (the
+    rest is never read: an endpoint cannot make us hold a large answer)."""
     kept = b""
     try:
         # The status already decided the attempt: a body trickled out slowly gets this long.
         async with asyncio.timeout(RESPONSE_BODY_SECONDS):
-            async for chunk in resp.aiter_bytes():
-                kept += chunk
-                if len(kept) >= RESPONSE_BODY_LIMIT:
+            while len(kept) < RESPONSE_BODY_LIMIT:
+                chunk = await resp.read(RESPONSE_BODY_LIMIT - len(kept))
+                if not chunk:
                     break
-    except (httpx.HTTPError, TimeoutError):
+                kept += chunk
+    except (httpclient.SendError, TimeoutError):
         pass  # a body cut short is still worth keeping
     finally:
-        await resp.aclose()
+        resp.close()
     if not kept:
         return None
-    kept = kept[:RESPONSE_BODY_LIMIT]
     try:
-        return kept.decode(resp.charset_encoding or "utf-8", errors="replace")
+        return kept.decode(resp.charset or "utf-8", errors="replace")
     except LookupError:  # a charset Python does not know
         return kept.decode("utf-8", errors="replace")
 
 
 async def attempt(
-    client: httpx.AsyncClient,
+    client: httpclient.Sender,
     event: Event[DeliveryRequested],
     number: int,
     max_attempts: int,
     *,
     clock: retryafter.Clock = retryafter.utcnow,
     endpoints: Mapping[str, Endpoint] | None = None,
-    private_client: httpx.AsyncClient | None = None,
+    private_client: httpclient.Sender | None = None,
     retry_schedule: Sequence[float] = schedule.DEFAULT_SCHEDULE,
     rand: Callable[[], float] = random.random,
     notifications: Mapping[str, Notification] | None = None,
@@ -315,7 +296,7 @@ async def attempt(
     error: str | None = None
     retry_after: float | None = None
     response_body: str | None = None
-    request: httpx.Request | None = None
+    request: httpclient.Request | None = None
     email: EmailMessage | None = None
     final = False
     target = Target(url=req.url, endpoint=req.endpoint)
@@ -333,13 +314,13 @@ async def attempt(
                     message_id=req.message_id or req.delivery_id,
                 )
             else:
-                request = notify.request(client, req, target.channel, n, text)
+                request = notify.request(req, target.channel, n, text)
         else:
-            request = _build(client, req, target, clock().timestamp())
+            request = _build(req, target, clock().timestamp())
     except TemplateFailed as exc:
         # The same event renders the same way next time: final.
         error = f"notification cannot be rendered: {exc}"[:500]
-    except (httpx.InvalidURL, ValueError) as exc:
+    except ValueError as exc:
         error = f"request cannot be sent: {type(exc).__name__}: {exc}"[:500]
     if email is not None and target.notification is not None:
         assert target.notification.smtp is not None  # checked at load
@@ -349,21 +330,25 @@ async def attempt(
         sender = client
         if target.allow_private() and private_client:
             sender = private_client
-        limit = _attempt_seconds(request)
+        # The whole exchange, up to the answer's status and headers, gets the request's
+        # timeout: that timeout bounds connecting and each read, not their sum, so a
+        # receiver sending its answer a byte at a time, each inside it, would otherwise
+        # hold an attempt (and its sending slot) for as long as it liked.
+        limit = sender.timeout if request.timeout is None else request.timeout
         try:
             async with asyncio.timeout(limit):
-                resp = await httpclient.send(sender, request)
+                resp = await sender.send(request)
         except DestinationRefused as exc:
             error, final = str(exc)[:500], True
-        except httpx.UnsupportedProtocol as exc:
+        except httpclient.UnsupportedProtocol as exc:
             # A URL no attempt can send (an address written in a non-canonical form).
             error, final = f"request cannot be sent: {exc}"[:500], True
-        except httpx.HTTPError as exc:
+        except httpclient.SendError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         except TimeoutError:
             error = f"timed out: no complete answer within {limit:g} s"
         else:
-            status = resp.status_code
+            status = resp.status
             retry_after = retryafter.parse(resp.headers.get("retry-after"), clock())
             if not 200 <= status < 300 and aborts(resp.headers):
                 error, final = ABORT_ERROR, True
@@ -488,12 +473,12 @@ async def _health(
 
 
 def make_handler(
-    client: httpx.AsyncClient,
+    client: httpclient.Sender,
     pool: asyncpg.Pool,
     max_attempts: int,
     *,
     endpoints: Mapping[str, Endpoint] | None = None,
-    private_client: httpx.AsyncClient | None = None,
+    private_client: httpclient.Sender | None = None,
     retry_schedule: Sequence[float] = schedule.DEFAULT_SCHEDULE,
     scheduler: schedule.Scheduler | None = None,
     clock: retryafter.Clock = retryafter.utcnow,

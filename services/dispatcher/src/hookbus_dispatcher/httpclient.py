@@ -1,119 +1,252 @@
-"""The dispatcher's HTTP transport: httpx's request and response API, sent by aiohttp.
+"""The dispatcher's HTTP sending: a request value of its own, sent by an aiohttp session.
 
-httpx stays the interface (requests are built, signed and read as ``httpx`` objects, and
-its errors are what an attempt records), but the connections are aiohttp's: with many
-requests in flight, httpcore's connection pool spends milliseconds of CPU per request
-where aiohttp spends a tenth of one, and one dispatcher process is CPU-bound on exactly
-that. The transport maps aiohttp's errors onto httpx's, so an attempt's recorded error
-names the same kinds as before (``ConnectError``, ``ReadTimeout``, …).
+A :class:`Request` is what an attempt sends (method, URL, headers, body, timeout), built
+and signed once; a :class:`Client` sends it over one aiohttp session and hands back the
+answer's status and headers, its body left to read as far as the caller wants. Nothing
+else stands between the two: with many requests in flight, one dispatcher process is
+CPU-bound on the work each request costs, and a client library's own request and
+response objects cost as much as the connection itself.
+
+What is sent is exactly the request: no cookies kept (one endpoint's cookie must never
+reach another), no proxy read from the environment (a proxy is what the SSRF guard would
+check, not the destination), no redirect followed, no header added (a request carries
+the ones it was built with, and ``Content-Length``). aiohttp's errors become this
+module's, named by kind (``ConnectError``, ``ReadTimeout``, …): an attempt records that
+name and message.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Final
+import functools
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Final, Protocol
 
 import aiohttp
-import httpx
+import msgspec
 import yarl
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# ------------------------------------------------------------------------- errors
+
+
+class SendError(Exception):
+    """A request that got no answer; the subclass names the kind (what an attempt records)."""
+
+
+class UnsupportedProtocol(SendError):
+    """A URL no attempt can send (an address written in a non-canonical form)."""
+
+
+class TimeoutException(SendError):
+    """No answer in time."""
+
+
+class ConnectTimeout(TimeoutException):
+    """No connection in time."""
+
+
+class ReadTimeout(TimeoutException):
+    """Connected, but the answer did not come in time."""
+
+
+class NetworkError(SendError):
+    """The connection failed (reset, and the like)."""
+
+
+class ConnectError(NetworkError):
+    """No connection: refused, unreachable, a name that does not resolve, TLS refused."""
+
+
+class ReadError(NetworkError):
+    """The answer's body broke off."""
+
+
+class RemoteProtocolError(SendError):
+    """The other end broke HTTP: closed without an answer, or answered something else."""
+
+
+@contextlib.contextmanager
+def _mapped() -> Iterator[None]:
+    """aiohttp's errors as this module's (anything else, a refusal included, passes as it is)."""
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise ConnectTimeout(str(exc) or "connect timed out") from exc
+    except aiohttp.SocketTimeoutError as exc:
+        raise ReadTimeout(str(exc) or "read timed out") from exc
+    except aiohttp.ServerTimeoutError as exc:
+        raise TimeoutException(str(exc) or "timed out") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise ConnectError(str(exc)) from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise RemoteProtocolError(
+            str(exc) or "the server closed the connection without an answer"
+        ) from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise ReadError(str(exc)) from exc
+    except aiohttp.ClientResponseError as exc:  # an answer that is not HTTP
+        raise RemoteProtocolError(exc.message or str(exc)) from exc
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+        raise UnsupportedProtocol(f"cannot send to this URL: {exc}") from exc
+    except aiohttp.ClientError as exc:  # connection reset, and the like
+        raise NetworkError(f"{type(exc).__name__}: {exc}") from exc
+
+
+# ------------------------------------------------------------------------ requests
+
+
+class Address(msgspec.Struct, frozen=True):
+    """A URL as it is sent: without credentials, which go in ``authorization``
+    (``Basic``, as a URL's ``user:password@`` is sent by browsers and curl)."""
+
+    url: yarl.URL
+    authorization: str | None
+
+
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_TAB: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""What an HTTP header's name may be (RFC 9110 §5.1)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def address(text: str) -> Address:
+    """``text`` parsed and checked as a URL to send to; ``ValueError`` saying why it cannot
+    be one. Deliveries to an endpoint use the same few URLs again and again: each is
+    parsed once."""
+    bad = _CONTROL.search(text)
+    if bad is not None:
+        raise ValueError(f"a non-printable character ({bad[0]!r}) in the URL")
+    url = yarl.URL(text)  # ValueError for a bad port or a broken IPv6 address
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise ValueError("not an absolute http(s) URL")
+    if any(c.isspace() for c in url.raw_host):
+        raise ValueError("a space in the URL's host")
+    port = url.explicit_port
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    authorization = None
+    if url.raw_user is not None or url.raw_password is not None:
+        pair = f"{url.user or ''}:{url.password or ''}".encode()
+        authorization = "Basic " + base64.b64encode(pair).decode("ascii")
+        url = url.with_user(None)
+    return Address(url.with_fragment(None), authorization)
+
+
+def _check_header(name: str, value: str) -> None:
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+    if not value.isascii():
+        raise ValueError(f"header {name!r}: its value is not ASCII")
+    bad = _CONTROL_BUT_TAB.search(value)
+    if bad is not None:
+        raise ValueError(f"header {name!r}: a non-printable character ({bad[0]!r}) in its value")
+
+
+Headers = CIMultiDict
+"""A request's headers being built: names case-insensitive, and ``update`` replaces a name
+set before (a configured ``User-Agent`` replaces ours rather than adding a second one)."""
+
+
+class Request(msgspec.Struct, frozen=True):
+    """One HTTP request, as an attempt sends it.
+
+    ``headers`` hold every header sent but ``Content-Length`` (names case-insensitive);
+    ``timeout`` bounds connecting and each read, and the whole exchange up to the
+    answer's status and headers (``None``: the sending client's)."""
+
+    method: str
+    url: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    timeout: float | None = None
+
+
+def request(
+    method: str, url: str, headers: Headers[str], body: bytes, timeout: float | None = None
+) -> Request:
+    """A request to send; ``ValueError`` when it never can be (the URL is not an absolute
+    http(s) one, a header cannot be sent as it is)."""
+    found = address(url)
+    if found.authorization is not None:
+        headers["authorization"] = found.authorization
+    for name, value in headers.items():
+        _check_header(name, value)
+    return Request(method.upper(), url, CIMultiDictProxy(headers), body, timeout)
+
+
+# ------------------------------------------------------------------------- answers
+
+
+class Answer(Protocol):
+    """What a request got back: status and headers in, the body still to read."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def charset(self) -> str | None: ...
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes more of the body (``b""`` at its end); ``ReadError``,
+        ``ReadTimeout`` when it breaks off."""
+        ...
+
+    def close(self) -> None:
+        """Done with it: a connection whose answer was not read to its end is closed."""
+        ...
+
+
+class Sender(Protocol):
+    """What sends an attempt's request (a :class:`Client`, or a test's stand-in)."""
+
+    @property
+    def timeout(self) -> float: ...
+
+    async def send(self, request: Request) -> Answer: ...
+
+
+class _Answer:
+    __slots__ = ("_response", "charset", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+        self.charset = response.charset
+
+    async def read(self, n: int) -> bytes:
+        with _mapped():
+            return await self._response.content.read(n)
+
+    def close(self) -> None:
+        if self._response.content.at_eof():
+            self._response.release()  # the connection is kept for the next request
+        else:
+            self._response.close()
+
+
+# ------------------------------------------------------------------------- clients
 
 READ_CHUNK: Final = 16 * 1024
 
 
-def quiet_request_logs() -> None:
-    """Keep httpx from logging every request at INFO: the line names the request's URL,
-    and a delivery's URL can be its secret (a Slack or Discord webhook URL is one). It is
-    also a log line per delivery that nobody needs: the attempt is in the event log."""
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-
-
-@contextlib.contextmanager
-def _mapped(request: httpx.Request) -> Iterator[None]:
-    """aiohttp's errors as httpx's (anything else, a refusal included, passes as it is)."""
-    try:
-        yield
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise httpx.ConnectTimeout(str(exc) or "connect timed out", request=request) from exc
-    except aiohttp.SocketTimeoutError as exc:
-        raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
-    except aiohttp.ServerTimeoutError as exc:
-        raise httpx.TimeoutException(str(exc) or "timed out", request=request) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise httpx.ConnectError(str(exc), request=request) from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise httpx.RemoteProtocolError(
-            str(exc) or "the server closed the connection without an answer", request=request
-        ) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise httpx.ReadError(str(exc), request=request) from exc
-    except aiohttp.ClientResponseError as exc:  # an answer that is not HTTP
-        raise httpx.RemoteProtocolError(exc.message or str(exc), request=request) from exc
-    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
-        raise httpx.UnsupportedProtocol(f"cannot send to this URL: {exc}", request=request) from exc
-    except aiohttp.ClientError as exc:  # connection reset, and the like
-        raise httpx.NetworkError(f"{type(exc).__name__}: {exc}", request=request) from exc
-
-
-async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
-    """Send ``request`` with ``client``'s transport, its answer streamed (read its body,
-    then close it), redirects never followed.
-
-    Without the client's own layer (its cookie jar, auth, redirect handling, request
-    log): a delivery never carries a cookie an endpoint set on an earlier one, and that
-    layer cost about as much CPU per request as the transport itself.
-    """
-    transport = client._transport_for_url(request.url)
-    response = await transport.handle_async_request(request)
-    response.request = request
-    return response
-
-
-def _credentials_as_header(request: httpx.Request) -> tuple[httpx.URL, httpx.Headers]:
-    """Credentials in the URL (``https://user:pass@host/``) sent as httpx sends them:
-    ``Authorization: Basic``, in place of any Authorization header the request has, and
-    never in the URL given to aiohttp (which refuses a URL with credentials beside an
-    Authorization header)."""
-    url = request.url
-    if not url.userinfo:
-        return url, request.headers
-    token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode("ascii")
-    headers = request.headers.copy()
-    headers["Authorization"] = f"Basic {token}"
-    return url.copy_with(userinfo=b""), headers
-
-
-class _Body(httpx.AsyncByteStream):
-    """An aiohttp answer's body as httpx reads it; closing it before the end closes the
-    connection (aiohttp reuses only a connection whose answer was read to its end)."""
-
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
-        self._response = response
-        self._request = request
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped(self._request):
-            async for chunk in self._response.content.iter_chunked(READ_CHUNK):
-                yield chunk
-
-    async def aclose(self) -> None:
-        self._response.release()
-
-
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """Sends httpx requests over one aiohttp session, made (with its connector, from
+class Client:
+    """Sends requests over one aiohttp session, made (with its connector, from
     ``connector``) at the first request: aiohttp wants a running event loop for both.
+    ``timeout`` is a request's when it gives none."""
 
-    The session keeps no cookies (one endpoint's cookie must never reach another), reads
-    no proxy from the environment, follows no redirect and leaves the body's encoding to
-    httpx, as httpx's own transport does.
-    """
-
-    def __init__(self, connector: Callable[[], aiohttp.BaseConnector]) -> None:
+    def __init__(self, connector: Callable[[], aiohttp.BaseConnector], timeout: float) -> None:
         self._connector = connector
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self.timeout = timeout
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -122,44 +255,46 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
                 auto_decompress=False,
-                # httpx's headers are sent as they are; aiohttp adds none of its own.
+                # A request's headers are sent as they are; aiohttp adds none of its own.
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
                 timeout=aiohttp.ClientTimeout(total=None),
+                read_bufsize=READ_CHUNK,
             )
         return self._session
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
+        seconds = self.timeout if seconds is None else seconds
+        found = self._timeouts.get(seconds)
+        if found is None:
+            found = aiohttp.ClientTimeout(
+                total=None, connect=seconds, sock_connect=seconds, sock_read=seconds
+            )
+            self._timeouts[seconds] = found
+        return found
+
+    async def send(self, request: Request) -> Answer:
+        """Send ``request``: its answer's status and headers, the body left to read
+        (close the answer when done). Redirects are never followed."""
         session = self._open()
-        given = request.extensions.get("timeout") or {}
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=given.get("pool"),
-            sock_connect=given.get("connect"),
-            sock_read=given.get("read"),
-        )
-        body = await request.aread()
-        url, headers = _credentials_as_header(request)
-        with _mapped(request):
+        where = address(request.url)
+        with _mapped():
             response = await session.request(
                 request.method,
-                yarl.URL(str(url), encoded=True),
-                headers=headers.multi_items(),
-                data=body or None,
+                where.url,
+                headers=request.headers,
+                data=request.body or None,
                 allow_redirects=False,
-                timeout=timeout,
+                timeout=self._timeout(request.timeout),
             )
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=_Body(response, request),
-            request=request,
-            extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": (response.reason or "").encode("ascii", "replace"),
-            },
-        )
+        return _Answer(response)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Final
 
-import httpx
 import msgspec
 from prometheus_client import Counter
 
 from hookbus_common.events import DeliveryRequested
 
-from . import templates
+from . import httpclient, templates
 from .config import Notification
 
 USER_AGENT: Final = "hookbus-dispatcher/0.1"
@@ -86,21 +85,16 @@ def body(req: DeliveryRequested, channel: str, n: Notification, text: str) -> by
     )
 
 
-def request(
-    client: httpx.AsyncClient, req: DeliveryRequested, channel: str, n: Notification, text: str
-) -> httpx.Request:
-    """The HTTP request for a Slack, Discord or JSON channel."""
-    headers = httpx.Headers({"user-agent": USER_AGENT})
+def request(req: DeliveryRequested, channel: str, n: Notification, text: str) -> httpclient.Request:
+    """The HTTP request for a Slack, Discord or JSON channel; ``ValueError`` when it cannot
+    be sent (never naming the URL: it is the secret)."""
+    headers = httpclient.Headers({"user-agent": USER_AGENT})
     headers.update(n.headers)
     headers["content-type"] = "application/json"
     headers["x-hookbus-delivery"] = req.delivery_id
     url = n.url.value if n.url is not None else ""
-    return client.build_request(
-        "POST",
-        url or "",
-        content=body(req, channel, n, text),
-        headers=headers,
-        timeout=httpx.Timeout(n.timeout),
+    return httpclient.request(
+        "POST", url or "", headers, body(req, channel, n, text), timeout=n.timeout
     )
 
 
@@ -108,8 +102,15 @@ def clean(text: str | None, n: Notification, channel: str) -> str | None:
     """``text`` (an error, an answer) with the channel's URL and its path taken out."""
     if text is None or n.url is None or not n.url.value:
         return text
-    url = httpx.URL(n.url.value)
-    for secret in (n.url.value, url.raw_path.decode(errors="replace")):
+    secrets = [n.url.value]
+    try:
+        # As aiohttp writes it in its errors, and its path (the secret part of Slack's
+        # and Discord's URLs).
+        url = httpclient.address(n.url.value).url
+        secrets += [str(url), url.raw_path_qs]
+    except ValueError:
+        pass
+    for secret in secrets:
         if len(secret) > 1:
             text = text.replace(secret, f"<{label(channel)}>")
     return text

@@ -11,16 +11,17 @@ name from the URL (aiohttp passes it as the server name when it connects to the 
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import aiohttp
-import httpx
+import certifi
 from aiohttp.abc import ResolveResult
 from prometheus_client import Counter
 
-from .httpclient import AiohttpTransport
+from .httpclient import Client
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -129,7 +130,8 @@ def refusal(
 class DestinationRefused(Exception):
     """The destination resolves to an address deliveries may not reach: final, never retried.
 
-    Not an ``httpx.HTTPError``: nothing was sent, and no later attempt would be allowed.
+    Not a :class:`~.httpclient.SendError`: nothing was sent, and no later attempt would be
+    allowed.
     """
 
     def __init__(self, host: str, address: str, reason: str) -> None:
@@ -194,10 +196,11 @@ def guarded_client(
     allow_private: bool = False,
     allow_networks: Sequence[Network] = (),
     timeout: float = 15.0,
-) -> httpx.AsyncClient:
+) -> Client:
     """The dispatcher's HTTP client: redirects not followed, no proxy from the environment
     (a proxy would be what the guard checks, not the destination), no cookies kept, every
-    connection made through a :class:`GuardedConnector`."""
+    connection made through a :class:`GuardedConnector`; ``timeout`` is a request's when
+    it gives none."""
     guard = Guard(allow_private=allow_private, allow_networks=allow_networks)
 
     def connector() -> aiohttp.BaseConnector:
@@ -206,22 +209,18 @@ def guarded_client(
             limit=100,
             keepalive_timeout=5.0,
             ttl_dns_cache=DNS_CACHE_SECONDS,
-            ssl=httpx.create_ssl_context(trust_env=False),
+            # Mozilla's CA certificates (certifi's), whatever SSL_CERT_FILE says.
+            ssl=ssl.create_default_context(cafile=certifi.where()),
         )
 
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(connector),
-        timeout=httpx.Timeout(timeout),
-        follow_redirects=False,
-        trust_env=False,
-    )
+    return Client(connector, timeout)
 
 
 @asynccontextmanager
 async def open_clients(
     allow_networks: Sequence[Network],
-    timeout: float,  # noqa: ASYNC109 (httpx's, per request)
-) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    timeout: float,  # noqa: ASYNC109 (a request's, when it gives none)
+) -> AsyncIterator[tuple[Client, Client]]:
     """The dispatcher's two clients: the guarded one, and one for endpoints that
     ``allow_private``. Two pools, so a connection made under one policy never serves the
     other's requests."""
