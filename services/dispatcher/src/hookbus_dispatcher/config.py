@@ -10,7 +10,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-import httpx
 import msgspec
 
 from hookbus_common import events as ev
@@ -18,7 +17,7 @@ from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
 
-from . import templates
+from . import httpclient, templates
 from .limits import Rate, TenantLimits, parse_rate
 from .schedule import DEFAULT_SCHEDULE
 from .signing import Scheme, Signer
@@ -83,11 +82,7 @@ class Endpoint(msgspec.Struct, **STRUCT):
 
     def problems(self) -> Iterator[tuple[str, str]]:
         yield from _rate_problems(self.rate, self.burst)
-        try:
-            url = httpx.URL(self.url)
-        except httpx.InvalidURL:
-            url = None
-        if url is None or url.scheme not in ("http", "https") or not url.host:
+        if not _sendable(self.url):
             yield "url", "must be an absolute http:// or https:// URL"
         if self.signing != "plain":
             for key in ("signature_header", "timestamp_header"):
@@ -290,6 +285,15 @@ def resolve_endpoint(name: str, ep: Endpoint, base: Path, env: Mapping[str, str]
     return msgspec.structs.replace(ep, secrets=secrets)
 
 
+def _sendable(url: str) -> bool:
+    """Whether ``url`` is one a request can be sent to (checked as sending checks it)."""
+    try:
+        httpclient.address(url)
+    except ValueError:
+        return False
+    return True
+
+
 def resolve_notification(
     name: str, n: Notification, base: Path, env: Mapping[str, str]
 ) -> Notification:
@@ -300,11 +304,7 @@ def resolve_notification(
     url = n.url
     if url is not None:
         url = _resolve_secret(url, f"{where}.url", base, env)
-        try:
-            parsed = httpx.URL(url.value or "")
-        except httpx.InvalidURL:
-            parsed = None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        if not _sendable(url.value or ""):
             # Never echo the URL: it is the secret.
             raise ConfigError(f"{where}.url: must be an absolute http:// or https:// URL")
     smtp = n.smtp

@@ -26,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 import asyncpg
-import httpx
 import msgspec
 
 from hookbus_common import eventlog, readmodels, sealing
@@ -41,6 +40,7 @@ from hookbus_common.errors import (
 from hookbus_common.eventlog import Pending
 from hookbus_common.sealing import Keyring, Sealed, SealingError
 
+from . import httpclient
 from .config import Endpoint, Secret
 
 log = logging.getLogger(__name__)
@@ -108,12 +108,12 @@ def check_tenant(tenant: str) -> str:
 
 def check_url(url: str) -> str:
     try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
+        parsed = httpclient.address(url)
+    except ValueError:
         parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+    if parsed is None:
         raise BadEndpoint(f"url {url!r}: must be an absolute http:// or https:// URL")
-    if parsed.userinfo:
+    if parsed.authorization is not None:
         # Credentials in the URL would sit in the log's readable fields.
         raise BadEndpoint("url: must not hold a user name or password")
     return url
