@@ -68,12 +68,17 @@ class Reply:
         headers: list[tuple[str, str]] | dict[str, str] | None = None,
         body: bytes = b"",
         charset: str | None = None,
+        arrived: bool = True,
     ) -> None:
         self.status = status
         self.headers = CIMultiDict(headers or {})
         self.charset = charset
         self.body = body
+        self.arrived = arrived  # the whole body came with the head
         self.closed = False
+
+    def complete(self, n: int) -> bytes | None:
+        return self.body[:n] if self.arrived else None
 
     async def read(self, n: int) -> bytes:
         chunk, self.body = self.body[:n], self.body[n:]
@@ -448,14 +453,17 @@ async def test_a_refused_destination_is_failed_for_good_with_its_reason() -> Non
     assert out[0].data.error.startswith("destination refused: billing.test resolves to 10.0.0.7")
 
 
-async def test_the_answer_body_is_kept_up_to_4_kb_decoded_leniently() -> None:
+@pytest.mark.parametrize("arrived", [True, False])
+async def test_the_answer_body_is_kept_up_to_4_kb_decoded_leniently(arrived: bool) -> None:
     body = b"\xff" + b"x" * (RESPONSE_BODY_LIMIT * 3)
-    out, _, _ = await _attempt(lambda _r: Reply(500, body=body))
+    out, _, _ = await _attempt(lambda _r: Reply(500, body=body, arrived=arrived))
     kept = out[0].data.response_body
     assert kept is not None
     assert kept.startswith("\ufffdxxx")
     assert len(kept) == RESPONSE_BODY_LIMIT
-    out, _, _ = await _attempt(lambda _r: Reply(400, body="é".encode("latin-1"), charset="latin-1"))
+    out, _, _ = await _attempt(
+        lambda _r: Reply(400, body="é".encode("latin-1"), charset="latin-1", arrived=arrived)
+    )
     assert out[0].data.response_body == "é"
     out, _, _ = await _attempt(_status(204))
     assert out[0].data.response_body is None

@@ -248,6 +248,10 @@ def _build(req: DeliveryRequested, target: Target, now: float) -> httpclient.Req
 async def _read_start(resp: httpclient.Answer) -> str | None:
     """Up to ``RESPONSE_BODY_LIMIT`` bytes of an answer's body, decoded leniently (the
     rest is never read: an endpoint cannot make us hold a large answer)."""
+    kept = resp.complete(RESPONSE_BODY_LIMIT)  # most answers are in whole with their head
+    if kept is not None:
+        resp.close()
+        return _decoded(kept, resp.charset)
     kept = b""
     try:
         # The status already decided the attempt: a body trickled out slowly gets this long.
@@ -261,10 +265,14 @@ async def _read_start(resp: httpclient.Answer) -> str | None:
         pass  # a body cut short is still worth keeping
     finally:
         resp.close()
+    return _decoded(kept, resp.charset)
+
+
+def _decoded(kept: bytes, charset: str | None) -> str | None:
     if not kept:
         return None
     try:
-        return kept.decode(resp.charset or "utf-8", errors="replace")
+        return kept.decode(charset or "utf-8", errors="replace")
     except LookupError:  # a charset Python does not know
         return kept.decode("utf-8", errors="replace")
 

@@ -18,10 +18,9 @@ name and message.
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
 import aiohttp
@@ -68,31 +67,26 @@ class RemoteProtocolError(SendError):
     """The other end broke HTTP: closed without an answer, or answered something else."""
 
 
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    """aiohttp's errors as this module's (anything else, a refusal included, passes as it is)."""
-    try:
-        yield
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise ConnectTimeout(str(exc) or "connect timed out") from exc
-    except aiohttp.SocketTimeoutError as exc:
-        raise ReadTimeout(str(exc) or "read timed out") from exc
-    except aiohttp.ServerTimeoutError as exc:
-        raise TimeoutException(str(exc) or "timed out") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise ConnectError(str(exc)) from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise RemoteProtocolError(
-            str(exc) or "the server closed the connection without an answer"
-        ) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise ReadError(str(exc)) from exc
-    except aiohttp.ClientResponseError as exc:  # an answer that is not HTTP
-        raise RemoteProtocolError(exc.message or str(exc)) from exc
-    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
-        raise UnsupportedProtocol(f"cannot send to this URL: {exc}") from exc
-    except aiohttp.ClientError as exc:  # connection reset, and the like
-        raise NetworkError(f"{type(exc).__name__}: {exc}") from exc
+def _translated(exc: aiohttp.ClientError) -> SendError:
+    """aiohttp's error as this module's (anything not an ``aiohttp.ClientError``, a
+    refusal included, passes as it is)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectTimeout(str(exc) or "connect timed out")
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return ReadTimeout(str(exc) or "read timed out")
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return TimeoutException(str(exc) or "timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectError(str(exc))
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return RemoteProtocolError(str(exc) or "the server closed the connection without an answer")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ReadError(str(exc))
+    if isinstance(exc, aiohttp.ClientResponseError):  # an answer that is not HTTP
+        return RemoteProtocolError(exc.message or str(exc))
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
+        return UnsupportedProtocol(f"cannot send to this URL: {exc}")
+    return NetworkError(f"{type(exc).__name__}: {exc}")  # connection reset, and the like
 
 
 # ------------------------------------------------------------------------ requests
@@ -193,6 +187,10 @@ class Answer(Protocol):
     @property
     def charset(self) -> str | None: ...
 
+    def complete(self, n: int) -> bytes | None:
+        """The body's first ``n`` bytes when all of it is in already (``None``: read it)."""
+        ...
+
     async def read(self, n: int) -> bytes:
         """Up to ``n`` bytes more of the body (``b""`` at its end); ``ReadError``,
         ``ReadTimeout`` when it breaks off."""
@@ -221,20 +219,26 @@ class _Answer:
         self.headers: Mapping[str, str] = response.headers
         self.charset = response.charset
 
+    def complete(self, n: int) -> bytes | None:
+        content = self._response.content
+        return content.read_nowait(n) if content.is_eof() else None
+
     async def read(self, n: int) -> bytes:
-        with _mapped():
+        try:
             return await self._response.content.read(n)
+        except aiohttp.ClientError as exc:
+            raise _translated(exc) from exc
 
     def close(self) -> None:
-        if self._response.content.at_eof():
-            self._response.release()  # the connection is kept for the next request
+        if self._response.content.is_eof():
+            # All of it has arrived, read or not: nothing of it is left on the wire, and
+            # the connection is kept for the next request.
+            self._response.release()
         else:
             self._response.close()
 
 
 # ------------------------------------------------------------------------- clients
-
-READ_CHUNK: Final = 16 * 1024
 
 
 class Client:
@@ -258,7 +262,6 @@ class Client:
                 # A request's headers are sent as they are; aiohttp adds none of its own.
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
                 timeout=aiohttp.ClientTimeout(total=None),
-                read_bufsize=READ_CHUNK,
             )
         return self._session
 
@@ -277,7 +280,7 @@ class Client:
         (close the answer when done). Redirects are never followed."""
         session = self._open()
         where = address(request.url)
-        with _mapped():
+        try:
             response = await session.request(
                 request.method,
                 where.url,
@@ -286,6 +289,8 @@ class Client:
                 allow_redirects=False,
                 timeout=self._timeout(request.timeout),
             )
+        except aiohttp.ClientError as exc:
+            raise _translated(exc) from exc
         return _Answer(response)
 
     async def aclose(self) -> None:
