@@ -3,7 +3,7 @@ within a tenant in turn, and no destination past its cap of items in hand."""
 
 from __future__ import annotations
 
-from hookbus_dispatcher.fairness import FairQueue
+from hookbus_dispatcher.fairness import FairQueue, Pace
 from hookbus_dispatcher.fairness_loop import _RouteData, destination
 
 
@@ -140,3 +140,12 @@ def test_what_a_delivery_is_counted_by() -> None:
     assert destination(_RouteData(url="https://user@Hooks.Example.com:8443/x")) == (
         "url:hooks.example.com:8443"
     )
+
+
+def test_the_pace_counts_the_last_window() -> None:
+    pace = Pace(window=5.0)
+    for i in range(1, 301):  # 100 a second for 3 s
+        pace.finished(i / 100)
+    assert pace.per_second(3.0) == 300 / 5.0
+    assert pace.per_second(6.0) == 201 / 5.0  # those before 1.0 s have left the window
+    assert pace.per_second(9.0) == 0.0

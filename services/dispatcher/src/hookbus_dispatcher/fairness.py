@@ -176,3 +176,25 @@ class FairQueue(Generic[T]):
             self._active.remove(tenant)
             del self._tenants[tenant]
         return item
+
+
+class Pace:
+    """How many deliveries finished here per second over the last ``window`` seconds:
+    what a replica keeps read ahead while it shares a backlog is a few seconds of its own
+    pace. Pure (the clock is passed in)."""
+
+    def __init__(self, *, window: float = 5.0) -> None:
+        self.window = window
+        self._done: deque[float] = deque()
+
+    def finished(self, now: float) -> None:
+        self._done.append(now)
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._done and self._done[0] < now - self.window:
+            self._done.popleft()
+
+    def per_second(self, now: float) -> float:
+        self._trim(now)
+        return len(self._done) / self.window

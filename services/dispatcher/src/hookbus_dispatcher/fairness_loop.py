@@ -29,15 +29,16 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
 
 from hookbus_common import events as ev
-from hookbus_common.consumer import Consumer
+from hookbus_common.consumer import Consumer, Defer
 from hookbus_common.events import token
 from hookbus_common.pull import StandingPull
 
-from . import schedule
+from . import presence, schedule
 from .backlog import REFRESH_SECONDS, Reporter
 from .config import DispatcherConfig
 from .delivery import attempts_made
-from .fairness import FairQueue
+from .fairness import FairQueue, Pace
+from .presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,18 @@ HEARTBEAT_CHUNK: Final = 100
 BEHIND_EVERY: Final = 1.0
 """Seconds between looks at whether the stream holds more behind a full read-ahead."""
 
+SHARE_HORIZON: Final = 2.0
+"""Seconds of sending (at this replica's recent pace) it keeps read ahead at least while
+another replica waits for work."""
+
+SHARE_HOLD: Final = 10.0
+"""Seconds a replica that gave work back keeps its read-ahead that short."""
+
+GIVEN_BACK = Counter(
+    "hookbus_dispatcher_given_back_total",
+    "Deliveries read ahead and given back to the bus for another dispatcher replica that"
+    " said it waits for work",
+)
 SPILLED = Counter(
     "hookbus_dispatcher_spilled_total",
     "Deliveries moved from a full read-ahead onto the schedule (one destination held most)",
@@ -119,6 +132,15 @@ class FairConsumer(Consumer):
     behind them: with nothing left in the stream (the durable's ``num_pending``, looked at
     once a second while the buffer is full), reading on would read nothing, and moving
     deliveries out and back would cost two writes and a second read each for nothing.
+
+    Replicas share one durable, and the first to read a backlog reads it ahead while a
+    replica started later finds nothing. With ``share``, a replica holding more than
+    ``SHARE_HORIZON`` seconds of its own sending says so once a second (``presence``); a
+    replica holding clearly less answers that it waits, with what it holds, and the holder
+    gives back the newest of what it holds beyond its part (what they hold together,
+    split evenly, never below those seconds of sending) — a nak without delay, which the
+    server hands to a waiting pull request — and reads ahead only its part for
+    ``SHARE_HOLD`` seconds. A lone replica hears nobody and never gives anything back.
     """
 
     def __init__(
@@ -131,12 +153,18 @@ class FairConsumer(Consumer):
         backlog_pool: asyncpg.Pool | None = None,
         backlog_every: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        share: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.share = share
+        self.presence: Presence | None = None
+        self.pace = Pace()
+        self._shared_until = float("-inf")
         self.backlog_pool = backlog_pool
         self.backlog_every = backlog_every
         self.buffer = max(1, buffer)
+        self._share = self.buffer  # what it reads ahead while sharing
         self.queue: FairQueue[_Held] = FairQueue(cap_for=cap_for, weight_for=weight_for)
         self.spill = spill
         # Messages in the stream not yet delivered to any replica, as last looked at
@@ -173,6 +201,13 @@ class FairConsumer(Consumer):
         # sends lands in one list, taken in bulk, so reading a flood into the read-ahead
         # costs no turn of the event loop per message (a fetch's per-message waits did).
         try:
+            if self.share:
+                self.presence = Presence(
+                    self.bus.nc, self.bus.prefix, wants_work=self._wants_work,
+                    clock=self.clock,
+                )  # fmt: skip
+                await self.presence.start()
+                helpers.append(asyncio.create_task(self._share_out(stop), name="share"))
             async with self._pulling(sub, stopped, min(self.buffer, PULL_SIZE)) as puller:
                 try:
                     await self._read_ahead(puller, stop)
@@ -183,12 +218,14 @@ class FairConsumer(Consumer):
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            if self.presence is not None:
+                await self.presence.close()
             await self._give_back()
 
     async def _read_ahead(self, puller: StandingPull, stop: asyncio.Event) -> None:
         """Fill the read-ahead from the standing pull until a stop."""
         while not stop.is_set():
-            room = self.buffer - len(self.queue)
+            room = self._limit() - len(self.queue)
             if room <= 0:
                 if not await self._spill_one():
                     await self._wait_change(1.0)
@@ -247,6 +284,7 @@ class FairConsumer(Consumer):
 
     def _finished_one(self, dest: str, _task: object = None) -> None:
         self.queue.done(dest)
+        self.pace.finished(self.clock())
         self._start_what_fits()  # the freed slot goes to the next in turn at once
         self._changed.set()
 
@@ -270,7 +308,7 @@ class FairConsumer(Consumer):
         if longest is None:
             return False
         backlog = self.queue.backlog()
-        if backlog[longest] * 2 <= self.buffer:
+        if backlog[longest] * 2 <= self._limit():
             return False
         if await self._nothing_behind():
             return False  # nothing behind them to read
@@ -283,6 +321,75 @@ class FairConsumer(Consumer):
         if not moved:
             self.queue.put(*longest, held)
         return moved
+
+    # ------------------------------------------------------------------ sharing
+
+    def _wants_work(self, theirs: int) -> int | None:
+        """What this replica holds, when another replica holding ``theirs`` should give it
+        some (it holds clearly less), else None."""
+        mine = len(self.queue)
+        if self._closing or mine + 2 * self.max_in_flight >= theirs:
+            return None
+        return mine
+
+    def _keep(self) -> int:
+        """What this replica holds read ahead at least while another one waits for work."""
+        rate = self.pace.per_second(self.clock())
+        return max(self.max_in_flight * 4, int(rate * SHARE_HORIZON))
+
+    def _limit(self) -> int:
+        """How many messages to hold read ahead now."""
+        if self.clock() < self._shared_until:
+            return min(self.buffer, self._share)
+        return self.buffer
+
+    async def _share_out(self, stop: asyncio.Event) -> None:
+        """Once a second: give the surplus to the replicas that said they wait, then say
+        what is held, if it is more than this replica will send soon."""
+        assert self.presence is not None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), presence.EVERY)
+            if stop.is_set():
+                return
+            keep = self._keep()
+            waiting = self.presence.waiting_peers()
+            if waiting:
+                # Its part of what it and the waiting replicas hold together.
+                share = max(keep, (len(self.queue) + sum(waiting)) // (len(waiting) + 1))
+                surplus = len(self.queue) - share
+                if surplus >= self.max_in_flight:
+                    self._share = share
+                    self._shared_until = self.clock() + SHARE_HOLD
+                    given = await self._give_back_newest(surplus)
+                    self.presence.answered()
+                    GIVEN_BACK.inc(given)
+                    log.info(
+                        "gave read-ahead deliveries back for replicas waiting for work",
+                        extra={"consumer": self.durable, "given": given, "waiting": len(waiting),
+                               "kept": len(self.queue)},
+                    )  # fmt: skip
+            if len(self.queue) - keep >= self.max_in_flight:
+                await self.presence.hold(len(self.queue))
+
+    async def _give_back_newest(self, n: int) -> int:
+        """Give back up to ``n`` waiting messages, the newest of the longest queues first
+        (what a small tenant waits for stays here, in its turn). A message given back is
+        not a failure: it counts toward no failure budget here."""
+        given = 0
+        while given < n:
+            longest = self.queue.longest()
+            if longest is None:
+                break
+            held = self.queue.pop_newest(*longest)
+            self._ledger.settled(held.msg.metadata.sequence.stream, Defer(0.0, "given back"))
+            with contextlib.suppress(Exception):
+                await held.msg.nak()
+            given += 1
+            if given % HEARTBEAT_CHUNK == 0:
+                await asyncio.sleep(0)
+        self._changed.set()
+        return given
 
     async def _nothing_behind(self) -> bool:
         """Whether the stream holds nothing more for this durable (looked at again when

@@ -1,0 +1,115 @@
+"""Dispatcher replicas' presence: who holds a backlog and who waits for work, heard on a
+core NATS subject (a fake client here; the integration tests use real NATS)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from hookbus_dispatcher import presence
+from hookbus_dispatcher.presence import Presence, Word
+
+
+class FakeNats:
+    """Every subscriber of a subject hears every publish on it, the speaker included (as
+    on NATS)."""
+
+    def __init__(self) -> None:
+        self.subs: dict[str, list[Callable[[Any], Awaitable[None]]]] = {}
+        self.said: list[Word] = []
+
+    async def subscribe(self, subject: str, cb: Callable[[Any], Awaitable[None]]) -> Any:
+        self.subs.setdefault(subject, []).append(cb)
+        return self
+
+    async def unsubscribe(self) -> None:
+        pass
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        self.said.append(msgspec.json.decode(data, type=Word))
+        for cb in list(self.subs.get(subject, [])):
+            await cb(_Msg(data))
+
+
+class _Msg:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def replica(nc: FakeNats, clock: Clock, me: str, holds: int, *, min_gap: int = 8) -> Presence:
+    def wants(theirs: int) -> int | None:
+        return holds if holds + min_gap < theirs else None
+
+    return Presence(nc, "hb", wants_work=wants, clock=clock, me=me)  # type: ignore[arg-type]
+
+
+async def test_a_replica_holding_less_answers_a_holder_with_what_it_holds() -> None:
+    nc, clock = FakeNats(), Clock()
+    a, b = replica(nc, clock, "a", 500), replica(nc, clock, "b", 3)
+    await a.start()
+    await b.start()
+    await a.hold(500)
+    assert nc.said == [Word("a", held=500), Word("b", held=3, waiting=True)]
+    assert a.waiting_peers() == [3]
+    assert b.waiting_peers() == []  # a holder's word is not a wait
+    a.answered()
+    assert a.waiting_peers() == []
+
+
+async def test_a_replica_holding_as_much_stays_silent() -> None:
+    nc, clock = FakeNats(), Clock()
+    a, b = replica(nc, clock, "a", 500), replica(nc, clock, "b", 495)
+    await a.start()
+    await b.start()
+    await a.hold(500)
+    assert nc.said == [Word("a", held=500)]
+    assert a.waiting_peers() == []
+
+
+async def test_a_lone_replica_hears_only_itself_and_nobody_waits() -> None:
+    nc, clock = FakeNats(), Clock()
+    a = replica(nc, clock, "a", 0)
+    await a.start()
+    for _ in range(5):
+        await a.hold(10_000)
+        clock.now += presence.EVERY
+    assert a.waiting_peers() == []
+    assert all(not w.waiting for w in nc.said)
+
+
+async def test_a_wait_counts_for_a_while_and_is_answered_at_most_twice_a_second() -> None:
+    nc, clock = FakeNats(), Clock()
+    a, b = replica(nc, clock, "a", 500), replica(nc, clock, "b", 0)
+    await a.start()
+    await b.start()
+    await a.hold(500)
+    await a.hold(500)  # at once again: b said it waits a moment ago
+    assert [w.id for w in nc.said] == ["a", "b", "a"]
+    clock.now += presence.HEARD_FOR + 0.1
+    assert a.waiting_peers() == []  # b said nothing since: stopped, or busy
+    await a.hold(500)
+    assert a.waiting_peers() == [0]
+
+
+async def test_words_that_are_not_presence_are_ignored() -> None:
+    nc, clock = FakeNats(), Clock()
+    a = replica(nc, clock, "a", 500)
+    await a.start()
+    for cb in nc.subs[presence.subject("hb")]:
+        await cb(_Msg(b"not json"))
+        await cb(_Msg(b'{"held": "many"}'))
+    assert a.waiting_peers() == []
+
+
+def test_the_subject_is_outside_the_stream() -> None:
+    assert not presence.subject("hb").startswith("hb.")
