@@ -289,57 +289,64 @@ async def test_a_full_read_ahead_with_nothing_behind_it_spills_nothing(
     assert sorted(d for d, _t, _w in slow.arrivals) == sorted(r.data.delivery_id for r in reqs)
 
 
+def given_back() -> float:
+    return REGISTRY.get_sample_value("hookbus_dispatcher_given_back_total") or 0.0
+
+
+HeldBacklog = tuple[Sink, list[ev.Event[ev.DeliveryRequested]], threading.Event]
+
+
+@pytest.fixture
+async def held_backlog(rt: Runtime) -> AsyncIterator[HeldBacklog]:
+    """300 deliveries of one tenant in the stream, to a sink that answers none of them
+    until its ``hold`` is set."""
+    hold = threading.Event()
+    with Sink(hold) as slow:
+        reqs = [request("a", i, url=slow.url) for i in range(300)]
+        await rt.outbox.commit_and_publish(reqs)
+        yield slow, reqs, hold
+
+
 async def test_a_replica_gives_its_surplus_to_one_holding_less(
-    rt: Runtime, client: httpx.AsyncClient
+    rt: Runtime, client: httpx.AsyncClient, held_backlog: HeldBacklog
 ) -> None:
     # The first replica reads the whole backlog ahead while its endpoint is held; a second
     # replica starts with nothing to pull. The first says what it holds, the second that
     # it waits, and the first gives back what it holds beyond its part; the second sends
     # those. Each delivery once.
-    hold = threading.Event()
-    with Sink(hold) as slow:
-        settings = dispatcher_config(max_in_flight=4)
-        reqs = [request("a", i, url=slow.url) for i in range(300)]
-        await rt.outbox.commit_and_publish(reqs)
-        given = REGISTRY.get_sample_value("hookbus_dispatcher_given_back_total") or 0.0
-        first = Loop(rt, client, settings)
-        async with first:
-            await until(lambda: len(first.consumer.queue) >= 290)
-            second = Loop(rt, client, settings)
-            async with second:
-                # What the first gives back goes to whichever pull request waits, its own
-                # included, so the share grows over a few words (one a second).
-                await until(lambda: len(second.consumer.queue) >= 100)
-                shared = REGISTRY.get_sample_value("hookbus_dispatcher_given_back_total")
-                assert shared is not None
-                assert shared - given >= 100
-                assert len(first.consumer.queue) <= 200
-                hold.set()
-                await until(lambda: len({d for d, _t, _w in slow.arrivals}) >= 300)
+    slow, reqs, hold = held_backlog
+    settings = dispatcher_config(max_in_flight=4)
+    given = given_back()
+    first = Loop(rt, client, settings)
+    async with first:
+        await until(lambda: len(first.consumer.queue) >= 290)
+        second = Loop(rt, client, settings)
+        async with second:
+            # What the first gives back goes to whichever pull request waits, its own
+            # included, so the share grows over a few words (one a second).
+            await until(lambda: len(second.consumer.queue) >= 100)
+            assert given_back() - given >= 100
+            assert len(first.consumer.queue) <= 200
+            hold.set()
+            await until(lambda: len({d for d, _t, _w in slow.arrivals}) >= 300)
     arrived = [d for d, _t, _w in slow.arrivals]
     assert sorted(arrived) == sorted(r.data.delivery_id for r in reqs)  # each once
 
 
 async def test_a_lone_replica_keeps_what_it_read_ahead(
-    rt: Runtime, client: httpx.AsyncClient
+    rt: Runtime, client: httpx.AsyncClient, held_backlog: HeldBacklog
 ) -> None:
     # With no other replica to hear, a replica holding a backlog it cannot send yet gives
     # nothing back and keeps reading ahead as far as it may.
-    hold = threading.Event()
-    with Sink(hold) as slow:
-        settings = dispatcher_config(max_in_flight=4)
-        reqs = [request("a", i, url=slow.url) for i in range(300)]
-        await rt.outbox.commit_and_publish(reqs)
-        given = REGISTRY.get_sample_value("hookbus_dispatcher_given_back_total") or 0.0
-        loop = Loop(rt, client, settings)
-        async with loop:
-            await until(lambda: len(loop.consumer.queue) == 299)  # one in flight: its cap
-            await asyncio.sleep(2.5)  # two of its words, once a second
-            assert len(loop.consumer.queue) == 299
-            assert (
-                REGISTRY.get_sample_value("hookbus_dispatcher_given_back_total") or 0.0
-            ) == given
-            assert loop.consumer._limit() == loop.consumer.buffer
-            hold.set()
-            await until(lambda: len(slow.arrivals) >= 300)
+    slow, reqs, hold = held_backlog
+    given = given_back()
+    loop = Loop(rt, client, dispatcher_config(max_in_flight=4))
+    async with loop:
+        await until(lambda: len(loop.consumer.queue) == 299)  # one in flight: its cap
+        await asyncio.sleep(2.5)  # two of its words, once a second
+        assert len(loop.consumer.queue) == 299
+        assert given_back() == given
+        assert loop.consumer._limit() == loop.consumer.buffer
+        hold.set()
+        await until(lambda: len(slow.arrivals) >= 300)
     assert sorted(d for d, _t, _w in slow.arrivals) == sorted(r.data.delivery_id for r in reqs)

@@ -53,11 +53,17 @@ def replica(nc: FakeNats, clock: Clock, me: str, holds: int, *, min_gap: int = 8
     return Presence(nc, "hb", wants_work=wants, clock=clock, me=me)  # type: ignore[arg-type]
 
 
-async def test_a_replica_holding_less_answers_a_holder_with_what_it_holds() -> None:
+async def pair(a_holds: int, b_holds: int) -> tuple[FakeNats, Clock, Presence, Presence]:
+    """Replicas a and b on one (fake) NATS, listening."""
     nc, clock = FakeNats(), Clock()
-    a, b = replica(nc, clock, "a", 500), replica(nc, clock, "b", 3)
+    a, b = replica(nc, clock, "a", a_holds), replica(nc, clock, "b", b_holds)
     await a.start()
     await b.start()
+    return nc, clock, a, b
+
+
+async def test_a_replica_holding_less_answers_a_holder_with_what_it_holds() -> None:
+    nc, _clock, a, b = await pair(500, 3)
     await a.hold(500)
     assert nc.said == [Word("a", held=500), Word("b", held=3, waiting=True)]
     assert a.waiting_peers() == [3]
@@ -67,10 +73,7 @@ async def test_a_replica_holding_less_answers_a_holder_with_what_it_holds() -> N
 
 
 async def test_a_replica_holding_as_much_stays_silent() -> None:
-    nc, clock = FakeNats(), Clock()
-    a, b = replica(nc, clock, "a", 500), replica(nc, clock, "b", 495)
-    await a.start()
-    await b.start()
+    nc, _clock, a, _b = await pair(500, 495)
     await a.hold(500)
     assert nc.said == [Word("a", held=500)]
     assert a.waiting_peers() == []
@@ -88,10 +91,7 @@ async def test_a_lone_replica_hears_only_itself_and_nobody_waits() -> None:
 
 
 async def test_a_wait_counts_for_a_while_and_is_answered_at_most_twice_a_second() -> None:
-    nc, clock = FakeNats(), Clock()
-    a, b = replica(nc, clock, "a", 500), replica(nc, clock, "b", 0)
-    await a.start()
-    await b.start()
+    nc, clock, a, _b = await pair(500, 0)
     await a.hold(500)
     await a.hold(500)  # at once again: b said it waits a moment ago
     assert [w.id for w in nc.said] == ["a", "b", "a"]
