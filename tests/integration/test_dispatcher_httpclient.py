@@ -291,6 +291,22 @@ async def test_an_answer_left_unread_closes_its_connection(read: bool, connectio
     assert s.connections == connections
 
 
+async def test_an_answer_in_whole_keeps_its_connection_though_not_all_of_it_is_read() -> None:
+    # Nothing of it is left on the wire, so the connection serves the next request.
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 10000\r\n\r\n" + b"x" * 10_000
+    async with Server(answer) as s, guarded_client(allow_networks=LOOPBACK) as client:
+        for _ in range(2):
+            request = httpclient.request("POST", f"http://127.0.0.1:{s.port}/", Headers(), b"{}")
+            resp = await client.send(request)
+            start = None
+            while start is None:  # until the rest of the body is in
+                await asyncio.sleep(0.01)
+                start = resp.complete(4096)
+            resp.close()
+            assert start == b"x" * 4096
+    assert s.connections == 1
+
+
 async def test_the_request_is_sent_as_it_was_built(server: Server) -> None:
     async with guarded_client(allow_networks=LOOPBACK) as client:
         await _post(
