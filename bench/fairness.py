@@ -163,10 +163,43 @@ async def _quiet_p99(
         for r in recs
         if r[1].startswith("/q/") and r[2] in sent and sent[r[2]] <= until
     ]
-    out = summary_ms(quiet) | {"complete": complete, "latencies": quiet}
+    arrivals = {r[2]: r[0] for r in recs if r[1].startswith("/q/")}
+    before_send, on_the_wire = await _split(rt, sent, arrivals, until)
+    out = summary_ms(quiet) | {
+        "complete": complete,
+        "latencies": quiet,
+        "before_send": before_send,
+        "on_the_wire": on_the_wire,
+    }
     if floods:
         out["flood_drain_s"] = round(floods[-1] - floods[0], 2)
     return out
+
+
+# When each quiet delivery's request went out: its attempt's time (taken as the answer
+# came) less the attempt's duration.
+_SENT_AT = """
+SELECT data->>'delivery_id' AS id,
+       extract(epoch FROM time)::float8 - (data->>'duration_ms')::float8 / 1000 AS sent_at
+FROM events WHERE type = $1 AND data->>'delivery_id' = ANY($2::text[])
+  AND (data->>'attempt')::int = 1
+"""
+
+
+async def _split(
+    rt: Any, sent: dict[str, float], arrivals: dict[str, float], until: float
+) -> tuple[list[float], list[float]]:
+    """Where the quiet deliveries' time went, in seconds each: from the commit until the
+    dispatcher sent the request (reading it, its turn, where it stands, building it), and
+    from there until the sink had it."""
+    rows = await rt.pool.fetch(_SENT_AT, ev.DeliveryAttempted.TYPE, list(sent))
+    before, wire = [], []
+    for row in rows:
+        d = row["id"]
+        if d in arrivals and sent[d] <= until:
+            before.append(row["sent_at"] - sent[d])
+            wire.append(arrivals[d] - row["sent_at"])
+    return before, wire
 
 
 def _most_in_window(times: list[float], window: float) -> int:
@@ -200,11 +233,15 @@ async def run(
                 # Alone before and after the flood together: a busy moment of a shared
                 # machine weighs on the reference less, and it has twice the samples.
                 flooded.pop("latencies")
+                flooded["before_send"] = summary_ms(flooded["before_send"])
+                flooded["on_the_wire"] = summary_ms(flooded["on_the_wire"])
                 out["flooded"] = flooded
                 out["alone"] = summary_ms(before.pop("latencies") + after.pop("latencies")) | {
                     "complete": before["complete"] and after["complete"],
                     "p99_before_ms": before["p99_ms"],
                     "p99_after_ms": after["p99_ms"],
+                    "before_send": summary_ms(before.pop("before_send") + after.pop("before_send")),
+                    "on_the_wire": summary_ms(before.pop("on_the_wire") + after.pop("on_the_wire")),
                 }
                 system.stop()
                 alone, flooded = out["alone"]["p99_ms"], out["flooded"]["p99_ms"]
@@ -245,6 +282,20 @@ async def run(
     return out
 
 
+def _split_rows(alone: dict[str, Any], flooded: dict[str, Any]) -> list[Row]:
+    """Where the quiet tenant's time went, beside the flood against alone."""
+    out = []
+    for key, what in (("before_send", "commit → its request sent"),
+                      ("on_the_wire", "request sent → at the sink")):  # fmt: skip
+        a, f = alone.get(key), flooded.get(key)
+        if not a or not f or not a.get("count") or not f.get("count"):
+            continue
+        for p in ("p50", "p99"):
+            out.append(Row(f"fairness: quiet {what}, {p} beside the flood", f[f"{p}_ms"], "ms",
+                           a[f"{p}_ms"], "alone", multiple=True))  # fmt: skip
+    return out
+
+
 def rows(r: dict[str, Any]) -> list[Row]:
     alone, flooded, lim = r["alone"], r["flooded"], r["limits"]
     ratio = r.get("p99_ratio")
@@ -260,6 +311,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
             ratio is not None and ratio <= 2.0),
         Row("fairness: quiet p50 beside the flood", flooded["p50_ms"], "ms", alone["p50_ms"],
             "alone", multiple=True),
+        *_split_rows(alone, flooded),
         Row(f"limits: {lim['replicas']} dispatchers, endpoint rate {lim['configured_per_s']}/s:"
             f" sent over {lim['seconds']} s (after the burst)",
             sent, "req/s", float(lim["configured_per_s"]), "configured", "within ±10 %",
