@@ -15,20 +15,14 @@ import pytest
 
 from hookbus_common import eventlog
 from hookbus_common import events as ev
-from hookbus_common.consumer import Consumer
 from hookbus_common.service import Runtime
-from hookbus_common.settings import Settings, extend
-from hookbus_executor.config import ExecutorConfig, ExecutorSettings
-from hookbus_executor.jobs import TERMINAL_STEP
-from hookbus_executor.jobs import make_handler as executor_handler
-from hookbus_executor.runs import Runs
+from hookbus_common.settings import Settings
 from hookbus_router import dryrun
 from hookbus_router.config import Rule, ShellAction
-from hookbus_router.routing import FILTER_TOKENS
-from hookbus_router.routing import make_handler as router_handler
 from hookbus_router.rules import RuleSet
 
 from .api_support import api_config, webhook
+from .pipeline import Pipeline
 from .test_api import Api, _is_problem, served
 from .test_consumer import until
 
@@ -58,38 +52,6 @@ def _rules(out: Path) -> list[Rule]:
         Rule(name="docs", source="github", branch="gh-pages",
              actions=[ShellAction(command=["/bin/sh", "-c", "echo docs"], payload="none")]),
     ]  # fmt: skip
-
-
-class Pipeline:
-    """The router's and the executor's real consume loops on the test's stream."""
-
-    def __init__(self, rt: Runtime, rules: list[Rule]) -> None:
-        self.stop = asyncio.Event()
-        settings = extend(rt.settings, ExecutorConfig, executor=ExecutorSettings(lease_seconds=5.0))
-        runs = Runs(settings.executor, rt.pool, rt.outbox, self.stop)
-        prefix = rt.bus.prefix
-        self.consumers = [
-            Consumer(
-                service="router", bus=rt.bus, outbox=rt.outbox, durable=f"{prefix}-router",
-                filter_subjects=[".".join((prefix, *t, ">")) for t in FILTER_TOKENS],
-                handler=router_handler(rules), max_in_flight=4, max_deliver=5,
-            ),
-            Consumer(
-                service="executor", bus=rt.bus, outbox=rt.outbox, durable=f"{prefix}-executor",
-                filter_subjects=[f"{prefix}.job.requested.>"],
-                handler=executor_handler(settings, runs), max_in_flight=4, max_deliver=5,
-                terminal_step=TERMINAL_STEP,
-            ),
-        ]  # fmt: skip
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Pipeline:
-        self.tasks = [asyncio.create_task(c.run(self.stop)) for c in self.consumers]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        await asyncio.wait_for(asyncio.gather(*self.tasks), 30)
 
 
 @pytest.fixture

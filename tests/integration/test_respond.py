@@ -13,19 +13,13 @@ import httpx
 import pytest
 
 from hookbus_cli.embedded import free_port
-from hookbus_common.consumer import Consumer
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings, extend
-from hookbus_executor.config import ExecutorConfig, ExecutorSettings
-from hookbus_executor.jobs import TERMINAL_STEP
-from hookbus_executor.jobs import make_handler as executor_handler
-from hookbus_executor.runs import Runs
 from hookbus_receiver.config import EventTypeFrom, NoneSource, ReceiverConfig, ReceiverSettings
 from hookbus_router.config import Rule, ShellAction
-from hookbus_router.routing import FILTER_TOKENS
-from hookbus_router.routing import make_handler as router_handler
 
 from .conftest import recorded
+from .pipeline import Pipeline
 from .serving import serve
 
 pytestmark = pytest.mark.integration
@@ -44,38 +38,6 @@ RULES = [
 ]
 
 
-class Pipeline:
-    """The router's and the executor's real consume loops on the test's stream."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.stop = asyncio.Event()
-        settings = extend(rt.settings, ExecutorConfig, executor=ExecutorSettings(lease_seconds=5.0))
-        runs = Runs(settings.executor, rt.pool, rt.outbox, self.stop)
-        prefix = rt.bus.prefix
-        self.consumers = [
-            Consumer(
-                service="router", bus=rt.bus, outbox=rt.outbox, durable=f"{prefix}-router",
-                filter_subjects=[".".join((prefix, *t, ">")) for t in FILTER_TOKENS],
-                handler=router_handler(RULES), max_in_flight=4, max_deliver=5,
-            ),
-            Consumer(
-                service="executor", bus=rt.bus, outbox=rt.outbox, durable=f"{prefix}-executor",
-                filter_subjects=[f"{prefix}.job.requested.>"],
-                handler=executor_handler(settings, runs), max_in_flight=4, max_deliver=5,
-                terminal_step=TERMINAL_STEP,
-            ),
-        ]  # fmt: skip
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Pipeline:
-        self.tasks = [asyncio.create_task(c.run(self.stop)) for c in self.consumers]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        await asyncio.wait_for(asyncio.gather(*self.tasks), 30)
-
-
 def _receiver(settings: Settings, wait: str, max_waiting: int = 100) -> ReceiverConfig:
     source = NoneSource(
         unsigned=True, respond_wait=wait, event_type=EventTypeFrom(json_field="what")
@@ -89,7 +51,7 @@ def _receiver(settings: Settings, wait: str, max_waiting: int = 100) -> Receiver
 
 @pytest.fixture
 async def pipeline(rt: Runtime) -> AsyncIterator[Pipeline]:
-    async with Pipeline(rt) as p:
+    async with Pipeline(rt, RULES) as p:
         yield p
 
 

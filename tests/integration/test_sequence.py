@@ -13,17 +13,10 @@ import msgspec
 import pytest
 
 from hookbus_common import events as ev
-from hookbus_common.consumer import Consumer
 from hookbus_common.service import Runtime
-from hookbus_common.settings import extend
-from hookbus_executor.config import ExecutorConfig, ExecutorSettings
-from hookbus_executor.jobs import TERMINAL_STEP
-from hookbus_executor.jobs import make_handler as executor_handler
-from hookbus_executor.runs import Runs
 from hookbus_router import config as router
-from hookbus_router import waits
-from hookbus_router.routing import FILTER_TOKENS, make_handler
 
+from .pipeline import Pipeline
 from .test_consumer import until
 
 pytestmark = pytest.mark.integration
@@ -43,48 +36,6 @@ actions = [
   {step("ship", f"echo ship >> {out}")},
 ]
 """
-
-
-class System:
-    """The router and the executor, each its real consume loop on its own durable."""
-
-    def __init__(self, rt: Runtime, rules: list[router.Rule]) -> None:
-        self.stop = asyncio.Event()
-        settings = extend(rt.settings, ExecutorConfig, executor=ExecutorSettings(lease_seconds=5.0))
-        runs = Runs(settings.executor, rt.pool, rt.outbox, self.stop)
-        prefix = rt.bus.prefix
-        self.consumers = [
-            Consumer(
-                service="router",
-                bus=rt.bus,
-                outbox=rt.outbox,
-                durable=f"{prefix}-router",
-                filter_subjects=[".".join((prefix, *t, ">")) for t in FILTER_TOKENS],
-                handler=make_handler(rules, store=waits.PgStore(rt.pool, rt.outbox)),
-                max_in_flight=4,
-                max_deliver=5,
-            ),
-            Consumer(
-                service="executor",
-                bus=rt.bus,
-                outbox=rt.outbox,
-                durable=f"{prefix}-executor",
-                filter_subjects=[f"{prefix}.job.requested.>"],
-                handler=executor_handler(settings, runs),
-                max_in_flight=2,
-                max_deliver=5,
-                terminal_step=TERMINAL_STEP,
-            ),
-        ]
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> System:
-        self.tasks = [asyncio.create_task(c.run(self.stop)) for c in self.consumers]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        await asyncio.wait_for(asyncio.gather(*self.tasks), 30)
 
 
 async def of_type(rt: Runtime, cls: type[ev.EventData]) -> list[Any]:
@@ -119,13 +70,15 @@ def out(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def failing(rt: Runtime, tmp_path: Path, out: Path) -> AsyncIterator[System]:
-    async with System(rt, load(tmp_path, rules_text(out, "exit 3"))) as system:
+async def failing(rt: Runtime, tmp_path: Path, out: Path) -> AsyncIterator[Pipeline]:
+    async with Pipeline(
+        rt, load(tmp_path, rules_text(out, "exit 3")), waits_in_log=True, executor_in_flight=2
+    ) as system:
         yield system
 
 
 async def test_the_second_action_failing_stops_the_sequence_before_the_third(
-    rt: Runtime, failing: System, out: Path
+    rt: Runtime, failing: Pipeline, out: Path
 ) -> None:
     hook = webhook()
     await rt.outbox.commit_and_publish([hook])
@@ -146,7 +99,12 @@ async def test_the_second_action_failing_stops_the_sequence_before_the_third(
 async def test_a_sequence_that_succeeds_runs_every_action_in_order(
     rt: Runtime, tmp_path: Path, out: Path
 ) -> None:
-    async with System(rt, load(tmp_path, rules_text(out, f"echo test >> {out}"))):
+    async with Pipeline(
+        rt,
+        load(tmp_path, rules_text(out, f"echo test >> {out}")),
+        waits_in_log=True,
+        executor_in_flight=2,
+    ):
         await rt.outbox.commit_and_publish([webhook()])
         end = await ended(rt)
 

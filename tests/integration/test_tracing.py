@@ -5,7 +5,6 @@ it as it was."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import httpx
@@ -19,19 +18,12 @@ from opentelemetry.trace import SpanKind
 from hookbus_cli.embedded import free_port
 from hookbus_common import eventlog, tracing
 from hookbus_common import events as ev
-from hookbus_common.consumer import Consumer
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings, extend
-from hookbus_executor.config import ExecutorConfig, ExecutorSettings
-from hookbus_executor.jobs import TERMINAL_STEP
-from hookbus_executor.jobs import make_handler as executor_handler
-from hookbus_executor.runs import Runs
 from hookbus_receiver.config import EventTypeFrom, NoneSource, ReceiverConfig, ReceiverSettings
-from hookbus_router import waits
 from hookbus_router.config import Rule, ShellAction
-from hookbus_router.routing import FILTER_TOKENS
-from hookbus_router.routing import make_handler as router_handler
 
+from .pipeline import Pipeline
 from .serving import serve
 from .test_consumer import until
 
@@ -69,39 +61,6 @@ def spans() -> Iterator[InMemorySpanExporter]:
         provider.shutdown()
 
 
-class Pipeline:
-    """The router's and the executor's real consume loops on the test's stream."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.stop = asyncio.Event()
-        settings = extend(rt.settings, ExecutorConfig, executor=ExecutorSettings(lease_seconds=5.0))
-        runs = Runs(settings.executor, rt.pool, rt.outbox, self.stop)
-        prefix = rt.bus.prefix
-        self.consumers = [
-            Consumer(
-                service="router", bus=rt.bus, outbox=rt.outbox, durable=f"{prefix}-router",
-                filter_subjects=[".".join((prefix, *t, ">")) for t in FILTER_TOKENS],
-                handler=router_handler(RULES, store=waits.PgStore(rt.pool, rt.outbox)),
-                max_in_flight=4, max_deliver=5,
-            ),
-            Consumer(
-                service="executor", bus=rt.bus, outbox=rt.outbox, durable=f"{prefix}-executor",
-                filter_subjects=[f"{prefix}.job.requested.>"],
-                handler=executor_handler(settings, runs), max_in_flight=4, max_deliver=5,
-                terminal_step=TERMINAL_STEP,
-            ),
-        ]  # fmt: skip
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Pipeline:
-        self.tasks = [asyncio.create_task(c.run(self.stop)) for c in self.consumers]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        await asyncio.wait_for(asyncio.gather(*self.tasks), 30)
-
-
 def _receiver(settings: Settings) -> ReceiverConfig:
     source = NoneSource(unsigned=True, event_type=EventTypeFrom(json_field="what"))
     return extend(
@@ -128,7 +87,7 @@ def _parent_of(span: ReadableSpan) -> int:
 async def test_a_webhooks_chain_is_one_trace_each_span_the_child_of_its_cause(
     settings: Settings, rt: Runtime, spans: InMemorySpanExporter
 ) -> None:
-    async with Pipeline(rt), serve(_receiver(settings)) as base:
+    async with Pipeline(rt, RULES, waits_in_log=True), serve(_receiver(settings)) as base:
         async with httpx.AsyncClient(timeout=30) as client:
             answer = await client.post(
                 f"{base}/hooks/traced",
