@@ -63,8 +63,9 @@ async def _outcome(executor: Executor, rt: Runtime, event: ev.Event[Any]) -> tup
 
     async def recording(incoming: Incoming) -> AsyncIterator[Yielded]:
         async for item in executor.handle(incoming):
-            out.extend([item] if isinstance(item, ev.Event) else item)
             yield item
+            # Once committed: a step whose gate held it back records nothing.
+            out.extend([item] if isinstance(item, ev.Event) else item)
 
     consumer = Consumer(
         service="executor", bus=rt.bus, outbox=rt.outbox, durable="unused",

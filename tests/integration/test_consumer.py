@@ -15,7 +15,7 @@ import pytest
 
 from hookbus_common import eventlog
 from hookbus_common import events as ev
-from hookbus_common.consumer import Consumer, Incoming, Yielded
+from hookbus_common.consumer import Consumer, Gated, Incoming, Yielded
 from hookbus_common.errors import Deferred, PermanentError, RetryableError
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings
@@ -583,3 +583,32 @@ async def test_a_copy_sent_again_while_the_message_is_in_hand_is_not_handled_twi
 
         await until(settled, timeout=20)
     assert calls == [1]
+
+
+async def test_a_gated_step_is_committed_only_with_its_gate_and_the_handler_learns_which(
+    rt: Runtime,
+) -> None:
+    told: dict[str, bool] = {}
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        job_id = incoming.event.data.job_id
+        # The gate of job_0 returns a row, job_1's none.
+        gate = eventlog.Gate("SELECT 1 WHERE {}::bool", (job_id == "job_0",))
+        step = Gated([_started(incoming)], gate)
+        yield step
+        told[job_id] = step.inserted
+
+    async with Running(rt, handler):
+        await rt.outbox.commit_and_publish([_job(0), _job(1)])
+        await until(lambda: _all_told(told))
+    assert told == {"job_0": True, "job_1": False}
+    async with rt.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT data->>'job_id' AS job FROM events WHERE type = $1",
+                                ev.JobStarted.TYPE)  # fmt: skip
+    assert [r["job"] for r in rows] == ["job_0"]
+    info = await rt.bus.js.consumer_info(rt.bus.stream, f"{rt.bus.prefix}-test")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+async def _all_told(told: dict[str, bool]) -> bool:
+    return len(told) == 2

@@ -268,3 +268,25 @@ async def test_a_row_created_and_changed_in_one_batch_takes_a_transaction(rt: Ru
     await rt.outbox.commit([hook, req, started])
     async with rt.pool.acquire() as conn:
         assert await conn.fetchval("SELECT status FROM jobs WHERE job_id = 'job_1'") == "running"
+
+
+async def test_a_gated_append_goes_in_only_with_its_gate_in_one_statement(rt: Runtime) -> None:
+    # The gate inserts its key unless it is there: the first append takes it, the second
+    # (another event behind the same key) is held back, and so is its outbox row.
+    gate = eventlog.Gate(
+        "INSERT INTO gates (k) VALUES ({}) ON CONFLICT DO NOTHING RETURNING k", ("key",)
+    )
+    first, second = _hook("g-1"), _hook("g-2")
+    async with rt.pool.acquire() as conn:
+        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS gates (k text PRIMARY KEY)")
+        taken, _ = await rt.outbox.commit([first], conn=conn, gate=gate)
+        held, known = await rt.outbox.commit([second], conn=conn, gate=gate)
+        assert [a.event.id for a in taken] == [first.id]
+        assert held == []
+        assert [a.event.id for a in known] == [second.id]
+        assert await conn.fetchval("SELECT count(*) FROM gates") == 1
+        logged = await conn.fetch(
+            "SELECT e.id FROM events e JOIN outbox o ON o.seq = e.seq WHERE e.id = ANY($1)",
+            [first.id, second.id],
+        )
+        assert [r["id"] for r in logged] == [first.id]

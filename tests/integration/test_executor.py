@@ -19,7 +19,16 @@ from prometheus_client import REGISTRY
 
 from hookbus_common import eventlog
 from hookbus_common import events as ev
-from hookbus_common.consumer import Ack, Consumer, Defer, Incoming, Outcome, Term, Yielded
+from hookbus_common.consumer import (
+    Ack,
+    Consumer,
+    Defer,
+    Gated,
+    Incoming,
+    Outcome,
+    Term,
+    Yielded,
+)
 from hookbus_common.service import Runtime
 from hookbus_common.settings import extend
 from hookbus_executor import leases, outcomes, procs
@@ -78,8 +87,9 @@ class Replica:
 
         async def recording(incoming: Incoming) -> AsyncIterator[Yielded]:
             async for item in handler(incoming):
-                out.extend([item] if isinstance(item, ev.Event) else item)
                 yield item
+                # Once committed: a step whose gate held it back records nothing.
+                out.extend([item] if isinstance(item, ev.Event) else item)
 
         consumer = Consumer(
             service="executor", bus=self.rt.bus, outbox=self.rt.outbox, durable="unused",
@@ -158,6 +168,28 @@ async def test_job_runs_once_and_a_redelivery_does_not_run_it_again(
         chain = await eventlog.chain(conn, req.id)
     assert tuple(status) == ("succeeded", 0)
     assert len(chain) == 3
+
+
+async def test_a_fresh_job_takes_its_lease_and_records_its_start_in_one_step(
+    rt: Runtime,
+) -> None:
+    replica = Replica(rt)
+    steps: list[Yielded] = []
+    handler = replica.handler
+
+    async def watching(incoming: Incoming) -> AsyncIterator[Yielded]:
+        async for item in handler(incoming):
+            steps.append(item)
+            yield item
+
+    replica.handler = watching
+    outcome, out = await replica.outcome(_request(["true"], job_id="job_fresh"))
+    assert outcome == Ack()
+    # job.started gated by taking the lease: one statement, before the action ran.
+    assert isinstance(steps[0], Gated)
+    assert steps[0].inserted
+    assert [type(e.data) for e in out] == [ev.JobStarted, ev.JobSucceeded]
+    assert (await _lease(rt, "job_fresh"))["attempt"] == 1
 
 
 async def test_failure_and_timeout_are_recorded_as_failed(rt: Runtime) -> None:

@@ -180,9 +180,11 @@ async def test_deferrals_are_not_attempts_the_first_real_run_is_attempt_1(
             incoming: Incoming, late: Replica = late, handler: Any = handler
         ) -> AsyncIterator[Yielded]:
             async for item in handler(incoming):
-                if isinstance(item, ev.Event) and isinstance(item.data, ev.JobStarted):
-                    late.stopping.set()  # seen by the handler once this is committed
                 yield item
+                # Committed (the handler sees the stop when it goes on).
+                committed = [item] if isinstance(item, ev.Event) else item
+                if any(isinstance(e.data, ev.JobStarted) for e in committed):
+                    late.stopping.set()
 
         late.handler = stop_after_started
         outcome, out = await late.outcome(req, deliveries=deliveries)

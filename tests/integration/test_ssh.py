@@ -252,8 +252,9 @@ class Replica:
 
         async def recording(incoming: Incoming) -> AsyncIterator[Yielded]:
             async for item in self.executor.handle(incoming):
-                out.extend([item] if isinstance(item, ev.Event) else item)
                 yield item
+                # Once committed: a step whose gate held it back records nothing.
+                out.extend([item] if isinstance(item, ev.Event) else item)
 
         consumer = Consumer(
             service="executor", bus=self.rt.bus, outbox=self.rt.outbox, durable="unused",

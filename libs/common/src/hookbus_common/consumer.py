@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from . import eventlog, looplag, metrics, tracing
 from . import events as ev
 from .bus import Bus
 from .errors import Deferred, HookbusError, OutageError, RetryableError
-from .eventlog import Appended
+from .eventlog import Appended, Gate
 from .events import Event
 from .logs import correlated
 from .outage import Recovery, is_outage
@@ -86,7 +86,24 @@ class Incoming:
             log.debug("could not report progress", extra={"error": repr(exc)})
 
 
-Yielded = Event[Any] | Sequence[Event[Any]]
+class Gated:
+    """Events a handler yields to be committed only if ``gate`` returns a row, in the same
+    statement (``eventlog.Gate``): a step and the claim it needs, in one round trip. Once
+    the handler resumes, ``inserted`` says whether they went in; iterating gives the
+    events committed (none before the commit, or if the gate held them back)."""
+
+    __slots__ = ("events", "gate", "inserted")
+
+    def __init__(self, events: Sequence[Event[Any]], gate: Gate) -> None:
+        self.events = list(events)
+        self.gate = gate
+        self.inserted = False
+
+    def __iter__(self) -> Iterator[Event[Any]]:
+        return iter(self.events if self.inserted else ())
+
+
+Yielded = Event[Any] | Sequence[Event[Any]] | Gated
 Handler = Callable[[Incoming], AsyncIterator[Yielded]]
 
 
@@ -456,29 +473,41 @@ class Consumer:
             log.info("already finished; not handled again", extra={"event_id": event.id})
             return Ack()
         async for out in self.handler(incoming):
+            if isinstance(out, Gated):
+                # Not published unless inserted: held back, they are not in the log.
+                inserted, _ = await self._commit(out.events, incoming.progress, out.gate)
+                out.inserted = bool(inserted)
+                self.outbox.publish_later(inserted)
+                continue
             batch = [out] if isinstance(out, Event) else list(out)
             if batch:
                 # Committed is what counts before going on (and before the ack); the
                 # publish follows on its own, backed by the outbox.
-                self.outbox.publish_later(await self._commit(batch, incoming.progress))
+                inserted, known = await self._commit(batch, incoming.progress)
+                self.outbox.publish_later([*inserted, *known])
         return Ack()
 
     async def _commit(
-        self, batch: Sequence[Event[Any]], keepalive: Callable[[], Awaitable[object]]
-    ) -> list[Appended]:
+        self,
+        batch: Sequence[Event[Any]],
+        keepalive: Callable[[], Awaitable[object]],
+        gate: Gate | None = None,
+    ) -> tuple[list[Appended], list[Appended]]:
         """Commit ``batch``; while Postgres is away, keep it and try again until it is back.
 
         The work it records may have had its effect already (a job ran, a request was
         sent): recorded late, it is not done again. Only a stop gives up (raising)."""
         try:
-            inserted, known = await self.outbox.commit(batch)
+            return await self.outbox.commit(batch, gate=gate)
         except Exception as exc:
             if not is_outage(exc):
                 raise
-            inserted, known = await self._recovery.retry(
-                lambda: self.outbox.commit(batch), exc, keepalive=keepalive, stop=self._stop
+            return await self._recovery.retry(
+                lambda: self.outbox.commit(batch, gate=gate),
+                exc,
+                keepalive=keepalive,
+                stop=self._stop,
             )
-        return [*inserted, *known]
 
     async def _recovered(self, exc: BaseException, incoming: Incoming) -> bool:
         """Wait until Postgres and NATS answer; False if the consumer stops first."""
@@ -577,7 +606,8 @@ class Consumer:
         )
         try:
             # Postgres away: held here until it is back, like any commit.
-            self.outbox.publish_later(await self._commit([event], msg.in_progress))
+            inserted, known = await self._commit([event], msg.in_progress)
+            self.outbox.publish_later([*inserted, *known])
         except Exception as exc:
             log.warning("could not record dead letter; will retry", extra={"error": repr(exc)})
             return False

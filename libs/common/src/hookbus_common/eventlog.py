@@ -17,7 +17,7 @@ from .events import Event, RawEvent
 # recorded, and queue what was inserted for the bus in the same transaction. Read-model
 # changes (``readmodels.fragments``) join it as further parts of the same statement.
 _INSERT_HEAD = """
-WITH ins AS (
+WITH {gate}ins AS (
     INSERT INTO events (id, type, source, subject, bus_subject, tenant, correlation_id,
                         causation_id, time, dedupe_key, data, raw_body, traceparent,
                         tracestate)
@@ -37,20 +37,30 @@ _ROWS_ONE = """VALUES ($1::text, $2::text, $3::text, $4::text, $5::text, $6::tex
             $14::text)"""
 _INSERT_TAIL = "\nSELECT seq, id FROM ins"
 _FIRST_EXTRA_PARAM = 15
+# A gated insert: the rows go in only if the gate (a statement part before them, run in
+# the same statement) returned a row.
+_GATED = "SELECT * FROM ({rows}) AS r WHERE EXISTS (SELECT 1 FROM gate)"
+
+
+def _numbered(sql: str, first: int) -> tuple[str, int]:
+    """``sql`` with its ``{}`` numbered from ``$first`` on; and the next number."""
+    count = sql.count("{}")
+    return sql.format(*(f"${n}" for n in range(first, first + count))), first + count
 
 
 @functools.lru_cache(maxsize=256)
-def _statement(ctes: tuple[str, ...], one: bool) -> str:
-    """The insert statement (of one event, or of arrays) with ``ctes`` joined, their
-    ``{}`` numbered from $15 on."""
-    head = _INSERT_HEAD.replace("{rows}", _ROWS_ONE if one else _ROWS_MANY)
+def _statement(ctes: tuple[str, ...], one: bool, gate: str | None = None) -> str:
+    """The insert statement (of one event, or of arrays) with ``ctes`` joined, and the
+    ``gate`` before them: their ``{}`` numbered from $15 on (the gate's last)."""
+    rows = _ROWS_ONE if one else _ROWS_MANY
+    numbered, after = _numbered(",\n".join(ctes), _FIRST_EXTRA_PARAM)
+    head = _INSERT_HEAD
+    if gate is not None:
+        rows = _GATED.replace("{rows}", rows)
+        head = head.replace("{gate}", f"gate AS ({_numbered(gate, after)[0]}), ")
+    head = head.replace("{gate}", "").replace("{rows}", rows)
     if not ctes:
         return head + _INSERT_TAIL
-    parts = ",\n".join(ctes)
-    count = parts.count("{}")
-    numbered = parts.format(
-        *(f"${n}" for n in range(_FIRST_EXTRA_PARAM, _FIRST_EXTRA_PARAM + count))
-    )
     return f"{head}, {numbered}{_INSERT_TAIL}"
 
 
@@ -101,6 +111,15 @@ def body_of(event_type: str, data: str | bytes, raw_body: bytes | None) -> bytes
     return payload or None
 
 
+class Gate(msgspec.Struct, frozen=True):
+    """A statement part an append depends on (``insert``'s ``gate``): ``sql`` is a
+    statement (such as an ``INSERT … RETURNING``) whose parameters are written ``{}``,
+    one per value of ``args``, in order."""
+
+    sql: str
+    args: tuple[Any, ...] = ()
+
+
 class Appended(msgspec.Struct, frozen=True):
     seq: int
     event: Event[Any]
@@ -115,11 +134,14 @@ async def insert(
     *,
     ctes: Sequence[str] = (),
     args: Sequence[Sequence[Any]] = (),
+    gate: Gate | None = None,
 ) -> tuple[list[Appended], list[Appended]]:
     """Append a batch; returns (inserted, already recorded) — ids make this idempotent.
 
     ``ctes`` and ``args`` are further parts of the statement and their parameters
-    (``readmodels.fragments``), run only for the events inserted."""
+    (``readmodels.fragments``), run only for the events inserted. With a ``gate``, the
+    batch is appended only if the gate returns a row, in the same statement: a batch
+    the gate held back is returned as not inserted, like one already recorded."""
     cols: list[list[Any]] = [[] for _ in range(14)]
     encoded: dict[str, Appended] = {}
     for p in batch:
@@ -141,7 +163,10 @@ async def insert(
         )
     one = len(batch) == 1
     params = [col[0] for col in cols] if one else cols
-    rows = await conn.fetch(_statement(tuple(ctes), one), *params, *args)
+    if gate is None:
+        rows = await conn.fetch(_statement(tuple(ctes), one), *params, *args)
+    else:
+        rows = await conn.fetch(_statement(tuple(ctes), one, gate.sql), *params, *args, *gate.args)
     inserted = []
     for row in rows:
         a = encoded.pop(row["id"])

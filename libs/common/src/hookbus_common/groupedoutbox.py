@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .eventlog import Appended, Pending
+from .eventlog import Appended, Gate, Pending
 from .events import Event
 from .outage import is_outage
 from .outbox import Outbox
@@ -68,9 +68,11 @@ class GroupedOutbox(Outbox):
         self._asks: list[_Ask] = []
         self._leader: asyncio.Task[None] | None = None
 
-    async def commit(self, batch: Sequence[Pending | Event[Any]], *, conn: Any = None) -> Committed:
-        if conn is not None:  # the caller's own transaction
-            return await self.inner.commit(batch, conn=conn)
+    async def commit(
+        self, batch: Sequence[Pending | Event[Any]], *, conn: Any = None, gate: Gate | None = None
+    ) -> Committed:
+        if conn is not None or gate is not None:  # the caller's own statement or transaction
+            return await self.inner.commit(batch, conn=conn, gate=gate)
         ask = _Ask([p if isinstance(p, Pending) else Pending(p) for p in batch])
         self._asks.append(ask)
         if self._leader is None:

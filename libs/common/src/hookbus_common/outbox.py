@@ -18,7 +18,7 @@ import asyncpg
 
 from . import eventlog, metrics, readmodels
 from .bus import Bus
-from .eventlog import Appended, Pending
+from .eventlog import Appended, Gate, Pending
 from .events import Event
 
 log = logging.getLogger(__name__)
@@ -49,28 +49,38 @@ class Outbox:
         self._relay_soon = asyncio.Event()
 
     async def commit(
-        self, batch: Sequence[Pending | Event[Any]], *, conn: asyncpg.Connection | None = None
+        self,
+        batch: Sequence[Pending | Event[Any]],
+        *,
+        conn: asyncpg.Connection | None = None,
+        gate: Gate | None = None,
     ) -> tuple[list[Appended], list[Appended]]:
-        """Append events and update read models in one transaction; returns (new, known)."""
+        """Append events and update read models in one transaction; returns (new, known).
+
+        With a ``gate`` (``eventlog.insert``), the events are appended only if it returns
+        a row, in the same statement; a batch whose read-model changes need a
+        transaction of their own cannot be gated."""
         pending = [p if isinstance(p, Pending) else Pending(p) for p in batch]
         if conn is None:
             async with self.pool.acquire() as c:
-                return await self._commit(c, pending)
-        return await self._commit(conn, pending)
+                return await self._commit(c, pending, gate)
+        return await self._commit(conn, pending, gate)
 
     async def _commit(
-        self, conn: asyncpg.Connection, pending: list[Pending]
+        self, conn: asyncpg.Connection, pending: list[Pending], gate: Gate | None = None
     ) -> tuple[list[Appended], list[Appended]]:
         # One INSERT … WITH statement is atomic by itself, read-model changes included: no
         # BEGIN/COMMIT round trips. Only batches it cannot express take a transaction.
         parts = readmodels.fragments([p.event for p in pending])
+        if parts is None and gate is not None:
+            raise ValueError("a batch whose read models need a transaction cannot be gated")
         if parts is None:
             async with conn.transaction():
                 inserted, known = await eventlog.insert(conn, self.bus.prefix, pending)
                 await readmodels.project(conn, inserted)
         else:
             inserted, known = await eventlog.insert(
-                conn, self.bus.prefix, pending, ctes=parts.ctes, args=parts.args
+                conn, self.bus.prefix, pending, ctes=parts.ctes, args=parts.args, gate=gate
             )
         for a in inserted:
             _appended(a.event.type).inc()

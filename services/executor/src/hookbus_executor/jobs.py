@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 
 from hookbus_common import events as ev
-from hookbus_common.consumer import Handler, Incoming, Yielded
+from hookbus_common.consumer import Gated, Handler, Incoming, Yielded
 from hookbus_common.errors import Deferred, PermanentError
 from hookbus_common.events import Event, JobRequestedV2
 
@@ -116,17 +116,34 @@ class Executor:
             if left > 0:
                 # Back before its backoff ended (a restart, a redelivery): not yet.
                 raise Deferred(left, f"job {req.job_id}: its next attempt is due in {left:.1f}s")
+        # A job seen for the first time (the common case) whose run starts at once: its
+        # lease and its job.started are recorded in one statement, or neither is.
+        fresh = incoming.deliveries == 1 and self._starts_at_once(spec)
+        tried = False  # the fresh statement was tried: the lease has a history, or is taken
         while True:
             self._refuse_if_stopping()
             asked = time.monotonic()
-            async with runs.pool.acquire() as conn:
-                claim = await leases.take_fresh(
-                    conn, event, req.job_id, runs.owner, runs.ttl, terminal_id=terminal_id
-                ) or await leases.take(
-                    conn, event, req.job_id, runs.owner, runs.ttl,
-                    running_here=req.job_id in runs.running,
-                    acted_here=runs.acted.get(req.job_id), terminal_id=terminal_id,
-                )  # fmt: skip
+            claim: leases.Claim | None = None
+            if fresh:
+                fresh, tried = False, True
+                gate = leases.fresh_gate(event, req.job_id, runs.owner, runs.ttl,
+                                         terminal_id=terminal_id)  # fmt: skip
+                started = Gated([outcomes.started(event, 1)], gate)
+                yield started
+                if started.inserted:
+                    claim = leases.Acquired(1, started=True)
+            if claim is None:
+                async with runs.pool.acquire() as conn:
+                    claim = (
+                        None if tried else await leases.take_fresh(
+                            conn, event, req.job_id, runs.owner, runs.ttl,
+                            terminal_id=terminal_id,
+                        )
+                    ) or await leases.take(
+                        conn, event, req.job_id, runs.owner, runs.ttl,
+                        running_here=req.job_id in runs.running,
+                        acted_here=runs.acted.get(req.job_id), terminal_id=terminal_id,
+                    )  # fmt: skip
             if isinstance(claim, leases.Acquired):
                 self._taken_at[req.job_id] = asked
             match claim:
@@ -148,10 +165,15 @@ class Executor:
                     await self._end(req.job_id, "interrupted")
                     if not done.data.retrying:
                         return
-                case leases.Acquired(attempt):
-                    async for out in self._run(incoming, event, spec, attempt):
+                case leases.Acquired(attempt, recorded):
+                    async for out in self._run(incoming, event, spec, attempt, recorded):
                         yield out
                     return
+
+    def _starts_at_once(self, spec: ev.JobSpec) -> bool:
+        """Whether a run of ``spec`` records its start as soon as it has the lease (an ssh
+        job first waits for one of its host's session places, and has not started then)."""
+        return not (isinstance(spec, ev.SshSpec) and spec.host in self.ssh)
 
     async def _lost(
         self, event: Event[JobRequestedV2], previous: Lease
@@ -188,8 +210,14 @@ class Executor:
         self.runs.acted.pop(job_id, None)
 
     async def _run(
-        self, incoming: Incoming, event: Event[JobRequestedV2], spec: ev.JobSpec, attempt: int
+        self,
+        incoming: Incoming,
+        event: Event[JobRequestedV2],
+        spec: ev.JobSpec,
+        attempt: int,
+        recorded: bool,
     ) -> AsyncIterator[Yielded]:
+        """Run the job as ``attempt``; ``recorded``: its job.started is in the log already."""
         req = event.data
         runs = self.runs
         # Registered until its end is recorded: a redelivery here waits for that.
@@ -204,7 +232,8 @@ class Executor:
                 # dies meanwhile it runs later instead of being recorded interrupted.
                 async with dockerops.heartbeat(incoming.progress, progress_interval(self._e)):
                     await placed.enter_async_context(self.ssh.place(spec.host))
-            yield outcomes.started(event, attempt)
+            if not recorded:
+                yield outcomes.started(event, attempt)
             # The commit may have waited (Postgres away): are we still to run it? Within
             # half its term of being taken the lease cannot have expired, so it is ours.
             self._refuse_if_stopping()

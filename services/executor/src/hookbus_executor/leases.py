@@ -18,6 +18,7 @@ import asyncpg
 import msgspec
 
 from hookbus_common import events as ev
+from hookbus_common.eventlog import Gate
 
 from . import procs
 from .procs import Host
@@ -69,6 +70,8 @@ class Acquired(msgspec.Struct, frozen=True):
     """The lease is ours: run the job as ``attempt``."""
 
     attempt: int
+    started: bool = False
+    """Its job.started is recorded already, with the lease (``fresh_gate``)."""
 
 
 class Held(msgspec.Struct, frozen=True):
@@ -155,6 +158,34 @@ WHERE NOT EXISTS (SELECT 1 FROM job_leases WHERE job_id = $1)
 ON CONFLICT (job_id) DO NOTHING
 RETURNING attempt
 """
+
+
+# ``_TAKE_FRESH`` as the gate of the job.started event's append (``eventlog.Gate``):
+# the lease and the start are recorded in one statement, or neither is.
+_FRESH_GATE = """
+INSERT INTO job_leases (job_id, request_id, attempt, owner, host, hostname, owner_pid,
+                        owner_started, expires_at)
+SELECT {}, {}, 1, {}, {}, {}, {}, {}, now() + make_interval(secs => {})
+WHERE NOT EXISTS (SELECT 1 FROM job_leases WHERE job_id = {})
+  AND NOT EXISTS (SELECT 1 FROM events WHERE id = {})
+  AND NOT EXISTS (SELECT 1 FROM events WHERE correlation_id = {} AND type = {}
+                  AND causation_id = {})
+ON CONFLICT (job_id) DO NOTHING
+RETURNING attempt
+"""
+
+
+def fresh_gate(
+    request: ev.Event[Any], job_id: str, owner: Owner, ttl: float, *, terminal_id: str
+) -> Gate:
+    """Take the lease of a job no run has touched yet as run 1 (``take_fresh``), as the
+    gate of recording its job.started: appended with that gate, the start is recorded
+    only if the lease was taken, in the same round trip."""
+    return Gate(
+        _FRESH_GATE,
+        (job_id, request.id, *_owner_args(owner, ttl), job_id, terminal_id,
+         request.correlationid, _STARTED_TYPE, request.id),
+    )  # fmt: skip
 
 
 async def take_fresh(
