@@ -10,9 +10,9 @@ response objects cost as much as the connection itself.
 What is sent is exactly the request: no cookies kept (one endpoint's cookie must never
 reach another), no proxy read from the environment (a proxy is what the SSRF guard would
 check, not the destination), no redirect followed, no header added (a request carries
-the ones it was built with, and ``Content-Length``). aiohttp's errors become this
-module's, named by kind (``ConnectError``, ``ReadTimeout``, …): an attempt records that
-name and message.
+the ones it was built with, ``Host`` and ``Content-Length``). aiohttp's errors become
+this module's, named by kind (``ConnectError``, ``ReadTimeout``, …): an attempt records
+that name and message.
 """
 
 from __future__ import annotations
@@ -148,9 +148,9 @@ set before (a configured ``User-Agent`` replaces ours rather than adding a secon
 class Request(msgspec.Struct, frozen=True):
     """One HTTP request, as an attempt sends it.
 
-    ``headers`` hold every header sent but ``Content-Length`` (names case-insensitive);
-    ``timeout`` bounds connecting and each read, and the whole exchange up to the
-    answer's status and headers (``None``: the sending client's)."""
+    ``headers`` hold every header sent but ``Host`` and ``Content-Length`` (names
+    case-insensitive); ``timeout`` bounds connecting and each read, and the whole
+    exchange up to the answer's status and headers (``None``: the sending client's)."""
 
     method: str
     url: str
