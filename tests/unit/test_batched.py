@@ -78,3 +78,40 @@ async def test_a_cancelled_caller_does_not_stop_the_others() -> None:
     assert await b == 2
     with pytest.raises(asyncio.CancelledError):
         await a
+
+
+async def test_with_two_lanes_a_call_goes_at_once_beside_a_running_batch() -> None:
+    seen: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def run(args: Sequence[int]) -> list[int]:
+        seen.append(list(args))
+        if len(seen) == 1:
+            await gate.wait()  # the first batch is slow
+        return [a * 10 for a in args]
+
+    batched: Batched[int, int] = Batched(run, lanes=2)
+    first = asyncio.create_task(batched(1))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(batched(2))
+    # The second lane takes it while the first batch still runs.
+    assert await second == 20
+    assert seen == [[1], [2]]
+    # Both lanes busy: calls gather for the next free one.
+    gate2 = asyncio.Event()
+    seen.clear()
+
+    async def slow(args: Sequence[int]) -> list[int]:
+        seen.append(list(args))
+        await gate2.wait()
+        return [a * 10 for a in args]
+
+    two: Batched[int, int] = Batched(slow, lanes=2)
+    calls = [asyncio.create_task(two(n)) for n in range(5)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert seen == [[0, 1, 2, 3, 4]]  # one lane took all that were there
+    gate2.set()
+    gate.set()
+    assert [await c for c in calls] == [0, 10, 20, 30, 40]
+    assert await first == 10

@@ -123,7 +123,9 @@ def standing_reads(pool: asyncpg.Pool) -> Batched[StandingKey, Standing]:
             for key, row in zip(keys, rows, strict=True)
         ]
 
-    return Batched(read)
+    # Two lanes: under load a delivery's read goes at once beside a batch already running,
+    # instead of waiting for it to end (half the wait, for a few more round trips).
+    return Batched(read, lanes=2)
 
 
 def standing_key(event: Event[DeliveryRequested], endpoint: str | None) -> StandingKey:
