@@ -6,15 +6,16 @@ HTTP client's own ceiling measured in the same run.
    deliveries/s, and latency from each request's commit (its ``delivery.requested``
    event's ``recorded_at``) to the sink's receipt.
 2. **Saturation.** With the dispatcher stopped, a backlog of ``--delivery-backlog``
-   requests is committed, spread over four sinks (four destinations: the default cap of
-   a quarter of the slots per destination lets every slot work); then the dispatcher
+   requests is committed, spread over eight sinks (eight destinations: the default cap of
+   an eighth of the slots per destination lets every slot work); then the dispatcher
    starts and drains it: deliveries/s between
    the first and the last arrival at the sink (start-up counts for nothing), the CPU per
    delivery of the dispatcher, and of this run's Postgres and nats-server, and latency
    from commit (mostly time spent waiting in the backlog).
 3. **Clients.** The dispatcher's HTTP client as it is built (its own requests sent by an
    aiohttp session, every connection's addresses checked by the SSRF guard) posting to
-   four sinks (four destinations), 32 requests in flight, sent as an attempt sends: one
+   eight sinks (eight destinations), 64 requests in flight (the dispatcher's default), sent
+   as an attempt sends: one
    shared client, a pool of four clients, one client per destination; and two unguarded
    references, httpx with its own transport (httpcore) and a bare aiohttp session; each
    in turn for the same time in this process.
@@ -63,8 +64,8 @@ class DeliveryOptions:
     seconds: float = 8.0
     backlog: int = 3000
     client_seconds: float = 2.0
-    client_in_flight: int = 32
-    destinations: int = 4
+    client_in_flight: int = 64
+    destinations: int = 8
     settle_timeout: float = 90.0
 
 

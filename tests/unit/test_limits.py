@@ -112,7 +112,7 @@ max_in_flight = 10
     assert cfg.dispatcher.tenants["acme"].weight == 2
     assert cfg.endpoints["billing"].limit() == Rate(50.0, 100)
     assert cfg.endpoints["billing"].max_in_flight == 10
-    assert cfg.dispatcher.destination_cap() == 8  # a quarter of max_in_flight (32)
+    assert cfg.dispatcher.destination_cap() == 8  # an eighth of max_in_flight (64)
 
 
 @pytest.mark.parametrize(

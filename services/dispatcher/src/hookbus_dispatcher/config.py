@@ -197,7 +197,7 @@ def endpoint_id(name: str) -> str:
 
 class DispatcherSettings(msgspec.Struct, **STRUCT):
     health_port: Port = 9103
-    max_in_flight: PositiveInt = 32
+    max_in_flight: PositiveInt = 64
     ack_wait_seconds: PositiveFloat = 30.0
     # Attempts at one delivery; unset: one more than retry_schedule has waits.
     max_attempts: PositiveInt | None = None
@@ -216,7 +216,7 @@ class DispatcherSettings(msgspec.Struct, **STRUCT):
     # destination (fairness.py); at most this many per process.
     read_ahead: PositiveInt = 10_000
     # Deliveries to one destination (endpoint, channel, URL host) in flight at once in
-    # this process, unless its endpoint says max_in_flight (unset: a quarter of
+    # this process, unless its endpoint says max_in_flight (unset: an eighth of
     # max_in_flight, at least 1), so a slow one cannot take every slot.
     destination_max_in_flight: PositiveInt | None = None
     # Per tenant: its weight in the fair share, a rate limit, its overflow policy.
@@ -227,7 +227,7 @@ class DispatcherSettings(msgspec.Struct, **STRUCT):
         return self.max_attempts or len(self.retry_schedule) + 1
 
     def destination_cap(self) -> int:
-        return self.destination_max_in_flight or max(1, self.max_in_flight // 4)
+        return self.destination_max_in_flight or max(1, self.max_in_flight // 8)
 
     def networks(self) -> tuple[Network, ...]:
         return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in self.allow_networks)
