@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from . import events, logs, looplag, tracing
+from . import events, gcsettle, logs, looplag, tracing
 from .bus import Bus, connect
 from .consumer import Consumer, Handler
 from .db import open_pool
@@ -135,6 +135,7 @@ async def run_consumer(
         ):
             if started is not None:
                 await started(rt)
+            gcsettle.settle()
             log.info("started", extra={"service": service})
             await consumer.run(rt.stop)
     log.info("stopped", extra={"service": service})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -14,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hookbus_common import logs, tracing
+from hookbus_common import gcsettle, logs, tracing
 from hookbus_common.service import Runtime, runtime
 
 from . import config, webhookurl
@@ -194,9 +193,9 @@ def _starlette(settings: ReceiverConfig) -> Starlette:
                 partners=PartnerHooks(rt.pool, pipeline, schemas),
                 image_push=ImagePushHooks(rt.pool, pipeline),
             )
-            # What exists now lives as long as the process: keep the collector from
-            # walking it again on every full collection.
-            gc.freeze()
+            # What exists now lives as long as the process: the collector walks it no
+            # more.
+            gcsettle.settle()
             try:
                 yield state
             finally:
