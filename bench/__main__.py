@@ -414,7 +414,7 @@ async def main(args: argparse.Namespace) -> int:
             if "fairness" in parts:
                 fair_opt = fairness.FairnessOptions(
                     flood=args.fairness_flood or (2000 if quick else 10_000),
-                    quiet_seconds=3.0 if quick else 5.0,
+                    quiet_seconds=3.0 if quick else 10.0,
                     limit_seconds=args.limit_seconds,
                     settle_timeout=opt.settle_timeout,
                 )

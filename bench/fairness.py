@@ -52,7 +52,7 @@ LIMIT_BURST = 10
 class FairnessOptions:
     flood: int = 2000
     quiet_rate: float = 20.0
-    quiet_seconds: float = 5.0
+    quiet_seconds: float = 10.0
     limit_seconds: float = 30.0
     limit_replicas: int = 3
     settle_timeout: float = 120.0
