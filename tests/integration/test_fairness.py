@@ -350,3 +350,25 @@ async def test_a_lone_replica_keeps_what_it_read_ahead(
         hold.set()
         await until(lambda: len(slow.arrivals) >= 300)
     assert sorted(d for d, _t, _w in slow.arrivals) == sorted(r.data.delivery_id for r in reqs)
+
+
+async def test_a_read_ahead_held_short_while_sharing_spills_nothing(
+    rt: Runtime, client: httpx.AsyncClient, held_backlog: HeldBacklog
+) -> None:
+    # A replica that gave work back reads ahead only its part for a while; with more in
+    # the stream behind, it reads nothing more, and moves nothing to the schedule (where a
+    # delivery would wait 15-45 s: three rate-limited replicas sent 58 % of their limit).
+    slow, reqs, hold = held_backlog
+    spilled = REGISTRY.get_sample_value("hookbus_dispatcher_spilled_total") or 0.0
+    loop = Loop(rt, client, dispatcher_config(max_in_flight=4))
+    loop.consumer._share = 50
+    loop.consumer._shared_until = float("inf")
+    async with loop:
+        await until(lambda: len(loop.consumer.queue) >= 40)
+        await asyncio.sleep(1.5)  # a spill would look at what is behind once a second
+        assert len(loop.consumer.queue) <= 50  # so 249 or more wait in the stream
+        assert REGISTRY.get_sample_value("hookbus_dispatcher_spilled_total") == spilled
+        loop.consumer._shared_until = float("-inf")  # the hold is over: it reads on
+        hold.set()
+        await until(lambda: len(slow.arrivals) >= 300)
+    assert sorted(d for d, _t, _w in slow.arrivals) == sorted(r.data.delivery_id for r in reqs)

@@ -227,7 +227,11 @@ class FairConsumer(Consumer):
         while not stop.is_set():
             room = self._limit() - len(self.queue)
             if room <= 0:
-                if not await self._spill_one():
+                # Only a full read-ahead spills: one held short while it shares a backlog
+                # with other replicas just reads nothing more (moved to the schedule, a
+                # delivery would wait there 15-45 s, for no reason).
+                full = len(self.queue) >= self.buffer
+                if not (full and await self._spill_one()):
                     await self._wait_change(1.0)
                 continue
             if not await self._asked(puller, room):
@@ -308,7 +312,7 @@ class FairConsumer(Consumer):
         if longest is None:
             return False
         backlog = self.queue.backlog()
-        if backlog[longest] * 2 <= self._limit():
+        if backlog[longest] * 2 <= self.buffer:
             return False
         if await self._nothing_behind():
             return False  # nothing behind them to read
