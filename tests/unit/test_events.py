@@ -518,6 +518,19 @@ def test_derived_id_is_deterministic():
     assert ID_RE.match(derived_id("evt_a", "routed"))
 
 
+def test_derived_ids_are_the_uuid5_ids_every_release_derived():
+    # Events recorded by earlier releases carry these ids; a redelivery must derive the
+    # same ones, or it would act again.
+    import uuid
+
+    from hookbus_common.events import _ID_NAMESPACE
+
+    for cause, step in [("evt_a", "routed"), ("evt_0123456789abcdef", "attempt/12"),
+                        ("", ""), ("évt/ü", "€/step"), ("x" * 300, "request/deploy/0")]:  # fmt: skip
+        assert derived_id(cause, step) == f"evt_{uuid.uuid5(_ID_NAMESPACE, f'{cause}/{step}').hex}"
+    assert derived_id("evt_a", "routed") == "evt_" + uuid.uuid5(_ID_NAMESPACE, "evt_a/routed").hex
+
+
 def test_derived_id_differs_by_step_and_by_cause():
     ids = {
         derived_id("evt_a", "routed"),

@@ -232,6 +232,14 @@ class Consumer:
         self.bus = bus
         self.outbox = outbox
         self.durable = durable
+        # The durable's metric children, looked up once: ``labels`` takes a lock and a
+        # lookup on every call, several times per message.
+        self._in_flight_gauge = metrics.IN_FLIGHT.labels(durable)
+        self._handle_seconds = metrics.HANDLE_SECONDS.labels(durable)
+        self._handled = {
+            kind: metrics.MESSAGES_HANDLED.labels(durable, kind)
+            for kind in ("ack", "nak", "defer", "term")
+        }
         self.filter_subjects = tuple(filter_subjects)
         self.handler = handler
         self.max_in_flight = max_in_flight
@@ -391,7 +399,7 @@ class Consumer:
             return
         self._in_hand[seq] = copies = []
         tries = self._ledger.tries(seq, deliveries)
-        metrics.IN_FLIGHT.labels(self.durable).inc()
+        self._in_flight_gauge.inc()
         started = time.perf_counter()
         try:
             outcome = await self._run_handler(msg, deliveries, tries)
@@ -405,8 +413,8 @@ class Consumer:
             log.warning("could not settle message", extra={"error": repr(exc)})
         finally:
             del self._in_hand[seq]
-            metrics.IN_FLIGHT.labels(self.durable).dec()
-            metrics.HANDLE_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
+            self._in_flight_gauge.dec()
+            self._handle_seconds.observe(time.perf_counter() - started)
 
     async def _run_handler(self, msg: Msg, deliveries: int, tries: int) -> Outcome:
         if msg.headers and REPLAY_HEADER in msg.headers:
@@ -578,10 +586,10 @@ class Consumer:
             case Term(reason):
                 if not await self._dead_letter(msg, reason, deliveries):
                     await msg.nak(delay=backoff(deliveries))
-                    metrics.MESSAGES_HANDLED.labels(self.durable, "nak").inc()
+                    self._handled["nak"].inc()
                     return
                 await msg.term()
-        metrics.MESSAGES_HANDLED.labels(self.durable, type(outcome).__name__.lower()).inc()
+        self._handled[type(outcome).__name__.lower()].inc()
 
     async def _dead_letter(self, msg: Msg, reason: str, deliveries: int) -> bool:
         """Record the message before terminating it; never drop it unrecorded."""
