@@ -146,6 +146,19 @@ async def nats_version(url: str) -> str:
         await nc.close()
 
 
+async def post_as_attempt(
+    client: httpclient.Client, url: str, headers: httpclient.Headers[str], body: bytes
+) -> None:
+    """As an attempt sends: a request built, sent, and its answer read and let go of."""
+    r = await client.send(httpclient.request("POST", url, headers, body))
+    try:
+        while await r.read(4096):
+            pass
+    finally:
+        r.close()
+    assert r.status < 400, r.status
+
+
 async def http_post(sink_port: int, *, duration: float, concurrency: int) -> dict[str, float]:
     """The dispatcher's own HTTP client POSTing 2 KB bodies to the sink, ``concurrency`` at
     once: built as the dispatcher builds it (SSRF guard in place, loopback allowed) and sent
@@ -163,13 +176,7 @@ async def http_post(sink_port: int, *, duration: float, concurrency: int) -> dic
             nonlocal done
             while time.perf_counter() < deadline:
                 headers = httpclient.Headers({"x-hookbus-delivery": "c"})
-                r = await client.send(httpclient.request("POST", url, headers, body))
-                try:
-                    while await r.read(4096):
-                        pass
-                finally:
-                    r.close()
-                assert r.status < 400, r.status
+                await post_as_attempt(client, url, headers, body)
                 done += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -47,6 +47,7 @@ from hookbus_dispatcher import httpclient
 from hookbus_dispatcher.ssrf import guarded_client
 
 from . import cpu, payloads
+from .ceilings import post_as_attempt
 from .fairness import _records, _reset, _until
 from .report import Row
 from .stats import summary_ms
@@ -237,14 +238,7 @@ def _dispatcher_post(
     """As an attempt sends: a request built, sent, and its answer read and let go of."""
 
     async def post(w: int, url: str) -> None:
-        request = httpclient.request("POST", url, httpclient.Headers(HEADERS), body)
-        r = await made[pick(w)].send(request)
-        try:
-            while await r.read(4096):
-                pass
-        finally:
-            r.close()
-        assert r.status < 400, r.status
+        await post_as_attempt(made[pick(w)], url, httpclient.Headers(HEADERS), body)
 
     return post
 
