@@ -119,6 +119,10 @@ class Gate(msgspec.Struct, frozen=True):
     sql: str
     args: tuple[Any, ...] = ()
 
+    def alone(self) -> str:
+        """``sql`` as a statement of its own, its parameters numbered from ``$1``."""
+        return _numbered(self.sql, 1)[0]
+
 
 class Appended(msgspec.Struct, frozen=True):
     seq: int

@@ -147,21 +147,9 @@ def _holder_alive(lease: Lease, owner: Owner, running_here: bool) -> bool:
 # A job seen for the first time — no lease row, never started, not finished — is the
 # common case: its lease is taken in this one statement, as run 1. Anything else (it
 # returns no row) goes through ``take``'s transaction.
-_TAKE_FRESH = """
-INSERT INTO job_leases (job_id, request_id, attempt, owner, host, hostname, owner_pid,
-                        owner_started, expires_at)
-SELECT $1, $2, 1, $3, $4, $5, $6, $7, now() + make_interval(secs => $8)
-WHERE NOT EXISTS (SELECT 1 FROM job_leases WHERE job_id = $1)
-  AND NOT EXISTS (SELECT 1 FROM events WHERE id = $9)
-  AND NOT EXISTS (SELECT 1 FROM events WHERE correlation_id = $10 AND type = $11
-                  AND causation_id = $2)
-ON CONFLICT (job_id) DO NOTHING
-RETURNING attempt
-"""
-
-
-# ``_TAKE_FRESH`` as the gate of the job.started event's append (``eventlog.Gate``):
-# the lease and the start are recorded in one statement, or neither is.
+# A job no run has touched yet taken as run 1: run alone (``take_fresh``), or as the gate
+# of the job.started event's append (``fresh_gate``, ``eventlog.Gate``), so that the lease
+# and the start are recorded in one statement, or neither is.
 _FRESH_GATE = """
 INSERT INTO job_leases (job_id, request_id, attempt, owner, host, hostname, owner_pid,
                         owner_started, expires_at)
@@ -199,10 +187,8 @@ async def take_fresh(
 ) -> Acquired | None:
     """Take the lease of a job no run has touched yet, in one round trip; ``None`` when
     the job has a history (``take`` decides then)."""
-    attempt = await conn.fetchval(
-        _TAKE_FRESH, job_id, request.id, *_owner_args(owner, ttl), terminal_id,
-        request.correlationid, _STARTED_TYPE,
-    )  # fmt: skip
+    gate = fresh_gate(request, job_id, owner, ttl, terminal_id=terminal_id)
+    attempt = await conn.fetchval(gate.alone(), *gate.args)
     return None if attempt is None else Acquired(attempt)
 
 
