@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from hookbus_common import events as ev
 from hookbus_dispatcher import presence
 from hookbus_dispatcher.presence import Presence, Word
 
@@ -105,11 +106,11 @@ async def test_words_that_are_not_presence_are_ignored() -> None:
     nc, clock = FakeNats(), Clock()
     a = replica(nc, clock, "a", 500)
     await a.start()
-    for cb in nc.subs[presence.subject("hb")]:
+    for cb in nc.subs[ev.presence_subject("hb")]:
         await cb(_Msg(b"not json"))
         await cb(_Msg(b'{"held": "many"}'))
     assert a.waiting_peers() == []
 
 
 def test_the_subject_is_outside_the_stream() -> None:
-    assert not presence.subject("hb").startswith("hb.")
+    assert not ev.presence_subject("hb").startswith("hb.")

@@ -1173,6 +1173,13 @@ def dry_run_subject(prefix: str) -> str:
     return f"_HOOKBUS.{prefix}.router.dry_run"
 
 
+def presence_subject(prefix: str) -> str:
+    """Where dispatcher replicas say what they hold read ahead and that they wait for
+    work (core NATS, every replica hears every word). Outside ``<prefix>.>`` as
+    ``dry_run_subject`` is: never stored, and no installation hears another's."""
+    return f"_HOOKBUS.{prefix}.dispatcher.presence"
+
+
 class DryRunRequest(msgspec.Struct, **_FROZEN):
     """A recorded ``webhook.received`` or ``webhook.replayed`` envelope, to evaluate."""
 

@@ -26,6 +26,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from hookbus_common import events as ev
+
 log = logging.getLogger(__name__)
 
 EVERY: Final = 1.0
@@ -33,12 +35,6 @@ EVERY: Final = 1.0
 
 HEARD_FOR: Final = 2.5 * EVERY
 """How long a replica's word counts: it has stopped (or started working) when it is older."""
-
-
-def subject(prefix: str) -> str:
-    """Where the dispatchers of installation ``prefix`` speak. Outside ``<prefix>.>``, so
-    the stream neither stores nor acknowledges it; upper case, which no prefix has."""
-    return f"_HOOKBUS.{prefix}.dispatcher.presence"
 
 
 class Word(msgspec.Struct, frozen=True):
@@ -77,7 +73,7 @@ class Presence:
         me: str | None = None,
     ) -> None:
         self._nc = nc
-        self.subject = subject(prefix)
+        self.subject = ev.presence_subject(prefix)
         self.me = me or uuid.uuid4().hex
         self._wants_work = wants_work
         self.clock = clock
