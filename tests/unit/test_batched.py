@@ -80,38 +80,35 @@ async def test_a_cancelled_caller_does_not_stop_the_others() -> None:
         await a
 
 
-async def test_with_two_lanes_a_call_goes_at_once_beside_a_running_batch() -> None:
+async def turns() -> None:
+    """Let the tasks made so far, and the batches they start, run up to their waits."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_two_lanes_run_a_call_beside_a_running_batch_and_gather_when_both_are_busy() -> None:
     seen: list[list[int]] = []
-    gate = asyncio.Event()
+    gates = [asyncio.Event(), asyncio.Event()]
 
     async def run(args: Sequence[int]) -> list[int]:
+        n = len(seen)
         seen.append(list(args))
-        if len(seen) == 1:
-            await gate.wait()  # the first batch is slow
+        if n < len(gates):
+            await gates[n].wait()  # the first two batches hold their lanes
         return [a * 10 for a in args]
 
     batched: Batched[int, int] = Batched(run, lanes=2)
     first = asyncio.create_task(batched(1))
-    await asyncio.sleep(0)
+    await turns()
     second = asyncio.create_task(batched(2))
-    # The second lane takes it while the first batch still runs.
-    assert await second == 20
-    assert seen == [[1], [2]]
-    # Both lanes busy: calls gather for the next free one.
-    gate2 = asyncio.Event()
-    seen.clear()
-
-    async def slow(args: Sequence[int]) -> list[int]:
-        seen.append(list(args))
-        await gate2.wait()
-        return [a * 10 for a in args]
-
-    two: Batched[int, int] = Batched(slow, lanes=2)
-    calls = [asyncio.create_task(two(n)) for n in range(5)]
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert seen == [[0, 1, 2, 3, 4]]  # one lane took all that were there
-    gate2.set()
-    gate.set()
-    assert [await c for c in calls] == [0, 10, 20, 30, 40]
+    await turns()
+    assert seen == [[1], [2]]  # the second went at once, in the other lane
+    rest = [asyncio.create_task(batched(n)) for n in (3, 4, 5)]
+    await turns()
+    assert seen == [[1], [2]]  # both lanes busy: they wait
+    gates[0].set()
     assert await first == 10
+    assert [await r for r in rest] == [30, 40, 50]
+    assert seen[2] == [3, 4, 5]  # together, in the lane that came free
+    gates[1].set()
+    assert await second == 20
