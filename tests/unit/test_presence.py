@@ -114,3 +114,56 @@ async def test_words_that_are_not_presence_are_ignored() -> None:
 
 def test_the_subject_is_outside_the_stream() -> None:
     assert not ev.presence_subject("hb").startswith("hb.")
+
+
+class _Held:
+    def __init__(self) -> None:
+        self.msg = None
+
+
+async def test_a_replica_holding_little_sleeps_until_its_read_ahead_deepens(
+    monkeypatch: Any,
+) -> None:
+    """The sharing loop looks once a second only while there is something to share: an
+    idle dispatcher is not woken for it."""
+    import asyncio
+
+    from hookbus_dispatcher.fairness_loop import FairConsumer
+
+    monkeypatch.setattr(presence, "EVERY", 0.01)
+    nc, clock = FakeNats(), Clock()
+    c = FairConsumer(
+        buffer=1000, cap_for=lambda _d: 8, service="dispatcher", bus=None, outbox=None,
+        durable="hb-dispatcher", filter_subjects=["hb.>"], handler=None, max_in_flight=4,
+        max_deliver=3, clock=clock,
+    )  # fmt: skip
+    c.presence = replica(nc, clock, "a", 0)
+    looks = 0
+    waiting_peers = c.presence.waiting_peers
+
+    def counted() -> list[int]:
+        nonlocal looks
+        looks += 1
+        return waiting_peers()
+
+    monkeypatch.setattr(c.presence, "waiting_peers", counted)
+    stop = asyncio.Event()
+    sharing = asyncio.create_task(c._share_out(stop))
+    for _ in range(3):
+        c.queue.put("t", "d", _Held())  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)  # twenty turns of the sharing loop, were it awake
+    assert looks <= 2
+    assert nc.said == []
+
+    for _ in range(c._deep_at()):  # a deep read-ahead, as the reader leaves it
+        c.queue.put("t", "d", _Held())  # type: ignore[arg-type]
+    c._deep.set()
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if nc.said:
+            break
+    assert nc.said
+    assert nc.said[0].held == len(c.queue)  # it speaks of what it holds
+    stop.set()
+    sharing.cancel()
+    await asyncio.gather(sharing, return_exceptions=True)

@@ -175,6 +175,9 @@ class FairConsumer(Consumer):
         self.clock = clock
         self.max_ack_pending = max(self.max_ack_pending, self.buffer + self.max_in_flight * 2)
         self._changed = asyncio.Event()
+        # Set when the read-ahead grows deep enough that sharing it could matter: until
+        # then the sharing loop sleeps (an idle dispatcher wakes for nothing).
+        self._deep = asyncio.Event()
         self._seen: set[tuple[str, str]] = set()
         self._closing = False
 
@@ -246,13 +249,15 @@ class FairConsumer(Consumer):
             for msg in msgs:
                 tenant, dest = route(msg)
                 self.queue.put(tenant, dest, _Held(msg, now))
+            if len(self.queue) >= self._deep_at():
+                self._deep.set()
             if msgs:
                 # Started here, not by the feeder's next turn: under load every hop
                 # through the event loop is a wait.
                 self._start_what_fits()
                 self._changed.set()
 
-    async def _wait_change(self, seconds: float) -> None:
+    async def _wait_change(self, seconds: float | None) -> None:
         self._changed.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout=seconds)
@@ -268,7 +273,8 @@ class FairConsumer(Consumer):
             if now - last_beat >= keepalive / 2:
                 await self._heartbeat(now, keepalive)
                 last_beat = now
-            await self._wait_change(keepalive / 2)
+            # Nothing waiting, nothing to keep alive: sleep until something comes.
+            await self._wait_change(keepalive / 2 if self.queue else None)
 
     def _start_what_fits(self) -> int:
         """Start handling as many waiting messages as there are free slots (and room at
@@ -336,6 +342,17 @@ class FairConsumer(Consumer):
             return None
         return mine
 
+    def _deep_at(self) -> int:
+        """The least read-ahead a replica speaks of: what it holds beyond ``_keep`` (at
+        least four batches of slots) must come to a batch of slots."""
+        return self.max_in_flight * 5
+
+    def _may_share(self) -> bool:
+        """Whether the sharing loop has anything to look at: a deep read-ahead, or
+        replicas that answered that they wait."""
+        assert self.presence is not None
+        return len(self.queue) >= self._deep_at() or bool(self.presence.waiting_peers())
+
     def _keep(self) -> int:
         """What this replica holds read ahead at least while another one waits for work."""
         rate = self.pace.per_second(self.clock())
@@ -352,6 +369,13 @@ class FairConsumer(Consumer):
         what is held, if it is more than this replica will send soon."""
         assert self.presence is not None
         while not stop.is_set():
+            if not self._may_share():
+                # Too little held to speak of, and nobody waits on what this replica
+                # said: sleep until the read-ahead deepens (the loop is cancelled at a stop).
+                self._deep.clear()
+                if not self._may_share():
+                    await self._deep.wait()
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), presence.EVERY)
             if stop.is_set():
