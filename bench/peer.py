@@ -167,6 +167,10 @@ def summarise_rate(rs: list[RateRound]) -> dict[str, Any]:
         "cpu_us_per_webhook": _us_per(use.total(), n),
         "cpu_us_per_webhook_by_process": {k: _us_per(v, n) for k, v in use.cpu_s.items()},
         "actions_cpu_us_per_webhook_excluded": _us_per(sum(use.children_s.values()), n),
+        "wakeups_per_webhook": round(sum(use.wakes.values()) / n, 1) if n else None,
+        "wakeups_per_webhook_by_process": {
+            k: round(v / n, 1) if n else None for k, v in use.wakes.items()
+        },
         "window_s": round(use.wall_s, 2),
         "machine_busy_cores": round(use.machine_busy_cores, 2),
         "cpu_from_ticks_of_processes": f"{use.coarse} of {use.coarse + use.precise}",
@@ -222,6 +226,10 @@ def summarise_idle(u: procs.Usage) -> dict[str, Any]:
         "seconds": round(u.wall_s, 2),
         "cpu_ms_per_s": round(sum(per_s.values()), 3),
         "cpu_ms_per_s_by_process": per_s,
+        "wakeups_per_s": round(sum(u.wakes.values()) / u.wall_s, 1) if u.wall_s else None,
+        "wakeups_per_s_by_process": (
+            {k: round(v / u.wall_s, 1) for k, v in u.wakes.items()} if u.wall_s else {}
+        ),
         "machine_busy_cores": round(u.machine_busy_cores, 2),
         "cpu_from_ticks_of_processes": f"{u.coarse} of {u.coarse + u.precise}",
     }
@@ -339,7 +347,7 @@ def _by_process(d: dict[str, float | None], unit: str, order: Sequence[str]) -> 
             continue
         name = SHORT.get(k, k)
         parts.append(f"{name} {v:.0f}" if v >= 10 else f"{name} {v:.1f}")
-    return " · ".join(parts) + f" {unit}"
+    return (" · ".join(parts) + f" {unit}").rstrip()
 
 
 def _le(value: Any, ceiling: Any, factor: float) -> bool | None:
@@ -386,6 +394,11 @@ def rows(p: dict[str, Any]) -> list[Row]:
             cpu_hb, cpu_ad, "µs", "≤ 3x", _le(cpu_hb, cpu_ad, 3)),
         row("  hookbus by process", _by_process(c[hb]["cpu_us_per_webhook_by_process"], "µs",
             HOOKBUS_ORDER), None, ""),
+        row(f"wake-ups per matching webhook at {crate:.0f}/s, every process (times a "
+            "thread slept and woke)", c[hb].get("wakeups_per_webhook"),
+            c[ad].get("wakeups_per_webhook"), ""),
+        row("  hookbus by process", _by_process(
+            c[hb].get("wakeups_per_webhook_by_process", {}), "", HOOKBUS_ORDER), None, ""),
         row("  the actions' own CPU per webhook (not counted above)",
             c[hb]["actions_cpu_us_per_webhook_excluded"],
             c[ad]["actions_cpu_us_per_webhook_excluded"], "µs"),
@@ -411,6 +424,10 @@ def rows(p: dict[str, Any]) -> list[Row]:
             idle_hb <= 5.0),
         row("  hookbus idle by process", _by_process(i[hb]["cpu_ms_per_s_by_process"], "ms/s",
             HOOKBUS_ORDER), None, ""),
+        row("idle wake-ups per second, every process", i[hb].get("wakeups_per_s"),
+            i[ad].get("wakeups_per_s"), "/s"),
+        row("  hookbus by process", _by_process(i[hb].get("wakeups_per_s_by_process", {}),
+            "/s", HOOKBUS_ORDER), None, ""),
         row("memory (PSS) idle, every process", m[hb]["pss_mib"], m[ad]["pss_mib"], "MiB",
             "reported"),
         row("  hookbus by process", _by_process(

@@ -49,6 +49,7 @@ class Proc:
     ticks_s: float  # utime + stime of the whole thread group, exited threads included
     children_s: float  # cutime + cstime: children it has reaped
     runtime_s: float | None  # sum of live threads' schedstat run time (members only)
+    wakes: int = 0  # live threads' voluntary context switches: times they slept and woke
 
 
 @dataclass
@@ -87,6 +88,26 @@ def _runtime(pid: int) -> float | None:
         except (OSError, ValueError, IndexError):
             continue  # the thread ended between listing and reading
     return total / 1e9
+
+
+def _wakes(pid: int) -> int:
+    """Times the process's live threads went to sleep (and so woke again): each wake-up
+    of an idle process, each wait for a socket or a child. Counted by the kernel, so it
+    does not move with the machine's speed as CPU time does."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+                    break
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended between listing and reading
+    return total
 
 
 def _ppids() -> dict[int, int]:
@@ -138,7 +159,7 @@ def snapshot(groups: Iterable[Group]) -> Snapshot:
         if st is None:
             continue
         ppid, start, ticks, children = st
-        procs[pid] = Proc(ppid, start, ticks, children, _runtime(pid))
+        procs[pid] = Proc(ppid, start, ticks, children, _runtime(pid), _wakes(pid))
     return Snapshot(time.perf_counter(), procs, mem, busy, total)
 
 
@@ -166,6 +187,7 @@ class Usage:
     machine_busy_cores: float = 0.0
     coarse: int = 0  # process deltas taken from ticks (threads ended in the window)
     precise: int = 0  # process deltas taken from schedstat
+    wakes: dict[str, int] = field(default_factory=dict)  # voluntary switches, live threads
 
     def total(self, names: Iterable[str] | None = None) -> float:
         names = self.cpu_s.keys() if names is None else names
@@ -180,6 +202,8 @@ class Usage:
                 out.cpu_s[k] = out.cpu_s.get(k, 0.0) + v
             for k, v in src.children_s.items():
                 out.children_s[k] = out.children_s.get(k, 0.0) + v
+            for k, n in src.wakes.items():
+                out.wakes[k] = out.wakes.get(k, 0) + n
         # Busy cores, weighted by the time each part covered.
         if out.wall_s:
             out.machine_busy_cores = (
@@ -197,12 +221,17 @@ def usage(before: Snapshot, after: Snapshot, groups: Iterable[Group]) -> Usage:
     for g in groups:
         pids = after.members.get(g.name, set())
         cpu = 0.0
+        wakes = 0
         for p in pids:
             if p in after.procs:
                 used, coarse = _delta(before.procs.get(p), after.procs[p])
                 cpu += used
                 out.coarse += coarse
                 out.precise += not coarse
+                was, now = before.procs.get(p), after.procs[p]
+                same = was is not None and was.start == now.start
+                wakes += max(0, now.wakes - (was.wakes if same and was else 0))
+        out.wakes[g.name] = wakes
         a, b = before.procs.get(g.root), after.procs.get(g.root)
         reaped = 0.0
         if a is not None and b is not None and a.start == b.start:
