@@ -21,8 +21,9 @@ from hookbus_common import eventlog
 from hookbus_common import events as ev
 from hookbus_common.consumer import Incoming, Yielded
 from hookbus_common.service import Runtime
+from hookbus_common.settings import Secret
 from hookbus_dispatcher import endpointstore
-from hookbus_dispatcher.config import Endpoint, Secret
+from hookbus_dispatcher.config import Endpoint
 from hookbus_dispatcher.fanout import delivery_id, with_fanout
 from hookbus_router.config import Rule, WebhookAction
 from hookbus_router.routing import route

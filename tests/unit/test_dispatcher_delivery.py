@@ -14,7 +14,8 @@ from multidict import CIMultiDict
 
 from hookbus_common import events as ev
 from hookbus_common.errors import RetryableError
-from hookbus_dispatcher.config import Endpoint, Secret
+from hookbus_common.settings import Secret
+from hookbus_dispatcher.config import Endpoint
 from hookbus_dispatcher.delivery import RESPONSE_BODY_LIMIT, USER_AGENT, attempt, retryable_status
 from hookbus_dispatcher.httpclient import ConnectError, ReadTimeout, Request
 from hookbus_dispatcher.retryafter import MAX_DELAY

@@ -4,7 +4,8 @@ The file holds every service's sections, but each service decodes only the share
 (prefix, nats, database, log) and its own sections, and resolves only the secrets it uses:
 a service never holds another service's secrets and never refuses to start over another
 service's settings. A service's config is a subclass of :class:`Settings` that adds its
-sections; :func:`load` decodes any of them.
+sections; :func:`load` decodes any of them. A secret setting is a :class:`Secret`, which
+the service that uses it reads with :func:`resolve_secret` once its config is loaded.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ __all__ = [
     "DatabaseSettings",
     "LogSettings",
     "NatsSettings",
+    "Secret",
     "Settings",
     "TracingSettings",
     "load",
+    "resolve_secret",
 ]
 
 # Every struct forbids unknown fields so that a typo in the config file is an error that
@@ -101,6 +104,54 @@ class DatabaseSettings(msgspec.Struct, **STRUCT):
 
     def __repr__(self) -> str:  # a DSN may carry a password
         return f"DatabaseSettings(url={redact_url(self.url)!r}, schema={self.schema!r})"
+
+
+class Secret(msgspec.Struct, **STRUCT):
+    """A secret given inline, by environment variable or by file; resolved once at load
+    (:func:`resolve_secret`), after which ``value`` holds it whichever way it was given."""
+
+    value: str | None = None
+    env: str | None = None
+    file: str | None = None
+
+    def __repr__(self) -> str:  # secrets must never reach a log through a repr
+        where = (
+            f"env={self.env!r}" if self.env else f"file={self.file!r}" if self.file else "inline"
+        )
+        return f"Secret({where}, value=<redacted>)"
+
+    __str__ = __repr__
+
+
+SecretT = TypeVar("SecretT", bound=Secret)
+
+
+def resolve_secret(secret: SecretT, where: str, base: Path, env: Mapping[str, str]) -> SecretT:
+    """``secret`` with ``value`` read from its variable or file (trimmed), or as given.
+
+    ``where`` is its key (``sources.gh.secrets[0]``), which every error names; a relative
+    file is found under ``base`` (the config file's directory). No error shows the value.
+    """
+    given = [k for k in ("value", "env", "file") if getattr(secret, k) is not None]
+    if len(given) != 1:
+        raise ConfigError(f"{where}: give exactly one of value, env or file")
+    if secret.env is not None:
+        if not env.get(secret.env):
+            raise ConfigError(f"{where}: environment variable {secret.env} is not set or empty")
+        return msgspec.structs.replace(secret, value=env[secret.env])
+    if secret.file is not None:
+        path = Path(secret.file).expanduser()
+        path = path if path.is_absolute() else base / path
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from None
+        if not text:
+            raise ConfigError(f"{where}: secret file {path} is empty")
+        return msgspec.structs.replace(secret, value=text)
+    if not secret.value:
+        raise ConfigError(f"{where}: secret value is empty")
+    return secret
 
 
 class LogSettings(msgspec.Struct, **STRUCT):

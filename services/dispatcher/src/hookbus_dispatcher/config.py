@@ -15,7 +15,7 @@ import msgspec
 from hookbus_common import events as ev
 from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
-from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt
+from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt, Secret
 
 from . import httpclient, templates
 from .limits import Rate, TenantLimits, parse_rate
@@ -29,22 +29,6 @@ NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 RetrySchedule = Annotated[list[NonNegativeFloat], msgspec.Meta(max_length=100)]
 EndpointName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
 HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
-
-
-class Secret(msgspec.Struct, **STRUCT):
-    """A signing secret by environment variable or file (or inline); resolved once at load."""
-
-    env: str | None = None
-    file: str | None = None
-    value: str | None = None
-
-    def __repr__(self) -> str:  # secrets must never reach a log through a repr
-        where = (
-            f"env={self.env!r}" if self.env else f"file={self.file!r}" if self.file else "inline"
-        )
-        return f"Secret({where}, value=<redacted>)"
-
-    __str__ = __repr__
 
 
 class Endpoint(msgspec.Struct, **STRUCT):
@@ -243,26 +227,10 @@ class DispatcherConfig(core.Settings, **STRUCT):
 
 
 def _resolve_secret(secret: Secret, where: str, base: Path, env: Mapping[str, str]) -> Secret:
-    given = [k for k in ("value", "env", "file") if getattr(secret, k) is not None]
-    if len(given) != 1:
-        raise ConfigError(f"{where}: give exactly one of env, file or value")
-    if secret.env is not None:
-        if not env.get(secret.env):
-            raise ConfigError(f"{where}: environment variable {secret.env} is not set or empty")
-        return msgspec.structs.replace(secret, value=env[secret.env].strip())
-    if secret.file is not None:
-        path = Path(secret.file).expanduser()
-        path = path if path.is_absolute() else base / path
-        try:
-            text = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from None
-        if not text:
-            raise ConfigError(f"{where}: secret file {path} is empty")
-        return msgspec.structs.replace(secret, value=text)
-    if not secret.value:
-        raise ConfigError(f"{where}: secret value is empty")
-    return secret
+    resolved = core.resolve_secret(secret, where, base, env)
+    if secret.env is not None:  # a variable's value is trimmed here, as a file's always is
+        return msgspec.structs.replace(resolved, value=(resolved.value or "").strip())
+    return resolved
 
 
 def resolve_endpoint(name: str, ep: Endpoint, base: Path, env: Mapping[str, str]) -> Endpoint:

@@ -39,9 +39,10 @@ from hookbus_common.errors import (
 )
 from hookbus_common.eventlog import Pending
 from hookbus_common.sealing import Keyring, Sealed, SealingError
+from hookbus_common.settings import Secret
 
 from . import httpclient
-from .config import Endpoint, Secret
+from .config import Endpoint
 
 log = logging.getLogger(__name__)
 

@@ -37,20 +37,8 @@ HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$
 JsonPath = Annotated[str, msgspec.Meta(pattern=r"^[^.\s]+(\.[^.\s]+)*$")]
 
 
-class Secret(msgspec.Struct, **_STRUCT):
-    """A secret given inline, by environment variable or by file; resolved once at load."""
-
-    value: str | None = None
-    env: str | None = None
-    file: str | None = None
-
-    def __repr__(self) -> str:  # secrets must never reach a log through a repr
-        where = (
-            f"env={self.env!r}" if self.env else f"file={self.file!r}" if self.file else "inline"
-        )
-        return f"Secret({where}, value=<redacted>)"
-
-    __str__ = __repr__
+class Secret(core.Secret, **_STRUCT):
+    """A source's secret (:class:`~hookbus_common.settings.Secret`) and the key it makes."""
 
     def bytes(self) -> bytes:
         if self.value is None:  # the loader resolves every secret, so this is a programming error
@@ -485,28 +473,6 @@ class ReceiverConfig(core.Settings, **_STRUCT):
 # ----------------------------------------------------------------------- loading
 
 
-def _resolve_secret(secret: Secret, where: str, base: Path, env: Mapping[str, str]) -> Secret:
-    given = [k for k in ("value", "env", "file") if getattr(secret, k) is not None]
-    if len(given) != 1:
-        raise ConfigError(f"{where}: give exactly one of value, env or file")
-    if secret.env is not None:
-        if not env.get(secret.env):
-            raise ConfigError(f"{where}: environment variable {secret.env} is not set or empty")
-        return msgspec.structs.replace(secret, value=env[secret.env])
-    if secret.file is not None:
-        path = Path(secret.file) if Path(secret.file).is_absolute() else base / secret.file
-        try:
-            text = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read secret file {path}: {exc.strerror}") from None
-        if not text:
-            raise ConfigError(f"{where}: secret file {path} is empty")
-        return msgspec.structs.replace(secret, value=text)
-    if not secret.value:
-        raise ConfigError(f"{where}: secret value is empty")
-    return secret
-
-
 def _check_standard_keys(where: str, secrets: list[Secret]) -> None:
     for i, secret in enumerate(secrets):
         try:
@@ -544,7 +510,9 @@ def resolve_source(name: str, src: SourceConfig, base: Path, env: Mapping[str, s
     if src.needs_secrets() and not src.secrets:
         raise ConfigError(f"{where}.secrets: a {src.kind} source needs a secret")
     resolved = {
-        key: [_resolve_secret(s, f"{where}.{key}[{i}]", base, env) for i, s in enumerate(secrets)]
+        key: [
+            core.resolve_secret(s, f"{where}.{key}[{i}]", base, env) for i, s in enumerate(secrets)
+        ]
         for key, secrets in lists.items()
     }
     if isinstance(src, StandardWebhooksSource):
