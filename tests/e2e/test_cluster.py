@@ -19,14 +19,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import msgspec
 import nats
 import nats.errors
 import pytest
@@ -38,7 +36,8 @@ from hookbus_common.settings import NatsSettings
 
 from ..conftest import Servers
 from .conftest import System
-from .test_chaos import Load, SlowSink, _config, read_log
+from .load import Load, check_promises, marking_script, marks, miscounted_failures, settle
+from .test_chaos import CHAOS_ENV, SlowSink, _config
 
 pytestmark = pytest.mark.e2e
 
@@ -117,21 +116,6 @@ def stream_leader(url: str, prefix: str) -> tuple[str | None, int, list[str]]:
     return asyncio.run(run())
 
 
-def miscounted_failures(system: System, keys: list[str]) -> Counter[str]:
-    """Handlers' failures logged with a traceback (see the chaos test): none is expected,
-    since neither the action nor the sink ever fails."""
-    found: Counter[str] = Counter()
-    for key in keys:
-        path = system.logs / f"{key}.log"
-        for line in path.read_text().splitlines() if path.exists() else []:
-            if '"handler failed"' not in line:
-                continue
-            record = msgspec.json.decode(line)
-            if record.get("msg") == "handler failed" and "exc" in record:
-                found[f"{key}: {record['error'][:80]}"] += 1
-    return found
-
-
 @pytest.mark.timeout(240)
 def test_promises_hold_on_a_three_node_cluster_while_a_node_and_a_replica_of_each_fail(
     cluster: NatsCluster,
@@ -140,31 +124,14 @@ def test_promises_hold_on_a_three_node_cluster_while_a_node_and_a_replica_of_eac
     prefix: str,
     tmp_path: Path,
 ) -> None:
-    marker = tmp_path / "marker"
-    script = tmp_path / "deploy.sh"
-    script.write_text(
-        "#!/bin/sh\n"
-        f'echo "start $HOOKBUS_JOB_ID" >> {marker}\n'
-        f"sleep {SLEEP}\n"
-        f'echo "end $HOOKBUS_JOB_ID" >> {marker}\n'
-    )
-    script.chmod(0o755)
+    script, marker = marking_script(tmp_path, SLEEP)
 
     with SlowSink(delay=0.02) as sink:
         base = make_system(_config(script, sink.url), Servers(cluster.url, servers.database_url))
         system = Replicated(base.config, base.env, base.logs)
-        system.env.update({
-            "HOOKBUS_NATS__STREAM_REPLICAS": "3",
-            "HOOKBUS_LOG__LEVEL": "INFO",
-            "HOOKBUS_EXECUTOR__MAX_IN_FLIGHT": "32",
-            # A killed replica's unacked messages go to the other one soon.
-            "HOOKBUS_EXECUTOR__ACK_WAIT_SECONDS": "8",
-            "HOOKBUS_EXECUTOR__SHUTDOWN_GRACE_SECONDS": "1",
-            "HOOKBUS_EXECUTOR__KILL_GRACE_SECONDS": "1",
-            "HOOKBUS_EXECUTOR__LEASE_SECONDS": "3",
-            "HOOKBUS_DISPATCHER__ACK_WAIT_SECONDS": "6",
-            "HOOKBUS_DISPATCHER__TIMEOUT_SECONDS": "4",
-        })  # fmt: skip
+        # The chaos test's short waits: a killed replica's unacked messages go to the other
+        # one soon.
+        system.env.update({**CHAOS_ENV, "HOOKBUS_NATS__STREAM_REPLICAS": "3"})
         try:
             system.start("receiver")
             for service in REPLICATED:
@@ -176,9 +143,8 @@ def test_promises_hold_on_a_three_node_cluster_while_a_node_and_a_replica_of_eac
             assert leader in {"n1", "n2", "n3"}, leader
 
             load = Load(system.url, RATE, COUNT)
-            sender = threading.Thread(target=load.run, daemon=True)
-            began = time.monotonic()
-            sender.start()
+            load.start()
+            began = load.began
             stopped = None
             for at, what, which in SCHEDULE:
                 time.sleep(max(0.0, began + at - time.monotonic()))
@@ -196,17 +162,7 @@ def test_promises_hold_on_a_three_node_cluster_while_a_node_and_a_replica_of_eac
                     case "kill", _:
                         system.kill(which)
                 print(f"cluster: {time.monotonic() - began:5.1f}s {what} {which}")
-            sender.join(timeout=120)
-            assert not sender.is_alive(), "the senders did not finish"
-            loaded = time.monotonic()
-
-            accepted = {d for d, s in load.sent.items() if s.event_id is not None}
-            deadline = loaded + SETTLE_SECONDS
-            while not (log := read_log(system)).settled(accepted):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(1)
-            settle = time.monotonic() - loaded
+            run = settle(system, load, SETTLE_SECONDS)
             hits = Counter(sink.hits)
             new_leader, _, current = stream_leader(cluster.url, prefix)
             survivors = {k: p.poll() for k, p in system.procs.items()}
@@ -214,70 +170,28 @@ def test_promises_hold_on_a_three_node_cluster_while_a_node_and_a_replica_of_eac
             keys = sorted(system.procs)
             system.stop()
 
-    starts = Counter(
-        line.split()[1] for line in marker.read_text().splitlines() if line.startswith("start ")
-    )
-    ends = Counter(
-        line.split()[1] for line in marker.read_text().splitlines() if line.startswith("end ")
-    )
-    job_ends = Counter(e for es in log.job_ends.values() for e in es)
-    delivery_ends = Counter(e for es in log.delivery_ends.values() for e in es)
-    all_keys = [*keys, "router-1", "executor-1", "dispatcher-1"]
-    miscounted = miscounted_failures(system, all_keys)
-    gave_up = {d: (s.status, s.tries) for d, s in load.sent.items() if s.event_id is None}
-    counts = (
-        f"sent={len(load.sent)} accepted={len(accepted)} gave_up={len(gave_up)}"
-        f" answers={dict(load.answers)}"
-        f" recorded={sum(len(v) for v in log.received.values())}"
-        f" (distinct deliveries {len(log.received)})"
-        f" routed={sum(log.routed.values())} jobs={len(log.jobs)}"
-        f" job_started={sum(log.job_started.values())} job_ends={dict(job_ends)}"
-        f" interrupted={dict(log.interrupted)} actions_started={sum(starts.values())}"
-        f" actions_ended={sum(ends.values())}"
-        f" deliveries={len(log.deliveries)} delivery_ends={dict(delivery_ends)}"
-        f" sink_requests={sum(hits.values())}"
-        f" sink_repeats={sum(1 for n in hits.values() if n > 1)}"
-        f" dead_letters={len(log.deadlettered)} outbox={log.outbox}"
-        f" outage_failures_counted={sum(miscounted.values())}"
+    log = run.log
+    starts, ends = marks(marker)
+    miscounted = miscounted_failures(system, [*keys, "router-1", "executor-1", "dispatcher-1"])
+    counts = run.counts(starts, ends, hits, miscounted) + (
         f" stream_leader_after={new_leader} current_replicas={current}"
-        f" load_seconds={loaded - began:.1f} settle_seconds={settle:.1f}"
     )
     print(f"cluster counts: {counts}")
     logs = "\n".join(f"--- {k}\n{system.log(k)[-1500:]}" for k in ("router-2", "executor-2"))
 
     # The surviving replicas carried on to the end.
     assert all(code is None for code in survivors.values()), f"{survivors}\n{logs}"
-    assert log.settled(accepted), f"not settled in {SETTLE_SECONDS}s: {counts}\n{logs}"
-    assert not gave_up, f"{counts} gave up: {dict(list(gave_up.items())[:10])}"
-    # Every accepted webhook is recorded once, under the id it was answered with.
-    dupes = {d: ids for d, ids in log.received.items() if len(ids) > 1}
-    assert not dupes, f"{counts} recorded twice: {dupes}"
-    assert set(log.received) == accepted, f"{counts} not accepted: {set(log.received) - accepted}"
-    wrong_id = [d for d in accepted if log.received[d] != [load.sent[d].event_id]]
-    assert not wrong_id, f"{counts} answered another id: {wrong_id[:10]}"
-    # Each routed once, each with its job and its delivery.
-    assert all(n == 1 for n in log.routed.values()), counts
-    assert len(log.jobs) == len(log.deliveries) == len(accepted), counts
-    # Every job ended once; no action ran twice; a job recorded as succeeded ran to its end.
-    twice = {j: es for j, es in log.job_ends.items() if len(es) != 1}
-    assert not twice, f"{counts} jobs without exactly one end: {twice}"
-    ran_twice = {j: n for j, n in starts.items() if n > 1}
-    assert not ran_twice, f"{counts} actions started more than once: {ran_twice}"
+    assert log.settled(run.accepted), f"not settled in {SETTLE_SECONDS}s: {counts}\n{logs}"
+    # Every sender's webhook accepted, recorded once under the id it was answered with,
+    # routed once, each with its job and its delivery; every job ended once and no action
+    # ran twice; every delivery reached the sink and ended once; nothing dead-lettered, no
+    # outage counted as a failure of the work.
+    check_promises(run, starts, ends, hits, miscounted, counts)
     assert set(starts) <= log.jobs, counts
-    started_twice = {j: n for j, n in log.job_started.items() if n > 1}
-    assert not started_twice, f"{counts} jobs started more than once: {started_twice}"
-    succeeded = {j for j, es in log.job_ends.items() if es == ["succeeded"]}
-    assert not succeeded - set(ends), f"{counts} succeeded without ending: {succeeded - set(ends)}"
     # Only a killed executor's jobs may end otherwise than succeeded.
-    assert job_ends["failed"] == 0, counts
-    # Every delivery reached the sink and ended once (delivered: nothing here fails).
-    unseen = log.deliveries - set(hits)
-    assert not unseen, f"{counts} never reached the sink: {sorted(unseen)[:10]}"
-    twice = {d: es for d, es in log.delivery_ends.items() if len(es) != 1}
-    assert not twice, f"{counts} deliveries without exactly one end: {twice}"
-    assert delivery_ends == Counter(succeeded=len(log.deliveries)), counts
-    assert not log.deadlettered, f"{counts} dead letters: {log.deadlettered[:5]}"
-    assert not miscounted, f"{counts} outages counted as failures: {dict(miscounted)}"
+    assert log.job_end_counts()["failed"] == 0, counts
+    # Delivered, all of them: nothing here fails.
+    assert log.delivery_end_counts() == Counter(succeeded=len(log.deliveries)), counts
 
 
 def test_the_stream_takes_the_replica_count_in_place(cluster: NatsCluster, prefix: str) -> None:

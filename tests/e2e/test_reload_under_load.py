@@ -15,16 +15,12 @@ of. Every push matches at least one rule in both sets, so once the system has se
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +28,14 @@ import httpx
 import msgspec
 import pytest
 
-from hookbus_common.db import open_pool
 from hookbus_common.errors import ConfigError
-from hookbus_common.settings import DatabaseSettings
 from hookbus_router import config as router
 from hookbus_router.rules import RuleSet
 
 from ..conftest import Servers
 from .conftest import System
-from .test_slice import SECRET, headers, push
+from .load import JOB_ENDS, Load, Log, wait_settled
+from .test_slice import SECRET, push
 
 pytestmark = pytest.mark.e2e
 
@@ -49,16 +44,9 @@ COUNT = 200  # 10 s of load
 SPACING = 1.5  # seconds between changes of the rules
 SETTLE_SECONDS = 40
 
-RECEIVED = "io.hookbus.webhook.received.v1"
-ROUTED = "io.hookbus.webhook.routed.v1"
-JOB_REQUESTED = ("io.hookbus.job.requested.v1", "io.hookbus.job.requested.v2")
-JOB_STARTED = "io.hookbus.job.started.v1"
-JOB_ENDS = {
-    "io.hookbus.job.succeeded.v1": "succeeded",
-    "io.hookbus.job.failed.v1": "failed",
-    "io.hookbus.job.interrupted.v1": "interrupted",
-    "io.hookbus.job.skipped.v1": "skipped",
-}
+# A job's ends, skipped among them: a skipped job has ended (the log settles), and fails
+# the check that every job succeeded.
+JOB_ENDS_OR_SKIPPED = {**JOB_ENDS, "io.hookbus.job.skipped.v1": "skipped"}
 
 APPLIED = "rules reloaded"
 UNCHANGED = "rules reloaded, unchanged"
@@ -92,101 +80,23 @@ def expected_rules(version_rules: dict[str, list[str]], version: str, branch: st
     return [r for r in version_rules[version] if r != "b-main" or branch == "main"]
 
 
-@dataclass
-class Load:
-    """Senders at a steady rate, pushes alternating between main and dev; each retries
-    its delivery (same id) on a 429/503 or a dropped connection, as real senders do."""
-
-    url: str
-    rate: float
-    count: int
-    accepted: dict[str, str] = field(default_factory=dict)  # delivery -> webhook id
-    branches: dict[str, str] = field(default_factory=dict)
-    answers: Counter[str] = field(default_factory=Counter)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def run(self) -> None:
-        start = time.monotonic()
-        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-        with (
-            httpx.Client(timeout=10, limits=limits) as client,
-            ThreadPoolExecutor(max_workers=32) as pool,
-        ):
-            for i in range(self.count):
-                delay = start + i / self.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                pool.submit(self.send, client, i)
-
-    def send(self, client: httpx.Client, i: int) -> None:
-        delivery, branch = f"reload-{i}", ("main", "dev")[i % 2]
-        body = push(branch=branch, n=i)
-        with self.lock:
-            self.branches[delivery] = branch
-        for attempt in range(20):
-            try:
-                r = client.post(
-                    f"{self.url}/hooks/github", content=body, headers=headers(body, delivery)
-                )
-            except httpx.HTTPError as e:
-                answer = type(e).__name__
-            else:
-                answer = str(r.status_code)
-                if r.status_code == 202:
-                    with self.lock:
-                        self.accepted[delivery] = r.json()["id"]
-                        self.answers[answer] += 1
-                    return
-                if r.status_code not in (429, 503):
-                    with self.lock:
-                        self.answers[answer] += 1
-                    return
-            with self.lock:
-                self.answers[answer] += 1
-            time.sleep(min(0.2 * 1.5**attempt, 1.0))
+def branch(delivery: str) -> str:
+    """The branch push ``reload-<i>`` goes to: pushes alternate between main and dev."""
+    return ("main", "dev")[int(delivery.removeprefix("reload-")) % 2]
 
 
-@dataclass
-class Log:
-    received: dict[str, list[str]]  # delivery id -> webhook event ids
-    routed: dict[str, list[dict[str, Any]]]  # webhook id -> its routing records
-    jobs: dict[str, dict[str, Any]]  # job id -> its request
-    started: Counter[str]
-    ends: dict[str, list[str]]  # job id -> its ends
-    outbox: int
-
-    def settled(self, accepted: dict[str, str]) -> bool:
-        return (
-            all(self.routed.get(i) for i in accepted.values())
-            and all(j in self.ends for j in self.jobs)
-            and self.outbox == 0
-        )
+def reload_push(i: int) -> tuple[str, bytes]:
+    delivery = f"reload-{i}"
+    return delivery, push(branch=branch(delivery), n=i)
 
 
-def read_log(system: System) -> Log:
-    async def run() -> Log:
-        db = DatabaseSettings(
-            url=system.env["HOOKBUS_DATABASE__URL"], schema=system.env["HOOKBUS_DATABASE__SCHEMA"]
-        )
-        async with open_pool(db, run_migrations=False) as pool, pool.acquire() as conn:
-            rows = await conn.fetch("SELECT id, type, data::text FROM events ORDER BY seq")
-            outbox = await conn.fetchval("SELECT count(*) FROM outbox")
-        log = Log({}, {}, {}, Counter(), {}, int(outbox))
-        for row in rows:
-            kind, data = row["type"], msgspec.json.decode(row["data"])
-            if kind == RECEIVED:
-                log.received.setdefault(data["delivery_id"], []).append(row["id"])
-            elif kind == ROUTED:
-                log.routed.setdefault(data["webhook_id"], []).append(data)
-            elif kind in JOB_REQUESTED:
-                log.jobs[data["job_id"]] = data
-            elif kind == JOB_STARTED:
-                log.started[data["job_id"]] += 1
-            elif kind in JOB_ENDS:
-                log.ends.setdefault(data["job_id"], []).append(JOB_ENDS[kind])
-        return log
-
-    return asyncio.run(run())
+def settled(log: Log, accepted: dict[str, str]) -> bool:
+    """Every accepted webhook routed, every job requested ended, the outbox empty."""
+    return (
+        all(log.routed.get(i) for i in accepted.values())
+        and all(j in log.job_ends for j in log.jobs)
+        and log.outbox == 0
+    )
 
 
 def reloads(system: System) -> list[dict[str, Any]]:
@@ -292,10 +202,13 @@ rules_file = "rules.toml"
         ("sighup", a),  # the poll cannot see this one
         ("replace", b),
     ]
-    load = Load(system.url, RATE, COUNT)
-    sender = threading.Thread(target=load.run, daemon=True)
-    began = time.monotonic()
-    sender.start()
+    # Senders that retry (same delivery id) on a 429/503 or a dropped connection, as real
+    # senders do; a 200 (seen before) is not taken as accepted.
+    load = Load(
+        system.url, RATE, COUNT, webhook=reload_push, max_tries=20, senders=32, accepts=(202,)
+    )
+    load.start()
+    began = load.began
     for k, (how, text) in enumerate(changes, start=1):
         time.sleep(max(0.0, began + k * SPACING - time.monotonic()))
         seen = len(reloads(system))
@@ -308,16 +221,16 @@ rules_file = "rules.toml"
         while len(reloads(system)) == seen and time.monotonic() < deadline:
             time.sleep(0.05)
         print(f"reload: {time.monotonic() - began:5.1f}s {how} -> {reloads(system)[-1:]}")
-    sender.join(timeout=60)
-    assert not sender.is_alive(), "the senders did not finish"
-    loaded_at = time.monotonic()
+    load.finish(timeout=60)
 
-    deadline = loaded_at + SETTLE_SECONDS
-    while not (log := read_log(system)).settled(load.accepted):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    settle = time.monotonic() - loaded_at
+    accepted = load.accepted()
+    log, settle = wait_settled(
+        system,
+        lambda log: settled(log, accepted),
+        SETTLE_SECONDS,
+        poll=0.5,
+        job_ends=JOB_ENDS_OR_SKIPPED,
+    )
     done = reloads(system)
     refused_metric = reload_metric(system, "refused")
     applied_metric = reload_metric(system, "applied")
@@ -325,22 +238,22 @@ rules_file = "rules.toml"
     lines = [tuple(line.split()) for line in ran.read_text().splitlines()] if ran.exists() else []
     ran_count: Counter[tuple[str, ...]] = Counter(lines)
     by_version = Counter(r["config_version"] for rs in log.routed.values() for r in rs)
-    job_of = {(d["webhook_id"], d["rule"]): j for j, d in log.jobs.items()}
+    job_of = {(d["webhook_id"], d["rule"]): j for j, d in log.requests.items()}
     expected: Counter[tuple[str, ...]] = Counter()
     wrong_rules: dict[str, tuple[str, list[str], list[str]]] = {}
-    for delivery, hook_id in load.accepted.items():
+    for delivery, hook_id in accepted.items():
         for record in log.routed.get(hook_id, []):
             version = record["config_version"]
             if version not in version_rules:
                 continue
-            want = expected_rules(version_rules, version, load.branches[delivery])
+            want = expected_rules(version_rules, version, branch(delivery))
             if record["matched"] != want:
                 wrong_rules[delivery] = (version, record["matched"], want)
             for name in record["matched"]:
                 expected[(delivery, name, job_of.get((hook_id, name), "?"))] += 1
-    job_ends = Counter(e for es in log.ends.values() for e in es)
+    job_ends = log.job_end_counts()
     counts = (
-        f"sent={COUNT} accepted={len(load.accepted)} answers={dict(load.answers)}"
+        f"sent={COUNT} accepted={len(accepted)} answers={dict(load.answers)}"
         f" recorded={sum(len(v) for v in log.received.values())}"
         f" routed={sum(len(v) for v in log.routed.values())}"
         f" by_version={{A({version_a})={by_version[version_a]},"
@@ -353,12 +266,11 @@ rules_file = "rules.toml"
     print(f"reload counts: {counts}")
     logs = f"--- router\n{system.log('router')[-2000:]}"
 
-    assert log.settled(load.accepted), f"not settled in {SETTLE_SECONDS}s: {counts}\n{logs}"
-    assert len(load.accepted) == COUNT, counts
+    assert settled(log, accepted), f"not settled in {SETTLE_SECONDS}s: {counts}\n{logs}"
+    assert len(accepted) == COUNT, counts
     # Every accepted webhook recorded once, under the id it was answered with.
-    assert {d: ids for d, ids in log.received.items()} == {
-        d: [i] for d, i in load.accepted.items()
-    }, counts
+    answered = {d: [i] for d, i in accepted.items()}
+    assert {d: ids for d, ids in log.received.items()} == answered, counts
     # One routing record per webhook, made with a valid version, naming what it matches.
     twice = {h: len(rs) for h, rs in log.routed.items() if len(rs) != 1}
     assert not twice, f"{counts} routed other than once: {twice}"
@@ -368,13 +280,13 @@ rules_file = "rules.toml"
     assert by_version[version_b] > 0, counts
     assert not wrong_rules, f"{counts} matched other rules: {dict(list(wrong_rules.items())[:5])}"
     for hook_id, (record,) in log.routed.items():
-        mine = {j for j, d in log.jobs.items() if d["webhook_id"] == hook_id}
+        mine = {j for j, d in log.requests.items() if d["webhook_id"] == hook_id}
         assert len(mine) == len(record["matched"]) == len(record["requested"]), (counts, record)
     # Every job requested ran exactly once, and nothing else ran.
     assert len(log.jobs) == sum(len(rs[0]["matched"]) for rs in log.routed.values()), counts
-    assert all(es == ["succeeded"] for es in log.ends.values()), f"{counts} {log.ends}"
-    assert all(n == 1 for n in log.started.values()), counts
-    assert set(log.started) == set(log.jobs), counts
+    assert all(es == ["succeeded"] for es in log.job_ends.values()), f"{counts} {log.job_ends}"
+    assert all(n == 1 for n in log.job_started.values()), counts
+    assert set(log.job_started) == log.jobs, counts
     assert ran_count == expected, (
         f"{counts}: ran but not requested {dict(ran_count - expected)}, "
         f"requested but not run (or not once) {dict(expected - ran_count)}"
