@@ -30,11 +30,6 @@ from ..conftest import Servers
 from .conftest import System
 from .httpsink import Received
 from .load import Load, Run, check_promises, marking_script, marks, miscounted_failures, settle
-
-# test_chaos_kinds.py takes these from here.
-from .load import Log as Log
-from .load import check_jobs as check_jobs
-from .load import check_webhooks as check_webhooks
 from .test_slice import SECRET
 
 pytestmark = pytest.mark.e2e

@@ -42,17 +42,8 @@ from ..integration.test_ssh import SshServer
 from . import test_push_deploys
 from .conftest import System
 from .httpsink import Received
-from .test_chaos import (
-    SECRET,
-    SETTLE_SECONDS,
-    Log,
-    SlowSink,
-    check_jobs,
-    check_webhooks,
-    marks,
-    miscounted_failures,
-    run_under_chaos,
-)
+from .load import Log, check_jobs, check_webhooks, marks, miscounted_failures
+from .test_chaos import SECRET, SETTLE_SECONDS, SlowSink, run_under_chaos
 
 pytestmark = pytest.mark.e2e
 
