@@ -126,8 +126,16 @@ class Secret(msgspec.Struct, **STRUCT):
 SecretT = TypeVar("SecretT", bound=Secret)
 
 
-def resolve_secret(secret: SecretT, where: str, base: Path, env: Mapping[str, str]) -> SecretT:
-    """``secret`` with ``value`` read from its variable or file (trimmed), or as given.
+def resolve_secret(
+    secret: SecretT,
+    where: str,
+    base: Path,
+    env: Mapping[str, str],
+    *,
+    trim_env: bool = False,
+) -> SecretT:
+    """``secret`` with ``value`` read from its variable (trimmed with ``trim_env``) or file
+    (trimmed), or as given.
 
     ``where`` is its key (``sources.gh.secrets[0]``), which every error names; a relative
     file is found under ``base`` (the config file's directory). No error shows the value.
@@ -138,7 +146,8 @@ def resolve_secret(secret: SecretT, where: str, base: Path, env: Mapping[str, st
     if secret.env is not None:
         if not env.get(secret.env):
             raise ConfigError(f"{where}: environment variable {secret.env} is not set or empty")
-        return msgspec.structs.replace(secret, value=env[secret.env])
+        value = env[secret.env]
+        return msgspec.structs.replace(secret, value=value.strip() if trim_env else value)
     if secret.file is not None:
         path = Path(secret.file).expanduser()
         path = path if path.is_absolute() else base / path

@@ -227,10 +227,9 @@ class DispatcherConfig(core.Settings, **STRUCT):
 
 
 def _resolve_secret(secret: Secret, where: str, base: Path, env: Mapping[str, str]) -> Secret:
-    resolved = core.resolve_secret(secret, where, base, env)
-    if secret.env is not None:  # a variable's value is trimmed here, as a file's always is
-        return msgspec.structs.replace(resolved, value=(resolved.value or "").strip())
-    return resolved
+    # A variable's value is trimmed here (a URL or a key pasted with its newline), as a
+    # file's always is.
+    return core.resolve_secret(secret, where, base, env, trim_env=True)
 
 
 def resolve_endpoint(name: str, ep: Endpoint, base: Path, env: Mapping[str, str]) -> Endpoint:
