@@ -76,38 +76,27 @@ def _stat(pid: int) -> tuple[int, int, float, float] | None:
     )
 
 
-def _runtime(pid: int) -> float | None:
-    total = 0
+def _threads(pid: int) -> tuple[float | None, int]:
+    """The process's live threads' schedstat run time in seconds (None if it is gone), and
+    the times they went to sleep and so woke again (``voluntary_ctxt_switches``): each
+    wake-up of an idle process, each wait for a socket or a child. Wake-ups are counted by
+    the kernel, so they do not move with the machine's speed as CPU time does."""
+    runtime = 0
+    wakes = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return None
+        return None, 0
     for tid in tasks:
         try:
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # the thread ended between listing and reading
-    return total / 1e9
-
-
-def _wakes(pid: int) -> int:
-    """Times the process's live threads went to sleep (and so woke again): each wake-up
-    of an idle process, each wait for a socket or a child. Counted by the kernel, so it
-    does not move with the machine's speed as CPU time does."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tasks:
-        try:
+            runtime += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
             for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
                 if line.startswith("voluntary_ctxt_switches:"):
-                    total += int(line.split()[1])
+                    wakes += int(line.split()[1])
                     break
         except (OSError, ValueError, IndexError):
             continue  # the thread ended between listing and reading
-    return total
+    return runtime / 1e9, wakes
 
 
 def _ppids() -> dict[int, int]:
@@ -159,7 +148,7 @@ def snapshot(groups: Iterable[Group]) -> Snapshot:
         if st is None:
             continue
         ppid, start, ticks, children = st
-        procs[pid] = Proc(ppid, start, ticks, children, _runtime(pid), _wakes(pid))
+        procs[pid] = Proc(ppid, start, ticks, children, *_threads(pid))
     return Snapshot(time.perf_counter(), procs, mem, busy, total)
 
 

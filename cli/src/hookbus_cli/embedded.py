@@ -5,6 +5,7 @@ Used by ``hookbus up`` on a machine with nothing but Python, and by the test fix
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -134,16 +135,11 @@ class NatsServer:
         argv = self.argv()
         # Its own session: Ctrl-C in the terminal reaches `hookbus up`, which stops the
         # services first (the executor records what it ends) and NATS last.
-        if self.log_file:
-            with open(self.log_file, "ab") as out:  # the child keeps its own copy of the fd
-                self.proc = subprocess.Popen(
-                    argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                    env=server_env(),
-                )  # fmt: skip
-        else:
+        with contextlib.ExitStack() as stack:  # the child keeps its own copy of the log's fd
+            out = stack.enter_context(open(self.log_file, "ab")) if self.log_file else None
             self.proc = subprocess.Popen(
-                argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-                env=server_env(),
+                argv, stdout=out or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                start_new_session=True, env=server_env(),
             )  # fmt: skip
 
     def wait_ready(self, timeout: float = 15.0) -> None:
