@@ -48,7 +48,7 @@ from hookbus_dispatcher.ssrf import guarded_client
 
 from . import cpu, payloads
 from .ceilings import post_as_attempt
-from .fairness import _records, _reset, _until
+from .fairness import _count, _records, _reset, _until
 from .report import Row
 from .stats import summary_ms
 from .system import Servers, System, start_sink, stop
@@ -115,6 +115,13 @@ def _arrivals(port: int | list[int], tag: str) -> dict[str, float]:
     return out
 
 
+def _arrived(port: int | list[int], tag: str, n: int) -> bool:
+    """Whether ``n`` of this tag's deliveries arrived: counted by the sinks first (cheap
+    while deliveries arrive), then by delivery id (a repeat counts once)."""
+    ports = [port] if isinstance(port, int) else port
+    return sum(_count(p, tag) for p in ports) >= n and len(_arrivals(port, tag)) >= n
+
+
 def _figures(
     committed: dict[str, float], arrived: dict[str, float], expected: int
 ) -> dict[str, Any]:
@@ -148,7 +155,7 @@ async def _fixed(
             sent = due
         await asyncio.sleep(max(0.0, start + sent / opt.rate - time.perf_counter()))
     offered_s = time.perf_counter() - start
-    await _until(lambda: len(_arrivals(port, tag)) >= count, opt.settle_timeout)
+    await _until(lambda: _arrived(port, tag, count), opt.settle_timeout)
     out = _figures(await _committed_at(rt, reqs), _arrivals(port, tag), count)
     out["offered_per_s"] = opt.rate
     out["committed_per_s"] = round(count / offered_s, 1)
@@ -175,7 +182,7 @@ async def _backlog(
     system.start("dispatcher")
     ready_s = time.perf_counter() - t0
     before, t1 = cpu.snapshot(), time.perf_counter()
-    complete = await _until(lambda: len(_arrivals(ports, tag)) >= opt.backlog, opt.settle_timeout)
+    complete = await _until(lambda: _arrived(ports, tag, opt.backlog), opt.settle_timeout)
     after, wall = cpu.snapshot(), time.perf_counter() - t1
     roles = {"dispatcher": {system.pid("dispatcher")}, **_servers_of(servers)}
     used = cpu.usage(before, after, roles, solo={})

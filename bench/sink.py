@@ -1,7 +1,10 @@
 """A local HTTP receiver for the dispatcher's deliveries, run as its own process.
 
 Answers 200 to any POST and records (arrival wall time, path, x-hookbus-delivery);
-``GET /_records`` returns them as JSON lines. Plain asyncio on uvloop, so it costs little
+``GET /_records`` returns them as JSON lines; ``GET /_count/<segment>`` how many requests
+came to paths whose first segment it is (what a bench polls while it waits: the records
+of thousands of deliveries take the sink tens of milliseconds to write out, and the
+deliveries arriving meanwhile would wait for that). Plain asyncio on uvloop, so it costs little
 next to what it measures.
 """
 
@@ -20,6 +23,7 @@ _OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 
 class _Sink(asyncio.Protocol):
     records: list[tuple[float, str, str]] = []
+    counts: dict[str, int] = {}
 
     def __init__(self) -> None:
         self.buf = b""
@@ -53,10 +57,19 @@ class _Sink(asyncio.Protocol):
                     b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body
                 )
                 continue
+            if method == "GET" and path.startswith("/_count/"):
+                body = b"%d" % _Sink.counts.get(path[len("/_count/") :], 0)
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+                )
+                continue
             if method == "GET" and path == "/_reset":
                 _Sink.records = []
+                _Sink.counts = {}
             else:
                 _Sink.records.append((time.time(), path, headers.get("x-hookbus-delivery", "")))
+                segment = path.split("/", 2)[1] if path.startswith("/") else path
+                _Sink.counts[segment] = _Sink.counts.get(segment, 0) + 1
             self.transport.write(_OK)
 
 
