@@ -22,6 +22,7 @@ from hookbus_cli.main import parser
 from hookbus_common import events as ev
 from hookbus_common.bus import MSG_ID
 from hookbus_common.consumer import REPLAY_HEADER, Incoming, Yielded
+from hookbus_common.eventlog import event_from_row
 from hookbus_common.events import ReplaySelection
 from hookbus_common.service import Runtime, runtime
 from hookbus_common.settings import Settings
@@ -80,20 +81,7 @@ async def _rows(rt: Runtime, type_: str) -> list[ev.Event[Any]]:
             " data::text AS data FROM events WHERE type = $1 ORDER BY seq",
             type_,
         )
-    return [
-        ev.Event(
-            id=r["id"],
-            source=r["source"],
-            type=r["type"],
-            time=r["time"],
-            data=ev.decode_data(r["type"], r["data"].encode()),
-            correlationid=r["correlation_id"],
-            causationid=r["causation_id"],
-            tenant=r["tenant"],
-            subject=r["subject"],
-        )
-        for r in rows
-    ]
+    return [event_from_row(r) for r in rows]
 
 
 def _args(*argv: str) -> Any:

@@ -21,6 +21,7 @@ from hookbus_receiver.signatures import sign_github
 from ..conftest import Servers
 from ..unit.test_registries import DIGEST, DOCKERHUB, HARBOR, HARBOR_CLOUDEVENT, ghcr
 from .conftest import module_settings, recorded, serve_in_thread
+from .logcapture import on_root_logger
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +58,8 @@ class Capture(logging.Handler):
 @pytest.fixture(scope="module")
 def capture() -> Iterator[Capture]:
     handler = Capture()
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    with on_root_logger(handler):
         yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
 
 
 @pytest.fixture(scope="module")

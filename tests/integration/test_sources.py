@@ -36,6 +36,7 @@ from hookbus_receiver.signatures import (
 
 from ..conftest import Servers
 from .conftest import module_settings, recorded, serve_in_thread
+from .logcapture import on_root_logger
 
 pytestmark = pytest.mark.integration
 
@@ -229,15 +230,8 @@ class Capture(logging.Handler):
 @pytest.fixture(scope="module")
 def capture() -> Iterator[Capture]:
     handler = Capture()
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    with on_root_logger(handler):
         yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import msgspec
 from hookbus_common import events as ev
 from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
+from hookbus_common.eventlog import event_from_row
 from hookbus_router import config as router
 from hookbus_router.routing import route, route_replay
 from hookbus_router.rules import RuleSet
@@ -126,20 +127,7 @@ async def _select(
             until,
             limit,
         )
-    return [
-        ev.Event(
-            id=r["id"],
-            source=r["source"],
-            type=r["type"],
-            time=r["time"],
-            data=ev.decode_data(r["type"], r["data"].encode()),
-            correlationid=r["correlation_id"],
-            causationid=r["causation_id"],
-            tenant=r["tenant"],
-            subject=r["subject"],
-        )
-        for r in rows
-    ]
+    return [event_from_row(r) for r in rows]
 
 
 _AGO = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")

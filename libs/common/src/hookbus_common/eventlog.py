@@ -178,7 +178,9 @@ async def insert(
     return inserted, list(encoded.values())
 
 
-def _raw(row: asyncpg.Record) -> RawEvent:
+def raw_event(row: asyncpg.Record) -> RawEvent:
+    """The envelope of a row of ``events`` (its columns by their names, ``data`` as text),
+    its data left as it is stored."""
     return RawEvent(
         id=row["id"],
         source=row["source"],
@@ -207,7 +209,7 @@ class LoggedEvent(msgspec.Struct, frozen=True):
 
 
 def _logged(row: asyncpg.Record) -> LoggedEvent:
-    return LoggedEvent(seq=row["seq"], bus_subject=row["bus_subject"], event=_raw(row))
+    return LoggedEvent(seq=row["seq"], bus_subject=row["bus_subject"], event=raw_event(row))
 
 
 async def recent(
@@ -292,3 +294,20 @@ async def forget_published(conn: asyncpg.Connection, seqs: Sequence[int]) -> Non
 
 async def outbox_depth(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM outbox"))
+
+
+def event_from_row(row: asyncpg.Record) -> Event[Any]:
+    """The envelope of a row of ``events`` with its data decoded by its type."""
+    return Event(
+        id=row["id"],
+        source=row["source"],
+        type=row["type"],
+        time=row["time"],
+        correlationid=row["correlation_id"],
+        causationid=row["causation_id"],
+        tenant=row["tenant"],
+        subject=row["subject"],
+        data=ev.decode_data(row["type"], row["data"].encode()),
+        traceparent=row.get("traceparent"),
+        tracestate=row.get("tracestate"),
+    )

@@ -88,19 +88,9 @@ async def _request(conn: asyncpg.Connection, event_id: str) -> ev.Event[ev.Deliv
         " data::text AS data FROM events WHERE id = $1",
         event_id,
     )
-    data = ev.decode_data(row["type"], row["data"].encode())
-    assert isinstance(data, ev.DeliveryRequested)
-    return ev.Event(
-        id=row["id"],
-        source=row["source"],
-        type=row["type"],
-        time=row["time"],
-        data=data,
-        correlationid=row["correlation_id"],
-        causationid=row["causation_id"],
-        tenant=row["tenant"],
-        subject=row["subject"],
-    )
+    event = eventlog.event_from_row(row)
+    assert isinstance(event.data, ev.DeliveryRequested)
+    return event
 
 
 async def replay(

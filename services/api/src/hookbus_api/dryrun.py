@@ -12,6 +12,7 @@ import nats.errors
 
 from hookbus_common import events as ev
 from hookbus_common.errors import InvalidError, NotFoundError, UnavailableError
+from hookbus_common.eventlog import raw_event
 from hookbus_common.service import Runtime
 
 # How long to wait for a router's answer.
@@ -45,13 +46,7 @@ async def _envelope(rt: Runtime, event_id: str) -> tuple[bytes, Any]:
         raise NotFoundError(f"no event {event_id!r}")
     if row["type"] not in _WEBHOOKS:
         raise InvalidError(f"event: {event_id} is a {row['type']}, not a webhook")
-    raw = ev.RawEvent(
-        id=row["id"], type=row["type"], source=row["source"], subject=row["subject"],
-        tenant=row["tenant"], correlationid=row["correlation_id"],
-        causationid=row["causation_id"], time=row["time"],
-        data=msgspec.Raw(row["data"].encode()), traceparent=row["traceparent"],
-        tracestate=row["tracestate"],
-    )  # fmt: skip
+    raw = raw_event(row)
     return msgspec.json.encode(raw), ev.decode_data(row["type"], row["data"].encode())
 
 

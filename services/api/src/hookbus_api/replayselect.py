@@ -8,11 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from hookbus_common import events as ev
-from hookbus_common.eventlog import LoggedEvent
-from hookbus_common.events import RawEvent, ReplayMode, ReplaySelection
+from hookbus_common.eventlog import LoggedEvent, raw_event
+from hookbus_common.events import ReplayMode, ReplaySelection
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -202,17 +201,7 @@ def _logged(row: asyncpg.Record) -> LoggedEvent:
     return LoggedEvent(
         seq=row["seq"],
         bus_subject=row["bus_subject"],
-        event=RawEvent(
-            id=row["id"],
-            source=row["source"],
-            type=row["type"],
-            time=row["time"],
-            correlationid=row["correlation_id"],
-            causationid=row["causation_id"],
-            tenant=row["tenant"],
-            subject=row["subject"],
-            data=msgspec.Raw(row["data"].encode()),
-        ),
+        event=raw_event(row),
     )
 
 

@@ -21,7 +21,7 @@ import msgspec
 from prometheus_client import Counter, Gauge
 
 from hookbus_common.bus import Bus
-from hookbus_common.events import RawEvent
+from hookbus_common.eventlog import raw_event
 from hookbus_common.outage import is_outage
 
 log = logging.getLogger(__name__)
@@ -105,18 +105,7 @@ FOR UPDATE OF s SKIP LOCKED
 
 
 def _payload(row: asyncpg.Record) -> bytes:
-    event = RawEvent(
-        id=row["id"],
-        source=row["source"],
-        type=row["type"],
-        time=row["time"],
-        correlationid=row["correlation_id"],
-        causationid=row["causation_id"],
-        tenant=row["tenant"],
-        subject=row["subject"],
-        data=msgspec.Raw(row["data"].encode()),
-    )
-    return msgspec.json.encode(event)
+    return msgspec.json.encode(raw_event(row))
 
 
 class Scheduler:

@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 
 from hookbus_common import events as ev
-from hookbus_common.eventlog import Gate
+from hookbus_common.eventlog import Gate, event_from_row
 
 from . import procs
 from .procs import Host
@@ -367,14 +367,4 @@ async def request_event(conn: asyncpg.Connection, request_id: str) -> ev.Event[A
     )
     if row is None:
         return None
-    return ev.Event(
-        id=row["id"],
-        source=row["source"],
-        type=row["type"],
-        time=row["time"],
-        data=ev.decode_data(row["type"], row["data"].encode()),
-        correlationid=row["correlation_id"],
-        causationid=row["causation_id"],
-        tenant=row["tenant"],
-        subject=row["subject"],
-    )
+    return event_from_row(row)

@@ -31,6 +31,7 @@ import msgspec
 
 from hookbus_common import events as ev
 from hookbus_common.errors import ConfigError
+from hookbus_common.eventlog import event_from_row
 from hookbus_common.events import Event, RuleEvaluation, WebhookReceived, WebhookReplayed
 from hookbus_common.outbox import Outbox
 
@@ -456,17 +457,7 @@ class PgStore:
             )
         found: dict[str, Event[Any]] = {}
         for r in rows:
-            found[r["id"]] = ev.Event(
-                id=r["id"],
-                source=r["source"],
-                type=r["type"],
-                time=r["time"],
-                data=ev.decode_data(r["type"], r["data"].encode()),
-                correlationid=r["correlation_id"],
-                causationid=r["causation_id"],
-                tenant=r["tenant"],
-                subject=r["subject"],
-            )
+            found[r["id"]] = event_from_row(r)
         return found
 
     async def expire(
