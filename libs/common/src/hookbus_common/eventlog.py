@@ -298,16 +298,4 @@ async def outbox_depth(conn: asyncpg.Connection) -> int:
 
 def event_from_row(row: asyncpg.Record) -> Event[Any]:
     """The envelope of a row of ``events`` with its data decoded by its type."""
-    return Event(
-        id=row["id"],
-        source=row["source"],
-        type=row["type"],
-        time=row["time"],
-        correlationid=row["correlation_id"],
-        causationid=row["causation_id"],
-        tenant=row["tenant"],
-        subject=row["subject"],
-        data=ev.decode_data(row["type"], row["data"].encode()),
-        traceparent=row.get("traceparent"),
-        tracestate=row.get("tracestate"),
-    )
+    return ev.typed(raw_event(row))

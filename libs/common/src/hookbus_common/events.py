@@ -1329,7 +1329,11 @@ def decode_data(type_: str, raw: bytes | memoryview) -> EventData:
 
 def decode(raw: bytes) -> Event[Any]:
     """Decode an envelope and its typed data; raises msgspec errors on bad input."""
-    env = _envelope_decoder.decode(raw)
+    return typed(_envelope_decoder.decode(raw))
+
+
+def typed(env: RawEvent) -> Event[Any]:
+    """``env`` with its data decoded by its type; raises msgspec errors on bad data."""
     return Event(
         id=env.id,
         source=env.source,
