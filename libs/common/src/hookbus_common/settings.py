@@ -39,6 +39,9 @@ STRUCT: Final[dict[str, Any]] = {"forbid_unknown_fields": True, "frozen": True, 
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
+"""An HTTP header's name (RFC 9110's token characters)."""
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 SubjectToken = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]+$")]
 

@@ -15,7 +15,15 @@ import msgspec
 from hookbus_common import events as ev
 from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
-from hookbus_common.settings import STRUCT, Port, PositiveFloat, PositiveInt, Secret
+from hookbus_common.settings import (
+    STRUCT,
+    HeaderName,
+    NonNegativeFloat,
+    Port,
+    PositiveFloat,
+    PositiveInt,
+    Secret,
+)
 
 from . import httpclient, templates
 from .limits import Rate, TenantLimits, parse_rate
@@ -24,11 +32,9 @@ from .signing import Scheme, Signer
 from .ssrf import Network
 from .verify import decode_secret
 
-NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 # Seconds to wait after attempt 1, 2, …; its length + 1 is how many attempts there are.
 RetrySchedule = Annotated[list[NonNegativeFloat], msgspec.Meta(max_length=100)]
 EndpointName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
-HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
 
 
 class Endpoint(msgspec.Struct, **STRUCT):

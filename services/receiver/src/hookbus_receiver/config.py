@@ -19,7 +19,7 @@ import msgspec
 from hookbus_common import settings as core
 from hookbus_common.errors import ConfigError
 from hookbus_common.settings import STRUCT as _STRUCT
-from hookbus_common.settings import Port, PositiveFloat, PositiveInt
+from hookbus_common.settings import HeaderName, NonNegativeFloat, Port, PositiveFloat, PositiveInt
 
 from .respond import wait_seconds
 from .signatures import (
@@ -31,8 +31,6 @@ from .signatures import (
     decode_standard_secret,
 )
 
-NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
-HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
 # A dotted path into a JSON body: `event.id`, `data.object.id`, `items.0.id`.
 JsonPath = Annotated[str, msgspec.Meta(pattern=r"^[^.\s]+(\.[^.\s]+)*$")]
 
