@@ -10,6 +10,7 @@ import pytest
 
 from hookbus_common.errors import ConfigError
 from hookbus_common.events import DeliveryRequested, WebhookReceived, make_event
+from hookbus_common.settings import Secret
 from hookbus_dispatcher import config as dispatcher
 from hookbus_dispatcher import notify, templates
 from hookbus_dispatcher.templates import TemplateFailed
@@ -73,7 +74,7 @@ def _req(**fields: object) -> DeliveryRequested:
 
 
 def _channel(kind: str, **fields: object) -> dispatcher.Notification:
-    url = None if kind == "email" else dispatcher.Secret(value="https://hooks.example.com/x")
+    url = None if kind == "email" else Secret(value="https://hooks.example.com/x")
     return dispatcher.Notification(type=kind, url=url, **fields)  # type: ignore[arg-type]
 
 
@@ -197,7 +198,7 @@ def test_the_router_requests_a_notification_that_renders_in_the_dispatcher() -> 
     assert bytes(data.body) == PAYLOAD
     n = dispatcher.Notification(
         type="discord",
-        url=dispatcher.Secret(value="https://discord.example.com/x"),
+        url=Secret(value="https://discord.example.com/x"),
         template="{{ sender }} pushed {{ branch }} of {{ repository }}: {{ rule }} ran",
     )
     text, _ = notify.render(data, "ops-discord", n)
