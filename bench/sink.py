@@ -52,16 +52,10 @@ class _Sink(asyncio.Protocol):
             method, path, _ = lines[0].split(" ", 2)
             assert self.transport is not None
             if method == "GET" and path == "/_records":
-                body = "\n".join(json.dumps(r) for r in _Sink.records).encode()
-                self.transport.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body
-                )
+                self._answer("\n".join(json.dumps(r) for r in _Sink.records).encode())
                 continue
             if method == "GET" and path.startswith("/_count/"):
-                body = b"%d" % _Sink.counts.get(path[len("/_count/") :], 0)
-                self.transport.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body
-                )
+                self._answer(b"%d" % _Sink.counts.get(path[len("/_count/") :], 0))
                 continue
             if method == "GET" and path == "/_reset":
                 _Sink.records = []
@@ -71,6 +65,10 @@ class _Sink(asyncio.Protocol):
                 segment = path.split("/", 2)[1] if path.startswith("/") else path
                 _Sink.counts[segment] = _Sink.counts.get(segment, 0) + 1
             self.transport.write(_OK)
+
+    def _answer(self, body: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
 
 
 async def serve(port: int) -> None:

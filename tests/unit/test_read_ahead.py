@@ -60,12 +60,11 @@ class FakePuller:
 
 
 def consumer(clock: Clock, *, ack_wait: float = 30.0) -> FairConsumer:
-    c = FairConsumer(
+    return FairConsumer(
         buffer=10_000, cap_for=lambda _d: 0, service="dispatcher", bus=None, outbox=None,
         durable="hb-dispatcher", filter_subjects=["hb.>"], handler=None, max_in_flight=4,
         max_deliver=3, clock=clock, share=False, ack_wait=ack_wait,
     )  # fmt: skip
-    return c
 
 
 async def watch(c: FairConsumer, seen: list[int], stop: asyncio.Event, what: Any) -> None:

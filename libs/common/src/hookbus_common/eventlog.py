@@ -197,6 +197,11 @@ def raw_event(row: asyncpg.Record) -> RawEvent:
     )
 
 
+def event_from_row(row: asyncpg.Record) -> Event[Any]:
+    """The envelope of a row of ``events`` with its data decoded by its type."""
+    return ev.typed(raw_event(row))
+
+
 class LoggedEvent(msgspec.Struct, frozen=True):
     """A row of the log, as listed by ``hookbus events`` and re-published by the relay."""
 
@@ -294,8 +299,3 @@ async def forget_published(conn: asyncpg.Connection, seqs: Sequence[int]) -> Non
 
 async def outbox_depth(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM outbox"))
-
-
-def event_from_row(row: asyncpg.Record) -> Event[Any]:
-    """The envelope of a row of ``events`` with its data decoded by its type."""
-    return ev.typed(raw_event(row))

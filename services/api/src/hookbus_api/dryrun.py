@@ -47,7 +47,7 @@ async def _envelope(rt: Runtime, event_id: str) -> tuple[bytes, Any]:
     if row["type"] not in _WEBHOOKS:
         raise InvalidError(f"event: {event_id} is a {row['type']}, not a webhook")
     raw = raw_event(row)
-    return msgspec.json.encode(raw), ev.decode_data(row["type"], row["data"].encode())
+    return msgspec.json.encode(raw), ev.decode_data(raw.type, raw.data)
 
 
 async def dry_run(rt: Runtime, event_id: str) -> RulesDryRun:
