@@ -154,6 +154,7 @@ class Loop:
         settings: DispatcherConfig,
         *,
         max_in_flight: int = 4,
+        ack_wait: float = 30.0,
     ) -> None:
         self.rt = rt
         self.stop = asyncio.Event()
@@ -171,7 +172,7 @@ class Loop:
         handler: Handler = in_order(limited, rt.pool, wake=self.scheduler.wake)
         make = consumer_for(settings)
         self.consumer = dispatcher_consumer(
-            rt, handler, max_attempts=5, max_in_flight=max_in_flight, make=make
+            rt, handler, max_attempts=5, max_in_flight=max_in_flight, make=make, ack_wait=ack_wait
         )
         assert isinstance(self.consumer, FairConsumer)
         self.tasks: list[asyncio.Task[None]] = []
@@ -213,6 +214,41 @@ async def test_a_flood_of_one_tenant_does_not_put_another_tenant_behind_it(
     assert sorted(d for d, _t, _w in sink.arrivals) == sorted(
         r.data.delivery_id for r in flood + quiet
     )
+
+
+@pytest.mark.parametrize("held", [1, 30])
+async def test_what_is_held_past_ack_wait_is_not_sent_again(
+    rt: Runtime, client: httpx.AsyncClient, held: int
+) -> None:
+    # An endpoint held with a cap of one and a timeout longer than ``ack_wait``: one
+    # delivery in flight, the rest waiting in the read-ahead, for more than twice
+    # ``ack_wait``. The loop tells NATS each of them is in progress before its ack_wait
+    # runs out, so none is delivered again, and once the endpoint answers each arrives
+    # once.
+    hold = threading.Event()
+    with Sink(hold) as slow:
+        endpoints = {
+            "slow": Endpoint(
+                url=slow.url, tenant="a", allow_private=True, max_in_flight=1, timeout=120
+            ),
+        }
+        settings = dispatcher_config(max_in_flight=4, endpoints=endpoints)
+        reqs = [request("a", i, endpoint="slow") for i in range(held)]
+        await rt.outbox.commit_and_publish(reqs)
+        loop = Loop(rt, client, settings, ack_wait=3.0)
+        assert isinstance(loop.consumer, FairConsumer)
+        async with loop:
+            await until(lambda: len(slow.arrivals) == 1 and len(loop.consumer.queue) == held - 1)
+            await asyncio.sleep(8)  # past two of its ack_waits
+            info = await rt.bus.js.consumer_info(rt.bus.stream, loop.consumer.durable)
+            assert info.num_redelivered == 0, info
+            assert info.num_ack_pending == held, info
+            assert len(slow.arrivals) == 1
+            hold.set()
+            await until(lambda: len(slow.arrivals) >= held)
+            await asyncio.sleep(0.5)
+    arrived = [d for d, _t, _w in slow.arrivals]
+    assert sorted(arrived) == sorted(r.data.delivery_id for r in reqs)  # each once
 
 
 async def test_a_slow_endpoint_holds_only_its_cap_of_the_slots(

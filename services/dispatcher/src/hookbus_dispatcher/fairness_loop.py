@@ -189,6 +189,9 @@ class FairConsumer(Consumer):
         self._deep = asyncio.Event()
         self._seen: set[tuple[str, str]] = set()
         self._closing = False
+        # Messages taken from the read-ahead and being handled: an attempt may outlast
+        # ``ack_wait`` (an endpoint's timeout is its own), so they are kept alive too.
+        self._sending: dict[asyncio.Task[None], _Held] = {}
 
     # ------------------------------------------------------------------ the loop
 
@@ -275,7 +278,7 @@ class FairConsumer(Consumer):
             await asyncio.wait_for(self._changed.wait(), timeout=seconds)
 
     async def _feed(self, stop: asyncio.Event) -> None:
-        """Hand free slots to messages in fair order; keep waiting messages alive."""
+        """Hand free slots to messages in fair order; keep held messages alive."""
         # A message is told in progress once it has waited half of ``ack_wait`` since it
         # was read or last told, looked for every sixth: told at most two thirds of the
         # way, it keeps a third of ``ack_wait`` to spare for a busy event loop.
@@ -289,8 +292,9 @@ class FairConsumer(Consumer):
             if now - last_beat >= every:
                 await self._heartbeat(now, older)
                 last_beat = now
-            # Nothing waiting, nothing to keep alive: sleep until something comes.
-            await self._wait_change(every if self.queue else None)
+            # Nothing waiting or being sent, nothing to keep alive: sleep until something
+            # comes.
+            await self._wait_change(every if self.queue or self._sending else None)
 
     def _start_what_fits(self) -> int:
         """Start handling as many waiting messages as there are free slots (and room at
@@ -303,10 +307,15 @@ class FairConsumer(Consumer):
             _tenant, dest, held = taken
             task = asyncio.create_task(self._handle(held.msg))
             self._tasks.add(task)
+            self._sending[task] = held
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._sent)
             task.add_done_callback(functools.partial(self._finished_one, dest))
             started += 1
         return started
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.pop(task, None)
 
     def _finished_one(self, dest: str, _task: object = None) -> None:
         self.queue.done(dest)
@@ -315,10 +324,11 @@ class FairConsumer(Consumer):
         self._changed.set()
 
     async def _heartbeat(self, now: float, older: float) -> int:
-        """Tell JetStream that every message waiting ``older`` seconds or more since it
-        was read or last told is in progress; how many were told."""
+        """Tell JetStream that every message held ``older`` seconds or more since it was
+        read or last told (waiting in the read-ahead, or being sent) is in progress; how
+        many were told."""
         told = 0
-        for held in list(self.queue):
+        for held in [*self.queue, *self._sending.values()]:
             if now - held.touched >= older:
                 held.touched = now
                 with contextlib.suppress(Exception):
