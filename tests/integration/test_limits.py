@@ -59,6 +59,10 @@ async def _lease_free(rt: Runtime, key: str) -> bool:
     return holder is not None
 
 
+ARRIVAL_JITTER = 0.3
+"""Seconds by which one request may arrive later than another sent after it."""
+
+
 def _waits(kind: str) -> float:
     return WAITED.labels(kind)._value.get()  # type: ignore[no-any-return]
 
@@ -93,11 +97,16 @@ async def test_an_endpoint_rate_holds_for_two_replicas_together(
     # All were sent (none failed for waiting), once each ...
     assert sorted(d for d, _t, _w in sink.arrivals) == sorted(f"dlv_a_{i}" for i in range(n))
     # ... and together no faster than the rate allows: over the whole run and over
-    # any coarse window. The sink's clock measures arrivals, so allow one request of
-    # jitter on top of rate * N + burst.
-    assert n <= per_second * span + burst + 1
+    # any coarse window. Admitted by Postgres's clock, timed here at arrival: on a loaded
+    # machine one request may take a few hundred milliseconds longer than another to
+    # arrive (CI once saw the span 0.11 s short of rate * N + burst), so the bounds allow
+    # that much on top. Two replicas each at the rate would send the 45 in about 2 s.
+    jitter = ARRIVAL_JITTER
+    assert n <= per_second * (span + jitter) + burst + 1
     for window in (1.0, 2.0):
-        assert _most_in_any_window(times, window) <= math.ceil(per_second * window) + burst + 1
+        assert _most_in_any_window(times, window) <= (
+            math.ceil(per_second * (window + jitter)) + burst + 1
+        )
     waits = await rt.pool.fetchval("SELECT count(*) FROM delivery_schedule")
     assert waits == 0
 
