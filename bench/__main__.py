@@ -27,6 +27,7 @@ from . import (
     cpu,
     delivery,
     fairness,
+    host,
     payloads,
     peer,
     phases,
@@ -201,6 +202,7 @@ async def main(args: argparse.Namespace) -> int:
         settle_timeout=30.0 if quick else 90.0,
     )
     opt.signed = payloads.signed_bodies(opt.bodies)
+    host_start = host.read()
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": quick,
@@ -443,6 +445,7 @@ async def main(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     result["loadavg_end"] = loadavg()
+    result["host_steal_share"] = round(host.stolen_share(host_start, host.read()), 3)
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     result["table"] = [r.as_dict() for r in rows]
     missed = [r.figure for r in rows if r.met is False]
@@ -455,6 +458,7 @@ async def main(args: argparse.Namespace) -> int:
         f"load {result['loadavg_start'].split()[0]} → {result['loadavg_end'].split()[0]}"
         f"{'  (quick)' if quick else ''}"
     )
+    print(host.note(result["host_steal_share"]))
     main_rows = [r for r in rows if r.section != peer.SECTION]
     peer_rows = [r for r in rows if r.section == peer.SECTION]
     if main_rows:
@@ -470,6 +474,9 @@ async def main(args: argparse.Namespace) -> int:
         print("all targets met" if any(r.met is not None for r in rows) else "no targets checked")
     print(f"written: {args.out}")
     if os.environ.get("BENCH_MARKDOWN"):
+        print()
+        note = host.note(result["host_steal_share"])
+        print(note[0].upper() + note[1:] + ".")
         for some, headers in ((main_rows, None), (peer_rows, PEER_HEADERS)):
             if some:
                 print()

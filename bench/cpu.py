@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+from . import host
 
 
 def _procs() -> dict[int, tuple[str, int, float]]:
@@ -21,27 +21,18 @@ def _procs() -> dict[int, tuple[str, int, float]]:
             continue
         comm = raw[raw.index("(") + 1 : raw.rindex(")")]
         fields = raw[raw.rindex(")") + 2 :].split()
-        out[int(d.name)] = (comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
+        out[int(d.name)] = (comm, int(fields[1]), (int(fields[11]) + int(fields[12])) * host.TICK_S)
     return out
-
-
-def _machine() -> tuple[float, float]:
-    """(busy, total) jiffies of all cores."""
-    parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = parts[3] + parts[4]
-    return float(sum(parts) - idle), float(sum(parts))
 
 
 @dataclass
 class Snapshot:
     procs: dict[int, tuple[str, int, float]]
-    busy: float
-    total: float
+    machine: host.Times
 
 
 def snapshot() -> Snapshot:
-    busy, total = _machine()
-    return Snapshot(_procs(), busy, total)
+    return Snapshot(_procs(), host.read())
 
 
 def usage(
@@ -52,9 +43,11 @@ def usage(
     ``roles`` names root pids; their children count with them; ``solo`` pids count alone
     (the bench process, which is the parent of everything). Processes named postgres,
     nats-server and wrk are grouped by name; everything else is "other" (on a shared
-    machine, other people's work).
+    machine, other people's work). "stolen by the host" is the time the machine's host
+    took from its cores (not in "machine_busy").
     """
-    wall = (after.total - before.total) / max(1, os.cpu_count() or 1) / _TICK
+    a, b = before.machine, after.machine
+    wall = (b.total_s - a.total_s) / max(1, os.cpu_count() or 1)
     if wall <= 0:
         return {}
     owner: dict[int, str] = {}
@@ -75,8 +68,9 @@ def usage(
         by_name = comm if comm in ("postgres", "nats-server", "wrk") else "other"
         role = owner.get(pid, by_name)
         used[role] = used.get(role, 0.0) + delta / wall
-    busy = (after.busy - before.busy) / (after.total - before.total) * (os.cpu_count() or 1)
+    busy = host.cores(a, b, b.busy_s - a.busy_s)
     # Processes that ended before the second snapshot (wrk, actions) show only in the machine's total.
     used["exited (wrk, actions)"] = max(0.0, busy - sum(used.values()))
     used["machine_busy"] = busy
+    used["stolen by the host"] = host.cores(a, b, b.stolen_s - a.stolen_s)
     return {k: round(v, 3) for k, v in sorted(used.items())}

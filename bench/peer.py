@@ -173,6 +173,7 @@ def summarise_rate(rs: list[RateRound]) -> dict[str, Any]:
         },
         "window_s": round(use.wall_s, 2),
         "machine_busy_cores": round(use.machine_busy_cores, 2),
+        "machine_stolen_cores": round(use.machine_stolen_cores, 2),
         "cpu_from_ticks_of_processes": f"{use.coarse} of {use.coarse + use.precise}",
         "to_script_started": summary_ms([x for r in rs for x in r.to_stamp_s]),
         "to_http_response": summary_ms([x for r in rs for x in r.response_s]),
@@ -205,6 +206,7 @@ def summarise_load(rs: list[LoadRound]) -> dict[str, Any]:
         "cpu_us_per_webhook": _us_per(use.total(), n),
         "cpu_us_per_webhook_by_process": {k: _us_per(v, n) for k, v in use.cpu_s.items()},
         "machine_busy_cores": round(use.machine_busy_cores, 2),
+        "machine_stolen_cores": round(use.machine_stolen_cores, 2),
         "cpu_from_ticks_of_processes": f"{use.coarse} of {use.coarse + use.precise}",
         "rounds_detail": [
             {"processed": r.processed, "seconds": round(r.seconds, 3), "wrk": r.wrk}
@@ -231,6 +233,7 @@ def summarise_idle(u: procs.Usage) -> dict[str, Any]:
             {k: round(v / u.wall_s, 1) for k, v in u.wakes.items()} if u.wall_s else {}
         ),
         "machine_busy_cores": round(u.machine_busy_cores, 2),
+        "machine_stolen_cores": round(u.machine_stolen_cores, 2),
         "cpu_from_ticks_of_processes": f"{u.coarse} of {u.coarse + u.precise}",
     }
 

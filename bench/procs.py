@@ -22,7 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TICK_S = 1.0 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+from . import host
+from .host import TICK_S
+
 _TOLERANCE_S = 2 * TICK_S
 
 
@@ -57,8 +59,7 @@ class Snapshot:
     at: float  # time.perf_counter()
     procs: dict[int, Proc]
     members: dict[str, set[int]]
-    machine_busy_s: float
-    machine_total_s: float
+    machine: host.Times
 
 
 def _stat(pid: int) -> tuple[int, int, float, float] | None:
@@ -132,15 +133,9 @@ def members(groups: Iterable[Group], ppids: dict[int, int] | None = None) -> dic
     return out
 
 
-def _machine() -> tuple[float, float]:
-    parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = parts[3] + parts[4]
-    return (sum(parts) - idle) * TICK_S, sum(parts) * TICK_S
-
-
 def snapshot(groups: Iterable[Group]) -> Snapshot:
     groups = list(groups)
-    busy, total = _machine()
+    machine = host.read()
     mem = members(groups)
     procs = {}
     for pid in set().union(*mem.values()) if mem else set():
@@ -149,7 +144,7 @@ def snapshot(groups: Iterable[Group]) -> Snapshot:
             continue
         ppid, start, ticks, children = st
         procs[pid] = Proc(ppid, start, ticks, children, *_threads(pid))
-    return Snapshot(time.perf_counter(), procs, mem, busy, total)
+    return Snapshot(time.perf_counter(), procs, mem, machine)
 
 
 def _delta(a: Proc | None, b: Proc) -> tuple[float, bool]:
@@ -174,6 +169,7 @@ class Usage:
     cpu_s: dict[str, float] = field(default_factory=dict)
     children_s: dict[str, float] = field(default_factory=dict)  # reaped, not in cpu_s
     machine_busy_cores: float = 0.0
+    machine_stolen_cores: float = 0.0  # taken by the host (not in machine_busy_cores)
     coarse: int = 0  # process deltas taken from ticks (threads ended in the window)
     precise: int = 0  # process deltas taken from schedstat
     wakes: dict[str, int] = field(default_factory=dict)  # voluntary switches, live threads
@@ -193,20 +189,22 @@ class Usage:
                 out.children_s[k] = out.children_s.get(k, 0.0) + v
             for k, n in src.wakes.items():
                 out.wakes[k] = out.wakes.get(k, 0) + n
-        # Busy cores, weighted by the time each part covered.
+        # Busy and stolen cores, weighted by the time each part covered.
         if out.wall_s:
             out.machine_busy_cores = (
                 self.machine_busy_cores * self.wall_s + other.machine_busy_cores * other.wall_s
+            ) / out.wall_s
+            out.machine_stolen_cores = (
+                self.machine_stolen_cores * self.wall_s + other.machine_stolen_cores * other.wall_s
             ) / out.wall_s
         return out
 
 
 def usage(before: Snapshot, after: Snapshot, groups: Iterable[Group]) -> Usage:
     out = Usage(after.at - before.at)
-    total = after.machine_total_s - before.machine_total_s
-    cores = os.cpu_count() or 1
-    if total > 0:
-        out.machine_busy_cores = (after.machine_busy_s - before.machine_busy_s) / total * cores
+    m0, m1 = before.machine, after.machine
+    out.machine_busy_cores = host.cores(m0, m1, m1.busy_s - m0.busy_s)
+    out.machine_stolen_cores = host.cores(m0, m1, m1.stolen_s - m0.stolen_s)
     for g in groups:
         pids = after.members.get(g.name, set())
         cpu = 0.0
