@@ -48,6 +48,39 @@ async def test_dedupe_key_records_a_delivery_once(rt: Runtime) -> None:
         assert await eventlog.raw_body(conn, a.id) == b'{"a": 1}'
 
 
+async def test_only_events_with_a_delivery_key_are_in_its_index(rt: Runtime) -> None:
+    # Derived events carry no delivery key: the unique index holds only the keys (a
+    # webhook recorded once), and a lookup by key is still an index scan.
+    keyed = _hook("k-1")
+    derived = [_hook(f"n-{i}") for i in range(3)]
+    await rt.outbox.commit([Pending(keyed, "gh:k-1", b'{"a": 1}'), *derived])
+    _, known = await rt.outbox.commit([Pending(_hook("k-1"), "gh:k-1", b'{"a": 1}')])
+    assert len(known) == 1
+    async with rt.pool.acquire() as conn:
+        counted = await conn.fetchval("SELECT count(*) FROM events WHERE dedupe_key IS NULL")
+        assert counted == 3
+        await conn.execute("ANALYZE events")
+        indexed = await conn.fetchval(
+            "SELECT reltuples FROM pg_class WHERE relname = 'events_dedupe_key'"
+            " AND relnamespace = current_schema()::regnamespace"
+        )
+        assert indexed == 1
+        async with conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            rows = await conn.fetch(
+                "EXPLAIN SELECT dedupe_key, id FROM events WHERE dedupe_key = ANY($1::text[])",
+                ["gh:k-1"],
+            )
+        plan = "\n".join(r[0] for r in rows)
+        assert "events_dedupe_key" in plan, plan
+        # The outbox takes no lock on the log's rows: no foreign key to check.
+        fks = await conn.fetchval(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"
+            " AND conrelid = 'outbox'::regclass"
+        )
+        assert fks == 0
+
+
 def _hook_of(body: bytes, payload: bytes | None = None) -> ev.Event[ev.WebhookReceived]:
     data = ev.WebhookReceived(
         source="gh", kind="github", event_type="push", payload=msgspec.Raw(payload or body)
