@@ -100,6 +100,12 @@ class Sink:
         self.thread.join(10)
 
 
+def held_endpoint(sink: Sink, *, cap: int) -> Endpoint:
+    """Tenant a's endpoint at ``sink`` (which may hold its answers), at most ``cap`` in
+    flight, with a timeout no held request reaches."""
+    return Endpoint(url=sink.url, tenant="a", allow_private=True, max_in_flight=cap, timeout=120)
+
+
 @pytest.fixture
 def sink() -> Iterator[Sink]:
     with Sink() as s:
@@ -228,9 +234,7 @@ async def test_what_is_held_past_ack_wait_is_not_sent_again(
     hold = threading.Event()
     with Sink(hold) as slow:
         endpoints = {
-            "slow": Endpoint(
-                url=slow.url, tenant="a", allow_private=True, max_in_flight=1, timeout=120
-            ),
+            "slow": held_endpoint(slow, cap=1),
         }
         settings = dispatcher_config(max_in_flight=4, endpoints=endpoints)
         reqs = [request("a", i, endpoint="slow") for i in range(held)]
@@ -285,9 +289,7 @@ async def test_a_full_read_ahead_spills_the_destination_that_fills_it(
     hold = threading.Event()
     with Sink(hold) as slow:
         endpoints = {
-            "slow": Endpoint(
-                url=slow.url, tenant="a", allow_private=True, max_in_flight=1, timeout=120
-            ),
+            "slow": held_endpoint(slow, cap=1),
             "fast": Endpoint(url=sink.url, tenant="b", allow_private=True),
         }
         settings = dispatcher_config(max_in_flight=4, read_ahead=10, endpoints=endpoints)

@@ -18,7 +18,16 @@ from hookbus_dispatcher.config import Endpoint
 from hookbus_dispatcher.limits import Rate, TenantLimits
 from hookbus_dispatcher.limits_guard import WAITED
 
-from .test_fairness import Loop, Sink, client, dispatcher_config, request, sink, until
+from .test_fairness import (
+    Loop,
+    Sink,
+    client,
+    dispatcher_config,
+    held_endpoint,
+    request,
+    sink,
+    until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -135,11 +144,7 @@ async def test_max_in_flight_holds_across_two_replicas(
 ) -> None:
     hold = threading.Event()
     with Sink(hold) as slow:
-        endpoints = {
-            "slow": Endpoint(
-                url=slow.url, tenant="a", allow_private=True, max_in_flight=3, timeout=120
-            )
-        }
+        endpoints = {"slow": held_endpoint(slow, cap=3)}
         # A small read-ahead, so that both loops take some of the twelve.
         settings = dispatcher_config(max_in_flight=8, read_ahead=3, endpoints=endpoints)
         before = _waits("in_flight")
