@@ -148,6 +148,14 @@ def rewrite_unseen(path: Path, text: bytes) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def until_stopped(pid: int) -> None:
+    """Wait until the process has taken its SIGSTOP (the signal is sent, not waited for)."""
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the process did not stop"
+        time.sleep(0.001)
+
+
 def test_reloading_the_rules_under_load_loses_and_duplicates_nothing(
     servers: Servers, make_system: Callable[..., System], tmp_path: Path
 ) -> None:
@@ -215,8 +223,16 @@ rules_file = "rules.toml"
         if how == "replace":
             replace(rules, text)
         else:
-            rewrite_unseen(rules, text)
-            system.procs["router"].send_signal(signal.SIGHUP)
+            # Stopped while the file is rewritten and its time put back: a router that
+            # looked between the two (its watch wakes at once) would see a change.
+            router_proc = system.procs["router"]
+            router_proc.send_signal(signal.SIGSTOP)
+            until_stopped(router_proc.pid)
+            try:
+                rewrite_unseen(rules, text)
+            finally:
+                router_proc.send_signal(signal.SIGCONT)
+            router_proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 15
         while len(reloads(system)) == seen and time.monotonic() < deadline:
             time.sleep(0.05)
