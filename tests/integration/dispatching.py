@@ -28,6 +28,7 @@ def dispatcher_consumer(
     subjects: Sequence[Sequence[str]] = (REQUESTS,),
     make: Callable[..., Consumer] = Consumer,
     ack_wait: float = 30.0,
+    drain_timeout: float | None = None,
 ) -> Consumer:
     """The dispatcher's durable and filter, ``max_deliver`` for ``max_attempts``, and no
     ``terminal_step``: as in main(), the handler finds a delivery that already ended."""
@@ -35,4 +36,5 @@ def dispatcher_consumer(
         service="dispatcher", bus=rt.bus, outbox=rt.outbox, durable=durable(rt),
         filter_subjects=[subject(rt, t) for t in subjects], handler=handler,
         max_in_flight=max_in_flight, max_deliver=max_deliver(max_attempts), ack_wait=ack_wait,
+        drain_timeout=drain_timeout,
     )  # fmt: skip

@@ -161,6 +161,7 @@ class Loop:
         *,
         max_in_flight: int = 4,
         ack_wait: float = 30.0,
+        drain_timeout: float | None = None,
     ) -> None:
         self.rt = rt
         self.stop = asyncio.Event()
@@ -178,8 +179,9 @@ class Loop:
         handler: Handler = in_order(limited, rt.pool, wake=self.scheduler.wake)
         make = consumer_for(settings)
         self.consumer = dispatcher_consumer(
-            rt, handler, max_attempts=5, max_in_flight=max_in_flight, make=make, ack_wait=ack_wait
-        )
+            rt, handler, max_attempts=5, max_in_flight=max_in_flight, make=make,
+            ack_wait=ack_wait, drain_timeout=drain_timeout,
+        )  # fmt: skip
         assert isinstance(self.consumer, FairConsumer)
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -253,6 +255,36 @@ async def test_what_is_held_past_ack_wait_is_not_sent_again(
             await asyncio.sleep(0.5)
     arrived = [d for d, _t, _w in slow.arrivals]
     assert sorted(arrived) == sorted(r.data.delivery_id for r in reqs)  # each once
+
+
+async def test_a_delivery_being_sent_at_a_stop_is_not_sent_again_while_it_drains(
+    rt: Runtime, client: httpx.AsyncClient
+) -> None:
+    # Replica a is sending a delivery to a held URL when it is stopped; its drain
+    # waits for the attempt longer than ``ack_wait``. Replica b, started once a has the
+    # delivery, waits for work on the same durable. a keeps telling NATS the delivery is
+    # in progress while it drains, so b is never handed it, and it arrives once.
+    hold = threading.Event()
+    with Sink(hold) as slow:
+        # A URL, not an endpoint: an endpoint's max_in_flight would hold b's copy back
+        # on its own (it counts across replicas).
+        settings = dispatcher_config(max_in_flight=4, timeout_seconds=60)
+        req = request("a", 0, url=slow.url)
+        await rt.outbox.commit_and_publish([req])
+        a = Loop(rt, client, settings, ack_wait=3.0, drain_timeout=15.0)
+        async with a:
+            await until(lambda: len(slow.arrivals) == 1)
+            async with Loop(rt, client, settings, ack_wait=3.0) as b:
+                await asyncio.sleep(2.0)  # told in progress once: the stop comes after
+                a.stop.set()
+                await asyncio.sleep(8)  # past two of its ack_waits, a still draining
+                info = await rt.bus.js.consumer_info(rt.bus.stream, b.consumer.durable)
+                assert info.num_redelivered == 0, info
+                assert len(slow.arrivals) == 1
+                hold.set()
+                await until(lambda: len(slow.answers) >= 1)
+                await asyncio.sleep(0.5)
+    assert [d for d, _t, _w in slow.arrivals] == [req.data.delivery_id]
 
 
 async def test_a_slow_endpoint_holds_only_its_cap_of_the_slots(

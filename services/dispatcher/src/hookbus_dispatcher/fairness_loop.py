@@ -192,6 +192,7 @@ class FairConsumer(Consumer):
         # Messages taken from the read-ahead and being handled: an attempt may outlast
         # ``ack_wait`` (an endpoint's timeout is its own), so they are kept alive too.
         self._sending: dict[asyncio.Task[None], _Held] = {}
+        self._drain_beat: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ the loop
 
@@ -236,6 +237,11 @@ class FairConsumer(Consumer):
             if self.presence is not None:
                 await self.presence.close()
             await self._give_back()
+            if self._sending:
+                # Ends by itself once they are done, or the drain's time is up.
+                self._drain_beat = asyncio.create_task(
+                    self._keep_sending_alive(), name="drain-beat"
+                )
 
     async def _read_ahead(self, puller: StandingPull, stop: asyncio.Event) -> None:
         """Fill the read-ahead from the standing pull until a stop."""
@@ -279,11 +285,7 @@ class FairConsumer(Consumer):
 
     async def _feed(self, stop: asyncio.Event) -> None:
         """Hand free slots to messages in fair order; keep held messages alive."""
-        # A message is told in progress once it has waited half of ``ack_wait`` since it
-        # was read or last told, looked for every sixth: told at most two thirds of the
-        # way, it keeps a third of ``ack_wait`` to spare for a busy event loop.
-        older = max(0.1, self.ack_wait / 2)
-        every = older / 3
+        older, every = self._beat_times()
         last_beat = self.clock()
         while not stop.is_set():
             self._start_what_fits()
@@ -322,6 +324,24 @@ class FairConsumer(Consumer):
         self.pace.finished(self.clock())
         self._start_what_fits()  # the freed slot goes to the next in turn at once
         self._changed.set()
+
+    def _beat_times(self) -> tuple[float, float]:
+        """(older, every): a message is told in progress once it has waited ``older``
+        (half of ``ack_wait``) since it was read or last told, looked for ``every`` (a
+        sixth): told at most two thirds of the way, it keeps a third of ``ack_wait`` to
+        spare for a busy event loop."""
+        older = max(0.1, self.ack_wait / 2)
+        return older, older / 3
+
+    async def _keep_sending_alive(self) -> None:
+        """At a stop, while the deliveries being sent drain (``drain_timeout`` at most),
+        keep telling JetStream they are in progress: one told just before the stop would
+        otherwise go to another replica while its attempt here still runs."""
+        older, every = self._beat_times()
+        deadline = self.clock() + self.drain_timeout
+        while self._sending and self.clock() < deadline:
+            await asyncio.sleep(every)
+            await self._heartbeat(self.clock(), older)
 
     async def _heartbeat(self, now: float, older: float) -> int:
         """Tell JetStream that every message held ``older`` seconds or more since it was
