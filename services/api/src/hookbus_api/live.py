@@ -83,6 +83,11 @@ async def stream(
         queue.put_nowait(frame)
 
     sub = await bus.nc.subscribe(f"{bus.prefix}.>", cb=on_msg)
+    # A subscription is the server's only once it has read it: a round trip makes sure,
+    # so an event published after the first frame is never missed. With NATS away the
+    # stream starts all the same (the client resubscribes on reconnect).
+    with contextlib.suppress(Exception):
+        await bus.nc.flush(timeout=2)
     STREAMS_OPEN.inc()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_seconds
