@@ -191,12 +191,14 @@ class Usage:
                 out.wakes[k] = out.wakes.get(k, 0) + n
         # Busy and stolen cores, weighted by the time each part covered.
         if out.wall_s:
-            out.machine_busy_cores = (
-                self.machine_busy_cores * self.wall_s + other.machine_busy_cores * other.wall_s
-            ) / out.wall_s
-            out.machine_stolen_cores = (
-                self.machine_stolen_cores * self.wall_s + other.machine_stolen_cores * other.wall_s
-            ) / out.wall_s
+
+            def weighted(mine: float, theirs: float) -> float:
+                return (mine * self.wall_s + theirs * other.wall_s) / out.wall_s
+
+            out.machine_busy_cores = weighted(self.machine_busy_cores, other.machine_busy_cores)
+            out.machine_stolen_cores = weighted(
+                self.machine_stolen_cores, other.machine_stolen_cores
+            )
         return out
 
 

@@ -235,9 +235,7 @@ async def test_what_is_held_past_ack_wait_is_not_sent_again(
     # once.
     hold = threading.Event()
     with Sink(hold) as slow:
-        endpoints = {
-            "slow": held_endpoint(slow, cap=1),
-        }
+        endpoints = {"slow": held_endpoint(slow, cap=1)}
         settings = dispatcher_config(max_in_flight=4, endpoints=endpoints)
         reqs = [request("a", i, endpoint="slow") for i in range(held)]
         await rt.outbox.commit_and_publish(reqs)

@@ -110,11 +110,10 @@ async def test_an_endpoint_rate_holds_for_two_replicas_together(
     # machine one request may take a few hundred milliseconds longer than another to
     # arrive (CI once saw the span 0.11 s short of rate * N + burst), so the bounds allow
     # that much on top. Two replicas each at the rate would send the 45 in about 2 s.
-    jitter = ARRIVAL_JITTER
-    assert n <= per_second * (span + jitter) + burst + 1
+    assert n <= per_second * (span + ARRIVAL_JITTER) + burst + 1
     for window in (1.0, 2.0):
         assert _most_in_any_window(times, window) <= (
-            math.ceil(per_second * (window + jitter)) + burst + 1
+            math.ceil(per_second * (window + ARRIVAL_JITTER)) + burst + 1
         )
     waits = await rt.pool.fetchval("SELECT count(*) FROM delivery_schedule")
     assert waits == 0
