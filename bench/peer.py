@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import adnanh, payloads, procs, sides
+from . import adnanh, floor, payloads, procs, sides
 from .report import Row
 from .sides import HOOKBUS_ORDER, AdnanhSide, HookbusSide, LoadRound, RateRound, Side
 from .stats import summary_ms
@@ -308,6 +308,16 @@ async def run(
             out["idle"] = {k: summarise_idle(u) for k, u in idle.items()}
             out["memory_idle"] = {s.name: summarise_memory(procs.memory(s.groups())) for s in both}
 
+            nats_idle = out["idle"]["hookbus"]["cpu_ms_per_s_by_process"].get("nats-server", 0.0)
+            out["floor"] = {}
+            for name, rate in (("cpu", opt.cpu_rate), ("latency", opt.latency_rate)):
+                log(f"peer: the durable parts' floor at {rate:.0f}/s, {2 * opt.round_s:.0f}s")
+                assert servers.nats.proc is not None
+                out["floor"][name] = await floor.measure(
+                    servers.nats.url, servers.nats.proc.pid, servers.database_url,
+                    rate=rate, seconds=2 * opt.round_s, nats_idle_ms_per_s=nats_idle,
+                )  # fmt: skip
+
             log(f"peer: CPU at {opt.cpu_rate:.0f}/s, {opt.rounds} x {opt.round_s:.0f}s rounds each")
             cpu = await interleaved(both, opt.rounds, rate_fn(opt.cpu_rate, opt.round_s, opt.spin))
             out["cpu_at_rate"] = {k: summarise_rate(v) for k, v in cpu.items()}
@@ -397,6 +407,7 @@ def rows(p: dict[str, Any]) -> list[Row]:
             cpu_hb, cpu_ad, "µs", "≤ 3x", _le(cpu_hb, cpu_ad, 3)),
         row("  hookbus by process", _by_process(c[hb]["cpu_us_per_webhook_by_process"], "µs",
             HOOKBUS_ORDER), None, ""),
+        *floor_rows(p.get("floor"), cpu_hb, cpu_ad, l50[1]),
         row(f"wake-ups per matching webhook at {crate:.0f}/s, every process (times a "
             "thread slept and woke)", c[hb].get("wakeups_per_webhook"),
             c[ad].get("wakeups_per_webhook"), ""),
@@ -440,4 +451,31 @@ def rows(p: dict[str, Any]) -> list[Row]:
             "MiB", "reported"),
         row("every request answered, every action ran once, none for the quiet ones",
             "yes" if complete else "no", None, "", "all", complete),
+    ]  # fmt: skip
+
+
+def floor_rows(
+    f: dict[str, Any] | None, cpu_hb: Any, cpu_ad: Any, started_p50_ad: Any
+) -> list[Row]:
+    """The durable parts' floor (floor.py) beside adnanh's figures and the targets' room."""
+    if not f:
+        return []
+    c, lt = f["cpu"], f["latency"]
+    low = c["cpu_us_per_webhook"]
+    room = 3 * cpu_ad - low if isinstance(cpu_ad, int | float) else None
+    above = cpu_hb - low if isinstance(cpu_hb, int | float) else None
+    parts = f"{c['commits']} commits, {c['publishes']} publishes, {c['takes']} takes"
+    return [
+        Row(f"peer:   floor: nats-server and Postgres alone, for its {parts} at "
+            f"{c['rate']:.0f}/s (no Python)", low, "µs", cpu_ad, "", "", None, True, SECTION),
+        Row("peer:     by process", _by_process(c["cpu_us_per_webhook_by_process"], "µs",
+            HOOKBUS_ORDER), section=SECTION),
+        Row("peer:   hookbus above that floor, against the room the 3x target leaves"
+            if room is None or room > 0 else
+            "peer:   hookbus above that floor (the floor alone is above the 3x target)",
+            above, "µs", room if room is None or room > 0 else None, "3 x adnanh - floor",
+            "", None, True, SECTION),
+        Row(f"peer:   floor: its first commit → the commit a job's start waits for, at "
+            f"{lt['rate']:.0f}/s, p50", lt["to_job_started"]["p50_ms"], "ms", started_p50_ad,
+            "", "", None, True, SECTION),
     ]  # fmt: skip
