@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from hookbus_common import looplag
+from hookbus_common import gcsettle, looplag
 
 
 def _count(hist: object) -> float:
@@ -125,3 +125,28 @@ async def test_a_stop_ends_a_parked_probe() -> None:
     stop.set()
     await asyncio.wait_for(probe, 1)
     assert timers.timers == 1
+
+
+def test_a_collection_run_on_purpose_is_not_reported_as_a_pause(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every collection is "long" here: the plain one is logged, start-up's own is not.
+    monkeypatch.setattr(looplag, "REPORT_SECONDS", 0.0)
+    looplag.watch_gc()
+    try:
+        with caplog.at_level(logging.WARNING, logger="hookbus_common.looplag"):
+            gc.collect()
+            assert [r.message for r in caplog.records] == ["long garbage collection"]
+            caplog.clear()
+            before = _count(looplag.GC_PAUSE)
+            try:
+                gc.unfreeze()
+                gcsettle.settle()
+            finally:
+                gc.unfreeze()
+            assert caplog.records == []
+            assert _count(looplag.GC_PAUSE) == before
+            gc.collect()  # and the next one is watched again
+            assert [r.message for r in caplog.records] == ["long garbage collection"]
+    finally:
+        looplag.unwatch_gc()

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import gc
 
+from . import looplag
+
 
 def settle() -> None:
-    """Collect what start-up left as garbage, then freeze everything that is left."""
-    gc.collect()
+    """Collect what start-up left as garbage, then freeze everything that is left. That
+    collection is the process's own choice, before it takes any work: not a pause to
+    report (it used to log a "long garbage collection" warning at every start)."""
+    with looplag.deliberate():
+        gc.collect()
     gc.freeze()

@@ -4,10 +4,11 @@ metrics and as log lines when they are long enough to show in request latency.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from prometheus_client import Histogram
@@ -28,10 +29,25 @@ GC_PAUSE = Histogram(
 REPORT_SECONDS = 0.05
 
 _gc_started = 0.0
+_deliberate = False
+
+
+@contextlib.contextmanager
+def deliberate() -> Iterator[None]:
+    """Collections run on purpose inside (start-up's, before any work is taken) stall
+    nothing anyone waits for: they are neither observed as pauses nor logged."""
+    global _deliberate
+    _deliberate = True
+    try:
+        yield
+    finally:
+        _deliberate = False
 
 
 def _gc_callback(phase: str, info: dict[str, Any]) -> None:
     global _gc_started
+    if _deliberate:
+        return
     if phase == "start":
         _gc_started = time.perf_counter()
         return
