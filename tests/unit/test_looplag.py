@@ -150,3 +150,33 @@ def test_a_collection_run_on_purpose_is_not_reported_as_a_pause(
             assert [r.message for r in caplog.records] == ["long garbage collection"]
     finally:
         looplag.unwatch_gc()
+
+
+class _NoRoom:
+    """What observing a pause does a few frames short of the recursion limit."""
+
+    def labels(self, *_: object) -> _NoRoom:
+        raise RecursionError("maximum recursion depth exceeded in comparison")
+
+
+def test_a_collection_near_the_recursion_limit_goes_unmeasured_without_raising(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A collection can start a few frames short of the recursion limit (a deeply nested
+    payload being decoded): the callback then has no room to observe the pause. It drops
+    it rather than raise (from a GC callback the error is unraisable, and the hook
+    printing it runs out of room too)."""
+    stop = {"generation": 2, "collected": 0}
+    real = looplag.GC_PAUSE
+    monkeypatch.setattr(looplag, "GC_PAUSE", _NoRoom())
+    looplag._gc_callback("start", {"generation": 2})
+    looplag._gc_callback("stop", stop)  # raises nothing
+    monkeypatch.setattr(looplag, "GC_PAUSE", real)
+    before = _count(real)
+    # A stop whose start went unrecorded is not measured from an older start...
+    looplag._gc_callback("stop", stop)
+    assert _count(real) == before
+    # ...and the next whole collection is measured again.
+    looplag._gc_callback("start", {"generation": 2})
+    looplag._gc_callback("stop", stop)
+    assert _count(real) == before + 1

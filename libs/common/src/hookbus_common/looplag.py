@@ -28,7 +28,7 @@ GC_PAUSE = Histogram(
 # Long enough to show up in a webhook's answer time.
 REPORT_SECONDS = 0.05
 
-_gc_started = 0.0
+_gc_started: float | None = None
 _deliberate = False
 
 
@@ -48,17 +48,27 @@ def _gc_callback(phase: str, info: dict[str, Any]) -> None:
     global _gc_started
     if _deliberate:
         return
-    if phase == "start":
-        _gc_started = time.perf_counter()
-        return
-    took = time.perf_counter() - _gc_started
-    GC_PAUSE.labels(str(info.get("generation", "?"))).observe(took)
-    if took >= REPORT_SECONDS:
-        log.warning(
-            "long garbage collection",
-            extra={"generation": info.get("generation"), "ms": round(took * 1000, 1),
-                   "collected": info.get("collected")},
-        )  # fmt: skip
+    try:
+        if phase == "start":
+            _gc_started = time.perf_counter()
+            return
+        started, _gc_started = _gc_started, None
+        if started is None:
+            return  # its start went unrecorded (below)
+        took = time.perf_counter() - started
+        GC_PAUSE.labels(str(info.get("generation", "?"))).observe(took)
+        if took >= REPORT_SECONDS:
+            log.warning(
+                "long garbage collection",
+                extra={"generation": info.get("generation"), "ms": round(took * 1000, 1),
+                       "collected": info.get("collected")},
+            )  # fmt: skip
+    except RecursionError:
+        # A collection runs on whatever stack allocated last, at times a few frames
+        # short of the recursion limit (a deeply nested payload being decoded): that
+        # pause goes unmeasured. Raised from a GC callback, the error would be printed
+        # as unraisable, and the hook printing it would run out of room too.
+        _gc_started = None
 
 
 def watch_gc() -> None:
