@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import nats
 
+from hookbus_common import events as ev
 from hookbus_common.bus import stream_name
 
 from . import cpu, openloop, payloads, wrk
@@ -23,8 +24,10 @@ from .sides import read_stamps
 from .stats import summary_ms
 from .system import Servers, System
 
-RECEIVED = "io.hookbus.webhook.received.v1"
-TERMINAL = ("io.hookbus.job.succeeded.v1", "io.hookbus.job.failed.v1")
+RECEIVED = ev.WebhookReceived.TYPE
+TERMINAL = (ev.JobSucceeded.TYPE, ev.JobFailed.TYPE)
+# Each hop of a chain, by the type its event has now (the router writes job.requested v2).
+HOPS = (RECEIVED, ev.JobRequestedV2.TYPE, ev.JobStarted.TYPE, *TERMINAL)
 
 
 @dataclass
@@ -305,11 +308,11 @@ actions = [{{ kind = "shell", command = ["{script}"], timeout = 30, env = {{ BEN
     for delivery, typ, recorded in rows:
         t0 = sent_at.get(delivery)
         if t0 is not None:
-            hop = "terminal" if typ in TERMINAL else typ.split(".", 2)[2].removesuffix(".v1")
+            hop = "terminal" if typ in TERMINAL else re.sub(r"\.v\d+$", "", typ.split(".", 2)[2])
             hops.setdefault(hop, []).append(recorded - t0)
     started = hops.get("job.started", [])
     finished = hops.get("terminal", [])
-    failed = sum(1 for _, typ, _ in rows if typ == "io.hookbus.job.failed.v1")
+    failed = sum(1 for _, typ, _ in rows if typ == ev.JobFailed.TYPE)
     action = [when - sent_at[d] for d, when in read_stamps(stamps).items() if d in sent_at]
     return {
         "ingest": _openloop_summary(r),
@@ -333,14 +336,12 @@ async def _wait_jobs(
         SELECT split_part(w.dedupe_key, ':', 2), j.type, extract(epoch FROM j.recorded_at)
         FROM events w JOIN events j ON j.correlation_id = w.id
         WHERE w.type = $1 AND w.dedupe_key LIKE $2
-          AND j.type IN ('io.hookbus.webhook.received.v1', 'io.hookbus.job.requested.v1',
-                         'io.hookbus.job.started.v1', 'io.hookbus.job.succeeded.v1',
-                         'io.hookbus.job.failed.v1')
+          AND j.type = ANY($3::text[])
     """
     try:
         deadline = time.monotonic() + timeout
         while True:
-            rows = await conn.fetch(sql, RECEIVED, f"{payloads.SOURCE}:{rid}-%")
+            rows = await conn.fetch(sql, RECEIVED, f"{payloads.SOURCE}:{rid}-%", list(HOPS))
             done = sum(1 for r in rows if r[1] in TERMINAL)
             if done >= expected or time.monotonic() > deadline:
                 return [(r[0], r[1], float(r[2])) for r in rows]
