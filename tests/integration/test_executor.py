@@ -639,6 +639,41 @@ async def test_an_adoption_cut_short_leaves_a_lost_run_to_record_not_a_job_to_ru
             stubborn.wait()
 
 
+async def test_an_adoption_cut_short_just_after_taking_the_lease_runs_nothing_again(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same, cut short at the first moment the lease is this executor's: while it reads
+    # the job's request back, before it has looked at anything else. The run is still
+    # recorded as lost when the message comes back, and the action not started again.
+    replica = Replica(rt, kill_grace_seconds=1.0)
+    marker = tmp_path / "ran-again"
+    req = _request(["/bin/sh", "-c", f"echo x >> {marker}"], job_id="job_cut_early")
+    await _left_by_a_dead_executor(rt, req, host=replica.runs.owner.host.id, expires_in=60.0)
+    async with rt.pool.acquire() as conn:
+        [lease] = await leases.open_on_host(conn, replica.runs.owner)
+    reading, never = asyncio.Event(), asyncio.Event()
+
+    async def held(*_: object) -> None:
+        reading.set()
+        await never.wait()
+
+    monkeypatch.setattr(leases, "request_event", held)
+    adopting = asyncio.create_task(replica.runs._adopt(lease))
+    await asyncio.wait_for(reading.wait(), 20)
+    assert (await _lease(rt, "job_cut_early"))["owner"] == replica.runs.owner.id
+    adopting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await adopting
+    monkeypatch.undo()
+
+    outcome, out = await replica.outcome(req, deliveries=2)
+
+    assert outcome == Ack()
+    assert [type(e.data) for e in out] == [ev.JobInterrupted]
+    assert out[0].data.attempt == 1
+    assert not marker.exists()
+
+
 async def _chain_types_of(rt: Runtime, job_id: str, kind: str) -> bool:
     async with rt.pool.acquire() as conn:
         n = await conn.fetchval(

@@ -288,25 +288,32 @@ class Runs:
         return count
 
     async def _adopt(self, lease: Lease) -> int:
+        # Marked before the lease is ours: should this adoption stop at any point after
+        # taking it (cancelled, Postgres gone) and before the run is recorded, the lease
+        # is ours but the job must not read as never started here (that is what a lease
+        # of ours with no action of ours means): its message, coming back, finds the
+        # run lost and records it.
+        self.acted[lease.job_id] = lease.attempt
         async with self.pool.acquire() as conn:
             if not await leases.adopt(conn, lease, self.owner, self.ttl):
+                self.acted.pop(lease.job_id, None)
                 return 0  # someone else took it meanwhile
             request = await leases.request_event(conn, lease.request_id)
             if request is None:
                 log.error("a job lease names no request in the log; released",
                           extra={"job_id": lease.job_id})  # fmt: skip
                 await leases.end(conn, lease.job_id, self.owner, "no_request")
+                self.acted.pop(lease.job_id, None)
                 return 0
             if await leases.terminal_recorded(conn, lease, outcomes.TERMINAL_STEP):
                 await leases.end(conn, lease.job_id, self.owner, "finished")
+                self.acted.pop(lease.job_id, None)
                 return 0
             if not await leases.started_recorded(conn, lease):
                 await leases.release_unstarted(conn, lease.job_id, self.owner)
+                self.acted.pop(lease.job_id, None)
                 return 0
-        # Its action ran (under the dead executor). Should this adoption stop before the
-        # run is recorded, the lease is ours but the job must not read as never started
-        # here: its message, coming back, finds the run lost and records it.
-        self.acted[lease.job_id] = lease.attempt
+        # Its action ran (under the dead executor).
         log.warning(
             "found a job left running by a stopped executor on this host",
             extra={"job_id": lease.job_id, "pgid": lease.pgid, "executor_pid": lease.owner_pid},
