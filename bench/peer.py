@@ -310,9 +310,9 @@ async def run(
 
             nats_idle = out["idle"]["hookbus"]["cpu_ms_per_s_by_process"].get("nats-server", 0.0)
             out["floor"] = {}
+            assert servers.nats.proc is not None
             for name, rate in (("cpu", opt.cpu_rate), ("latency", opt.latency_rate)):
                 log(f"peer: the durable parts' floor at {rate:.0f}/s, {2 * opt.round_s:.0f}s")
-                assert servers.nats.proc is not None
                 out["floor"][name] = await floor.measure(
                     servers.nats.url, servers.nats.proc.pid, servers.database_url,
                     rate=rate, seconds=2 * opt.round_s, nats_idle_ms_per_s=nats_idle,
@@ -463,18 +463,20 @@ def floor_rows(
     c, lt = f["cpu"], f["latency"]
     low = c["cpu_us_per_webhook"]
     room = 3 * cpu_ad - low if isinstance(cpu_ad, int | float) else None
+    if room is not None and room <= 0:
+        room = None  # no room: no ratio against it either
+        above_of = "hookbus above that floor (the floor alone is above the 3x target)"
+    else:
+        above_of = "hookbus above that floor, against the room the 3x target leaves"
     above = cpu_hb - low if isinstance(cpu_hb, int | float) else None
-    parts = f"{c['commits']} commits, {c['publishes']} publishes, {c['takes']} takes"
+    parts = f"{c['commits']:g} commits, {c['publishes']:g} publishes, {c['takes']:g} takes"
     return [
         Row(f"peer:   floor: nats-server and Postgres alone, for its {parts} at "
             f"{c['rate']:.0f}/s (no Python)", low, "µs", cpu_ad, "", "", None, True, SECTION),
         Row("peer:     by process", _by_process(c["cpu_us_per_webhook_by_process"], "µs",
             HOOKBUS_ORDER), section=SECTION),
-        Row("peer:   hookbus above that floor, against the room the 3x target leaves"
-            if room is None or room > 0 else
-            "peer:   hookbus above that floor (the floor alone is above the 3x target)",
-            above, "µs", room if room is None or room > 0 else None, "3 x adnanh - floor",
-            "", None, True, SECTION),
+        Row(f"peer:   {above_of}", above, "µs", room, "3 x adnanh - floor", "", None, True,
+            SECTION),
         Row(f"peer:   floor: its first commit → the commit a job's start waits for, at "
             f"{lt['rate']:.0f}/s, p50", lt["to_job_started"]["p50_ms"], "ms", started_p50_ad,
             "", "", None, True, SECTION),

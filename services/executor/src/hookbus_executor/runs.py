@@ -8,10 +8,12 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import msgspec
 
+from hookbus_common import events as ev
 from hookbus_common.outbox import Outbox
 
 from . import leases, outcomes, procs
@@ -287,6 +289,27 @@ class Runs:
                 log.exception("could not end an orphaned job", extra={"job_id": lease.job_id})
         return count
 
+    async def _take_over(self, lease: Lease) -> ev.Event[Any] | None:
+        """Take a dead executor's lease whose job's action ran: the job's request, or
+        ``None`` when another took it first, or the lease is ended here (no request in the
+        log, the job already finished, or its action never started)."""
+        async with self.pool.acquire() as conn:
+            if not await leases.adopt(conn, lease, self.owner, self.ttl):
+                return None  # someone else took it meanwhile
+            request = await leases.request_event(conn, lease.request_id)
+            if request is None:
+                log.error("a job lease names no request in the log; released",
+                          extra={"job_id": lease.job_id})  # fmt: skip
+                await leases.end(conn, lease.job_id, self.owner, "no_request")
+                return None
+            if await leases.terminal_recorded(conn, lease, outcomes.TERMINAL_STEP):
+                await leases.end(conn, lease.job_id, self.owner, "finished")
+                return None
+            if not await leases.started_recorded(conn, lease):
+                await leases.release_unstarted(conn, lease.job_id, self.owner)
+                return None
+        return request
+
     async def _adopt(self, lease: Lease) -> int:
         # Marked before the lease is ours: should this adoption stop at any point after
         # taking it (cancelled, Postgres gone) and before the run is recorded, the lease
@@ -294,25 +317,10 @@ class Runs:
         # of ours with no action of ours means): its message, coming back, finds the
         # run lost and records it.
         self.acted[lease.job_id] = lease.attempt
-        async with self.pool.acquire() as conn:
-            if not await leases.adopt(conn, lease, self.owner, self.ttl):
-                self.acted.pop(lease.job_id, None)
-                return 0  # someone else took it meanwhile
-            request = await leases.request_event(conn, lease.request_id)
-            if request is None:
-                log.error("a job lease names no request in the log; released",
-                          extra={"job_id": lease.job_id})  # fmt: skip
-                await leases.end(conn, lease.job_id, self.owner, "no_request")
-                self.acted.pop(lease.job_id, None)
-                return 0
-            if await leases.terminal_recorded(conn, lease, outcomes.TERMINAL_STEP):
-                await leases.end(conn, lease.job_id, self.owner, "finished")
-                self.acted.pop(lease.job_id, None)
-                return 0
-            if not await leases.started_recorded(conn, lease):
-                await leases.release_unstarted(conn, lease.job_id, self.owner)
-                self.acted.pop(lease.job_id, None)
-                return 0
+        request = await self._take_over(lease)
+        if request is None:
+            self.acted.pop(lease.job_id, None)  # the job is given back, or another's
+            return 0
         # Its action ran (under the dead executor).
         log.warning(
             "found a job left running by a stopped executor on this host",
