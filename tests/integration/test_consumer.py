@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from hookbus_common import eventlog
 from hookbus_common import events as ev
 from hookbus_common.consumer import Consumer, Gated, Incoming, Yielded
 from hookbus_common.errors import Deferred, PermanentError, RetryableError
+from hookbus_common.eventlog import Appended
+from hookbus_common.outbox import Outbox
 from hookbus_common.service import Runtime
 from hookbus_common.settings import Settings
 
@@ -50,7 +52,7 @@ class Running:
     def __init__(self, rt: Runtime, handler: Any, **kw: Any) -> None:
         self.stop = asyncio.Event()
         self.consumer = Consumer(
-            service="test", bus=rt.bus, outbox=rt.outbox, durable=f"{rt.bus.prefix}-test",
+            service="test", bus=rt.bus, outbox=kw.pop("outbox", rt.outbox), durable=f"{rt.bus.prefix}-test",
             filter_subjects=kw.pop("filter_subjects", [f"{rt.bus.prefix}.job.requested.>"]),
             handler=handler,
             max_in_flight=kw.pop("max_in_flight", 4), max_deliver=kw.pop("max_deliver", 5), **kw,
@@ -612,3 +614,115 @@ async def test_a_gated_step_is_committed_only_with_its_gate_and_the_handler_lear
 
 async def _all_told(told: dict[str, bool]) -> bool:
     return len(told) == 2
+
+
+class _Batches(Outbox):
+    """The test's runtime outbox, noting each batch its consume loop publishes."""
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt.pool, rt.bus)
+        self.batches: list[list[str]] = []
+
+    def publish_later(self, appended: Sequence[Appended]) -> None:
+        if appended:
+            self.batches.append([a.event.type for a in appended])
+        super().publish_later(appended)
+
+
+def _succeeded(incoming: Incoming) -> ev.Event[Any]:
+    req = incoming.event.data
+    return ev.make_event(
+        ev.JobSucceeded(job_id=req.job_id, kind="shell", rule="r", exit_code=0, duration_ms=1.0),
+        source="/test", id=ev.derived_id(incoming.event.id, "succeeded"), cause=incoming.event,
+    )  # fmt: skip
+
+
+async def _on_the_bus(rt: Runtime) -> tuple[list[str], Callable[[], Awaitable[None]]]:
+    """The types of the job events published from now on, in the order the bus has them."""
+    seen: list[str] = []
+
+    async def note(msg: Any) -> None:
+        seen.append(ev.decode(msg.data).type)
+
+    sub = await rt.bus.nc.subscribe(f"{rt.bus.prefix}.job.*.>", cb=note)
+    return seen, sub.unsubscribe
+
+
+async def test_a_commit_the_work_follows_quickly_is_published_with_it_in_one_batch(
+    rt: Runtime,
+) -> None:
+    outbox = _Batches(rt)
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        yield Gated([_started(incoming)], eventlog.Gate("SELECT 1", ()))
+        yield _succeeded(incoming)
+
+    seen, unsubscribe = await _on_the_bus(rt)
+    # A hold far longer than the work: what goes together cannot depend on timing.
+    async with Running(rt, handler, outbox=outbox, publish_hold=60.0):
+        await rt.outbox.commit_and_publish([_job()])
+        await until(lambda: _seen(seen, 3))
+    await unsubscribe()
+    assert outbox.batches == [[ev.JobStarted.TYPE, ev.JobSucceeded.TYPE]]
+    assert seen == [ev.JobRequested.TYPE, ev.JobStarted.TYPE, ev.JobSucceeded.TYPE]
+
+
+async def test_a_commit_waits_for_the_work_no_longer_than_the_hold(rt: Runtime) -> None:
+    outbox = _Batches(rt)
+    release = asyncio.Event()
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        yield _started(incoming)
+        # Work that goes on until the test has seen the start on the bus: only the hold's
+        # end publishes it (no later commit, no end of the handler comes first).
+        await release.wait()
+        yield _succeeded(incoming)
+
+    seen, unsubscribe = await _on_the_bus(rt)
+    async with Running(rt, handler, outbox=outbox, publish_hold=0.05):
+        await rt.outbox.commit_and_publish([_job()])
+        await until(lambda: _seen(seen, 2))
+        assert seen == [ev.JobRequested.TYPE, ev.JobStarted.TYPE]
+        release.set()
+        await until(lambda: _seen(seen, 3))
+    await unsubscribe()
+    assert outbox.batches == [[ev.JobStarted.TYPE], [ev.JobSucceeded.TYPE]]
+
+
+async def test_without_a_hold_each_commit_is_published_at_once(rt: Runtime) -> None:
+    outbox = _Batches(rt)
+
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        yield _started(incoming)
+        yield _succeeded(incoming)
+
+    async with Running(rt, handler, outbox=outbox, publish_hold=0):
+        await rt.outbox.commit_and_publish([_job()])
+        await until(lambda: _batches(outbox, 2))
+    assert outbox.batches == [[ev.JobStarted.TYPE], [ev.JobSucceeded.TYPE]]
+
+
+async def test_what_a_failing_handler_committed_is_published_when_it_fails(rt: Runtime) -> None:
+    async def handler(incoming: Incoming) -> AsyncIterator[Yielded]:
+        yield _started(incoming)
+        raise PermanentError("broke after its start was recorded")
+
+    outbox = _Batches(rt)
+    seen, unsubscribe = await _on_the_bus(rt)
+    # The hold outlasts the test: only the handler's end publishes the start from the
+    # consume loop (the runtime's relay would, too, but later and not through it).
+    async with Running(rt, handler, outbox=outbox, publish_hold=60.0):
+        await rt.outbox.commit_and_publish([_job()])
+        await until(lambda: _seen(seen, 2))
+    await unsubscribe()
+    assert seen[:2] == [ev.JobRequested.TYPE, ev.JobStarted.TYPE]
+    # Then the message's dead letter, recorded after the handler ended.
+    assert outbox.batches[0] == [ev.JobStarted.TYPE]
+
+
+async def _seen(seen: list[str], n: int) -> bool:
+    return len(seen) >= n
+
+
+async def _batches(outbox: _Batches, n: int) -> bool:
+    return len(outbox.batches) >= n

@@ -40,6 +40,13 @@ _PROBE_TIMEOUT = 5.0
 # again (each ask costs this process, nats-server and its 408 answer some CPU). A stop
 # ends the wait at once, and so does a reconnect (a restarted server forgot the pull).
 FETCH_WAIT = 15.0
+# How long the events a message's work committed may wait to be published together with
+# what it commits next (an action's start with its end, when the action is quick): one
+# publish and one round of stream acks instead of two, which at low rates is a wake-up of
+# this process and several of nats-server's less per job. Every commit still goes out
+# within this time of being made; the outbox backs it meanwhile (its relay takes only rows
+# older than 2 s). A message's last commit goes out as soon as its handler ends.
+PUBLISH_HOLD = 0.2
 # Marks a message as a copy of a recorded event published again for consumers outside
 # hookbus (``hookbus replay --republish``; the value names the replay). hookbus's own
 # consumers handled the original: they ack such a copy without acting on it.
@@ -84,6 +91,37 @@ class Incoming:
             if not is_outage(exc):
                 raise
             log.debug("could not report progress", extra={"error": repr(exc)})
+
+
+class _Unpublished:
+    """What one message's work committed and has not published yet: it goes out with
+    what the work commits next, when the handler ends, or ``hold`` seconds after the
+    first of it was committed, whichever comes first (``hold`` <= 0: at once)."""
+
+    __slots__ = ("_events", "_hold", "_outbox", "_timer")
+
+    def __init__(self, outbox: Outbox, hold: float) -> None:
+        self._outbox = outbox
+        self._hold = hold
+        self._events: list[Appended] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, appended: Sequence[Appended]) -> None:
+        if not appended:
+            return
+        self._events.extend(appended)
+        if self._hold <= 0:
+            self.publish()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._hold, self.publish)
+
+    def publish(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._events:
+            events, self._events = self._events, []
+            self._outbox.publish_later(events)
 
 
 class Gated:
@@ -227,6 +265,7 @@ class Consumer:
         ack_wait: float = 30.0,
         terminal_step: str | None = None,
         drain_timeout: float | None = None,
+        publish_hold: float = PUBLISH_HOLD,
     ) -> None:
         self.service = service
         self.bus = bus
@@ -247,6 +286,7 @@ class Consumer:
         self.ack_wait = ack_wait
         self.terminal_step = terminal_step
         self.drain_timeout = ack_wait if drain_timeout is None else drain_timeout
+        self.publish_hold = publish_hold
         # Messages delivered and not yet acked that JetStream allows this durable (across
         # its replicas); a subclass that reads ahead of its handlers asks for more.
         self.max_ack_pending = max(1000, max_in_flight * 4)
@@ -480,19 +520,24 @@ class Consumer:
         if await self._finished(event):
             log.info("already finished; not handled again", extra={"event_id": event.id})
             return Ack()
-        async for out in self.handler(incoming):
-            if isinstance(out, Gated):
-                # Not published unless inserted: held back, they are not in the log.
-                inserted, _ = await self._commit(out.events, incoming.progress, out.gate)
-                out.inserted = bool(inserted)
-                self.outbox.publish_later(inserted)
-                continue
-            batch = [out] if isinstance(out, Event) else list(out)
-            if batch:
-                # Committed is what counts before going on (and before the ack); the
-                # publish follows on its own, backed by the outbox.
-                inserted, known = await self._commit(batch, incoming.progress)
-                self.outbox.publish_later([*inserted, *known])
+        # Committed is what counts before going on (and before the ack); the publish
+        # follows on its own, backed by the outbox, with the work's next commit if that
+        # comes soon (PUBLISH_HOLD).
+        unpublished = _Unpublished(self.outbox, self.publish_hold)
+        try:
+            async for out in self.handler(incoming):
+                if isinstance(out, Gated):
+                    # Not published unless inserted: held back, they are not in the log.
+                    inserted, _ = await self._commit(out.events, incoming.progress, out.gate)
+                    out.inserted = bool(inserted)
+                    unpublished.add(inserted)
+                    continue
+                batch = [out] if isinstance(out, Event) else list(out)
+                if batch:
+                    inserted, known = await self._commit(batch, incoming.progress)
+                    unpublished.add([*inserted, *known])
+        finally:
+            unpublished.publish()
         return Ack()
 
     async def _commit(
