@@ -7,10 +7,12 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from hookbus_common import events as ev
 from hookbus_common.groupedoutbox import GroupedOutbox
+from hookbus_common.outbox import Outbox
 from hookbus_common.service import Runtime
 from hookbus_dispatcher import delivery
 
@@ -70,6 +72,44 @@ async def test_deliveries_committed_together_are_recorded_as_each_alone(rt: Runt
         assert rows[f"dlv_g{n}"] == (want, 1, status)
     # Committed again (a message redelivered after its commit): all known, nothing added.
     again = await asyncio.gather(*(grouped.commit(o) for o in outs))
+    await grouped.close()
     assert all(inserted == [] for inserted, _ in again)
     total = await rt.pool.fetchval("SELECT count(*) FROM events")
     assert total == count + sum(len(o) for o in outs)
+
+
+async def test_groups_commit_on_one_kept_connection_and_one_the_server_ended_is_replaced(
+    rt: Runtime,
+) -> None:
+    reqs = [_request(n) for n in range(3)]
+    grouped = GroupedOutbox(rt.outbox)  # the tests' pool holds 5: room to keep one
+    try:
+        await grouped.commit([reqs[0]])
+        kept = grouped._conn.kept
+        assert kept is not None
+        await grouped.commit([reqs[1]])
+        assert grouped._conn.kept is kept  # the same one, not taken from the pool again
+        await rt.pool.execute("SELECT pg_terminate_backend($1)", kept.get_server_pid())
+        await asyncio.sleep(0.5)  # the client learns that the server ended it
+        inserted, _ = await grouped.commit([reqs[2]])
+        assert [a.event.id for a in inserted] == [reqs[2].id]
+        assert grouped._conn.kept is not None
+        assert grouped._conn.kept is not kept
+    finally:
+        await grouped.close()
+    assert grouped._conn.kept is None  # given back: the pool can close
+    total = await rt.pool.fetchval("SELECT count(*) FROM events")
+    assert total == 3
+
+
+async def test_no_connection_is_kept_when_the_pool_has_no_room_for_it(rt: Runtime) -> None:
+    small = await asyncpg.create_pool(rt.settings.database.url, min_size=0, max_size=3,
+                                      server_settings={"search_path": rt.settings.database.schema})  # fmt: skip
+    try:
+        grouped = GroupedOutbox(Outbox(small, rt.bus))
+        inserted, _ = await grouped.commit([_request(0)])
+        assert len(inserted) == 1
+        assert grouped._conn.kept is None
+        await grouped.close()
+    finally:
+        await small.close()

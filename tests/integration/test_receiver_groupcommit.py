@@ -120,7 +120,7 @@ async def test_a_kept_connection_the_server_ended_is_replaced(rt: Runtime) -> No
     try:
         first = await committer.record(pending(1))
         # Kept for the next flush rather than given back to the pool.
-        kept = committer._spare
+        kept = committer._conn.kept
         assert kept is not None
         await rt.pool.execute("SELECT pg_terminate_backend($1)", kept.get_server_pid())
         await asyncio.sleep(0.5)  # the client learns that the server ended it
@@ -130,7 +130,7 @@ async def test_a_kept_connection_the_server_ended_is_replaced(rt: Runtime) -> No
     assert isinstance(first, Recorded)
     assert isinstance(second, Recorded)
     assert await logged_ids(rt) == {first.event_id, second.event_id}
-    assert committer._spare is None  # closed: given back to the pool
+    assert committer._conn.kept is None  # closed: given back to the pool
 
 
 async def test_no_connection_is_kept_when_the_pool_has_no_room_for_it(rt: Runtime) -> None:
@@ -138,6 +138,6 @@ async def test_no_connection_is_kept_when_the_pool_has_no_room_for_it(rt: Runtim
     committer.start()
     try:
         assert isinstance(await committer.record(pending(1)), Recorded)
-        assert committer._spare is None
+        assert committer._conn.kept is None
     finally:
         await committer.close()

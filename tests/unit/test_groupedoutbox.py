@@ -19,12 +19,30 @@ class Poisoned(Exception):
     pass
 
 
+class Connection:
+    """A placeholder: ``Recording`` commits on none."""
+
+    def is_closed(self) -> bool:
+        return False
+
+
+class Pool:
+    def get_max_size(self) -> int:
+        return 10
+
+    async def acquire(self) -> Connection:
+        return Connection()
+
+    async def release(self, conn: Connection) -> None:
+        return None
+
+
 class Recording:
     """Commits nothing: records each batch; a batch holding ``poison`` fails, as does
     every batch while ``outage`` is set; each commit takes one turn of the loop."""
 
     def __init__(self, poison: str | None = None, outage: bool = False) -> None:
-        self.pool: Any = None
+        self.pool: Any = Pool()
         self.bus: Any = None
         self.batches: list[list[str]] = []
         self.poison = poison

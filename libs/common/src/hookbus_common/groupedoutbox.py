@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .db import Kept
 from .eventlog import Appended, Gate, Pending
 from .events import Event
 from .outage import is_outage
@@ -67,6 +68,9 @@ class GroupedOutbox(Outbox):
         """Transactions committed for grouped asks (how much grouping there was)."""
         self._asks: list[_Ask] = []
         self._leader: asyncio.Task[None] | None = None
+        # Groups commit one after another, on a connection kept between them, as long as
+        # the pool has room for it beside the relay, the cleaner and the handlers' own.
+        self._conn = Kept(inner.pool, keep=inner.pool.get_max_size() > 3)
 
     async def commit(
         self, batch: Sequence[Pending | Event[Any]], *, conn: Any = None, gate: Gate | None = None
@@ -108,7 +112,15 @@ class GroupedOutbox(Outbox):
 
     async def _commit_group(self, group: list[_Ask]) -> None:
         try:
-            inserted, known = await self.inner.commit([p for a in group for p in a.pending])
+            conn = await self._conn.take()
+            try:
+                inserted, known = await self.inner.commit(
+                    [p for a in group for p in a.pending], conn=conn
+                )
+            except BaseException:
+                await self._conn.give(conn, failed=True)
+                raise
+            await self._conn.give(conn)
         except Exception as exc:
             if len(group) == 1 or is_outage(exc):
                 # Postgres away: every caller waits for it as it would alone.
@@ -142,3 +154,11 @@ class GroupedOutbox(Outbox):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._leader), within)
         await self.inner.drain(within)
+
+    async def close(self, within: float = 5.0) -> None:
+        """Wait up to ``within`` for the commit under way, then give the kept connection
+        back to the pool."""
+        if self._leader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._leader), within)
+        await self._conn.close()

@@ -112,11 +112,12 @@ async def run_consumer(
     """
     async with runtime(settings, service) as rt:
         install_signal_handlers(rt.stop)
+        # Messages whose work commits at the same time share one transaction.
+        grouped = GroupedOutbox(rt.outbox)
         consumer = make_consumer(
             service=service,
             bus=rt.bus,
-            # Messages whose work commits at the same time share one transaction.
-            outbox=GroupedOutbox(rt.outbox),
+            outbox=grouped,
             durable=f"{settings.prefix}-{service}",
             filter_subjects=[".".join((settings.prefix, *t, ">")) for t in filter_tokens],
             handler=make_handler(rt),
@@ -137,7 +138,10 @@ async def run_consumer(
                 await started(rt)
             gcsettle.settle()
             log.info("started", extra={"service": service})
-            await consumer.run(rt.stop)
+            try:
+                await consumer.run(rt.stop)
+            finally:
+                await grouped.close()
     log.info("stopped", extra={"service": service})
 
 

@@ -17,6 +17,7 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from hookbus_common import eventlog
+from hookbus_common.db import Kept
 from hookbus_common.eventlog import Appended, Pending
 from hookbus_common.outbox import Outbox
 
@@ -59,15 +60,6 @@ def row_fault(exc: BaseException) -> bool:
     )
 
 
-def _ended(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
-    """Whether a kept connection can no longer be used: the server ended it (the pool then
-    takes back the connection it lent, and the proxy says so by refusing every call)."""
-    try:
-        return bool(conn.is_closed())
-    except asyncpg.InterfaceError:
-        return True
-
-
 class Recorded:
     """The outcome of recording one inbound webhook."""
 
@@ -101,8 +93,7 @@ class GroupCommitter:
         # own, and taking a connection from the pool and giving it back cost about a
         # tenth of the receiver's CPU per webhook. Kept only while the pool has room for
         # it beside every flush in flight and the relay.
-        self._spare: asyncpg.pool.PoolConnectionProxy | None = None
-        self._keeps_spare = outbox.pool.get_max_size() > max_flushes + 2
+        self._conn = Kept(outbox.pool, keep=outbox.pool.get_max_size() > max_flushes + 2)
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name="group-commit")
@@ -115,9 +106,7 @@ class GroupCommitter:
             await self._runner
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            await self.outbox.pool.release(spare)
+        await self._conn.close()
 
     async def record(self, pending: Pending) -> Recorded:
         """Return once ``pending`` is committed (or was already recorded)."""
@@ -182,22 +171,14 @@ class GroupCommitter:
         inserted: list[Appended] = []
         try:
             try:
-                conn, self._spare = self._spare, None
-                if conn is not None and _ended(conn):
-                    await self.outbox.pool.release(conn)  # the pool replaces it
-                    conn = None
-                if conn is None:
-                    conn = await self.outbox.pool.acquire()
+                conn = await self._conn.take()
                 acquired = time.perf_counter()
                 try:
                     await self._commit(conn, batch, inserted)
                 except BaseException:
-                    await self.outbox.pool.release(conn)  # the pool replaces a broken one
+                    await self._conn.give(conn, failed=True)
                     raise
-                if self._keeps_spare and self._spare is None and not self._closing:
-                    self._spare = conn
-                else:
-                    await self.outbox.pool.release(conn)
+                await self._conn.give(conn)
                 self._observe(len(batch), started, acquired)
             except Exception as exc:
                 # Nothing of what is still unanswered was recorded: they may retry (503).
