@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from hookbus_common import eventlog
 from hookbus_common import events as ev
 from hookbus_common.groupedoutbox import GroupedOutbox
 from hookbus_common.outbox import Outbox
@@ -87,7 +88,9 @@ async def test_groups_commit_on_one_kept_connection_and_one_the_server_ended_is_
         await grouped.commit([reqs[0]])
         kept = grouped._conn.kept
         assert kept is not None
-        await grouped.commit([reqs[1]])
+        # A gated step goes alone, on the kept connection too (its gate returns a row).
+        inserted, _ = await grouped.commit([reqs[1]], gate=eventlog.Gate("SELECT 1", ()))
+        assert [a.event.id for a in inserted] == [reqs[1].id]
         assert grouped._conn.kept is kept  # the same one, not taken from the pool again
         await rt.pool.execute("SELECT pg_terminate_backend($1)", kept.get_server_pid())
         await asyncio.sleep(0.5)  # the client learns that the server ended it

@@ -112,6 +112,19 @@ class Kept:
         else:
             await self.pool.release(conn)
 
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """``take`` a connection for the block and ``give`` it back after (as failed if the
+        block raised). Users at the same time each get their own: the kept one goes to
+        the first, the others' come from the pool."""
+        conn = await self.take()
+        try:
+            yield conn
+        except BaseException:
+            await self.give(conn, failed=True)
+            raise
+        await self.give(conn)
+
     async def close(self) -> None:
         self._closed = True
         conn, self._conn = self._conn, None

@@ -68,15 +68,19 @@ class GroupedOutbox(Outbox):
         """Transactions committed for grouped asks (how much grouping there was)."""
         self._asks: list[_Ask] = []
         self._leader: asyncio.Task[None] | None = None
-        # Groups commit one after another, on a connection kept between them, as long as
-        # the pool has room for it beside the relay, the cleaner and the handlers' own.
+        # Groups commit one after another, on a connection kept between them (gated steps
+        # too, when it is free), as long as the pool has room for it beside the relay,
+        # the cleaner and the handlers' own.
         self._conn = Kept(inner.pool, keep=inner.pool.get_max_size() > 3)
 
     async def commit(
         self, batch: Sequence[Pending | Event[Any]], *, conn: Any = None, gate: Gate | None = None
     ) -> Committed:
-        if conn is not None or gate is not None:  # the caller's own statement or transaction
+        if conn is not None:  # the caller's own transaction
             return await self.inner.commit(batch, conn=conn, gate=gate)
+        if gate is not None:  # a statement of its own, on the kept connection if it is free
+            async with self._conn.use() as kept:
+                return await self.inner.commit(batch, conn=kept, gate=gate)
         ask = _Ask([p if isinstance(p, Pending) else Pending(p) for p in batch])
         self._asks.append(ask)
         if self._leader is None:
@@ -112,15 +116,10 @@ class GroupedOutbox(Outbox):
 
     async def _commit_group(self, group: list[_Ask]) -> None:
         try:
-            conn = await self._conn.take()
-            try:
+            async with self._conn.use() as conn:
                 inserted, known = await self.inner.commit(
                     [p for a in group for p in a.pending], conn=conn
                 )
-            except BaseException:
-                await self._conn.give(conn, failed=True)
-                raise
-            await self._conn.give(conn)
         except Exception as exc:
             if len(group) == 1 or is_outage(exc):
                 # Postgres away: every caller waits for it as it would alone.

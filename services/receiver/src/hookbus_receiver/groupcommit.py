@@ -171,14 +171,9 @@ class GroupCommitter:
         inserted: list[Appended] = []
         try:
             try:
-                conn = await self._conn.take()
-                acquired = time.perf_counter()
-                try:
+                async with self._conn.use() as conn:
+                    acquired = time.perf_counter()
                     await self._commit(conn, batch, inserted)
-                except BaseException:
-                    await self._conn.give(conn, failed=True)
-                    raise
-                await self._conn.give(conn)
                 self._observe(len(batch), started, acquired)
             except Exception as exc:
                 # Nothing of what is still unanswered was recorded: they may retry (503).
