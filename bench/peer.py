@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import adnanh, floor, payloads, procs, sides
+from . import adnanh, floor, payloads, procs, sides, wakecost
 from .report import Row
 from .sides import HOOKBUS_ORDER, AdnanhSide, HookbusSide, LoadRound, RateRound, Side
 from .stats import summary_ms
@@ -318,6 +318,14 @@ async def run(
                     rate=rate, seconds=2 * opt.round_s, nats_idle_ms_per_s=nats_idle,
                 )  # fmt: skip
 
+            count = max(50, int(opt.cpu_rate * 2 * opt.round_s))
+            log(f"peer: a bare Python reader woken {opt.cpu_rate:.0f}/s, {count} wake-ups")
+            out["wake_cost"] = {
+                "rate": opt.cpu_rate,
+                "count": count,
+                "cpu_us_per_wakeup": await wakecost.measure(rate=opt.cpu_rate, count=count),
+            }
+
             log(f"peer: CPU at {opt.cpu_rate:.0f}/s, {opt.rounds} x {opt.round_s:.0f}s rounds each")
             cpu = await interleaved(both, opt.rounds, rate_fn(opt.cpu_rate, opt.round_s, opt.spin))
             out["cpu_at_rate"] = {k: summarise_rate(v) for k, v in cpu.items()}
@@ -413,6 +421,7 @@ def rows(p: dict[str, Any]) -> list[Row]:
             c[ad].get("wakeups_per_webhook"), ""),
         row("  hookbus by process", _by_process(
             c[hb].get("wakeups_per_webhook_by_process", {}), "", HOOKBUS_ORDER), None, ""),
+        *wake_rows(p.get("wake_cost"), c[hb]),
         row("  the actions' own CPU per webhook (not counted above)",
             c[hb]["actions_cpu_us_per_webhook_excluded"],
             c[ad]["actions_cpu_us_per_webhook_excluded"], "µs"),
@@ -451,6 +460,29 @@ def rows(p: dict[str, Any]) -> list[Row]:
             "MiB", "reported"),
         row("every request answered, every action ran once, none for the quiet ones",
             "yes" if complete else "no", None, "", "all", complete),
+    ]  # fmt: skip
+
+
+PYTHON_SERVICES = ("receiver", "router", "executor", "dispatcher")
+
+
+def wake_rows(w: dict[str, Any] | None, hookbus: dict[str, Any]) -> list[Row]:
+    """What a wake-up costs here (wakecost.py), and what the Python services' wake-ups per
+    webhook come to at that price, as a share of their CPU per webhook."""
+    if not w:
+        return []
+    each = w["cpu_us_per_wakeup"]
+    wakes = hookbus.get("wakeups_per_webhook_by_process", {})
+    cpu = hookbus.get("cpu_us_per_webhook_by_process", {})
+    n = sum(wakes.get(name, 0.0) for name in PYTHON_SERVICES)
+    spent = sum(cpu.get(name, 0.0) for name in PYTHON_SERVICES)
+    priced = n * each
+    share = f" ({100 * priced / spent:.0f} % of their {spent:,.0f} µs)" if spent > 0 else ""
+    return [
+        Row(f"peer:   a bare Python process (uvloop) woken {w['rate']:.0f} times a second: CPU "
+            "per wake-up, reading 100 bytes and nothing else", each, "µs", section=SECTION),
+        Row(f"peer:   the Python services' {n:.1f} wake-ups per webhook at that price",
+            f"{priced:,.0f} µs{share}", section=SECTION),
     ]  # fmt: skip
 
 

@@ -77,7 +77,7 @@ def _stat(pid: int) -> tuple[int, int, float, float] | None:
     )
 
 
-def _threads(pid: int) -> tuple[float | None, int]:
+def threads(pid: int) -> tuple[float | None, int]:
     """The process's live threads' schedstat run time in seconds (None if it is gone), and
     the times they went to sleep and so woke again (``voluntary_ctxt_switches``): each
     wake-up of an idle process, each wait for a socket or a child. Wake-ups are counted by
@@ -143,7 +143,7 @@ def snapshot(groups: Iterable[Group]) -> Snapshot:
         if st is None:
             continue
         ppid, start, ticks, children = st
-        procs[pid] = Proc(ppid, start, ticks, children, *_threads(pid))
+        procs[pid] = Proc(ppid, start, ticks, children, *threads(pid))
     return Snapshot(time.perf_counter(), procs, mem, machine)
 
 
