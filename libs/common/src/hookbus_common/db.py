@@ -82,11 +82,11 @@ class Kept:
 
     At low rates every commit is a round of its own, and taking a connection from the
     pool and giving it back (a proxy, a queue, timeouts) costs a tenth of a service's CPU
-    per webhook. ``take`` hands out the kept connection, unless the server ended it
-    meanwhile, or else one from the pool; ``give`` keeps the connection given back if
-    none is kept (and ``keep``), or returns it to the pool; one given back after a failure
-    always goes back to the pool, which replaces a broken one. ``close`` returns the kept
-    one (the pool closes only once every connection it lent is back)."""
+    per webhook. ``use`` lends the kept connection, unless the server ended it meanwhile,
+    or else one from the pool; afterwards the connection is kept if none is (and
+    ``keep``), or returned to the pool. One whose block raised always goes back to the
+    pool, which replaces a broken one. ``close`` returns the kept one (the pool closes
+    only once every connection it lent is back)."""
 
     def __init__(self, pool: asyncpg.Pool, *, keep: bool = True) -> None:
         self.pool = pool
@@ -96,34 +96,28 @@ class Kept:
 
     @property
     def kept(self) -> asyncpg.pool.PoolConnectionProxy | None:
-        """The connection kept for the next ``take``, if any."""
+        """The connection kept for the next ``use``, if any."""
         return self._conn
 
-    async def take(self) -> asyncpg.pool.PoolConnectionProxy:
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A connection for the block. Users at the same time each get their own: the
+        kept one goes to the first, the others' come from the pool."""
         conn, self._conn = self._conn, None
         if conn is not None and ended(conn):
             await self.pool.release(conn)
             conn = None
-        return conn if conn is not None else await self.pool.acquire()
-
-    async def give(self, conn: asyncpg.pool.PoolConnectionProxy, *, failed: bool = False) -> None:
-        if self.keep and not failed and not self._closed and self._conn is None:
-            self._conn = conn
-        else:
-            await self.pool.release(conn)
-
-    @asynccontextmanager
-    async def use(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
-        """``take`` a connection for the block and ``give`` it back after (as failed if the
-        block raised). Users at the same time each get their own: the kept one goes to
-        the first, the others' come from the pool."""
-        conn = await self.take()
+        if conn is None:
+            conn = await self.pool.acquire()
         try:
             yield conn
         except BaseException:
-            await self.give(conn, failed=True)
+            await self.pool.release(conn)
             raise
-        await self.give(conn)
+        if self.keep and not self._closed and self._conn is None:
+            self._conn = conn
+        else:
+            await self.pool.release(conn)
 
     async def close(self) -> None:
         self._closed = True

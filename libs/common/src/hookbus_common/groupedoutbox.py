@@ -149,15 +149,17 @@ class GroupedOutbox(Outbox):
         self.inner.publish_later(appended)
 
     async def drain(self, within: float = 5.0) -> None:
-        if self._leader is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._leader), within)
+        await self._settled(within)
         await self.inner.drain(within)
 
     async def close(self, within: float = 5.0) -> None:
         """Wait up to ``within`` for the commit under way, then give the kept connection
         back to the pool."""
+        await self._settled(within)
+        await self._conn.close()
+
+    async def _settled(self, within: float) -> None:
+        """Wait up to ``within`` for the group commit under way, if any."""
         if self._leader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._leader), within)
-        await self._conn.close()
