@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -449,3 +450,112 @@ async def test_a_progress_report_still_under_way_at_the_end_is_cancelled_and_non
     assert result.ok
     assert cancelled.is_set()
     assert len(began) == 1  # the one under way held up the next
+
+
+# --------------------------------------------------------------- where actions are spawned
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+async def test_an_action_started_alone_is_spawned_on_the_event_loop(monkeypatch):
+    spawned_on: list[int] = []
+    real = shell._spawn
+
+    def spawn(*args, **kwargs):
+        spawned_on.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shell, "_spawn", spawn)
+    result = await run_shell([SH, "-c", "echo alone"], env=ENV)
+    assert result.output == "alone\n"
+    assert spawned_on == [threading.get_ident()]
+
+
+async def test_an_action_started_beside_another_is_spawned_while_the_loop_goes_on(
+    monkeypatch, tmp_path
+):
+    # The second spawn is held in its thread until the event loop itself lets it go: were
+    # it spawned on the loop, nothing could let it go and it would wait out its bound.
+    real = shell._spawn
+    loop_ran = threading.Event()
+    spawned_on: list[int] = []
+
+    def spawn(*args, **kwargs):
+        spawned_on.append(threading.get_ident())
+        if len(spawned_on) == 2:
+            loop.call_soon_threadsafe(loop_ran.set)
+            assert loop_ran.wait(30), "the event loop did not run while an action was spawned"
+        return real(*args, **kwargs)
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(shell, "_spawn", spawn)
+    marker = tmp_path / "first.pid"
+    first = asyncio.create_task(
+        run_shell([SH, "-c", 'echo $$ > "$1"; sleep 30', "sh", str(marker)], env=ENV, timeout=60)
+    )
+    await _pid_from(marker)
+    second = await run_shell([SH, "-c", "echo beside"], env=ENV)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert second.output == "beside\n"
+    assert loop_ran.is_set()
+    assert spawned_on[0] == threading.get_ident() != spawned_on[1]
+
+
+async def test_a_cancel_during_a_spawn_off_the_loop_ends_what_it_started(monkeypatch, tmp_path):
+    real = shell._spawn
+    release = threading.Event()
+    started: list[int] = []
+
+    def spawn(argv, **kwargs):
+        if "late" not in argv:
+            return real(argv, **kwargs)
+        assert release.wait(30)
+        popen, out_fd, in_fd = real(argv, **kwargs)
+        started.append(popen.pid)
+        return popen, out_fd, in_fd
+
+    monkeypatch.setattr(shell, "_spawn", spawn)
+    marker = tmp_path / "first.pid"
+    first = asyncio.create_task(
+        run_shell([SH, "-c", 'echo $$ > "$1"; sleep 30', "sh", str(marker)], env=ENV, timeout=60)
+    )
+    await _pid_from(marker)
+    fds = _open_fds()
+    late = asyncio.create_task(run_shell(["/bin/sleep", "30", "late"], env=ENV, timeout=60))
+    await asyncio.sleep(0.05)
+    late.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    await _until(lambda: bool(started), "the held spawn to go on", within=10)
+    await _until(lambda: not _alive(started[0]), "what the cancelled spawn started to end", 10)
+    await _until(lambda: _open_fds() <= fds, "its pipes to be closed", within=10)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_every_pipe_is_closed_once_actions_end(tmp_path):
+    # Many actions at once (some spawned off the loop), with input and output: afterwards
+    # no descriptor of theirs is left open, and none opened since was closed under us.
+    before = _open_fds()
+    results = await asyncio.gather(
+        *(
+            run_shell([SH, "-c", "cat; echo done $1", "sh", str(i)], env=ENV, stdin=b"in\n")
+            for i in range(24)
+        )
+    )
+    assert [r.output for r in results] == [f"in\ndone {i}\n" for i in range(24)]
+    keeper_r, keeper_w = os.pipe()
+    try:
+        await run_shell([SH, "-c", "echo after"], env=ENV)
+        os.write(keeper_w, b"still mine")
+        assert os.read(keeper_r, 32) == b"still mine"
+    finally:
+        os.close(keeper_r)
+        os.close(keeper_w)
+    assert _open_fds() <= before

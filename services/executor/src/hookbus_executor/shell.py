@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import io
+import functools
 import logging
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -99,14 +100,31 @@ async def run_shell(
     loop = asyncio.get_running_loop()
     capture = _Capture(max_output_bytes)
     started = time.monotonic()
-    proc, out_file, in_file = _spawn(argv, env=env, cwd=cwd, feed_stdin=stdin is not None)
+    global _acting
+    _acting += 1
+    try:
+        popen, out_fd, in_fd = await _start(argv, env=env, cwd=cwd, feed_stdin=stdin is not None)
+    except BaseException:
+        _acting -= 1
+        raise
+    try:
+        proc = Child(popen)
+    except BaseException:
+        _acting -= 1
+        popen.kill()
+        popen.wait()
+        _close_fds(out_fd, in_fd)
+        raise
     # start_new_session made the child the leader of a group whose id is its pid.
     pgid = proc.pid
     exit_task = proc.exited
     out_lost: asyncio.Future[None] = loop.create_future()
     in_lost: asyncio.Future[None] = loop.create_future()
-    out_transport: asyncio.ReadTransport | None = None
-    in_transport: asyncio.WriteTransport | None = None
+    # Both pipes are read and written through the loop's readiness callbacks, and each fd
+    # is closed exactly once, here: uvloop's pipe transports close theirs twice (its issue
+    # 763), which can close an unrelated descriptor that took the number meanwhile.
+    out_pipe = _OutputReader(loop, out_fd, capture, out_lost)
+    in_pipe = None if in_fd is None else _InputWriter(loop, in_fd, stdin or b"", in_lost)
     heartbeat: _Heartbeat | None = None
     stop_task: asyncio.Future[Any] | None = None
     timed_out = False
@@ -120,17 +138,11 @@ async def run_shell(
             stop_task = asyncio.ensure_future(stop.wait())
         if on_progress is not None:
             heartbeat = _Heartbeat(on_progress, progress_interval)
-        out_transport, _ = await loop.connect_read_pipe(
-            lambda: _OutputSink(capture, out_lost), out_file
-        )
-        if in_file is not None and stdin is not None:
-            in_transport, _ = await loop.connect_write_pipe(lambda: _InputFeed(in_lost), in_file)
-            # The transport buffers what the pipe cannot take yet and writes it as the
-            # child reads, alongside the output reading, so a big payload cannot
-            # deadlock; a child that never reads just leaves it behind (EPIPE is
-            # handled inside the transport).
-            in_transport.write(stdin)
-            in_transport.close()
+        # The input is written as the child reads it, alongside the output reading, so a
+        # big payload cannot deadlock; a child that never reads just leaves it behind.
+        out_pipe.start()
+        if in_pipe is not None:
+            in_pipe.start()
 
         waits: set[asyncio.Future[Any]] = (
             {exit_task} if stop_task is None else {exit_task, stop_task}
@@ -161,19 +173,19 @@ async def run_shell(
     finally:
         if stop_task is not None:
             stop_task.cancel()
-        await _release(
-            heartbeat=heartbeat,
-            in_transport=in_transport,
-            in_file=in_file,
-            in_lost=in_lost,
-            out_transport=out_transport,
-            out_file=out_file,
-            out_lost=out_lost,
-            exit_task=exit_task,
-            child=proc,
-            pgid=pgid,
-            drain=not cancelled,
-        )
+        try:
+            await _release(
+                heartbeat=heartbeat,
+                in_pipe=in_pipe,
+                out_pipe=out_pipe,
+                out_lost=out_lost,
+                exit_task=exit_task,
+                child=proc,
+                pgid=pgid,
+                drain=not cancelled,
+            )
+        finally:
+            _acting -= 1
 
     done = time.monotonic()
     returncode = proc.returncode
@@ -254,9 +266,50 @@ class Child:
             self._poll = None
 
 
+# Actions of this process between their spawn and their release.
+_acting = 0
+# Spawning blocks the thread that spawns until the child has executed its program (vfork),
+# which on a busy machine can take milliseconds, while CPython lets other threads run. An
+# action started while others are running is spawned by one of these threads, so the event
+# loop goes on meanwhile with the other jobs' commits and messages; one started alone is
+# spawned on the loop, which then has nothing else to do and is spared the hand-off.
+SPAWN_THREADS = 2
+_spawners: ThreadPoolExecutor | None = None
+
+
+async def _start(
+    argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None, feed_stdin: bool
+) -> tuple[subprocess.Popen[bytes], int, int | None]:
+    spawn = functools.partial(_spawn, argv, env=env, cwd=cwd, feed_stdin=feed_stdin)
+    if _acting <= 1:
+        return spawn()
+    global _spawners
+    if _spawners is None:
+        _spawners = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="hookbus-spawn")
+    started = asyncio.get_running_loop().run_in_executor(_spawners, spawn)
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        # The spawn goes on in its thread; what it starts must not outlive the cancel.
+        started.add_done_callback(_abandon)
+        raise
+
+
+def _abandon(started: asyncio.Future[tuple[subprocess.Popen[bytes], int, int | None]]) -> None:
+    if started.cancelled() or started.exception() is not None:
+        return
+    popen, out_fd, in_fd = started.result()
+    _signal_group(popen.pid, signal.SIGKILL)
+    _close_fds(out_fd, in_fd)
+    assert _spawners is not None
+    _spawners.submit(popen.wait)  # reaped off the loop; SIGKILL ends it promptly
+
+
 def _spawn(
     argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None, feed_stdin: bool
-) -> tuple[Child, io.FileIO, io.FileIO | None]:
+) -> tuple[subprocess.Popen[bytes], int, int | None]:
+    """Start the process with its output into a pipe (and its input from one): the
+    process and our ends of the pipes. Touches no event loop: runs in any thread."""
     # The pipes are ours: the process's exit is known by its pidfd, not by its pipes
     # closing, which a background grandchild can hold open forever.
     out_r, out_w = os.pipe()
@@ -289,16 +342,7 @@ def _spawn(
     finally:
         # The child holds its own copies; keeping ours would stop EOF from ever arriving.
         _close_fds(out_w, in_r)
-    try:
-        child = Child(popen)
-    except BaseException:
-        popen.kill()
-        popen.wait()
-        _close_fds(out_r, in_w)
-        raise
-    out_file = os.fdopen(out_r, "rb", buffering=0)
-    in_file = None if in_w is None else os.fdopen(in_w, "wb", buffering=0)
-    return child, out_file, in_file
+    return popen, out_r, in_w
 
 
 def _close_fds(*fds: int | None) -> None:
@@ -378,38 +422,25 @@ class _Heartbeat:
 async def _release(
     *,
     heartbeat: _Heartbeat | None,
-    in_transport: asyncio.WriteTransport | None,
-    in_file: io.FileIO | None,
-    in_lost: asyncio.Future[None],
-    out_transport: asyncio.ReadTransport | None,
-    out_file: io.FileIO,
+    in_pipe: _InputWriter | None,
+    out_pipe: _OutputReader,
     out_lost: asyncio.Future[None],
     exit_task: asyncio.Future[int],
     child: Child,
     pgid: int,
     drain: bool,
 ) -> None:
-    """Close everything run_shell opened, so no fd, transport or task outlives it."""
+    """Close everything run_shell opened, so no fd, timer or task outlives it."""
     if heartbeat is not None:
         await heartbeat.stop()
 
-    if in_transport is not None:
-        # Data still buffered means the child never read it and the pipe is still open;
-        # drop it. (abort() is only safe while the transport has not started closing.)
-        if in_transport.get_write_buffer_size():
-            in_transport.abort()
-        await in_lost
-    elif in_file is not None:
-        in_file.close()
+    if in_pipe is not None:
+        # Input still unwritten means the child never read it: it is dropped.
+        in_pipe.close()
 
-    if out_transport is not None:
-        if drain:
-            await _settled(out_lost, _DRAIN_AFTER_KILL)
-        if not out_transport.is_closing():
-            out_transport.close()
-        await out_lost
-    else:
-        out_file.close()
+    if drain and out_pipe.started:
+        await _settled(out_lost, _DRAIN_AFTER_KILL)
+    out_pipe.close()
 
     if not await _settled(exit_task, _REAP_TIMEOUT):
         log.error("process %d survived SIGKILL for %.0fs", pgid, _REAP_TIMEOUT)
@@ -450,30 +481,101 @@ class _Capture:
         return f"{head}\n…[{omitted} bytes omitted]…\n{tail}", True
 
 
-class _OutputSink(asyncio.Protocol):
-    # Never pauses reading: bytes past the capture bound are counted and dropped, so
-    # the child cannot block on a full pipe.
-    def __init__(self, capture: _Capture, lost: asyncio.Future[None]) -> None:
+class _OutputReader:
+    """Reads the action's output pipe as it becomes readable, never pausing: bytes past
+    the capture bound are counted and dropped, so the child cannot block on a full pipe.
+    ``lost`` resolves at end of file or at ``close``, which closes the fd (once)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        capture: _Capture,
+        lost: asyncio.Future[None],
+    ) -> None:
+        self._loop = loop
+        self._fd: int | None = fd
         self._capture = capture
         self._lost = lost
+        self.started = False
 
-    def data_received(self, data: bytes) -> None:
-        self._capture.feed(data)
+    def start(self) -> None:
+        if self._fd is not None and not self.started:
+            self.started = True
+            os.set_blocking(self._fd, False)
+            self._loop.add_reader(self._fd, self._readable)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _readable(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            data = os.read(self._fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._capture.feed(data)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            if self.started:
+                self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
         if not self._lost.done():
             self._lost.set_result(None)
 
 
-class _InputFeed(asyncio.Protocol):
-    def __init__(self, lost: asyncio.Future[None]) -> None:
+class _InputWriter:
+    """Writes ``data`` to the action's input pipe as the child reads it, then closes it so
+    the child sees its end. A child that stops reading (EPIPE) just leaves the rest."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fd: int, data: bytes, lost: asyncio.Future[None]
+    ) -> None:
+        self._loop = loop
+        self._fd: int | None = fd
+        self._rest = memoryview(data)
         self._lost = lost
+        self._waiting = False
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        # BrokenPipeError/ConnectionResetError here just mean the child stopped
-        # reading its stdin, which it is free to do.
+    def start(self) -> None:
+        if self._fd is not None:
+            os.set_blocking(self._fd, False)
+            self._writable()
+
+    def _writable(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            while self._rest:
+                written = os.write(self._fd, self._rest[:_WRITE_SIZE])
+                self._rest = self._rest[written:]
+        except (BlockingIOError, InterruptedError):
+            if not self._waiting:
+                self._waiting = True
+                self._loop.add_writer(self._fd, self._writable)
+            return
+        except OSError:
+            pass  # the child closed its end (EPIPE): what it did not read is dropped
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            if self._waiting:
+                self._loop.remove_writer(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        self._rest = memoryview(b"")
         if not self._lost.done():
             self._lost.set_result(None)
+
+
+_READ_SIZE = 65536
+_WRITE_SIZE = 65536
 
 
 def find_program(program: str, *, cwd: str | os.PathLike[str], path: str | None) -> str:
