@@ -273,7 +273,7 @@ _acting = 0
 # action started while others are running is spawned by one of these threads, so the event
 # loop goes on meanwhile with the other jobs' commits and messages; one started alone is
 # spawned on the loop, which then has nothing else to do and is spared the hand-off.
-SPAWN_THREADS = 2
+SPAWN_THREADS = 4
 _spawners: ThreadPoolExecutor | None = None
 
 
