@@ -33,7 +33,7 @@ _MIN_ACK_WAIT = 3.0
 
 class ExecutorSettings(msgspec.Struct, **STRUCT):
     health_port: Port = 9102
-    max_in_flight: PositiveInt = 16
+    max_in_flight: PositiveInt = 32
     max_deliver: PositiveInt = 5
     # Running jobs report progress (every third of it, at most 10 s apart), which restarts
     # this timer; a job may run, and a stop may wait for it, much longer.
