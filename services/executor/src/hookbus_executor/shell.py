@@ -438,7 +438,7 @@ async def _release(
         # Input still unwritten means the child never read it: it is dropped.
         in_pipe.close()
 
-    if drain and out_pipe.started:
+    if drain and out_pipe.watched:
         await _settled(out_lost, _DRAIN_AFTER_KILL)
     out_pipe.close()
 
@@ -481,10 +481,33 @@ class _Capture:
         return f"{head}\n…[{omitted} bytes omitted]…\n{tail}", True
 
 
-class _OutputReader:
-    """Reads the action's output pipe as it becomes readable, never pausing: bytes past
-    the capture bound are counted and dropped, so the child cannot block on a full pipe.
-    ``lost`` resolves at end of file or at ``close``, which closes the fd (once)."""
+class _PipeEnd:
+    """Our end of a pipe to the action, watched through the loop's readiness callbacks and
+    closed once, by ``close``, which resolves ``lost``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, lost: asyncio.Future[None]):
+        self._loop = loop
+        self._fd: int | None = fd
+        self._lost = lost
+        self.watched = False
+
+    def _unwatch(self, fd: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._fd is not None:
+            if self.watched:
+                self._unwatch(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+
+class _OutputReader(_PipeEnd):
+    """Reads the action's output as it comes, never pausing: bytes past the capture bound
+    are counted and dropped, so the child cannot block on a full pipe. ``lost`` resolves
+    at end of file."""
 
     def __init__(
         self,
@@ -493,17 +516,17 @@ class _OutputReader:
         capture: _Capture,
         lost: asyncio.Future[None],
     ) -> None:
-        self._loop = loop
-        self._fd: int | None = fd
+        super().__init__(loop, fd, lost)
         self._capture = capture
-        self._lost = lost
-        self.started = False
 
     def start(self) -> None:
-        if self._fd is not None and not self.started:
-            self.started = True
+        if self._fd is not None and not self.watched:
+            self.watched = True
             os.set_blocking(self._fd, False)
             self._loop.add_reader(self._fd, self._readable)
+
+    def _unwatch(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
 
     def _readable(self) -> None:
         if self._fd is None:
@@ -519,33 +542,24 @@ class _OutputReader:
         else:
             self.close()
 
-    def close(self) -> None:
-        if self._fd is not None:
-            if self.started:
-                self._loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = None
-        if not self._lost.done():
-            self._lost.set_result(None)
 
-
-class _InputWriter:
-    """Writes ``data`` to the action's input pipe as the child reads it, then closes it so
+class _InputWriter(_PipeEnd):
+    """Writes ``data`` to the action's input as the child reads it, then closes the pipe so
     the child sees its end. A child that stops reading (EPIPE) just leaves the rest."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, fd: int, data: bytes, lost: asyncio.Future[None]
     ) -> None:
-        self._loop = loop
-        self._fd: int | None = fd
+        super().__init__(loop, fd, lost)
         self._rest = memoryview(data)
-        self._lost = lost
-        self._waiting = False
 
     def start(self) -> None:
         if self._fd is not None:
             os.set_blocking(self._fd, False)
             self._writable()
+
+    def _unwatch(self, fd: int) -> None:
+        self._loop.remove_writer(fd)
 
     def _writable(self) -> None:
         if self._fd is None:
@@ -555,23 +569,14 @@ class _InputWriter:
                 written = os.write(self._fd, self._rest[:_WRITE_SIZE])
                 self._rest = self._rest[written:]
         except (BlockingIOError, InterruptedError):
-            if not self._waiting:
-                self._waiting = True
+            if not self.watched:
+                self.watched = True
                 self._loop.add_writer(self._fd, self._writable)
             return
         except OSError:
             pass  # the child closed its end (EPIPE): what it did not read is dropped
-        self.close()
-
-    def close(self) -> None:
-        if self._fd is not None:
-            if self._waiting:
-                self._loop.remove_writer(self._fd)
-            os.close(self._fd)
-            self._fd = None
         self._rest = memoryview(b"")
-        if not self._lost.done():
-            self._lost.set_result(None)
+        self.close()
 
 
 _READ_SIZE = 65536
