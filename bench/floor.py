@@ -138,3 +138,30 @@ async def measure(
         finally:
             await db.close()
             await nc.close()
+
+
+def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several rounds of ``measure`` at one rate as one figure: counts and CPU per webhook
+    weighted by each round's webhooks (the time to a job's start is the first round's)."""
+    if not rounds:
+        raise ValueError("no rounds to combine")
+    n = sum(int(r["webhooks"]) for r in rounds)
+
+    def mean(values: list[float]) -> float:
+        return round(
+            sum(v * int(r["webhooks"]) for v, r in zip(values, rounds, strict=True)) / n, 1
+        )
+
+    processes = list(rounds[0]["cpu_us_per_webhook_by_process"])
+    return {
+        **rounds[0],
+        "webhooks": n,
+        "rounds": len(rounds),
+        **{w: mean([float(r[w]) for r in rounds]) for w in ("commits", "publishes", "takes")},
+        "wall_s": round(sum(float(r["wall_s"]) for r in rounds), 3),
+        "cpu_us_per_webhook": mean([float(r["cpu_us_per_webhook"]) for r in rounds]),
+        "cpu_us_per_webhook_by_process": {
+            p: mean([float(r["cpu_us_per_webhook_by_process"][p]) for r in rounds])
+            for p in processes
+        },
+    }

@@ -309,26 +309,45 @@ async def run(
             out["memory_idle"] = {s.name: summarise_memory(procs.memory(s.groups())) for s in both}
 
             nats_idle = out["idle"]["hookbus"]["cpu_ms_per_s_by_process"].get("nats-server", 0.0)
-            out["floor"] = {}
             assert servers.nats.proc is not None
-            for name, rate in (("cpu", opt.cpu_rate), ("latency", opt.latency_rate)):
-                log(f"peer: the durable parts' floor at {rate:.0f}/s, {2 * opt.round_s:.0f}s")
-                out["floor"][name] = await floor.measure(
+
+            async def floor_round(rate: float, seconds: float) -> dict[str, Any]:
+                assert servers.nats.proc is not None
+                return await floor.measure(
                     servers.nats.url, servers.nats.proc.pid, servers.database_url,
-                    rate=rate, seconds=2 * opt.round_s, nats_idle_ms_per_s=nats_idle,
+                    rate=rate, seconds=seconds, nats_idle_ms_per_s=nats_idle,
                 )  # fmt: skip
 
-            count = max(50, int(opt.cpu_rate * 2 * opt.round_s))
-            log(f"peer: a bare Python reader woken {opt.cpu_rate:.0f}/s, {count} wake-ups")
+            log(
+                f"peer: the durable parts' floor at {opt.latency_rate:.0f}/s, {2 * opt.round_s:.0f}s"
+            )
+            out["floor"] = {"latency": await floor_round(opt.latency_rate, 2 * opt.round_s)}
+
+            # The floor and the price of a wake-up are measured between the CPU rounds, each
+            # round beside a round of both systems: this machine's speed can change from one
+            # minute to the next, and they are read as ratios to those rounds' figures.
+            log(
+                f"peer: CPU at {opt.cpu_rate:.0f}/s, {opt.rounds} x {opt.round_s:.0f}s rounds "
+                "each, the durable parts' floor and a bare Python reader's wake-ups between them"
+            )
+            cpu_fn = rate_fn(opt.cpu_rate, opt.round_s, opt.spin)
+            cpu: dict[str, list[RateRound]] = {s.name: [] for s in both}
+            floors: list[dict[str, Any]] = []
+            wakes: list[float] = []
+            count = max(50, int(opt.cpu_rate * opt.round_s))
+            for r in range(opt.rounds):
+                for s in both if r % 2 == 0 else both[::-1]:
+                    cpu[s.name].append(await cpu_fn(s))
+                floors.append(await floor_round(opt.cpu_rate, opt.round_s))
+                wakes.append(await wakecost.measure(rate=opt.cpu_rate, count=count))
+            out["cpu_at_rate"] = {k: summarise_rate(v) for k, v in cpu.items()}
+            out["floor"]["cpu"] = floor.combine(floors)
             out["wake_cost"] = {
                 "rate": opt.cpu_rate,
-                "count": count,
-                "cpu_us_per_wakeup": await wakecost.measure(rate=opt.cpu_rate, count=count),
+                "count": count * len(wakes),
+                "rounds": [round(w, 1) for w in wakes],
+                "cpu_us_per_wakeup": round(sum(wakes) / len(wakes), 1),
             }
-
-            log(f"peer: CPU at {opt.cpu_rate:.0f}/s, {opt.rounds} x {opt.round_s:.0f}s rounds each")
-            cpu = await interleaved(both, opt.rounds, rate_fn(opt.cpu_rate, opt.round_s, opt.spin))
-            out["cpu_at_rate"] = {k: summarise_rate(v) for k, v in cpu.items()}
 
             log(
                 f"peer: latency at {opt.latency_rate:.0f}/s, {opt.rounds} x {opt.round_s:.0f}s rounds each"

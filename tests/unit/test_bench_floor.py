@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from bench import floor
 from bench.peer import floor_rows
 
 
@@ -49,3 +51,27 @@ def test_a_floor_above_the_target_leaves_no_room() -> None:
 
 def test_runs_without_a_floor_print_no_floor_rows() -> None:
     assert floor_rows(None, cpu_hb=11000.0, cpu_ad=1000.0, started_p50_ad=2.5) == []
+
+
+def test_rounds_of_the_floor_combine_weighted_by_their_webhooks() -> None:
+    def round_of(webhooks: int, nats_us: float, pg_us: float) -> dict[str, Any]:
+        return {
+            "webhooks": webhooks, "rate": 50.0, "commits": 4.0, "publishes": 5.0, "takes": 2.0,
+            "wall_s": webhooks / 50, "cpu_us_per_webhook": nats_us + pg_us,
+            "cpu_us_per_webhook_by_process": {"nats-server": nats_us, "postgres": pg_us},
+            "to_job_started": {"p50_ms": 3.0},
+        }  # fmt: skip
+
+    # A slow minute and a fast one: 250 webhooks at 3,000 µs and 250 at 1,000 µs.
+    both = floor.combine([round_of(250, 1800.0, 1200.0), round_of(250, 600.0, 400.0)])
+    assert both["webhooks"] == 500
+    assert both["rounds"] == 2
+    assert both["cpu_us_per_webhook"] == 2000.0
+    assert both["cpu_us_per_webhook_by_process"] == {"nats-server": 1200.0, "postgres": 800.0}
+    assert (both["commits"], both["publishes"], both["takes"]) == (4.0, 5.0, 2.0)
+    assert both["wall_s"] == 10.0
+    # Weighted by webhooks, not a mean of rounds: 100 at 3,000 and 300 at 1,000 µs.
+    uneven = floor.combine([round_of(100, 1800.0, 1200.0), round_of(300, 600.0, 400.0)])
+    assert uneven["cpu_us_per_webhook"] == 1500.0
+    with pytest.raises(ValueError, match="no rounds"):
+        floor.combine([])
