@@ -132,14 +132,20 @@ async def checks(side: Side, signed: list[payloads.Signed], timeout: float) -> d
 
 
 async def interleaved(
-    all_sides: Sequence[Side], rounds: int, fn: Callable[[Side], Awaitable[T]]
+    all_sides: Sequence[Side],
+    rounds: int,
+    fn: Callable[[Side], Awaitable[T]],
+    between: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, list[T]]:
-    """``rounds`` rounds of each side, alternating which goes first."""
+    """``rounds`` rounds of each side, alternating which goes first; ``between`` is awaited
+    after each round of every side."""
     out: dict[str, list[T]] = {s.name: [] for s in all_sides}
     for r in range(rounds):
         order = list(all_sides) if r % 2 == 0 else list(all_sides)[::-1]
         for s in order:
             out[s.name].append(await fn(s))
+        if between is not None:
+            await between()
     return out
 
 
@@ -309,7 +315,6 @@ async def run(
             out["memory_idle"] = {s.name: summarise_memory(procs.memory(s.groups())) for s in both}
 
             nats_idle = out["idle"]["hookbus"]["cpu_ms_per_s_by_process"].get("nats-server", 0.0)
-            assert servers.nats.proc is not None
 
             async def floor_round(rate: float, seconds: float) -> dict[str, Any]:
                 assert servers.nats.proc is not None
@@ -330,16 +335,17 @@ async def run(
                 f"peer: CPU at {opt.cpu_rate:.0f}/s, {opt.rounds} x {opt.round_s:.0f}s rounds "
                 "each, the durable parts' floor and a bare Python reader's wake-ups between them"
             )
-            cpu_fn = rate_fn(opt.cpu_rate, opt.round_s, opt.spin)
-            cpu: dict[str, list[RateRound]] = {s.name: [] for s in both}
             floors: list[dict[str, Any]] = []
             wakes: list[float] = []
             count = max(50, int(opt.cpu_rate * opt.round_s))
-            for r in range(opt.rounds):
-                for s in both if r % 2 == 0 else both[::-1]:
-                    cpu[s.name].append(await cpu_fn(s))
+
+            async def floor_and_wakes() -> None:
                 floors.append(await floor_round(opt.cpu_rate, opt.round_s))
                 wakes.append(await wakecost.measure(rate=opt.cpu_rate, count=count))
+
+            cpu = await interleaved(
+                both, opt.rounds, rate_fn(opt.cpu_rate, opt.round_s, opt.spin), floor_and_wakes
+            )
             out["cpu_at_rate"] = {k: summarise_rate(v) for k, v in cpu.items()}
             out["floor"]["cpu"] = floor.combine(floors)
             out["wake_cost"] = {

@@ -104,27 +104,24 @@ async def run_shell(
     _acting += 1
     try:
         popen, out_fd, in_fd = await _start(argv, env=env, cwd=cwd, feed_stdin=stdin is not None)
+        try:
+            proc = Child(popen)
+        except BaseException:
+            popen.kill()
+            popen.wait()
+            _close_fds(out_fd, in_fd)
+            raise
     except BaseException:
         _acting -= 1
-        raise
-    try:
-        proc = Child(popen)
-    except BaseException:
-        _acting -= 1
-        popen.kill()
-        popen.wait()
-        _close_fds(out_fd, in_fd)
         raise
     # start_new_session made the child the leader of a group whose id is its pid.
     pgid = proc.pid
     exit_task = proc.exited
-    out_lost: asyncio.Future[None] = loop.create_future()
-    in_lost: asyncio.Future[None] = loop.create_future()
     # Both pipes are read and written through the loop's readiness callbacks, and each fd
     # is closed exactly once, here: uvloop's pipe transports close theirs twice (its issue
     # 763), which can close an unrelated descriptor that took the number meanwhile.
-    out_pipe = _OutputReader(loop, out_fd, capture, out_lost)
-    in_pipe = None if in_fd is None else _InputWriter(loop, in_fd, stdin or b"", in_lost)
+    out_pipe = _OutputReader(loop, out_fd, capture)
+    in_pipe = None if in_fd is None else _InputWriter(loop, in_fd, stdin or b"")
     heartbeat: _Heartbeat | None = None
     stop_task: asyncio.Future[Any] | None = None
     timed_out = False
@@ -162,7 +159,7 @@ async def run_shell(
                 )
             await _terminate_group(pgid, exit_task, kill_grace)
 
-        if not await _settled(out_lost, _DRAIN_AFTER_EXIT):
+        if not await _settled(out_pipe.lost, _DRAIN_AFTER_EXIT):
             log.info("%s exited but its output pipe is still open; killing leftovers", argv[0])
         if _signal_group(pgid, signal.SIGKILL):
             log.info("killed leftover processes of %s (process group %d)", argv[0], pgid)
@@ -178,7 +175,6 @@ async def run_shell(
                 heartbeat=heartbeat,
                 in_pipe=in_pipe,
                 out_pipe=out_pipe,
-                out_lost=out_lost,
                 exit_task=exit_task,
                 child=proc,
                 pgid=pgid,
@@ -424,7 +420,6 @@ async def _release(
     heartbeat: _Heartbeat | None,
     in_pipe: _InputWriter | None,
     out_pipe: _OutputReader,
-    out_lost: asyncio.Future[None],
     exit_task: asyncio.Future[int],
     child: Child,
     pgid: int,
@@ -439,7 +434,7 @@ async def _release(
         in_pipe.close()
 
     if drain and out_pipe.watched:
-        await _settled(out_lost, _DRAIN_AFTER_KILL)
+        await _settled(out_pipe.lost, _DRAIN_AFTER_KILL)
     out_pipe.close()
 
     if not await _settled(exit_task, _REAP_TIMEOUT):
@@ -485,10 +480,10 @@ class _PipeEnd:
     """Our end of a pipe to the action, watched through the loop's readiness callbacks and
     closed once, by ``close``, which resolves ``lost``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, lost: asyncio.Future[None]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
         self._loop = loop
         self._fd: int | None = fd
-        self._lost = lost
+        self.lost: asyncio.Future[None] = loop.create_future()
         self.watched = False
 
     def _unwatch(self, fd: int) -> None:
@@ -500,8 +495,8 @@ class _PipeEnd:
                 self._unwatch(self._fd)
             os.close(self._fd)
             self._fd = None
-        if not self._lost.done():
-            self._lost.set_result(None)
+        if not self.lost.done():
+            self.lost.set_result(None)
 
 
 class _OutputReader(_PipeEnd):
@@ -509,14 +504,8 @@ class _OutputReader(_PipeEnd):
     are counted and dropped, so the child cannot block on a full pipe. ``lost`` resolves
     at end of file."""
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        fd: int,
-        capture: _Capture,
-        lost: asyncio.Future[None],
-    ) -> None:
-        super().__init__(loop, fd, lost)
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, capture: _Capture) -> None:
+        super().__init__(loop, fd)
         self._capture = capture
 
     def start(self) -> None:
@@ -547,10 +536,8 @@ class _InputWriter(_PipeEnd):
     """Writes ``data`` to the action's input as the child reads it, then closes the pipe so
     the child sees its end. A child that stops reading (EPIPE) just leaves the rest."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, fd: int, data: bytes, lost: asyncio.Future[None]
-    ) -> None:
-        super().__init__(loop, fd, lost)
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
+        super().__init__(loop, fd)
         self._rest = memoryview(data)
 
     def start(self) -> None:
